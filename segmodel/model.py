@@ -1,0 +1,199 @@
+"""The segmentation network: a lean U-Net builder, and loading of shipped models.
+
+The network maps a normalised ``(H, W, 3)`` image to three maps in [0, 1]:
+
+- ``foreground``: probability that a pixel belongs to a nucleus;
+- ``boundary``: probability that a pixel lies on a nucleus' outline (where touching nuclei meet);
+- ``distance``: distance to the nucleus' own border, divided by its maximum inside that nucleus
+  (1 at each nucleus' centre, falling to 0 at its edge; 0 on background).
+
+:mod:`segmodel.postprocess` turns them into instance labels by marker-controlled watershed.
+A shipped model is a ``.keras`` file plus a ``.json`` sidecar with its settings (tile size,
+normalisation, post-processing thresholds) so the thresholds travel with the weights.
+"""
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+OUTPUTS = ("foreground", "boundary", "distance")
+DEFAULT_MODEL = Path(__file__).parent / "weights" / "nuclei.keras"
+
+
+def _conv_block(x, filters, name):
+    import keras
+    from keras import layers
+
+    for i in (1, 2):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
+        x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+        x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
+    del keras
+    return x
+
+
+def build_unet(*, channels=3, filters=(16, 32, 64, 128), bottleneck=256, name="nuclei_unet"):
+    """Build a U-Net with ``len(filters)`` 2x downsamplings and three sigmoid output maps.
+
+    Parameters
+    ----------
+    channels : int, optional
+        Input channels.
+    filters : tuple of int, optional
+        Filters per encoder level; the input size must be a multiple of ``2**len(filters)``.
+    bottleneck : int, optional
+        Filters at the lowest resolution.
+
+    Returns
+    -------
+    keras.Model
+        Input ``(None, None, channels)``, output ``(None, None, 3)`` ordered as :data:`OUTPUTS`.
+    """
+    import keras
+    from keras import layers
+
+    if channels < 1:
+        raise ValueError(f"channels must be >= 1. Received: channels={channels}")
+    if not filters or any(f < 1 for f in filters):
+        raise ValueError(f"filters must be a non-empty tuple of positive ints. Received: {filters}")
+    inputs = keras.Input((None, None, channels), name="image")
+    x, skips = inputs, []
+    for level, f in enumerate(filters):
+        x = _conv_block(x, f, f"enc{level}")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
+    x = _conv_block(x, bottleneck, "bottleneck")
+    for level in reversed(range(len(filters))):
+        f = filters[level]
+        x = layers.Conv2DTranspose(f, 2, strides=2, padding="same", name=f"dec{level}_up")(x)
+        x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level]])
+        x = _conv_block(x, f, f"dec{level}")
+    outputs = layers.Conv2D(len(OUTPUTS), 1, activation="sigmoid", name="maps", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+@dataclass(frozen=True)
+class PostprocessSettings:
+    """Thresholds turning the three maps into labels (tuned on training data, saved with the model)."""
+
+    foreground: float = 0.5
+    marker: float = 0.5
+    boundary_weight: float = 1.0
+    min_area: int = 8
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the pipeline needs to know about a model besides its weights."""
+
+    name: str = "nuclei-unet"
+    channels: int = 3
+    divisor: int = 16
+    tile: int = 256
+    overlap: int = 32
+    p_low: float = 1.0
+    p_high: float = 99.8
+    invert: str = "auto"
+    postprocess: PostprocessSettings = field(default_factory=PostprocessSettings)
+    training: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d):
+        d = dict(d)
+        d["postprocess"] = PostprocessSettings(**d.get("postprocess", {}))
+        return cls(**d)
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def spec_path(model_path):
+    return Path(str(model_path)).with_suffix(".json")
+
+
+def save_model(model, spec, path):
+    """Save ``model`` and its :class:`ModelSpec` sidecar to ``path`` (``.keras``) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+    tmp_spec = path.with_name(f".{path.stem}.tmp.json")
+    tmp_spec.write_text(json.dumps(spec.to_dict(), indent=2, sort_keys=True))
+    os.replace(tmp_spec, spec_path(path))
+
+
+def fingerprint(path):
+    """Content hash (first 16 hex digits of sha256) of a model file and its sidecar."""
+    h = hashlib.sha256()
+    for p in (Path(path), spec_path(path)):
+        if p.exists():
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class LoadedModel:
+    """A Keras model with its spec and fingerprint; see :func:`load_model`."""
+
+    keras_model: object
+    spec: ModelSpec
+    fingerprint: str
+    path: str
+
+    def predict_batch(self, batch):
+        """Predict a fixed-shape ``(N, T, T, C)`` float32 batch; returns ``(N, T, T, 3)``."""
+        return self._predict_fn(batch)
+
+    def __post_init__(self):
+        import numpy as np
+
+        model = self.keras_model
+
+        def _predict(batch):
+            out = model(batch, training=False)
+            return np.asarray(out)
+
+        self._predict_fn = _predict
+
+
+_CACHE = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_model(path=None):
+    """Load a model once per process, cached by its file's fingerprint.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        A ``.keras`` file with a ``.json`` sidecar. Default: the bundled nuclei model.
+
+    Returns
+    -------
+    LoadedModel
+
+    Raises
+    ------
+    FileNotFoundError
+        The file does not exist.
+    """
+    path = Path(path) if path is not None else DEFAULT_MODEL
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model file not found: {str(path)!r}. Pass the path of a .keras file, or omit it "
+            "to use the bundled nuclei model."
+        )
+    key = fingerprint(path)
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            import keras
+
+            sp = spec_path(path)
+            spec = ModelSpec.from_dict(json.loads(sp.read_text())) if sp.exists() else ModelSpec()
+            kmodel = keras.saving.load_model(path, compile=False)
+            _CACHE[key] = LoadedModel(kmodel, spec, key, str(path))
+        return _CACHE[key]

@@ -1,0 +1,70 @@
+"""Tiled prediction: tiles from many images share fixed-shape batches, then are stitched back."""
+
+import numpy as np
+
+from segmodel.preprocess import Tiling, blend_window, extract_tile, tile_origins
+
+
+def predict_maps(predict_batch, images, *, tiling=Tiling(), batch_size=8, n_out=3):
+    """Predict output maps for a list of normalised images with fixed-shape batches.
+
+    Tiles from all ``images`` are cut at ``tiling.tile`` size with ``tiling.overlap`` pixels of
+    overlap, grouped into batches of exactly ``batch_size`` (the last padded with zeros), passed
+    to ``predict_batch`` and stitched back with linear blending across the overlaps.
+
+    Parameters
+    ----------
+    predict_batch : callable
+        ``(batch_size, T, T, C) float32 -> (batch_size, T, T, n_out)``.
+    images : list of (H, W, C) ndarray
+        Normalised float32 images.
+    tiling : Tiling, optional
+    batch_size : int, optional
+        Tiles per model call (default 8).
+    n_out : int, optional
+        Output channels of ``predict_batch``.
+
+    Returns
+    -------
+    maps : list of (H, W, n_out) ndarray of float32
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
+    t = tiling.tile
+    jobs = [(i, o) for i, img in enumerate(images) for o in tile_origins(img.shape, tiling)]
+    acc = [np.zeros(img.shape[:2] + (n_out,), np.float32) for img in images]
+    wsum = [np.zeros(img.shape[:2], np.float32) for img in images]
+    window = blend_window(t, tiling.overlap)
+    channels = images[0].shape[-1] if images else 0
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start : start + batch_size]
+        batch = np.zeros((batch_size, t, t, channels), np.float32)
+        for k, (i, origin) in enumerate(chunk):
+            batch[k] = extract_tile(images[i], origin, t)
+        out = predict_batch(batch)
+        for k, (i, (y, x)) in enumerate(chunk):
+            h = min(t, images[i].shape[0] - y)
+            w = min(t, images[i].shape[1] - x)
+            wk = _edge_aware_window(window, images[i].shape, (y, x), t, tiling.overlap)[:h, :w]
+            acc[i][y : y + h, x : x + w] += out[k, :h, :w] * wk[..., None]
+            wsum[i][y : y + h, x : x + w] += wk
+    return [a / np.maximum(w, 1e-6)[..., None] for a, w in zip(acc, wsum)]
+
+
+def _edge_aware_window(window, shape, origin, t, overlap):
+    """The blend window, with full weight along sides that touch the image border."""
+    if overlap == 0:
+        return window
+    y, x = origin
+    ramp_y = window[:, t // 2] / window[t // 2, t // 2]
+    ramp_x = window[t // 2, :] / window[t // 2, t // 2]
+    ry, rx = ramp_y.copy(), ramp_x.copy()
+    if y == 0:
+        ry[: t // 2] = 1.0
+    if y + t >= shape[0]:
+        ry[t // 2 :] = 1.0
+    if x == 0:
+        rx[: t // 2] = 1.0
+    if x + t >= shape[1]:
+        rx[t // 2 :] = 1.0
+    return np.outer(ry, rx)

@@ -1,0 +1,262 @@
+"""Decoding, normalisation, resizing, pyramids and tiling.
+
+Everything here works on numpy arrays in memory; storage lives in :mod:`segmodel.io`.
+Axes are ``(H, W, C)`` for images and ``(H, W)`` for label images throughout.
+"""
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+#: Images with more pixels than this are refused by :func:`decode_image` (a decompression bomb
+#: guard; huge slides belong to the tiled path).
+MAX_PIXELS = 256_000_000
+
+
+class ImageDecodeError(ValueError):
+    """Raised when bytes cannot be decoded into an image."""
+
+
+def decode_image(data, *, name="<bytes>", max_pixels=MAX_PIXELS):
+    """Decode PNG/JPEG/TIFF/BMP bytes into an ``(H, W, C)`` array.
+
+    Parameters
+    ----------
+    data : bytes
+        The encoded file.
+    name : str, optional
+        Shown in error messages.
+    max_pixels : int, optional
+        Refuse images with more pixels than this.
+
+    Returns
+    -------
+    image : (H, W, C) ndarray
+        uint8, uint16 or float32, with ``C`` in {1, 3, 4}.
+
+    Raises
+    ------
+    ImageDecodeError
+        Empty, truncated, non-image or over-sized input.
+    """
+    if len(data) == 0:
+        raise ImageDecodeError(f"{name}: the file is empty (0 bytes).")
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        image = _decode_tiff(data, name, max_pixels)
+    else:
+        image = _decode_pillow(data, name, max_pixels)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[-1] not in (1, 2, 3, 4) or min(image.shape[:2]) < 1:
+        raise ImageDecodeError(
+            f"{name}: expected a 2-D gray, RGB or RGBA image. Received an array of shape "
+            f"{image.shape}; multi-page or volumetric files are not supported."
+        )
+    if image.shape[-1] == 2:  # gray + alpha
+        image = image[..., :1]
+    return image
+
+
+def _decode_tiff(data, name, max_pixels):
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            page = tif.pages[0]
+            if int(np.prod(page.shape[:2])) > max_pixels:
+                raise ImageDecodeError(f"{name}: {page.shape} is over max_pixels={max_pixels}.")
+            image = page.asarray()
+    except ImageDecodeError:
+        raise
+    except Exception as exc:  # tifffile raises many types for broken files
+        raise ImageDecodeError(f"{name}: not a readable TIFF ({type(exc).__name__}: {exc}).") from exc
+    if image.ndim == 3 and image.shape[0] in (3, 4) and image.shape[-1] not in (3, 4):
+        image = np.moveaxis(image, 0, -1)  # planar CYX -> YXC
+    return image
+
+
+def _decode_pillow(data, name, max_pixels):
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > max_pixels:
+                raise ImageDecodeError(
+                    f"{name}: {img.height}x{img.width} pixels is over max_pixels={max_pixels}."
+                )
+            img.load()
+            if img.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
+                img = img.convert("RGBA" if "A" in img.mode or "transparency" in img.info else "RGB")
+            if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+                return np.asarray(img, dtype=np.uint16)
+            return np.asarray(img)
+    except ImageDecodeError:
+        raise
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... for bad data
+        raise ImageDecodeError(f"{name}: not a readable image ({type(exc).__name__}: {exc}).") from exc
+
+
+def to_channels(image, channels=3):
+    """Convert an ``(H, W, C)`` image to ``channels`` channels (alpha dropped, gray repeated)."""
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] == 4:
+        image = image[..., :3]
+    if image.shape[-1] == channels:
+        return image
+    if channels == 1:
+        return image.astype(np.float32).mean(axis=-1, keepdims=True)
+    if image.shape[-1] == 1:
+        return np.repeat(image, channels, axis=-1)
+    raise ValueError(
+        f"Cannot convert an image with {image.shape[-1]} channels to channels={channels}."
+    )
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Percentile normalisation settings: ``(x - p_low) / (p_high - p_low)``, optional inversion.
+
+    ``invert='auto'`` inverts images whose normalised median is bright (stained or brightfield
+    images, where nuclei are dark on a light background) so nuclei are always bright.
+    """
+
+    p_low: float = 1.0
+    p_high: float = 99.8
+    invert: str = "auto"  # {'auto', 'never'}
+    sample_pixels: int = 1_000_000
+
+
+@dataclass(frozen=True)
+class NormStats:
+    """Statistics estimated once per image, applied to every tile of it."""
+
+    low: float
+    high: float
+    invert: bool
+
+    @property
+    def flat(self):
+        return not self.high > self.low
+
+
+def estimate_normalization(image, settings=Normalization()):
+    """Estimate :class:`NormStats` of an ``(H, W, C)`` image (subsampled for big images)."""
+    h, w = image.shape[:2]
+    step = max(1, int(np.sqrt(h * w / settings.sample_pixels)))
+    sample = np.asarray(image[::step, ::step], dtype=np.float32)
+    low, high = np.percentile(sample, [settings.p_low, settings.p_high])
+    if not high > low:  # nearly flat: fall back to the full range so the image stays finite
+        low, high = float(sample.min()), float(sample.max())
+    invert = False
+    if settings.invert == "auto" and high > low:
+        gray = (sample.mean(axis=-1) - low) / (high - low)
+        invert = bool(np.median(gray) > 0.5)
+    return NormStats(float(low), float(high), invert)
+
+
+def apply_normalization(image, stats):
+    """Apply :class:`NormStats` to an image or tile; flat images become all zeros."""
+    x = np.asarray(image, dtype=np.float32)
+    if stats.flat:
+        return np.zeros_like(x)
+    x = (x - stats.low) / (stats.high - stats.low)
+    if stats.invert:
+        x = 1.0 - x
+    return np.clip(x, -0.5, 1.5, out=x)
+
+
+def resize(image, shape, *, order=1):
+    """Resize ``(H, W[, C])`` to ``shape`` (H, W); ``order=0`` for labels, 1 for intensities."""
+    from skimage.transform import resize as _resize
+
+    shape = tuple(int(s) for s in shape)
+    if image.shape[:2] == shape:
+        return image
+    out_shape = shape + image.shape[2:]
+    if order == 0:
+        return _resize(image, out_shape, order=0, preserve_range=True, anti_aliasing=False).astype(
+            image.dtype
+        )
+    return _resize(
+        image.astype(np.float32), out_shape, order=order, preserve_range=True,
+        anti_aliasing=bool(out_shape[0] < image.shape[0]),
+    ).astype(np.float32)
+
+
+def scaled_shape(shape, scale):
+    """The ``(H, W)`` of an image of ``shape`` resized by ``scale`` (at least 1 pixel)."""
+    return tuple(max(1, int(round(s * scale))) for s in shape[:2])
+
+
+def pyramid(image, *, min_size=32):
+    """Successive 2x downsamplings of ``image``, the original first.
+
+    Stops before a level's shorter side would drop below ``min_size`` or when the shape
+    stops changing.
+    """
+    levels = [image]
+    while min(levels[-1].shape[:2]) // 2 >= min_size:
+        prev = levels[-1]
+        h, w = prev.shape[:2]
+        levels.append(resize(prev, (h // 2, w // 2), order=1))
+    return levels
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """Fixed-size overlapping tiles. ``tile`` must be a multiple of the model's ``divisor``."""
+
+    tile: int = 256
+    overlap: int = 32
+
+    def validate(self, divisor=16):
+        if self.tile < divisor or self.tile % divisor:
+            raise ValueError(
+                f"tile_size must be a positive multiple of {divisor} for this model. "
+                f"Received: tile_size={self.tile}. Use e.g. {max(divisor, self.tile // divisor * divisor)}."
+            )
+        if not 0 <= self.overlap < self.tile // 2:
+            raise ValueError(
+                f"overlap must be in [0, tile_size/2). Received: overlap={self.overlap} "
+                f"with tile_size={self.tile}."
+            )
+
+
+def tile_origins(shape, tiling):
+    """Top-left corners ``[(y, x), ...]`` of the tiles covering an image of ``shape``.
+
+    Tiles step by ``tile - 2*overlap``; the last row/column is shifted back so every tile lies
+    inside the image when the image is at least one tile big (smaller images are padded).
+    """
+    step = tiling.tile - 2 * tiling.overlap
+
+    def starts(n):
+        if n <= tiling.tile:
+            return [0]
+        s = list(range(0, n - tiling.tile, step))
+        s.append(n - tiling.tile)
+        return s
+
+    return [(y, x) for y in starts(shape[0]) for x in starts(shape[1])]
+
+
+def extract_tile(image, origin, tile):
+    """Cut a ``tile x tile`` window at ``origin``, zero-padded where it leaves the image."""
+    y, x = origin
+    patch = image[y : y + tile, x : x + tile]
+    if patch.shape[0] == tile and patch.shape[1] == tile:
+        return patch
+    out = np.zeros((tile, tile) + image.shape[2:], dtype=image.dtype)
+    out[: patch.shape[0], : patch.shape[1]] = patch
+    return out
+
+
+def blend_window(tile, overlap):
+    """A ``(tile, tile)`` weight ramping linearly over ``overlap`` pixels at each edge."""
+    ramp = np.ones(tile, dtype=np.float32)
+    if overlap > 0:
+        edge = (np.arange(overlap, dtype=np.float32) + 0.5) / overlap
+        ramp[:overlap] = edge
+        ramp[-overlap:] = edge[::-1]
+    return np.outer(ramp, ramp)

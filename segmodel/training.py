@@ -1,0 +1,260 @@
+"""Training the nuclei model: targets, augmentation, a resumable training loop, threshold tuning.
+
+Run ``segflow train`` (a Prefect flow around :func:`train`) or, without Prefect,
+``python -m segmodel.training OUT_DIR``.
+"""
+
+import itertools
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.segmentation import find_boundaries
+
+from segmodel import datasets
+from segmodel.metrics import score_image
+from segmodel.model import ModelSpec, PostprocessSettings, build_unet, save_model
+from segmodel.postprocess import labels_from_maps
+from segmodel.predict import predict_maps
+from segmodel.preprocess import (
+    Normalization, Tiling, apply_normalization, estimate_normalization, to_channels,
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings; the defaults reproduce the shipped model."""
+
+    data_dir: str = str(datasets.DEFAULT_DATA)
+    steps: int = 2600
+    steps_per_epoch: int = 100
+    batch_size: int = 16
+    patch: int = 128
+    learning_rate: float = 2e-3
+    warmup_steps: int = 100
+    filters: tuple = (16, 32, 64, 128)
+    bottleneck: int = 128
+    scale_range: tuple = (0.6, 1.7)
+    foreground_crop_fraction: float = 0.8
+    modality_weights: dict = field(
+        default_factory=lambda: {"fluorescence": 0.5, "histology": 0.35, "brightfield": 0.15}
+    )
+    seed: int = 0
+
+
+def make_targets(labels):
+    """``(H, W, 3)`` float32 training targets (foreground, boundary, distance) from labels."""
+    fg = labels > 0
+    boundary = find_boundaries(labels, mode="inner") & fg
+    dist = np.zeros(labels.shape, np.float32)
+    for i, sl in enumerate(ndi.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        sl = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl)
+        obj = labels[sl] == i
+        d = ndi.distance_transform_edt(obj)
+        if d.max() > 0:
+            dist[sl][obj] = (d / d.max())[obj]
+    return np.stack([fg, boundary, dist], axis=-1).astype(np.float32)
+
+
+def prepare_image(image, norm=Normalization()):
+    """Model input for a raw image: 3 channels, percentile normalised (as the pipeline does)."""
+    image = to_channels(image, 3)
+    return apply_normalization(image, estimate_normalization(image, norm))
+
+
+class PatchSampler:
+    """Random augmented patches, modality-balanced, biased towards nuclei."""
+
+    def __init__(self, items, config):
+        self.items = items  # list of (modality, image (H,W,3), targets (H,W,3), fg coords)
+        self.config = config
+        mods = sorted({m for m, *_ in items})
+        w = np.array([config.modality_weights.get(m, 0.1) for m in mods], float)
+        self.mods, self.mod_p = mods, w / w.sum()
+        self.by_mod = {m: [i for i, it in enumerate(items) if it[0] == m] for m in mods}
+
+    def batch(self, rng):
+        xs, ys = zip(*(self.patch(rng) for _ in range(self.config.batch_size)))
+        return np.stack(xs), np.stack(ys)
+
+    def patch(self, rng):
+        cfg = self.config
+        mod = self.mods[rng.choice(len(self.mods), p=self.mod_p)]
+        modality, image, targets, coords = self.items[rng.choice(self.by_mod[mod])]
+        scale = float(np.exp(rng.uniform(*np.log(cfg.scale_range))))
+        crop = max(8, int(round(cfg.patch / scale)))
+        both = np.concatenate([image, targets], axis=-1)
+        h, w = image.shape[:2]
+        if len(coords) and rng.random() < cfg.foreground_crop_fraction:
+            cy, cx = coords[rng.integers(len(coords))]
+            y0 = int(cy) - crop // 2 + int(rng.integers(-crop // 4, crop // 4 + 1))
+            x0 = int(cx) - crop // 2 + int(rng.integers(-crop // 4, crop // 4 + 1))
+        else:
+            y0 = int(rng.integers(0, max(h - crop, 0) + 1))
+            x0 = int(rng.integers(0, max(w - crop, 0) + 1))
+        y0 = min(max(y0, 0), max(h - crop, 0))
+        x0 = min(max(x0, 0), max(w - crop, 0))
+        window = np.zeros((crop, crop, both.shape[-1]), np.float32)
+        part = both[y0 : y0 + crop, x0 : x0 + crop]
+        window[: part.shape[0], : part.shape[1]] = part
+        if crop != cfg.patch:
+            zoom = cfg.patch / crop
+            window = ndi.zoom(window, (zoom, zoom, 1), order=1, prefilter=False,
+                              grid_mode=True, mode="nearest")[: cfg.patch, : cfg.patch]
+        window = np.rot90(window, int(rng.integers(4)))
+        if rng.random() < 0.5:
+            window = window[:, ::-1]
+        x, y = window[..., :3].copy(), window[..., 3:].copy()
+        return _jitter_intensity(x, modality, rng), y
+
+
+def _jitter_intensity(x, modality, rng):
+    x = np.clip(x, 0, None) ** rng.uniform(0.7, 1.4)
+    x = x * rng.uniform(0.75, 1.25) + rng.uniform(-0.1, 0.1)
+    if modality != "fluorescence":
+        x = x * rng.uniform(0.85, 1.15, size=3)  # stain colour jitter
+    if rng.random() < 0.05:
+        x = 1.0 - x
+    x = x + rng.normal(0, rng.uniform(0, 0.03), size=x.shape)
+    return x.astype(np.float32)
+
+
+def _loss(y_true, y_pred):
+    from keras import ops
+
+    eps = 1e-6
+    y_pred = ops.clip(y_pred, eps, 1 - eps)
+    bce = -(y_true * ops.log(y_pred) + (1 - y_true) * ops.log(1 - y_pred))
+    bce = ops.mean(bce * ops.convert_to_tensor([1.0, 2.0, 1.0]))
+    fg_t, fg_p = y_true[..., 0], y_pred[..., 0]
+    dice = 1 - (2 * ops.sum(fg_t * fg_p) + 1) / (ops.sum(fg_t) + ops.sum(fg_p) + 1)
+    dist_mae = ops.mean(ops.abs(y_true[..., 2] - y_pred[..., 2]))
+    return bce + 0.5 * dice + dist_mae
+
+
+def _load_items(samples, log):
+    items = []
+    for s in samples:
+        image, labels = s.load()
+        targets = make_targets(labels)
+        coords = np.argwhere(labels > 0)[::7]
+        items.append((s.modality, prepare_image(image), targets, coords))
+    log(f"loaded {len(items)} training images")
+    return items
+
+
+def train(out_dir, config=TrainConfig(), log=print):
+    """Train (or resume) a model into ``out_dir``; returns the path of the final ``.keras``.
+
+    Checkpoints after every epoch (``checkpoint.keras`` with optimizer state and
+    ``state.json``); calling again with the same ``out_dir`` continues from the last one.
+    """
+    import keras
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt, state_file = out / "checkpoint.keras", out / "state.json"
+    epochs = -(-config.steps // config.steps_per_epoch)
+    done = json.loads(state_file.read_text())["epoch"] if state_file.exists() else 0
+    if done and ckpt.exists():
+        model = keras.saving.load_model(ckpt, custom_objects={"_loss": _loss})
+        log(f"resuming from {ckpt} after epoch {done}/{epochs}")
+    else:
+        done = 0
+        keras.utils.set_random_seed(config.seed)
+        model = build_unet(filters=tuple(config.filters), bottleneck=config.bottleneck)
+        warmup = min(config.warmup_steps, config.steps // 4)
+        schedule = keras.optimizers.schedules.CosineDecay(
+            0.0, max(1, config.steps - warmup), alpha=0.02,
+            warmup_target=config.learning_rate, warmup_steps=warmup,
+        )
+        model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4), loss=_loss)
+    if done < epochs:
+        sampler = PatchSampler(_load_items(datasets.list_samples(config.data_dir, "train"), log), config)
+        _fit(model, sampler, config, done, epochs, ckpt, state_file, log)
+    tune = datasets.list_samples(config.data_dir, "tune")
+    settings = tune_thresholds(model, tune, log=log)
+    spec = ModelSpec(postprocess=settings, training={
+        **{k: v for k, v in asdict(config).items() if k != "data_dir"},
+        "train_images": len(datasets.list_samples(config.data_dir, "train")),
+        "tune_images": len(tune),
+    })
+    final = out / "nuclei.keras"
+    export = build_unet(filters=tuple(config.filters), bottleneck=config.bottleneck)
+    export.set_weights(model.get_weights())  # weights only: no optimizer state in the shipped file
+    save_model(export, spec, final)
+    log(f"saved {final}")
+    return final
+
+
+def _fit(model, sampler, config, done, epochs, ckpt, state_file, log):
+    import keras
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__(workers=2, use_multiprocessing=False, max_queue_size=8)
+
+        def __len__(self):
+            return config.steps_per_epoch
+
+        def __getitem__(self, idx):
+            return sampler.batch(np.random.default_rng([config.seed, self.epoch, idx]))
+
+        def on_epoch_begin(self):
+            pass
+
+    data = Batches()
+    data.epoch = done
+
+    class Checkpoint(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            data.epoch = epoch
+            self.t0 = time.time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            tmp = ckpt.with_name(".checkpoint.tmp.keras")
+            self.model.save(tmp)
+            tmp.replace(ckpt)
+            state_file.write_text(json.dumps({"epoch": epoch + 1, "loss": logs.get("loss")}))
+            log(f"epoch {epoch + 1}/{epochs} loss {logs.get('loss'):.4f} "
+                f"({time.time() - self.t0:.0f}s)")
+
+    model.fit(data, epochs=epochs, initial_epoch=done, callbacks=[Checkpoint()], verbose=0)
+
+
+def tune_thresholds(model, samples, *, log=print):
+    """Grid-search :class:`PostprocessSettings` for mean AP on ``samples`` (never the val split)."""
+    from segmodel.model import LoadedModel
+
+    lm = model if isinstance(model, LoadedModel) else LoadedModel(model, ModelSpec(), "", "")
+    loaded = [s.load() for s in samples]
+    truths = [labels for _, labels in loaded]
+    maps = predict_maps(lm.predict_batch, [prepare_image(im) for im, _ in loaded], tiling=Tiling())
+    best, best_score = PostprocessSettings(), -1.0
+    grid = itertools.product((0.4, 0.5, 0.6), (0.3, 0.4, 0.5, 0.6, 0.7), (0.0, 0.5, 1.0))
+    for fg, marker, bw in grid:
+        settings = replace(PostprocessSettings(), foreground=fg, marker=marker, boundary_weight=bw)
+        score = np.mean([score_image(t, labels_from_maps(m, settings))["ap"]
+                         for t, m in zip(truths, maps)])
+        if score > best_score:
+            best, best_score = settings, score
+    log(f"tuned thresholds on {len(samples)} images: {best} (mean AP {best_score:.3f})")
+    return best
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Train the nuclei model (resumable).")
+    parser.add_argument("out_dir")
+    parser.add_argument("--steps", type=int, default=TrainConfig.steps)
+    parser.add_argument("--steps-per-epoch", type=int, default=TrainConfig.steps_per_epoch)
+    parser.add_argument("--data-dir", default=TrainConfig.data_dir)
+    args = parser.parse_args()
+    train(args.out_dir, TrainConfig(steps=args.steps, steps_per_epoch=args.steps_per_epoch, data_dir=args.data_dir),
+          log=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True))
