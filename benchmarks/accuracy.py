@@ -1,0 +1,127 @@
+"""Accuracy of the segflow model and of the classical baseline on the fixed validation split.
+
+Scores each validation image with the DSB2018 metric (:func:`segmodel.metrics.score_image`)
+and prints, per modality and for all images, the mean AP over IoU 0.5:0.95, AP@0.5, AP@0.75
+and the relative count error (mean of per-image ``|n_pred - n_true| / n_true``).
+
+Usage::
+
+    python benchmarks/accuracy.py                   # model + baseline, full val split
+    python benchmarks/accuracy.py --skip-model      # baseline only
+    python benchmarks/accuracy.py --limit 10 --out scores.csv
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from segmodel.classical import segment_classical  # noqa: E402
+from segmodel.datasets import list_samples  # noqa: E402
+from segmodel.metrics import score_image  # noqa: E402
+
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "dsb2018"
+COLUMNS = {
+    "ap": "mean AP 0.5:0.95",
+    "ap50": "AP@0.5",
+    "ap75": "AP@0.75",
+    "count_error": "relative count error",
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA,
+                   help=f"dataset folder with index.csv, images/, labels/ (default: {DEFAULT_DATA})")
+    p.add_argument("--model", type=Path, default=None,
+                   help="a .keras model file (default: the bundled model)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N validation images")
+    p.add_argument("--out", type=Path, default=None, help="also write per-image scores to this CSV")
+    p.add_argument("--skip-model", action="store_true", help="score the classical baseline only")
+    args = p.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        p.error(f"--limit must be >= 1. Received: {args.limit}")
+    return args
+
+
+def load_val(data_dir, limit):
+    """``(samples, images, labels)`` of the validation split (first ``limit`` samples)."""
+    samples = list_samples(data_dir, "val")[:limit]
+    loaded = [s.load() for s in samples]
+    return samples, [im for im, _ in loaded], [lab for _, lab in loaded]
+
+
+def predict_model(images, model):
+    from segmodel.api import segment_many
+
+    return segment_many(images, model=str(model) if model is not None else None)
+
+
+def predict_classical(images, model=None):
+    return [segment_classical(im) for im in images]
+
+
+def run_method(name, predict, samples, images, labels, model=None):
+    """Per-image score records of one method, and its wall time in seconds."""
+    start = time.perf_counter()
+    preds = predict(images, model)
+    seconds = time.perf_counter() - start
+    records = []
+    for s, true, pred in zip(samples, labels, preds):
+        if pred.shape != true.shape:
+            raise ValueError(f"{name}: prediction for {s.id} has shape {pred.shape}, "
+                             f"expected {true.shape}")
+        records.append({"method": name, "id": s.id, "modality": s.modality,
+                        **score_image(true, pred)})
+    return records, seconds
+
+
+def summarize(scores):
+    """One row per (method, modality) plus (method, 'all')."""
+    everything = scores.assign(modality="all")
+    grouped = pd.concat([scores, everything]).groupby(["method", "modality"], sort=False)
+    table = grouped[list(COLUMNS)].mean().round(3)
+    table.insert(0, "images", grouped.size())
+    return table.rename(columns=COLUMNS).reset_index()
+
+
+def format_table(table):
+    try:
+        return table.to_markdown(index=False, floatfmt=".3f")
+    except ImportError:  # tabulate is not installed
+        return table.to_string(index=False, float_format="{:.3f}".format)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not (args.data_dir / "index.csv").is_file():
+        print(f"dataset not found: {str(args.data_dir)!r} has no index.csv. Pass --data-dir "
+              "pointing at the DSB2018 folder (index.csv, images/, labels/).", file=sys.stderr)
+        return 2
+    samples, images, labels = load_val(args.data_dir, args.limit)
+    print(f"{len(samples)} validation images from {args.data_dir}")
+    methods = [("classical", predict_classical)]
+    if not args.skip_model:
+        methods.insert(0, ("segflow", predict_model))
+    records = []
+    for name, predict in methods:
+        recs, seconds = run_method(name, predict, samples, images, labels, args.model)
+        records += recs
+        print(f"{name}: {seconds:.1f} s wall for {len(recs)} images "
+              f"({seconds / max(len(recs), 1):.2f} s/image)")
+    scores = pd.DataFrame.from_records(records)
+    print()
+    print(format_table(summarize(scores)))
+    if args.out is not None:
+        scores.to_csv(args.out, index=False)
+        print(f"\nper-image scores written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""The ``segflow`` command: a thin layer that builds flow parameters and calls the flows."""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+SAMPLES = Path(__file__).resolve().parents[1] / "segmodel" / "samples"
+
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="segflow", description="Batch nuclei segmentation.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="segment every image under INPUT into OUTPUT")
+    run.add_argument("input", help="folder or fsspec URL of images (s3://, gs://, memory://...)")
+    run.add_argument("output", help="folder or fsspec URL for masks and tables")
+    _add_run_options(run)
+
+    demo = sub.add_parser("demo", help="segment the sample images shipped with segflow")
+    demo.add_argument("output", nargs="?", default="segflow-demo",
+                      help="output folder (default: ./segflow-demo)")
+    _add_run_options(demo)
+
+    train = sub.add_parser("train", help="train the nuclei model (resumes an interrupted run)")
+    train.add_argument("out_dir", nargs="?", default="train-runs/nuclei")
+    train.add_argument("--data-dir", default=None, help="DSB2018-style dataset folder")
+    train.add_argument("--steps", type=int, default=2400)
+    train.add_argument("--steps-per-epoch", type=int, default=100)
+    return p
+
+
+def _add_run_options(p):
+    p.add_argument("--storage-options", default="{}", help="JSON passed to fsspec")
+    p.add_argument("--pattern", action="append", dest="patterns",
+                   help="glob pattern of image files (repeatable; default: common image types)")
+    p.add_argument("--shard-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument("--tile-size", type=int, default=None)
+    p.add_argument("--mask-format", choices=["tif", "png"], default="tif")
+    p.add_argument("--model", default=None, help="path of a .keras model (default: bundled)")
+    p.add_argument("--fail-on-error", action="store_true",
+                   help="exit with status 1 when any image failed")
+
+
+def _segment_params(args, input_url):
+    from pydantic import ValidationError
+
+    from flows.params import SegmentParams
+
+    fields = {"input": input_url, "output": args.output, "storage_options": args.storage_options,
+              "shard_size": args.shard_size, "batch_size": args.batch_size,
+              "scale": args.scale, "tile_size": args.tile_size,
+              "mask_format": args.mask_format, "model": args.model}
+    if args.patterns:
+        fields["patterns"] = args.patterns
+    try:
+        return SegmentParams(**fields)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "parameters"
+            lines.append(f"{name}: {err['msg']} (received: {err.get('input')!r})")
+        raise SystemExit("segflow: invalid parameters\n  " + "\n  ".join(lines)) from None
+
+
+class _Progress:
+    """A progress bar on a terminal, one line per shard otherwise."""
+
+    def __init__(self, stream):
+        self.stream, self.tty = stream, stream.isatty()
+        self.bar = None
+
+    def start(self, total, skipped):
+        self.total, self.done, self.failed, self.t0 = total, 0, 0, time.perf_counter()
+        print(f"{total} images to segment ({skipped} already done)", file=self.stream, flush=True)
+        if self.tty and total:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self.bar = Progress(TextColumn("segmenting"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[rate]} images/s"),
+                                TextColumn("{task.fields[failed]} failed"), transient=False)
+            self.task = self.bar.add_task("seg", total=total, rate="-", failed=0)
+            self.bar.start()
+
+    def update(self, result):
+        self.done += result["images"] + result["failed"]
+        self.failed += result["failed"]
+        rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.done, rate=f"{rate:.2f}", failed=self.failed)
+            if self.done >= self.total:
+                self.bar.stop()
+        else:
+            print(f"shard {result['index']}: {self.done}/{self.total} images, "
+                  f"{rate:.2f} images/s, {self.failed} failed", file=self.stream, flush=True)
+
+
+def _run(args, input_url):
+    params = _segment_params(args, input_url)
+    from flows import progress
+    from flows.segment import preflight, segment_images
+
+    try:
+        preflight(params)
+    except (ValueError, FileNotFoundError, TypeError) as exc:
+        raise SystemExit(f"segflow: {exc}") from None
+    listener = _Progress(sys.stdout)
+    progress.add_listener(listener)
+    try:
+        summary = segment_images(params)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"segflow: {exc}") from None
+    finally:
+        progress.remove_listener(listener)
+    _print_summary(params, summary)
+    return 1 if args.fail_on_error and summary["failed"] else 0
+
+
+def _print_summary(params, summary):
+    out = params.output.rstrip("/")
+    line = f"{summary['images'] + summary['failed']} images, {summary['failed']} failed"
+    if summary["failed"]:
+        line += f": see {out}/failures"
+    print(line)
+    print(f"{summary['skipped']} already done, {summary['objects']} objects, "
+          f"{summary['seconds']:.1f} s ({summary['images_per_second']:.2f} images/s)")
+    print(f"outputs: {out}/labels, {out}/objects, {out}/images, {out}/failures, {out}/run.json")
+
+
+def _demo_table(output):
+    import pandas as pd
+
+    images = pd.read_parquet(f"{output}/images")
+    cols = ["image_id", "height", "width", "n_objects", "mean_object_area"]
+    print(images[cols].sort_values("image_id").to_string(index=False,
+                                                        float_format=lambda v: f"{v:.1f}"))
+
+
+def _train(args):
+    from flows.params import TrainParams
+    from flows.train import train_model
+
+    path = train_model(TrainParams(out_dir=args.out_dir, data_dir=args.data_dir,
+                                   steps=args.steps, steps_per_epoch=args.steps_per_epoch))
+    print(f"trained model: {path}")
+    return 0
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args, args.input)
+    if args.command == "demo":
+        code = _run(args, str(SAMPLES))
+        _demo_table(args.output)
+        return code
+    if args.command == "train":
+        return _train(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

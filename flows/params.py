@@ -1,0 +1,76 @@
+"""Flow parameters: one pydantic model per flow (Prefect renders it as the run form).
+
+Kept free of ``from __future__ import annotations``, which breaks Prefect's parameter schemas.
+"""
+
+import json
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from segmodel.io import DEFAULT_PATTERNS, check_url
+from segmodel.preprocess import MAX_PIXELS
+
+
+class SegmentParams(BaseModel):
+    """Parameters of the ``segment-images`` flow."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str = Field(description="Folder or fsspec URL (s3://, gs://, file://, memory://) of images.")
+    output: str = Field(description="Folder or fsspec URL where masks and tables are written.")
+    storage_options: dict = Field(default_factory=dict,
+                                  description="Passed to fsspec for both input and output.")
+    patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_PATTERNS),
+                                description="Glob patterns of image files (matched recursively).")
+    shard_size: int = Field(32, ge=1, description="Images per shard (the unit of work).")
+    batch_size: int = Field(8, ge=1, description="Tiles per model call.")
+    scale: float = Field(1.0, gt=0.05, le=20, description="Resize factor to the model's scale.")
+    tile_size: Optional[int] = Field(None, description="Tile size (default: the model's).")
+    mask_format: Literal["tif", "png"] = Field("tif", description="Label mask file format.")
+    model: Optional[str] = Field(None, description="Path of a .keras model (default: bundled).")
+    max_pixels: int = Field(MAX_PIXELS, ge=1, description="Images larger than this fail.")
+
+    @field_validator("storage_options", mode="before")
+    @classmethod
+    def _parse_storage_options(cls, value):
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f"storage_options must be a JSON object. Received: {value!r} ({exc.msg})."
+                ) from exc
+        if not isinstance(value, dict):
+            raise ValueError(
+                f"storage_options must be a JSON object like {{\"anon\": true}}. "
+                f"Received: {value!r}"
+            )
+        return value
+
+    @field_validator("input", "output")
+    @classmethod
+    def _known_scheme(cls, value, info):
+        check_url(value, info.field_name)
+        return value
+
+    @field_validator("patterns")
+    @classmethod
+    def _some_patterns(cls, value):
+        if not value or not all(isinstance(p, str) and p for p in value):
+            raise ValueError(f"patterns must be non-empty glob patterns. Received: {value!r}")
+        return value
+
+
+class TrainParams(BaseModel):
+    """Parameters of the ``train-model`` flow."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    out_dir: str = Field(description="Folder for checkpoints, the log and the trained model.")
+    data_dir: Optional[str] = Field(None, description="DSB2018-style dataset folder.")
+    steps: int = Field(2400, ge=1, description="Training steps (batches).")
+    steps_per_epoch: int = Field(100, ge=1, description="Steps between checkpoints.")
+
+
+__all__ = ["SegmentParams", "TrainParams"]

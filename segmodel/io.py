@@ -1,0 +1,212 @@
+"""All storage access: fsspec URLs in, retried reads, atomic writes.
+
+This is the one module that calls :func:`fsspec.core.url_to_fs`; the rest of segflow passes
+around a :class:`Store` (a file system plus a root path), which pickles cheaply.
+"""
+
+import errno
+import fnmatch
+import hashlib
+import json
+import posixpath
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import fsspec
+from fsspec.core import split_protocol, url_to_fs
+
+DEFAULT_PATTERNS = ("*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.bmp")
+
+_TRANSIENT_ERRNOS = {errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.ETIMEDOUT,
+                     errno.EPIPE, errno.EAGAIN}
+_TRANSIENT_WORDS = ("SlowDown", "Throttl", "RequestTimeout", "ServiceUnavailable", "InternalError",
+                    "503", "500 ", "502", "504", "Connection reset", "Connection aborted",
+                    "timed out", "Timeout", "ServerDisconnected", "IncompleteRead")
+
+
+def is_transient(exc):
+    """True for errors worth retrying: connection resets, timeouts, 5xx and throttling.
+
+    Permission errors (403), missing files and programming errors are not transient.
+    """
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+                        TypeError, ValueError, KeyError, AttributeError)):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
+        return True
+    text = f"{type(exc).__name__}: {exc}"
+    return any(word in text for word in _TRANSIENT_WORDS)
+
+
+def retry(fn, *args, attempts=5, base_delay=0.2, max_delay=5.0, **kwargs):
+    """Call ``fn(*args, **kwargs)``, retrying transient errors with jittered exponential backoff."""
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if attempt == attempts - 1 or not is_transient(exc):
+                raise
+            delay = min(max_delay, base_delay * 2**attempt) * (0.5 + random.random())
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One input image: its id (path relative to the input root), full path and fingerprint."""
+
+    image_id: str
+    path: str
+    uri: str
+    size: int
+    fingerprint: str
+
+
+@dataclass
+class Store:
+    """A file system and a root path inside it, from a URL and storage options."""
+
+    url: str
+    storage_options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.fs, self.root = open_url(self.url, self.storage_options, parameter="url")
+
+    def __getstate__(self):
+        return {"url": self.url, "storage_options": self.storage_options}
+
+    def __setstate__(self, state):
+        self.url, self.storage_options = state["url"], state["storage_options"]
+        self.__post_init__()
+
+    def path(self, *parts):
+        return posixpath.join(self.root, *parts) if parts else self.root
+
+    def uri(self, path):
+        """A URL for ``path`` that fsspec opens with the same storage options."""
+        return self.fs.unstrip_protocol(path)
+
+    def exists(self, *parts):
+        return retry(self.fs.exists, self.path(*parts))
+
+    def read_bytes(self, path):
+        return retry(self.fs.cat_file, path)
+
+    def read_text(self, *parts):
+        return self.read_bytes(self.path(*parts)).decode()
+
+    def write_bytes(self, relpath, data):
+        """Write ``data`` under the root atomically: readers see the old or the whole new file."""
+        write_atomic(self.fs, self.path(relpath), data)
+
+    def write_json(self, relpath, obj):
+        self.write_bytes(relpath, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+    def list(self, relpath, suffix=""):
+        """Sorted full paths of files directly under ``relpath`` ending in ``suffix``."""
+        base = self.path(relpath)
+        if not retry(self.fs.exists, base):
+            return []
+        return sorted(p for p in retry(self.fs.ls, base, detail=False)
+                      if p.endswith(suffix) and not posixpath.basename(p).startswith("."))
+
+    def remove(self, path):
+        try:
+            retry(self.fs.rm_file, path)
+        except FileNotFoundError:
+            pass
+
+
+def check_url(url, parameter="url"):
+    """Raise ValueError for an empty URL or an unknown scheme, without touching storage."""
+    if not isinstance(url, str) or not url:
+        raise ValueError(f"{parameter} must be a non-empty path or URL. Received: {url!r}")
+    protocol, _ = split_protocol(url)
+    if protocol is not None and protocol not in fsspec.available_protocols():
+        raise ValueError(
+            f"{parameter} uses an unknown URL scheme {protocol!r}. Received: {url!r}. "
+            "Use a local path or a scheme fsspec knows (file://, s3://, gs://, memory://, ...)."
+        )
+
+
+def open_url(url, storage_options=None, *, parameter="url"):
+    """``(fs, path)`` for a local path or fsspec URL, with a clear error for unknown schemes."""
+    check_url(url, parameter)
+    try:
+        fs, path = url_to_fs(url, **(storage_options or {}))
+    except ImportError as exc:
+        raise ValueError(
+            f"{parameter}={url!r} needs a package that is not installed ({exc}). "
+            f"Install it, e.g. pip install s3fs for s3:// or gcsfs for gs://."
+        ) from exc
+    return fs, path.rstrip("/") or path
+
+
+def write_atomic(fs, path, data):
+    """Write bytes so no half-written file is ever visible under ``path``.
+
+    Local files are written to a hidden temporary name in the same folder and renamed; object
+    stores (S3, GCS, memory) make a single PUT visible only once it is complete.
+    """
+    parent = posixpath.dirname(path)
+    if _is_local(fs):
+        fs.makedirs(parent, exist_ok=True)
+        tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with fs.open(tmp, "wb") as f:
+                f.write(data)
+            fs.mv(tmp, path)
+        finally:
+            if fs.exists(tmp):
+                fs.rm_file(tmp)
+    else:
+        retry(fs.pipe_file, path, data)
+
+
+def _is_local(fs):
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def list_images(store, patterns=DEFAULT_PATTERNS):
+    """Images under the store's root matching ``patterns`` (case-insensitive), sorted by id.
+
+    Raises
+    ------
+    FileNotFoundError
+        The root does not exist.
+    """
+    root = store.root
+    if not retry(store.fs.exists, root):
+        raise FileNotFoundError(
+            f"input not found: {store.url!r}. Check the path or URL (and --storage-options)."
+        )
+    if retry(store.fs.isfile, root):
+        infos = {root: retry(store.fs.info, root)}
+        base = posixpath.dirname(root)
+    else:
+        infos = retry(store.fs.find, root, detail=True)
+        base = root
+    pats = [p.lower() for p in patterns]
+    refs = []
+    for path, info in infos.items():
+        rel = posixpath.relpath(path, base) if base else path
+        name = posixpath.basename(path)
+        if name.startswith(".") or not any(fnmatch.fnmatch(rel.lower(), p) or
+                                           fnmatch.fnmatch(name.lower(), p) for p in pats):
+            continue
+        refs.append(ImageRef(rel, path, store.uri(path), int(info.get("size") or 0),
+                             _fingerprint(info)))
+    return sorted(refs, key=lambda r: r.image_id)
+
+
+def _fingerprint(info):
+    """Size plus ETag / mtime / checksum from a listing: changes whenever the file does."""
+    parts = [str(info.get("size"))]
+    for key in ("ETag", "etag", "md5Hash", "crc32c", "mtime", "LastModified", "updated", "created"):
+        if info.get(key) is not None:
+            parts.append(f"{key}={info[key]}")
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]

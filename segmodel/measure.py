@@ -1,0 +1,69 @@
+"""Per-object measurements with a fixed schema (the empty image gives zero rows)."""
+
+import numpy as np
+import pandas as pd
+from skimage.measure import regionprops_table
+
+#: Intensity channels measured: the image converted to 3 channels (gray repeated).
+CHANNELS = 3
+
+_PROPS = {  # regionprops name -> our column name(s)
+    "label": ["label"],
+    "area": ["area"],
+    "centroid": ["centroid_y", "centroid_x"],
+    "bbox": ["bbox_min_y", "bbox_min_x", "bbox_max_y", "bbox_max_x"],
+    "equivalent_diameter_area": ["equivalent_diameter"],
+    "perimeter": ["perimeter"],
+    "eccentricity": ["eccentricity"],
+    "solidity": ["solidity"],
+    "orientation": ["orientation"],
+    "axis_major_length": ["major_axis_length"],
+    "axis_minor_length": ["minor_axis_length"],
+    "intensity_mean": [f"mean_intensity_{c}" for c in range(CHANNELS)],
+    "intensity_min": [f"min_intensity_{c}" for c in range(CHANNELS)],
+    "intensity_max": [f"max_intensity_{c}" for c in range(CHANNELS)],
+}
+
+#: Column -> dtype of the objects table (``image_id`` first).
+OBJECT_SCHEMA = {"image_id": "string", "label": "int64", "area": "float64"}
+OBJECT_SCHEMA.update({c: "float64" for cols in _PROPS.values() for c in cols
+                      if c not in OBJECT_SCHEMA})
+OBJECT_SCHEMA.update({c: "int64" for c in _PROPS["bbox"]})
+
+
+def measure_objects(labels, intensity, image_id=""):
+    """One row per object of ``labels`` with shape, position and intensity measurements.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+        Instance labels, 0 = background.
+    intensity : (H, W, 3) ndarray
+        The image (raw values) the intensities are measured on.
+    image_id : str, optional
+        Stored in the ``image_id`` column.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns and dtypes of :data:`OBJECT_SCHEMA`; zero rows when there are no objects.
+    """
+    if labels.shape != intensity.shape[:2] or intensity.ndim != 3 or intensity.shape[-1] != CHANNELS:
+        raise ValueError(
+            f"labels (H, W) and intensity (H, W, {CHANNELS}) must match. "
+            f"Received: labels {labels.shape}, intensity {intensity.shape}"
+        )
+    if labels.max() == 0:
+        return empty_objects()
+    table = regionprops_table(labels, intensity_image=intensity.astype(np.float32),
+                              properties=list(_PROPS))
+    columns = {"image_id": [image_id] * len(table["label"])}
+    for prop, names in _PROPS.items():
+        keys = [prop] if len(names) == 1 else [f"{prop}-{i}" for i in range(len(names))]
+        columns.update({name: table[key] for name, key in zip(names, keys)})
+    return pd.DataFrame(columns).astype(OBJECT_SCHEMA)
+
+
+def empty_objects():
+    """The objects table with every column and zero rows."""
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in OBJECT_SCHEMA.items()})

@@ -1,0 +1,138 @@
+"""The output layout, table schemas, shard commits and rerun bookkeeping.
+
+Layout under OUTPUT::
+
+    labels/<image id, extension replaced>.tif   instance masks
+    objects/<shard>.parquet                     one row per object
+    images/<shard>.parquet                      one row per segmented image
+    failures/<shard>.parquet                    one row per image that failed
+    run.json                                    the last run's parameters, model and counts
+
+A shard's parts are written objects, failures, then images: the images part is the commit
+marker. :func:`reconcile` removes parts of shards that never committed and rows superseded by
+a newer shard (a changed image reprocessed), so every image has exactly one current record.
+"""
+
+import io
+import posixpath
+
+import pandas as pd
+
+from segmodel.measure import OBJECT_SCHEMA
+
+TABLES = ("objects", "failures", "images")  # write order: images last (commit marker)
+
+IMAGE_SCHEMA = {
+    "image_id": "string", "uri": "string", "height": "int64", "width": "int64",
+    "n_objects": "int64", "mean_object_area": "float64", "foreground_fraction": "float64",
+    "scale": "float64", "model_name": "string", "model_fingerprint": "string",
+    "segflow_version": "string", "seconds": "float64", "mask_path": "string",
+    "fingerprint": "string", "config_key": "string", "shard": "string",
+}
+FAILURE_SCHEMA = {
+    "image_id": "string", "uri": "string", "stage": "string", "error_type": "string",
+    "message": "string", "fingerprint": "string", "config_key": "string", "shard": "string",
+}
+SCHEMAS = {"objects": OBJECT_SCHEMA, "images": IMAGE_SCHEMA, "failures": FAILURE_SCHEMA}
+MASK_FORMATS = ("tif", "png")
+
+
+def table(name, rows):
+    """A DataFrame of table ``name`` from a list of dicts, with its declared columns and dtypes."""
+    schema = SCHEMAS[name]
+    if not rows:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in schema.items()})
+    return pd.DataFrame(rows, columns=list(schema)).astype(schema)
+
+
+def mask_paths(image_ids, mask_format="tif"):
+    """``{image_id: relative mask path}``; ids differing only by extension keep it in the name.
+
+    ``a.png`` -> ``labels/a.tif``; with both ``a.png`` and ``a.tif`` present they become
+    ``labels/a.png.tif`` and ``labels/a.tif.tif`` so neither overwrites the other.
+    """
+    if mask_format not in MASK_FORMATS:
+        raise ValueError(f"mask_format must be one of {MASK_FORMATS}. Received: {mask_format!r}")
+    stems = {}
+    for image_id in image_ids:
+        stems.setdefault(posixpath.splitext(image_id)[0], []).append(image_id)
+    out = {}
+    for stem, ids in stems.items():
+        for image_id in ids:
+            base = stem if len(ids) == 1 else image_id
+            out[image_id] = f"labels/{base}.{mask_format}"
+    return out
+
+
+def encode_parquet(df):
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def write_shard(store, shard, tables):
+    """Write ``{'objects': df, 'failures': df, 'images': df}`` as the parts of ``shard``."""
+    for name in TABLES:
+        store.write_bytes(f"{name}/{shard}.parquet", encode_parquet(tables[name]))
+
+
+def _read_part(store, name, shard, columns=None):
+    data = store.read_bytes(store.path(name, f"{shard}.parquet"))
+    return pd.read_parquet(io.BytesIO(data), columns=columns)
+
+
+def _shards(store, name):
+    return [posixpath.basename(p)[: -len(".parquet")] for p in store.list(name, ".parquet")]
+
+
+def reconcile(store):
+    """Make the tables consistent; return the current record of every image.
+
+    Removes parts of uncommitted shards, then rows of any image that a newer shard holds.
+
+    Returns
+    -------
+    dict
+        ``{image_id: (status, fingerprint, config_key)}`` with status ``'done'`` or
+        ``'failed'``.
+    """
+    committed = _shards(store, "images")
+    for name in ("objects", "failures"):
+        for shard in set(_shards(store, name)) - set(committed):
+            store.remove(store.path(name, f"{shard}.parquet"))
+    latest, owner, seen = {}, {}, {}
+    cols = ["image_id", "fingerprint", "config_key"]
+    for shard in sorted(committed):  # names start with a UTC timestamp: sorted = oldest first
+        seen[shard] = []
+        for name, status in (("images", "done"), ("failures", "failed")):
+            part = _read_part(store, name, shard, cols)
+            for image_id, fp, key in part.itertuples(index=False):
+                latest[image_id] = (status, fp, key)
+                owner[image_id] = shard
+                seen[shard].append(image_id)
+    for shard, ids in seen.items():
+        stale = {i for i in ids if owner[i] != shard}
+        if stale:
+            _drop_rows(store, shard, stale)
+    return latest
+
+
+def _drop_rows(store, shard, stale):
+    """Rewrite ``shard``'s parts without rows of ``stale`` image ids (images part last)."""
+    ids = {name: _read_part(store, name, shard, ["image_id"])["image_id"] for name in TABLES}
+    if not any(ids[name].isin(stale).any() for name in TABLES):
+        return
+    if not (~ids["images"].isin(stale)).any() and not (~ids["failures"].isin(stale)).any():
+        for name in TABLES:  # every row superseded: the whole shard goes, marker last
+            store.remove(store.path(name, f"{shard}.parquet"))
+        return
+    for name in TABLES:
+        if ids[name].isin(stale).any():
+            df = _read_part(store, name, shard)
+            store.write_bytes(f"{name}/{shard}.parquet",
+                              encode_parquet(df[~df["image_id"].isin(stale)]))
+
+
+def pending(refs, latest, config_key):
+    """The refs not done with the same fingerprint and configuration (failed ones are retried)."""
+    return [r for r in refs if latest.get(r.image_id) != ("done", r.fingerprint, config_key)]

@@ -1,0 +1,139 @@
+"""The three stages applied to a shard of images: read+prepare, segment, tabulate.
+
+A bad image never stops a shard: its error becomes a failure record with the stage it failed
+in. Errors that are not about one image (the model, storage that stays down) propagate.
+"""
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from segmodel import __version__
+from segmodel.api import finish, prepare
+from segmodel.io import ImageRef, is_transient
+from segmodel.measure import CHANNELS, measure_objects
+from segmodel.predict import predict_maps
+from segmodel.preprocess import MAX_PIXELS, decode_image, to_channels
+
+
+@dataclass
+class Item:
+    """One image on its way through a shard's stages."""
+
+    ref: ImageRef
+    prepared: object = None
+    labels: np.ndarray = None
+    failure: dict = None
+    seconds: float = 0.0
+    timings: dict = field(default_factory=dict)
+
+
+def _fail(item, stage, exc):
+    item.failure = {"stage": stage, "error_type": type(exc).__name__, "message": str(exc)[:2000]}
+    item.prepared = item.labels = None
+
+
+def read_shard(store, refs, spec, *, scale=1.0, max_pixels=MAX_PIXELS):
+    """Read, decode and prepare every image of a shard; return a list of :class:`Item`."""
+    items = []
+    for ref in refs:
+        item, t0 = Item(ref), time.perf_counter()
+        try:
+            data = store.read_bytes(ref.path)
+        except Exception as exc:
+            if is_transient(exc) or not isinstance(exc, (FileNotFoundError, PermissionError)):
+                raise  # storage trouble is the task's to retry, not a bad image
+            _fail(item, "read", exc)
+        else:
+            try:
+                image = decode_image(data, name=ref.image_id, max_pixels=max_pixels)
+                item.prepared = prepare(image, spec, scale)
+            except Exception as exc:
+                _fail(item, "decode", exc)
+        item.seconds += time.perf_counter() - t0
+        items.append(item)
+    return items
+
+
+def segment_shard(model, items, tiling, *, batch_size=8, lock=None):
+    """Predict all prepared items in shared fixed-shape batches, then post-process each."""
+    live = [it for it in items if it.prepared is not None]
+    if not live:
+        return items
+    t0 = time.perf_counter()
+    if lock is not None:
+        with lock:
+            maps = predict_maps(model.predict_batch, [it.prepared.x for it in live],
+                                tiling=tiling, batch_size=batch_size)
+    else:
+        maps = predict_maps(model.predict_batch, [it.prepared.x for it in live],
+                            tiling=tiling, batch_size=batch_size)
+    share = (time.perf_counter() - t0) / len(live)
+    for it, m in zip(live, maps):
+        t1 = time.perf_counter()
+        try:
+            it.labels = finish(m, it.prepared, model.spec)
+        except Exception as exc:
+            _fail(it, "postprocess", exc)
+        it.seconds += share + time.perf_counter() - t1
+    return items
+
+
+def tabulate_shard(items, *, shard, config_key, mask_paths, model, scale):
+    """Rows of the objects, images and failures tables, and the masks to write."""
+    objects, images, failures, masks = [], [], [], {}
+    for it in items:
+        ref = it.ref
+        if it.failure is None:
+            t0 = time.perf_counter()
+            try:
+                intensity = to_channels(it.prepared.image, CHANNELS)
+                table = measure_objects(it.labels, intensity, ref.image_id)
+            except Exception as exc:
+                _fail(it, "measure", exc)
+            else:
+                it.seconds += time.perf_counter() - t0
+                objects.append(table)
+                masks[mask_paths[ref.image_id]] = it.labels
+                images.append(_image_row(it, table, shard, config_key, mask_paths, model, scale))
+        if it.failure is not None:
+            failures.append({"image_id": ref.image_id, "uri": ref.uri, **it.failure,
+                             "fingerprint": ref.fingerprint, "config_key": config_key,
+                             "shard": shard})
+    return objects, images, failures, masks
+
+
+def _image_row(it, table, shard, config_key, mask_paths, model, scale):
+    h, w = it.labels.shape
+    n = len(table)
+    return {
+        "image_id": it.ref.image_id, "uri": it.ref.uri, "height": h, "width": w,
+        "n_objects": n,
+        "mean_object_area": float(table["area"].mean()) if n else 0.0,
+        "foreground_fraction": float((it.labels > 0).mean()),
+        "scale": scale, "model_name": model.spec.name, "model_fingerprint": model.fingerprint,
+        "segflow_version": __version__, "seconds": it.seconds,
+        "mask_path": mask_paths[it.ref.image_id], "fingerprint": it.ref.fingerprint,
+        "config_key": config_key, "shard": shard,
+    }
+
+
+def encode_mask(labels, mask_format):
+    """Compressed TIFF (uint16, or uint32 past 65535 objects) or 16-bit PNG bytes."""
+    import io
+
+    n = int(labels.max()) if labels.size else 0
+    dtype = np.uint16 if n <= np.iinfo(np.uint16).max else np.uint32
+    buf = io.BytesIO()
+    if mask_format == "png":
+        if dtype is np.uint32:
+            raise ValueError(f"{n} objects do not fit a 16-bit PNG: use mask_format='tif'.")
+        from PIL import Image
+
+        Image.fromarray(labels.astype(np.uint16)).save(buf, format="PNG")
+    else:
+        import tifffile
+
+        tifffile.imwrite(buf, labels.astype(dtype), compression="zlib")
+    return buf.getvalue()

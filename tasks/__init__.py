@@ -1,0 +1,1 @@
+"""Thin Prefect tasks around the segmodel engine: one verb per task, one task run per shard."""

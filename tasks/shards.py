@@ -1,0 +1,142 @@
+"""Prefect tasks for the stages of a shard: ingest, read, segment, write, finalize.
+
+Pixel arrays never travel through Prefect: the read task leaves a shard's prepared images in
+this process' :data:`_HANDOFF` under the shard's name and returns the name; the segment and
+write tasks pick them up from there, and the write task removes them. Task inputs and results
+are therefore a few hundred bytes, so Prefect's input hashing and in-memory result cache cost
+nothing, and only the shards the flow has in flight hold memory.
+"""
+
+import threading
+from dataclasses import dataclass
+
+import pandas as pd
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from segmodel import outputs, shards
+from segmodel.api import default_tiling
+from segmodel.io import ImageRef, Store, is_transient, list_images
+from segmodel.model import load_model
+
+_HANDOFF = {}
+_MODEL_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ShardContext:
+    """Everything a shard's tasks share within one run (small and picklable)."""
+
+    input: Store
+    output: Store
+    model_path: str
+    scale: float
+    batch_size: int
+    tile_size: int
+    overlap: int
+    mask_format: str
+    max_pixels: int
+    config_key: str
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    name: str
+    index: int
+    total: int
+    refs: tuple
+    mask_paths: dict
+
+
+def _transient_only(task, task_run, state):
+    """Retry condition: only storage errors that may pass (resets, 5xx, throttling)."""
+    try:
+        state.result()
+    except Exception as exc:
+        return is_transient(exc)
+    return False
+
+
+IO_RETRIES = dict(retries=4, retry_delay_seconds=exponential_backoff(backoff_factor=1),
+                  retry_jitter_factor=0.5, retry_condition_fn=_transient_only)
+
+
+@task(name="ingest", cache_policy=NO_CACHE, **IO_RETRIES)
+def ingest(ctx: ShardContext, patterns: tuple, shard_size: int, run_stamp: str) -> dict:
+    """List the input, reconcile earlier outputs and cut what is not done into shards."""
+    logger = get_run_logger()
+    refs = list_images(ctx.input, patterns)
+    latest = outputs.reconcile(ctx.output)
+    todo = outputs.pending(refs, latest, ctx.config_key)
+    masks = outputs.mask_paths([r.image_id for r in refs], ctx.mask_format)
+    total = -(-len(todo) // shard_size)
+    jobs = [
+        ShardJob(f"{run_stamp}-{k:05d}", k + 1, total, tuple(todo[i : i + shard_size]),
+                 {r.image_id: masks[r.image_id] for r in todo[i : i + shard_size]})
+        for k, i in enumerate(range(0, len(todo), shard_size))
+    ]
+    logger.info("%d images found, %d already done, %d to segment in %d shards",
+                len(refs), len(refs) - len(todo), len(todo), total)
+    return {"found": len(refs), "skipped": len(refs) - len(todo), "jobs": jobs}
+
+
+@task(name="read", task_run_name="read shard {job.index}/{job.total}", cache_policy=NO_CACHE,
+      **IO_RETRIES)
+def read(ctx: ShardContext, job: ShardJob) -> str:
+    """Read, decode and prepare the shard's images."""
+    model = load_model(ctx.model_path)
+    _HANDOFF[job.name] = shards.read_shard(ctx.input, list(job.refs), model.spec,
+                                           scale=ctx.scale, max_pixels=ctx.max_pixels)
+    return job.name
+
+
+@task(name="segment", task_run_name="segment shard {job.index}/{job.total}",
+      cache_policy=NO_CACHE)
+def segment(ctx: ShardContext, job: ShardJob, key: str) -> str:
+    """Predict the shard's tiles in shared batches and post-process them into labels."""
+    model = load_model(ctx.model_path)
+    tiling = default_tiling(model.spec, ctx.tile_size, ctx.overlap)
+    shards.segment_shard(model, _HANDOFF[key], tiling, batch_size=ctx.batch_size,
+                         lock=_MODEL_LOCK)
+    return key
+
+
+@task(name="write", task_run_name="write shard {job.index}/{job.total}", cache_policy=NO_CACHE)
+def write(ctx: ShardContext, job: ShardJob, key: str) -> dict:
+    """Measure objects and write masks then table parts (images part last: the commit)."""
+    items = _HANDOFF.pop(key)
+    model = load_model(ctx.model_path)
+    objects, images, failures, masks = shards.tabulate_shard(
+        items, shard=job.name, config_key=ctx.config_key, mask_paths=job.mask_paths,
+        model=model, scale=ctx.scale)
+    for relpath, labels in masks.items():
+        ctx.output.write_bytes(relpath, shards.encode_mask(labels, ctx.mask_format))
+    objects_df = pd.concat(objects, ignore_index=True) if objects else outputs.table("objects", [])
+    outputs.write_shard(ctx.output, job.name, {
+        "objects": objects_df, "images": outputs.table("images", images),
+        "failures": outputs.table("failures", failures)})
+    logger = get_run_logger()
+    for f in failures:
+        logger.warning("failed %s at %s: %s: %s", f["image_id"], f["stage"], f["error_type"],
+                       f["message"][:200])
+    return {"shard": job.name, "index": job.index, "images": len(images),
+            "failed": len(failures), "objects": len(objects_df),
+            "seconds": sum(it.seconds for it in items)}
+
+
+def release(key: str) -> None:
+    """Drop a shard's hand-over data (after a failed stage)."""
+    _HANDOFF.pop(key, None)
+
+
+@task(name="finalize", cache_policy=NO_CACHE, **IO_RETRIES)
+def finalize(ctx: ShardContext, manifest: dict) -> None:
+    """Reconcile the tables once more and write the run manifest."""
+    outputs.reconcile(ctx.output)
+    ctx.output.write_json("run.json", manifest)
+
+
+__all__ = ["ShardContext", "ShardJob", "ImageRef", "ingest", "read", "segment", "write",
+           "finalize", "release"]
