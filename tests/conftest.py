@@ -1,0 +1,80 @@
+"""Shared fixtures: the real DSB2018 set, the shipped samples, a Prefect test server, S3 on loopback."""
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from segmodel.datasets import DEFAULT_DATA  # noqa: E402
+
+SAMPLES = Path(__file__).resolve().parents[1] / "segmodel" / "samples"
+
+
+@pytest.fixture(scope="session")
+def dsb2018():
+    """The shared DSB2018 folder, or a skip saying where it was looked for."""
+    if not (DEFAULT_DATA / "index.csv").is_file():
+        pytest.skip(f"../shared/data/dsb2018 not found (looked in {DEFAULT_DATA}): "
+                    "tests on the real annotated set need it beside the repository")
+    return DEFAULT_DATA
+
+
+@pytest.fixture(scope="session")
+def samples():
+    """The sample images shipped in the package: ``[(path, row of index.csv)]``."""
+    with open(SAMPLES / "index.csv", newline="") as f:
+        return [(SAMPLES / r["file"], r) for r in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One temporary Prefect API for every flow test of the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 protocol server (moto in server mode) on a free loopback port."""
+    pytest.importorskip("moto")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail(f"moto server did not start on {endpoint}")
+    yield endpoint
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def s3_options(s3_server):
+    """Storage options for s3fs against the loopback server (dummy credentials)."""
+    return {"key": "testing", "secret": "testing",
+            "client_kwargs": {"endpoint_url": s3_server, "region_name": "us-east-1"}}

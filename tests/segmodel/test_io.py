@@ -1,0 +1,98 @@
+"""Storage: URL checks, listing, fingerprints, atomic writes, retries (memory:// and local)."""
+
+import errno
+import time
+
+import fsspec
+import pytest
+
+from segmodel.io import Store, check_url, is_transient, list_images, retry
+
+
+@pytest.fixture
+def mem_store():
+    fs = fsspec.filesystem("memory")
+    root = f"/t{time.perf_counter_ns()}"
+    for name in ("b/2.png", "a.PNG", "b/1.tif", "notes.txt", ".hidden.png", "c/3.jpeg"):
+        fs.pipe_file(f"{root}/in/{name}", b"x" * 10)
+    yield Store(f"memory://{root}/in")
+    fs.rm(root, recursive=True)
+
+
+def test_images_are_listed_recursively_sorted_with_relative_ids(mem_store):
+    ids = [r.image_id for r in list_images(mem_store)]
+    assert ids == ["a.PNG", "b/1.tif", "b/2.png", "c/3.jpeg"]
+
+
+def test_patterns_override_the_default(mem_store):
+    assert [r.image_id for r in list_images(mem_store, ["*.tif"])] == ["b/1.tif"]
+
+
+def test_a_changed_file_changes_its_fingerprint(mem_store):
+    before = {r.image_id: r.fingerprint for r in list_images(mem_store)}
+    time.sleep(0.01)
+    mem_store.fs.pipe_file(mem_store.path("b/2.png"), b"y" * 11)
+    after = {r.image_id: r.fingerprint for r in list_images(mem_store)}
+    assert before["b/2.png"] != after["b/2.png"] and before["a.PNG"] == after["a.PNG"]
+
+
+def test_missing_input_raises_file_not_found_naming_it():
+    with pytest.raises(FileNotFoundError, match="memory://nowhere/at/all"):
+        list_images(Store("memory://nowhere/at/all"))
+
+
+def test_unknown_scheme_names_the_parameter_and_value():
+    with pytest.raises(ValueError, match="input uses an unknown URL scheme 'nope'"):
+        check_url("nope://bucket/x", "input")
+
+
+def test_local_atomic_write_leaves_no_temporary_file(tmp_path):
+    store = Store(str(tmp_path))
+    store.write_bytes("deep/er/file.bin", b"123")
+    store.write_bytes("deep/er/file.bin", b"4567")
+    assert (tmp_path / "deep/er/file.bin").read_bytes() == b"4567"
+    assert [p.name for p in (tmp_path / "deep/er").iterdir()] == ["file.bin"]
+
+
+def test_store_pickles_to_its_url_only():
+    import pickle
+
+    store = pickle.loads(pickle.dumps(Store("memory://x/y", {})))
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    assert store.root == "/x/y" and isinstance(store.fs, MemoryFileSystem)
+
+
+@pytest.mark.parametrize("exc, expected", [
+    (ConnectionResetError(errno.ECONNRESET, "reset"), True),
+    (TimeoutError("read timed out"), True),
+    (OSError("An error occurred (SlowDown) when calling the PutObject operation"), True),
+    (OSError("An error occurred (503) ServiceUnavailable"), True),
+    (PermissionError("Forbidden (403)"), False),
+    (FileNotFoundError("s3://b/k"), False),
+    (ValueError("bad value"), False),
+    (ZeroDivisionError(), False),
+], ids=["reset", "timeout", "slowdown", "503", "403", "missing", "valueerror", "bug"])
+def test_only_storage_hiccups_are_transient(exc, expected):
+    assert is_transient(exc) is expected
+
+
+def test_retry_recovers_from_transient_errors_but_not_from_bugs():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionResetError(errno.ECONNRESET, "reset")
+        return "ok"
+
+    assert retry(flaky, base_delay=0.001) == "ok" and len(calls) == 3
+    calls.clear()
+
+    def forbidden():
+        calls.append(1)
+        raise PermissionError("403")
+
+    with pytest.raises(PermissionError):
+        retry(forbidden, base_delay=0.001)
+    assert len(calls) == 1

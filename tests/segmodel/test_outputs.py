@@ -1,0 +1,84 @@
+"""Output layout, shard commits and reconciliation on memory://."""
+
+import time
+
+import pytest
+
+from segmodel import outputs
+from segmodel.io import Store
+
+
+def test_mask_paths_replace_the_extension():
+    assert outputs.mask_paths(["x/a.png", "b.tiff"]) == \
+        {"x/a.png": "labels/x/a.tif", "b.tiff": "labels/b.tif"}
+
+
+def test_ids_differing_only_by_extension_get_distinct_masks():
+    paths = outputs.mask_paths(["a.png", "a.tif", "c.png"], "png")
+    assert paths == {"a.png": "labels/a.png.png", "a.tif": "labels/a.tif.png",
+                     "c.png": "labels/c.png"}
+    assert len(set(paths.values())) == 3
+
+
+def test_unknown_mask_format_is_refused():
+    with pytest.raises(ValueError, match="mask_format must be one of"):
+        outputs.mask_paths(["a.png"], "jpg")
+
+
+def _images_row(image_id, fp, shard):
+    return {"image_id": image_id, "uri": image_id, "height": 1, "width": 1, "n_objects": 0,
+            "mean_object_area": 0.0, "foreground_fraction": 0.0, "scale": 1.0,
+            "model_name": "m", "model_fingerprint": "f", "segflow_version": "0",
+            "seconds": 0.0, "mask_path": "labels/x.tif", "fingerprint": fp,
+            "config_key": "k", "shard": shard}
+
+
+def _write(store, shard, rows, objects=()):
+    outputs.write_shard(store, shard, {
+        "objects": outputs.table("objects", list(objects)),
+        "failures": outputs.table("failures", []),
+        "images": outputs.table("images", rows)})
+
+
+@pytest.fixture
+def store():
+    return Store(f"memory://out{time.perf_counter_ns()}")
+
+
+def _object(image_id, label):
+    row = {c: 0 for c in outputs.SCHEMAS["objects"]}
+    row.update(image_id=image_id, label=label)
+    return row
+
+
+def test_reconcile_keeps_only_the_newest_record_of_each_image(store):
+    _write(store, "20260101T000000Z-00000",
+           [_images_row("a", "old", "s1"), _images_row("b", "b1", "s1")],
+           [_object("a", 1), _object("b", 1)])
+    _write(store, "20260102T000000Z-00000", [_images_row("a", "new", "s2")],
+           [_object("a", 1), _object("a", 2)])
+    latest = outputs.reconcile(store)
+    assert latest == {"a": ("done", "new", "k"), "b": ("done", "b1", "k")}
+    import pandas as pd
+
+    images = pd.read_parquet(store.path("images"), filesystem=store.fs)
+    objects = pd.read_parquet(store.path("objects"), filesystem=store.fs)
+    assert sorted(images["image_id"]) == ["a", "b"]
+    assert sorted(zip(objects["image_id"], objects["label"])) == [("a", 1), ("a", 2), ("b", 1)]
+
+
+def test_reconcile_removes_parts_of_shards_that_never_committed(store):
+    store.write_bytes("objects/20260101T000000Z-00007.parquet",
+                      outputs.encode_parquet(outputs.table("objects", [_object("z", 1)])))
+    assert outputs.reconcile(store) == {}
+    assert store.list("objects", ".parquet") == []
+
+
+def test_pending_skips_done_images_with_the_same_fingerprint_and_config():
+    from segmodel.io import ImageRef
+
+    refs = [ImageRef("a", "a", "a", 1, "f1"), ImageRef("b", "b", "b", 1, "f2"),
+            ImageRef("c", "c", "c", 1, "f3")]
+    latest = {"a": ("done", "f1", "k"), "b": ("done", "old", "k"), "c": ("failed", "f3", "k")}
+    assert [r.image_id for r in outputs.pending(refs, latest, "k")] == ["b", "c"]
+    assert len(outputs.pending(refs, latest, "other")) == 3

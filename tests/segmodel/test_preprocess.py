@@ -1,0 +1,137 @@
+"""Decoding, normalisation, pyramids and tiling."""
+
+import io
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from segmodel.preprocess import (
+    ImageDecodeError, Normalization, Tiling, apply_normalization, blend_window, decode_image,
+    estimate_normalization, extract_tile, pyramid, tile_origins, to_channels,
+)
+
+
+def _png(array, mode=None):
+    buf = io.BytesIO()
+    Image.fromarray(array, mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _jpeg(array):
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _tiff(array):
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, array)
+    return buf.getvalue()
+
+
+RNG = np.random.default_rng(0)
+GRAY8 = RNG.integers(0, 255, (20, 30), dtype=np.uint8)
+GRAY16 = RNG.integers(0, 65535, (20, 30), dtype=np.uint16)
+RGB8 = RNG.integers(0, 255, (20, 30, 3), dtype=np.uint8)
+RGBA8 = RNG.integers(0, 255, (20, 30, 4), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("data, dtype, channels", [
+    (_png(GRAY8), np.uint8, 1), (_png(GRAY16), np.uint16, 1), (_png(RGB8), np.uint8, 3),
+    (_png(RGBA8), np.uint8, 4), (_jpeg(RGB8), np.uint8, 3), (_tiff(GRAY16), np.uint16, 1),
+    (_tiff(RGB8), np.uint8, 3),
+], ids=["png-gray8", "png-gray16", "png-rgb", "png-rgba", "jpeg-rgb", "tiff-gray16", "tiff-rgb"])
+def test_decode_gives_hwc_with_the_file_dtype(data, dtype, channels):
+    image = decode_image(data)
+    assert image.shape == (20, 30, channels)
+    assert image.dtype == dtype
+
+
+def test_decode_keeps_16_bit_values_exactly():
+    np.testing.assert_array_equal(decode_image(_png(GRAY16))[..., 0], GRAY16)
+    np.testing.assert_array_equal(decode_image(_tiff(GRAY16))[..., 0], GRAY16)
+
+
+@pytest.mark.parametrize("data, match", [
+    (b"", "empty"), (b"not an image at all", "not a readable image"),
+    (_png(RGB8)[:100], "not a readable image"), (b"II*\x00garbage", "not a readable TIFF"),
+], ids=["empty", "text", "truncated-png", "broken-tiff"])
+def test_bad_bytes_raise_a_decode_error_naming_the_file(data, match):
+    with pytest.raises(ImageDecodeError, match=match) as err:
+        decode_image(data, name="plate1/a.png")
+    assert "plate1/a.png" in str(err.value)
+
+
+def test_images_over_max_pixels_are_refused():
+    with pytest.raises(ImageDecodeError, match="max_pixels=100"):
+        decode_image(_png(GRAY8), max_pixels=100)
+
+
+def test_to_channels_repeats_gray_and_drops_alpha():
+    assert to_channels(GRAY8[..., None], 3).shape == (20, 30, 3)
+    np.testing.assert_array_equal(to_channels(RGBA8, 3), RGBA8[..., :3])
+
+
+def test_flat_image_normalises_to_finite_zeros():
+    flat = np.full((16, 16, 3), 7, np.uint16)
+    out = apply_normalization(flat, estimate_normalization(flat))
+    assert np.isfinite(out).all() and (out == 0).all()
+
+
+def test_16_bit_image_normalises_to_unit_range():
+    image = np.linspace(0, 60000, 100 * 100).reshape(100, 100, 1).astype(np.uint16)
+    out = apply_normalization(image, estimate_normalization(image, Normalization(1, 99)))
+    assert out.dtype == np.float32
+    assert out[50, 50, 0] == pytest.approx(0.5, abs=0.01)
+    assert out.min() >= -0.5 and out.max() <= 1.5
+
+
+def test_bright_background_is_inverted_so_nuclei_are_bright():
+    image = np.full((64, 64, 3), 220, np.uint8)
+    image[20:30, 20:30] = 40  # a dark nucleus on a light stained background
+    out = apply_normalization(image, estimate_normalization(image))
+    assert out[25, 25].mean() > 0.9 and out[5, 5].mean() < 0.1
+
+
+def test_normalisation_does_not_modify_its_input():
+    image = RGB8.copy()
+    apply_normalization(image, estimate_normalization(image))
+    np.testing.assert_array_equal(image, RGB8)
+
+
+def test_pyramid_halves_until_min_size_and_stops():
+    levels = pyramid(np.zeros((256, 200, 3), np.float32), min_size=32)
+    assert [lv.shape[:2] for lv in levels] == [(256, 200), (128, 100), (64, 50)]
+    assert len(pyramid(np.zeros((20, 20, 1)), min_size=32)) == 1
+
+
+def test_tiles_cover_the_image_and_stay_inside_it():
+    tiling = Tiling(tile=64, overlap=8)
+    origins = tile_origins((150, 100), tiling)
+    covered = np.zeros((150, 100), bool)
+    for y, x in origins:
+        assert 0 <= y <= 150 - 64 and 0 <= x <= 100 - 64
+        covered[y : y + 64, x : x + 64] = True
+    assert covered.all()
+
+
+def test_tile_larger_than_image_is_padded_with_zeros():
+    tile = extract_tile(np.ones((10, 12, 1), np.float32), (0, 0), 32)
+    assert tile.shape == (32, 32, 1)
+    assert tile[:10, :12].sum() == 120 and tile.sum() == 120
+
+
+@pytest.mark.parametrize("tile, overlap, match", [
+    (100, 8, "multiple of 16"), (0, 0, "multiple of 16"), (64, 32, "overlap"),
+])
+def test_bad_tiling_names_the_parameter_and_value(tile, overlap, match):
+    with pytest.raises(ValueError, match=match) as err:
+        Tiling(tile, overlap).validate(16)
+    assert "Received" in str(err.value)
+
+
+def test_blend_window_is_symmetric_and_positive():
+    w = blend_window(32, 8)
+    assert (w > 0).all() and np.allclose(w, w.T) and w[16, 16] == 1
