@@ -42,6 +42,8 @@ def _add_run_options(p):
     p.add_argument("--tile-size", type=int, default=None)
     p.add_argument("--mask-format", choices=["tif", "png"], default="tif")
     p.add_argument("--model", default=None, help="path of a .keras model (default: bundled)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="try again images that failed in an earlier run and did not change")
     p.add_argument("--fail-on-error", action="store_true",
                    help="exit with status 1 when any image failed")
 
@@ -54,7 +56,8 @@ def _segment_params(args, input_url):
     fields = {"input": input_url, "output": args.output, "storage_options": args.storage_options,
               "shard_size": args.shard_size, "batch_size": args.batch_size,
               "scale": args.scale, "tile_size": args.tile_size,
-              "mask_format": args.mask_format, "model": args.model}
+              "mask_format": args.mask_format, "model": args.model,
+              "retry_failed": args.retry_failed}
     if args.patterns:
         fields["patterns"] = args.patterns
     try:

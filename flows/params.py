@@ -30,6 +30,7 @@ class SegmentParams(BaseModel):
     mask_format: Literal["tif", "png"] = Field("tif", description="Label mask file format.")
     model: Optional[str] = Field(None, description="Path of a .keras model (default: bundled).")
     max_pixels: int = Field(MAX_PIXELS, ge=1, description="Images larger than this fail.")
+    retry_failed: bool = Field(False, description="Try unchanged images that failed before again.")
 
     @field_validator("storage_options", mode="before")
     @classmethod

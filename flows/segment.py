@@ -45,7 +45,7 @@ def segment_images(params: SegmentParams) -> dict:
     t0 = time.perf_counter()
     ctx, model = _context(params)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    plan = ingest(ctx, tuple(params.patterns), params.shard_size, stamp)
+    plan = ingest(ctx, tuple(params.patterns), params.shard_size, stamp, params.retry_failed)
     if plan["found"] == 0:
         raise FileNotFoundError(
             f"no images under input={params.input!r} match patterns={params.patterns}. "

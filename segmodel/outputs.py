@@ -133,6 +133,13 @@ def _drop_rows(store, shard, stale):
                               encode_parquet(df[~df["image_id"].isin(stale)]))
 
 
-def pending(refs, latest, config_key):
-    """The refs not done with the same fingerprint and configuration (failed ones are retried)."""
-    return [r for r in refs if latest.get(r.image_id) != ("done", r.fingerprint, config_key)]
+def pending(refs, latest, config_key, *, retry_failed=False):
+    """The refs without a current record for their fingerprint and configuration.
+
+    An image that failed is tried again when its file or the configuration changed, or with
+    ``retry_failed``; an unchanged bad file is not decoded again on every run.
+    """
+    current = {"done", "failed"} - ({"failed"} if retry_failed else set())
+    return [r for r in refs
+            if not (r.image_id in latest and latest[r.image_id][0] in current
+                    and latest[r.image_id][1:] == (r.fingerprint, config_key))]

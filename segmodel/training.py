@@ -163,17 +163,14 @@ def train(out_dir, config=TrainConfig(), log=print):
     done = json.loads(state_file.read_text())["epoch"] if state_file.exists() else 0
     if done and ckpt.exists():
         model = keras.saving.load_model(ckpt, custom_objects={"_loss": _loss})
+        model.optimizer.learning_rate = _schedule(config)  # follows a changed --steps too
         log(f"resuming from {ckpt} after epoch {done}/{epochs}")
     else:
         done = 0
         keras.utils.set_random_seed(config.seed)
         model = build_unet(filters=tuple(config.filters), bottleneck=config.bottleneck)
-        warmup = min(config.warmup_steps, config.steps // 4)
-        schedule = keras.optimizers.schedules.CosineDecay(
-            0.0, max(1, config.steps - warmup), alpha=0.02,
-            warmup_target=config.learning_rate, warmup_steps=warmup,
-        )
-        model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4), loss=_loss)
+        optimizer = keras.optimizers.AdamW(_schedule(config), weight_decay=1e-4)
+        model.compile(optimizer=optimizer, loss=_loss)
     if done < epochs:
         sampler = PatchSampler(_load_items(datasets.list_samples(config.data_dir, "train"), log), config)
         _fit(model, sampler, config, done, epochs, ckpt, state_file, log)
@@ -190,6 +187,17 @@ def train(out_dir, config=TrainConfig(), log=print):
     save_model(export, spec, final)
     log(f"saved {final}")
     return final
+
+
+def _schedule(config):
+    """Linear warm-up, then cosine decay to 2% over the remaining steps."""
+    import keras
+
+    warmup = min(config.warmup_steps, config.steps // 4)
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, max(1, config.steps - warmup), alpha=0.02,
+        warmup_target=config.learning_rate, warmup_steps=warmup,
+    )
 
 
 def _fit(model, sampler, config, done, epochs, ckpt, state_file, log):

@@ -64,12 +64,13 @@ IO_RETRIES = dict(retries=4, retry_delay_seconds=exponential_backoff(backoff_fac
 
 
 @task(name="ingest", cache_policy=NO_CACHE, **IO_RETRIES)
-def ingest(ctx: ShardContext, patterns: tuple, shard_size: int, run_stamp: str) -> dict:
+def ingest(ctx: ShardContext, patterns: tuple, shard_size: int, run_stamp: str,
+           retry_failed: bool = False) -> dict:
     """List the input, reconcile earlier outputs and cut what is not done into shards."""
     logger = get_run_logger()
     refs = list_images(ctx.input, patterns)
     latest = outputs.reconcile(ctx.output)
-    todo = outputs.pending(refs, latest, ctx.config_key)
+    todo = outputs.pending(refs, latest, ctx.config_key, retry_failed=retry_failed)
     masks = outputs.mask_paths([r.image_id for r in refs], ctx.mask_format)
     total = -(-len(todo) // shard_size)
     jobs = [

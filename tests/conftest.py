@@ -77,4 +77,4 @@ def s3_server():
 def s3_options(s3_server):
     """Storage options for s3fs against the loopback server (dummy credentials)."""
     return {"key": "testing", "secret": "testing",
-            "client_kwargs": {"endpoint_url": s3_server, "region_name": "us-east-1"}}
+            "client_kwargs": {"endpoint_url": s3_server, "region_name": "eu-west-1"}}

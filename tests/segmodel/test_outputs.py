@@ -80,5 +80,7 @@ def test_pending_skips_done_images_with_the_same_fingerprint_and_config():
     refs = [ImageRef("a", "a", "a", 1, "f1"), ImageRef("b", "b", "b", 1, "f2"),
             ImageRef("c", "c", "c", 1, "f3")]
     latest = {"a": ("done", "f1", "k"), "b": ("done", "old", "k"), "c": ("failed", "f3", "k")}
-    assert [r.image_id for r in outputs.pending(refs, latest, "k")] == ["b", "c"]
+    assert [r.image_id for r in outputs.pending(refs, latest, "k")] == ["b"]
+    assert [r.image_id for r in outputs.pending(refs, latest, "k", retry_failed=True)] == \
+        ["b", "c"]
     assert len(outputs.pending(refs, latest, "other")) == 3

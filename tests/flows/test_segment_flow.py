@@ -1,0 +1,135 @@
+"""The segment-images flow through the CLI on real sample images: outputs, reruns, bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from flows.cli import main
+from segmodel.outputs import FAILURE_SCHEMA, IMAGE_SCHEMA
+from segmodel.measure import OBJECT_SCHEMA
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+SMALL = ["fluor-3bfd6bb1.png", "fluor-62570c4f.png", "histo-b909aa8f.png"]
+
+
+@pytest.fixture
+def folder(tmp_path, samples):
+    """Three real sample images, one in a subfolder, plus a corrupt and an empty file."""
+    src = tmp_path / "in"
+    (src / "plate2").mkdir(parents=True)
+    by_name = {p.name: p for p, _ in samples}
+    shutil.copy(by_name[SMALL[0]], src / SMALL[0])
+    shutil.copy(by_name[SMALL[1]], src / SMALL[1])
+    shutil.copy(by_name[SMALL[2]], src / "plate2" / SMALL[2])
+    (src / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 50)
+    (src / "empty.tif").write_bytes(b"")
+    return src
+
+
+def _tables(out):
+    return {name: pd.read_parquet(out / name) for name in ("images", "objects", "failures")}
+
+
+def test_run_writes_masks_and_tables_and_bad_files_become_failures(folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", str(folder), str(out), "--shard-size", "2"]) == 0
+    t = _tables(out)
+    assert sorted(t["images"]["image_id"]) == sorted([SMALL[0], SMALL[1], f"plate2/{SMALL[2]}"])
+    assert list(t["images"].columns) == list(IMAGE_SCHEMA)
+    assert list(t["objects"].columns) == list(OBJECT_SCHEMA)
+    assert list(t["failures"].columns) == list(FAILURE_SCHEMA)
+    assert sorted(t["failures"]["image_id"]) == ["corrupt.png", "empty.tif"]
+    assert set(t["failures"]["stage"]) == {"decode"}
+    for row in t["images"].itertuples():
+        mask = tifffile.imread(out / row.mask_path)
+        assert mask.shape == (row.height, row.width) and mask.dtype == np.uint16
+        assert mask.max() == row.n_objects
+        n = (t["objects"]["image_id"] == row.image_id).sum()
+        assert n == row.n_objects
+    assert (out / "labels" / "plate2" / SMALL[2].replace(".png", ".tif")).is_file()
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["counts"]["images"] == 3 and manifest["counts"]["failed"] == 2
+    printed = capsys.readouterr().out
+    assert f"5 images, 2 failed: see {out}/failures" in printed
+
+
+def test_rerun_segments_nothing_and_duplicates_no_row(folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    main(["run", str(folder), str(out), "--pattern", "*.png"])
+    first = _tables(out)
+    files = sorted(p.relative_to(out) for p in out.rglob("*.parquet"))
+    capsys.readouterr()
+    main(["run", str(folder), str(out), "--pattern", "*.png"])
+    printed = capsys.readouterr().out
+    assert "0 images to segment (4 already done)" in printed
+    again = _tables(out)
+    assert sorted(p.relative_to(out) for p in out.rglob("*.parquet")) == files
+    for name in first:
+        pd.testing.assert_frame_equal(first[name], again[name])
+
+
+def test_a_changed_image_is_reprocessed_and_its_rows_replaced(folder, tmp_path, samples, capsys):
+    out = tmp_path / "out"
+    main(["run", str(folder), str(out), "--pattern", "*.png"])
+    by_name = {p.name: p for p, _ in samples}
+    shutil.copy(by_name["fluor-a1f50f10.png"], folder / SMALL[0])  # new content, same name
+    capsys.readouterr()
+    main(["run", str(folder), str(out), "--pattern", "*.png"])
+    assert "1 images to segment (3 already done)" in capsys.readouterr().out
+    t = _tables(out)
+    assert t["images"]["image_id"].is_unique and len(t["images"]) == 3
+    row = t["images"].set_index("image_id").loc[SMALL[0]]
+    objects = t["objects"][t["objects"]["image_id"] == SMALL[0]]
+    assert len(objects) == row["n_objects"] and objects["label"].is_unique
+
+
+def test_a_fixed_file_is_retried_and_its_failure_row_removed(folder, tmp_path, samples):
+    out = tmp_path / "out"
+    main(["run", str(folder), str(out)])
+    shutil.copy(samples[0][0], folder / "corrupt.png")
+    main(["run", str(folder), str(out)])
+    t = _tables(out)
+    assert t["failures"]["image_id"].tolist() == ["empty.tif"]
+    assert "corrupt.png" in set(t["images"]["image_id"])
+
+
+def test_inputs_differing_only_by_extension_keep_separate_masks(tmp_path, samples):
+    src = tmp_path / "in"
+    src.mkdir()
+    from PIL import Image
+
+    arr = np.asarray(Image.open(samples[1][0]))
+    Image.fromarray(arr).save(src / "a.png")
+    tifffile.imwrite(src / "a.tif", arr[..., :3])
+    out = tmp_path / "out"
+    assert main(["run", str(src), str(out), "--mask-format", "png"]) == 0
+    assert sorted(p.name for p in (out / "labels").iterdir()) == ["a.png.png", "a.tif.png"]
+
+
+def test_fail_on_error_exits_non_zero(folder, tmp_path):
+    assert main(["run", str(folder), str(tmp_path / "out"), "--fail-on-error"]) == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "{missing}", "{out}"], "input not found"),
+    (["run", "nope://bucket/x", "{out}"], "input uses an unknown URL scheme 'nope'"),
+    (["run", "{input}", "{out}", "--tile-size", "100"], "tile_size must be a positive multiple"),
+    (["run", "{input}", "{out}", "--batch-size", "0"], "--batch-size: Input should be greater"),
+    (["run", "{input}", "{out}", "--storage-options", "{{bad"], "storage_options must be a JSON"),
+    (["run", "{input}", "{out}", "--pattern", "*.czi"], "no images under input"),
+    (["run", "{input}", "{out}", "--model", "{missing}/m.keras"], "model file not found"),
+], ids=["missing-input", "unknown-scheme", "tile-size", "batch-size", "bad-json",
+        "nothing-matched", "missing-model"])
+def test_wrong_parameters_fail_before_any_work_naming_the_parameter(folder, tmp_path, args,
+                                                                    message):
+    fill = {"missing": str(tmp_path / "missing"), "out": str(tmp_path / "out"),
+            "input": str(folder)}
+    with pytest.raises(SystemExit) as err:
+        main([a.format(**fill) for a in args])
+    assert message in str(err.value)
+    assert not (tmp_path / "out" / "images").exists()
