@@ -46,6 +46,12 @@ def average_precision(true, pred, thresholds=THRESHOLDS):
     -------
     ap : (len(thresholds),) ndarray
     """
+    thresholds = np.asarray(thresholds, dtype=float)
+    if thresholds.size == 0 or thresholds.min() < 0.5:
+        raise ValueError(
+            "thresholds must be IoU values >= 0.5 (below that an object can match two). "
+            f"Received: thresholds={thresholds.tolist()}"
+        )
     iou = iou_matrix(true, pred)
     n_true, n_pred = iou.shape
     out = np.empty(len(thresholds))
@@ -59,14 +65,18 @@ def average_precision(true, pred, thresholds=THRESHOLDS):
 
 
 def score_image(true, pred):
-    """Per-image record: mean AP over IoU 0.5..0.95, AP@0.5, AP@0.75, counts."""
-    ap = average_precision(true, pred)
+    """Per-image record: mean AP over IoU 0.5..0.95, AP@0.5, AP@0.75, counts.
+
+    ``count_error`` is ``|n_pred - n_true| / n_true``, and ``n_pred`` when there is no true
+    object (so an empty image with false detections still counts against the method).
+    """
+    ap = dict(zip(THRESHOLDS.tolist(), average_precision(true, pred)))
     n_true = int(len(np.unique(true[true > 0])))
     n_pred = int(len(np.unique(pred[pred > 0])))
     return {
-        "ap": float(ap.mean()),
-        "ap50": float(ap[0]),
-        "ap75": float(ap[5]),
+        "ap": float(np.mean(list(ap.values()))),
+        "ap50": float(ap[0.5]),
+        "ap75": float(ap[0.75]),
         "n_true": n_true,
         "n_pred": n_pred,
         "count_error": abs(n_pred - n_true) / max(n_true, 1),

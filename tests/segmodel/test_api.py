@@ -1,0 +1,67 @@
+"""The engine on real images with the shipped model: notebook API, counts, tiling invariance."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segmodel.api import segment, segment_many
+from segmodel.metrics import iou_matrix
+from segmodel.preprocess import Tiling, tile_origins
+
+#: Allowed |predicted - annotated| / annotated nucleus count per sample kind (hand counts).
+COUNT_TOLERANCE = {"fluorescence": 0.25, "histology": 0.4, "brightfield": 0.5}
+
+
+def _load(path):
+    return np.asarray(Image.open(path))
+
+
+def test_segment_gives_a_label_image_and_its_table_in_one_call(samples):
+    path, row = samples[1]
+    labels, table = segment(_load(path), image_id=row["file"])
+    assert labels.shape == (int(row["height"]), int(row["width"])) and labels.dtype == np.int32
+    assert len(table) == labels.max() and (table["image_id"] == row["file"]).all()
+    assert sorted(table["label"]) == list(range(1, labels.max() + 1))
+
+
+def test_counts_match_the_hand_annotations_within_tolerance(samples):
+    labels = segment_many([_load(p) for p, _ in samples])
+    for lab, (path, row) in zip(labels, samples):
+        true = int(row["nuclei"])
+        tol = max(2, COUNT_TOLERANCE[row["modality"]] * true)
+        assert abs(int(lab.max()) - true) <= tol, f"{path.name}: {lab.max()} vs {true} annotated"
+
+
+def test_tiling_does_not_change_the_objects(samples):
+    path = next(p for p, r in samples if r["height"] == "520")
+    image = _load(path)
+    whole = segment_many([image], tiling=Tiling(704, 0))[0]
+    tiling = Tiling(128, 32)
+    tiled = segment_many([image], tiling=tiling)[0]
+    iou = iou_matrix(whole, tiled)
+    assert whole.max() > 10 and iou.shape[0] == whole.max()
+    best = iou.max(axis=1)
+    assert (best >= 0.9).mean() >= 0.95, f"{(best < 0.9).sum()} of {len(best)} objects changed"
+    # objects that straddle a seam between tiles are found whole, not cut in two
+    crossing = _objects_on_seams(whole, tile_origins(image.shape, tiling), tiling)
+    assert crossing, "expected some objects on tile seams"
+    assert all(best[i - 1] >= 0.9 for i in crossing)
+
+
+def _objects_on_seams(labels, origins, tiling):
+    """Labels of objects cut by a line midway through the overlap of two neighbouring tiles."""
+    ys = sorted({y for y, _ in origins})[:-1]
+    xs = sorted({x for _, x in origins})[:-1]
+    found = set()
+    for y in ys:
+        row = y + tiling.tile - tiling.overlap
+        found |= set(np.intersect1d(labels[row - 1], labels[row]).tolist())
+    for x in xs:
+        col = x + tiling.tile - tiling.overlap
+        found |= set(np.intersect1d(labels[:, col - 1], labels[:, col]).tolist())
+    return sorted(found - {0})
+
+
+def test_segment_many_refuses_a_bad_scale(samples):
+    with pytest.raises(ValueError, match="scale must be a number between 0.05 and 20"):
+        segment_many([_load(samples[0][0])], scale=0)
