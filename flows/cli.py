@@ -1,12 +1,15 @@
 """The ``segflow`` command: a thin layer that builds flow parameters and calls the flows."""
 
 import argparse
-import json
+import os
 import sys
 import time
 from pathlib import Path
 
 SAMPLES = Path(__file__).resolve().parents[1] / "segmodel" / "samples"
+
+# The CLI prints its own progress; Prefect's INFO lines still reach the API (and the UI).
+os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
 
 

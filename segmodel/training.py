@@ -43,6 +43,8 @@ class TrainConfig:
         default_factory=lambda: {"fluorescence": 0.5, "histology": 0.35, "brightfield": 0.15}
     )
     seed: int = 0
+    tune_images: int = 0  # 0: every image of the tune split
+    train_images: int = 0  # 0: every image of the train split
 
 
 def make_targets(labels):
@@ -172,9 +174,10 @@ def train(out_dir, config=TrainConfig(), log=print):
         optimizer = keras.optimizers.AdamW(_schedule(config), weight_decay=1e-4)
         model.compile(optimizer=optimizer, loss=_loss)
     if done < epochs:
-        sampler = PatchSampler(_load_items(datasets.list_samples(config.data_dir, "train"), log), config)
+        samples = datasets.list_samples(config.data_dir, "train")[: config.train_images or None]
+        sampler = PatchSampler(_load_items(samples, log), config)
         _fit(model, sampler, config, done, epochs, ckpt, state_file, log)
-    tune = datasets.list_samples(config.data_dir, "tune")
+    tune = datasets.list_samples(config.data_dir, "tune")[: config.tune_images or None]
     settings = tune_thresholds(model, tune, log=log)
     spec = ModelSpec(postprocess=settings, training={
         **{k: v for k, v in asdict(config).items() if k != "data_dir"},

@@ -1,0 +1,54 @@
+"""Training on the real set: targets, patches, and a run that resumes from its checkpoint."""
+
+import json
+
+import numpy as np
+
+from segmodel import datasets
+from segmodel.model import load_model
+from segmodel.training import PatchSampler, TrainConfig, make_targets, train
+
+
+def test_targets_separate_touching_nuclei():
+    labels = np.zeros((20, 30), np.int32)
+    labels[5:15, 3:15] = 1
+    labels[5:15, 15:27] = 2  # touching along column 15
+    t = make_targets(labels)
+    assert t.shape == (20, 30, 3) and t.dtype == np.float32
+    assert t[..., 0].sum() == (labels > 0).sum()
+    assert t[10, 14, 1] == 1 and t[10, 15, 1] == 1  # both sides of the contact are boundary
+    assert t[10, 8, 2] == 1.0 and t[10, 20, 2] == 1.0 and t[10, 14, 2] < 0.5
+    assert (t[labels == 0] == 0).all()
+
+
+def test_every_split_is_a_fixed_function_of_the_id(dsb2018):
+    samples = datasets.list_samples(dsb2018)
+    splits = [datasets.split_of(s.id) for s in samples]
+    assert splits == [datasets.split_of(s.id) for s in datasets.list_samples(dsb2018)]
+    val = splits.count("val") / len(splits)
+    assert 0.10 < val < 0.20 and "tune" in splits and "train" in splits
+
+
+def test_patches_have_fixed_shape_and_nuclei(dsb2018):
+    samples = datasets.list_samples(dsb2018, "train")[:6]
+    from segmodel.training import _load_items
+
+    sampler = PatchSampler(_load_items(samples, log=lambda m: None), TrainConfig(batch_size=4))
+    x, y = sampler.batch(np.random.default_rng(0))
+    assert x.shape == (4, 128, 128, 3) and y.shape == (4, 128, 128, 3)
+    assert np.isfinite(x).all() and 0 <= y.min() and y.max() <= 1 and y[..., 0].sum() > 0
+
+
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(dsb2018, tmp_path):
+    config = TrainConfig(data_dir=str(dsb2018), steps=2, steps_per_epoch=1, batch_size=2,
+                         patch=64, tune_images=2, train_images=12)
+    messages = []
+    first = TrainConfig(**{**config.__dict__, "steps": 1})
+    train(tmp_path, first, log=messages.append)
+    assert json.loads((tmp_path / "state.json").read_text())["epoch"] == 1
+    messages.clear()
+    final = train(tmp_path, config, log=messages.append)
+    assert any("resuming" in m and "after epoch 1/2" in m for m in messages)
+    assert json.loads((tmp_path / "state.json").read_text())["epoch"] == 2
+    model = load_model(final)
+    assert model.spec.training["steps"] == 2 and 0 < model.spec.postprocess.foreground < 1
