@@ -1,6 +1,7 @@
 """The ``segflow`` command: a thin layer that builds flow parameters and calls the flows."""
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -26,6 +27,14 @@ def _parser():
     demo.add_argument("output", nargs="?", default="segflow-demo",
                       help="output folder (default: ./segflow-demo)")
     _add_run_options(demo)
+
+    ev = sub.add_parser("evaluate", help="score predicted masks against ground-truth masks")
+    ev.add_argument("pred", help="segflow OUTPUT (its labels/) or a folder of label masks")
+    ev.add_argument("truth", help="folder of ground-truth label masks, paired by file name")
+    ev.add_argument("--groups", default=None, help="CSV with an id column and a group column")
+    ev.add_argument("--group-column", default="modality")
+    ev.add_argument("--out", default=None, help="write per-image scores to this Parquet file")
+    ev.add_argument("--storage-options", default="{}", help="JSON passed to fsspec")
 
     train = sub.add_parser("train", help="train the nuclei model (resumes an interrupted run)")
     train.add_argument("out_dir", nargs="?", default="train-runs/nuclei")
@@ -156,6 +165,24 @@ def _train(args):
     return 0
 
 
+def _evaluate(args):
+    from flows.evaluate import EvaluateParams, evaluate_labels
+
+    try:
+        params = EvaluateParams(pred=args.pred, truth=args.truth, groups_csv=args.groups,
+                                group_column=args.group_column, out=args.out,
+                                storage_options=json.loads(args.storage_options))
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"segflow: --storage-options must be JSON ({exc.msg}). "
+                         f"Received: {args.storage_options!r}") from None
+    try:
+        table = evaluate_labels(params)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"segflow: {exc}") from None
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
 def main(argv=None):
     args = _parser().parse_args(argv)
     if args.command == "run":
@@ -164,6 +191,8 @@ def main(argv=None):
         code = _run(args, str(SAMPLES))
         _demo_table(args.output)
         return code
+    if args.command == "evaluate":
+        return _evaluate(args)
     if args.command == "train":
         return _train(args)
     return 2

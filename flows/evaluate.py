@@ -1,0 +1,44 @@
+"""The ``evaluate-labels`` flow: score predicted masks against ground truth (DSB2018 metric)."""
+
+import posixpath
+from typing import Optional
+
+import pandas as pd
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict, Field
+
+from segmodel.evaluate import evaluate_folders, summarize
+from segmodel.io import Store
+from segmodel.outputs import encode_parquet
+
+
+class EvaluateParams(BaseModel):
+    """Parameters of the ``evaluate-labels`` flow."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pred: str = Field(description="Predicted masks: a segflow OUTPUT or a folder of masks.")
+    truth: str = Field(description="Ground-truth label masks (tif/png), paired by file name.")
+    groups_csv: Optional[str] = Field(None, description="CSV with an id column and groups.")
+    group_column: str = Field("modality", description="Column of groups_csv naming groups.")
+    out: Optional[str] = Field(None, description="Parquet file for the per-image scores.")
+    storage_options: dict = Field(default_factory=dict)
+
+
+@task(name="score", cache_policy=NO_CACHE)
+def score(params: EvaluateParams) -> pd.DataFrame:
+    """Score every truth image against its prediction."""
+    groups = pd.read_csv(params.groups_csv) if params.groups_csv else None
+    return evaluate_folders(params.pred, params.truth, storage_options=params.storage_options,
+                            groups=groups, group_column=params.group_column)
+
+
+@flow(name="evaluate-labels")
+def evaluate_labels(params: EvaluateParams) -> pd.DataFrame:
+    """Per-group mean scores; per-image scores written to ``params.out`` when given."""
+    scores = score(params)
+    if params.out:
+        store = Store(posixpath.dirname(params.out) or ".", params.storage_options)
+        store.write_bytes(posixpath.basename(params.out), encode_parquet(scores))
+    return summarize(scores)
