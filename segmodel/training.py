@@ -247,7 +247,7 @@ def tune_thresholds(model, samples, *, log=print):
     truths = [labels for _, labels in loaded]
     maps = predict_maps(lm.predict_batch, [prepare_image(im) for im, _ in loaded], tiling=Tiling())
     best, best_score = PostprocessSettings(), -1.0
-    grid = itertools.product((0.4, 0.5, 0.6), (0.3, 0.4, 0.5, 0.6, 0.7), (0.0, 0.5, 1.0))
+    grid = itertools.product((0.4, 0.5, 0.6, 0.7, 0.8), (0.3, 0.4, 0.5, 0.6, 0.7), (0.0, 0.5, 1.0))
     for fg, marker, bw in grid:
         settings = replace(PostprocessSettings(), foreground=fg, marker=marker, boundary_weight=bw)
         score = np.mean([score_image(t, labels_from_maps(m, settings))["ap"]
