@@ -24,14 +24,13 @@ DEFAULT_MODEL = Path(__file__).parent / "weights" / "nuclei.keras"
 
 
 def _conv_block(x, filters, name):
-    import keras
+    """Two 3x3 convolutions, each with batch normalisation and ReLU."""
     from keras import layers
 
     for i in (1, 2):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
         x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
         x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
-    del keras
     return x
 
 
@@ -145,19 +144,12 @@ class LoadedModel:
     path: str
 
     def predict_batch(self, batch):
-        """Predict a fixed-shape ``(N, T, T, C)`` float32 batch; returns ``(N, T, T, 3)``."""
-        return self._predict_fn(batch)
+        """Predict a fixed-shape ``(N, T, T, C)`` float32 batch; returns ``(N, T, T, 3)``.
 
-    def __post_init__(self):
-        import numpy as np
-
-        model = self.keras_model
-
-        def _predict(batch):
-            out = model(batch, training=False)
-            return np.asarray(out)
-
-        self._predict_fn = _predict
+        Uses Keras' compiled predict step, traced once per batch shape (the pipeline only ever
+        sends one shape).
+        """
+        return self.keras_model.predict_on_batch(batch)
 
 
 _CACHE = {}

@@ -18,7 +18,7 @@ from prefect.tasks import exponential_backoff
 
 from segmodel import outputs, shards
 from segmodel.api import default_tiling
-from segmodel.io import ImageRef, Store, is_transient, list_images
+from segmodel.io import Store, is_transient, list_images
 from segmodel.model import load_model
 
 _HANDOFF = {}
@@ -139,5 +139,5 @@ def finalize(ctx: ShardContext, manifest: dict) -> None:
     ctx.output.write_json("run.json", manifest)
 
 
-__all__ = ["ShardContext", "ShardJob", "ImageRef", "ingest", "read", "segment", "write",
+__all__ = ["ShardContext", "ShardJob", "ingest", "read", "segment", "write",
            "finalize", "release"]
