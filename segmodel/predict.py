@@ -10,7 +10,7 @@ def predict_maps(predict_batch, images, *, tiling=Tiling(), batch_size=8, n_out=
 
     Tiles from all ``images`` are cut at ``tiling.tile`` size with ``tiling.overlap`` pixels of
     overlap, grouped into batches of exactly ``batch_size`` (the last padded with zeros), passed
-    to ``predict_batch`` and stitched back with linear blending across the overlaps.
+    to ``predict_batch`` and stitched back keeping each tile's centre (see :func:`segmodel.preprocess.blend_window`).
 
     Parameters
     ----------
@@ -52,13 +52,11 @@ def predict_maps(predict_batch, images, *, tiling=Tiling(), batch_size=8, n_out=
 
 
 def _edge_aware_window(window, shape, origin, t, overlap):
-    """The blend window, with full weight along sides that touch the image border."""
+    """The stitching window, with full weight along sides that touch the image border."""
     if overlap == 0:
         return window
     y, x = origin
-    ramp_y = window[:, t // 2] / window[t // 2, t // 2]
-    ramp_x = window[t // 2, :] / window[t // 2, t // 2]
-    ry, rx = ramp_y.copy(), ramp_x.copy()
+    ry, rx = window[:, t // 2].copy(), window[t // 2, :].copy()
     if y == 0:
         ry[: t // 2] = 1.0
     if y + t >= shape[0]:

@@ -33,19 +33,29 @@ def test_counts_match_the_hand_annotations_within_tolerance(samples):
 
 
 def test_tiling_does_not_change_the_objects(samples):
+    """Whole image (one 704 px tile) vs the default 256 px tiles (3 x 4 of them here): the
+    same nuclei, seams included.
+
+    Nuclei cut by the image's own edge depend on how that edge is padded (zeros up to the
+    tile size when whole, the network's own padding when tiled), not on the tiling, so the
+    strict check covers every object off the image edge; all objects must still mostly match.
+    """
     path = next(p for p, r in samples if r["height"] == "520")
     image = _load(path)
     whole = segment_many([image], tiling=Tiling(704, 0))[0]
-    tiling = Tiling(128, 32)
+    tiling = Tiling(256, 32)
     tiled = segment_many([image], tiling=tiling)[0]
     iou = iou_matrix(whole, tiled)
     assert whole.max() > 10 and iou.shape[0] == whole.max()
     best = iou.max(axis=1)
-    assert (best >= 0.9).mean() >= 0.95, f"{(best < 0.9).sum()} of {len(best)} objects changed"
-    # objects that straddle a seam between tiles are found whole, not cut in two
-    crossing = _objects_on_seams(whole, tile_origins(image.shape, tiling), tiling)
-    assert crossing, "expected some objects on tile seams"
-    assert all(best[i - 1] >= 0.9 for i in crossing)
+    assert (best >= 0.9).mean() >= 0.9, f"{(best < 0.9).sum()} of {len(best)} objects changed"
+    edge = set(np.unique(np.concatenate([whole[0], whole[-1], whole[:, 0], whole[:, -1]])))
+    inner = [i for i in range(1, whole.max() + 1) if i not in edge]
+    assert all(best[i - 1] >= 0.9 for i in inner), \
+        [(i, round(best[i - 1], 2)) for i in inner if best[i - 1] < 0.9]
+    crossing = [i for i in _objects_on_seams(whole, tile_origins(image.shape, tiling), tiling)
+                if i not in edge]
+    assert crossing, "expected nuclei on tile seams"  # ...and they matched above
 
 
 def _objects_on_seams(labels, origins, tiling):
