@@ -54,6 +54,8 @@ def _add_run_options(p):
     p.add_argument("--tile-size", type=int, default=None)
     p.add_argument("--mask-format", choices=["tif", "png"], default="tif")
     p.add_argument("--model", default=None, help="path of a .keras model (default: bundled)")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="images with more pixels fail (default: 256 million)")
     p.add_argument("--retry-failed", action="store_true",
                    help="try again images that failed in an earlier run and did not change")
     p.add_argument("--fail-on-error", action="store_true",
@@ -72,6 +74,8 @@ def _segment_params(args, input_url):
               "retry_failed": args.retry_failed}
     if args.patterns:
         fields["patterns"] = args.patterns
+    if args.max_pixels is not None:
+        fields["max_pixels"] = args.max_pixels
     try:
         return SegmentParams(**fields)
     except ValidationError as exc:

@@ -111,6 +111,14 @@ def test_inputs_differing_only_by_extension_keep_separate_masks(tmp_path, sample
     assert sorted(p.name for p in (out / "labels").iterdir()) == ["a.png.png", "a.tif.png"]
 
 
+def test_images_over_the_size_limit_become_failures(folder, tmp_path):
+    out = tmp_path / "out"
+    assert main(["run", str(folder), str(out), "--pattern", "*.png", "--max-pixels", "70000"]) == 0
+    failures = pd.read_parquet(out / "failures").set_index("image_id")
+    assert "max_pixels=70000" in failures.loc[f"plate2/{SMALL[2]}", "message"]  # 256 x 320
+    assert sorted(pd.read_parquet(out / "images")["image_id"]) == [SMALL[0], SMALL[1]]
+
+
 def test_fail_on_error_exits_non_zero(folder, tmp_path):
     assert main(["run", str(folder), str(tmp_path / "out"), "--fail-on-error"]) == 1
 
