@@ -4,6 +4,8 @@ A bad image never stops a shard: its error becomes a failure record with the sta
 in. Errors that are not about one image (the model, storage that stays down) propagate.
 """
 
+import contextlib
+import io
 import time
 from dataclasses import dataclass, field
 
@@ -62,11 +64,7 @@ def segment_shard(model, items, tiling, *, batch_size=8, lock=None):
     if not live:
         return items
     t0 = time.perf_counter()
-    if lock is not None:
-        with lock:
-            maps = predict_maps(model.predict_batch, [it.prepared.x for it in live],
-                                tiling=tiling, batch_size=batch_size)
-    else:
+    with lock if lock is not None else contextlib.nullcontext():
         maps = predict_maps(model.predict_batch, [it.prepared.x for it in live],
                             tiling=tiling, batch_size=batch_size)
     share = (time.perf_counter() - t0) / len(live)
@@ -121,7 +119,6 @@ def _image_row(it, table, shard, config_key, mask_paths, model, scale):
 
 def encode_mask(labels, mask_format):
     """Compressed TIFF (uint16, or uint32 past 65535 objects) or 16-bit PNG bytes."""
-    import io
 
     n = int(labels.max()) if labels.size else 0
     dtype = np.uint16 if n <= np.iinfo(np.uint16).max else np.uint32
