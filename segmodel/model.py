@@ -125,13 +125,24 @@ def save_model(model, spec, path):
     os.replace(tmp_spec, spec_path(path))
 
 
+_FINGERPRINTS = {}
+
+
 def fingerprint(path):
-    """Content hash (first 16 hex digits of sha256) of a model file and its sidecar."""
-    h = hashlib.sha256()
-    for p in (Path(path), spec_path(path)):
-        if p.exists():
-            h.update(p.read_bytes())
-    return h.hexdigest()[:16]
+    """Content hash (first 16 hex digits of sha256) of a model file and its sidecar.
+
+    Memoised by the files' size and mtime, so asking again (every task asks) costs two
+    ``stat`` calls, not a read of the model.
+    """
+    files = (Path(path), spec_path(path))
+    stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files if p.exists())
+    if stamp not in _FINGERPRINTS:
+        h = hashlib.sha256()
+        for p in files:
+            if p.exists():
+                h.update(p.read_bytes())
+        _FINGERPRINTS[stamp] = h.hexdigest()[:16]
+    return _FINGERPRINTS[stamp]
 
 
 @dataclass

@@ -19,9 +19,8 @@ from segmodel.metrics import score_image
 from segmodel.model import ModelSpec, PostprocessSettings, build_unet, save_model
 from segmodel.postprocess import labels_from_maps
 from segmodel.predict import predict_maps
-from segmodel.preprocess import (
-    Normalization, Tiling, apply_normalization, estimate_normalization, to_channels,
-)
+from segmodel.api import prepare
+from segmodel.preprocess import Tiling
 
 
 @dataclass(frozen=True)
@@ -63,10 +62,9 @@ def make_targets(labels):
     return np.stack([fg, boundary, dist], axis=-1).astype(np.float32)
 
 
-def prepare_image(image, norm=Normalization()):
-    """Model input for a raw image: 3 channels, percentile normalised (as the pipeline does)."""
-    image = to_channels(image, 3)
-    return apply_normalization(image, estimate_normalization(image, norm))
+def prepare_image(image, spec=ModelSpec()):
+    """Model input for a raw image, prepared exactly as the pipeline prepares it."""
+    return prepare(image, spec).x
 
 
 class PatchSampler:
