@@ -4,6 +4,7 @@
 >>> labels, table = segment(image)            # doctest: +SKIP
 """
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,7 +14,12 @@ from segmodel.model import LoadedModel, load_model
 from segmodel.postprocess import labels_from_maps
 from segmodel.predict import predict_maps
 from segmodel.preprocess import (
-    Normalization, Tiling, apply_normalization, estimate_normalization, resize, scaled_shape,
+    Normalization,
+    Tiling,
+    apply_normalization,
+    estimate_normalization,
+    resize,
+    scaled_shape,
     to_channels,
 )
 
@@ -32,31 +38,128 @@ def resolve_model(model):
     return model if isinstance(model, LoadedModel) else load_model(model)
 
 
-def validate_scale(scale):
+#: ``scale="auto"``: each image is resized so its nuclei come out at the model's object size.
+AUTO = "auto"
+#: Automatic scales are clipped to this range, and factors closer to 1 than ``AUTO_KEEP`` keep
+#: the first pass's result.
+AUTO_RANGE = (0.25, 4.0)
+AUTO_KEEP = 1.2
+
+
+def validate_scale(scale, spec=None):
+    """``"auto"`` or a float in [0.05, 20]; ``"auto"`` needs a model that knows its object size."""
+    if scale == AUTO:
+        if spec is not None and not spec.object_diameter:
+            raise ValueError(
+                f"scale='auto' needs a model whose spec gives object_diameter; model "
+                f"{spec.name!r} has none. Pass a number instead (1.0 = the image's own resolution)."
+            )
+        return AUTO
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.05 <= scale <= 20:
         raise ValueError(
-            f"scale must be a number between 0.05 and 20 (1.0 = the image's own resolution). "
-            f"Received: scale={scale!r}"
+            f"scale must be 'auto' or a number between 0.05 and 20 (1.0 = the image's own "
+            f"resolution). Received: scale={scale!r}"
         )
     return float(scale)
 
 
 def prepare(image, spec, scale=1.0):
-    """Convert, normalise (statistics of the whole image) and resize one image for the model."""
+    """Convert, normalise (statistics of the whole image) and resize one image for the model.
+
+    With ``scale="auto"`` the image is prepared at its own resolution; :func:`predict_labels`
+    picks the scale.
+    """
     image = to_channels(np.asarray(image), spec.channels)
     stats = estimate_normalization(image, Normalization(spec.p_low, spec.p_high, spec.invert))
     x = apply_normalization(image, stats)
-    if scale != 1.0:
-        x = resize(x, scaled_shape(x.shape, scale), order=1)
-    return Prepared(image, x, scale)
+    return rescale(Prepared(image, x, 1.0), 1.0 if scale == AUTO else scale)
+
+
+def rescale(prepared, scale):
+    """The same prepared image at another working scale (resized from the normalised image)."""
+    if scale == prepared.scale:
+        return prepared
+    shape = scaled_shape(prepared.image.shape, scale)
+    return Prepared(prepared.image, resize(prepared.x, shape, order=1), scale)
 
 
 def finish(maps, prepared, spec):
-    """Instance labels at the image's own resolution from the maps of a prepared image."""
+    """Instance labels at the image's own resolution from the maps of a prepared image.
+
+    Upscaled images are labelled at the working scale and the labels downsampled; downscaled
+    images have their maps upsampled first, so outlines keep the image's own resolution.
+    """
+    shape = prepared.image.shape[:2]
+    if prepared.scale < 1.0:
+        maps = resize(maps, shape, order=1)
     labels = labels_from_maps(maps, spec.postprocess)
-    if prepared.scale != 1.0:
-        labels = resize(labels, prepared.image.shape[:2], order=0)
+    if labels.shape != shape:
+        labels = resize(labels, shape, order=0)
     return labels
+
+
+def median_diameter(labels):
+    """Median equivalent diameter (pixels) of the objects in ``labels``; 0.0 when there are none."""
+    areas = np.bincount(np.asarray(labels).ravel())[1:]
+    areas = areas[areas > 0]
+    return float(np.sqrt(4 * np.median(areas) / np.pi)) if len(areas) else 0.0
+
+
+def auto_scale(labels, spec, min_objects=3):
+    """Scale bringing the median object of ``labels`` (at the image's resolution) to the model's size.
+
+    1.0 where the labels hold fewer than ``min_objects`` objects (nothing to measure).
+    """
+    if int(labels.max()) < min_objects:
+        return 1.0
+    d = median_diameter(labels)
+    return float(np.clip(spec.object_diameter / d, *AUTO_RANGE)) if d else 1.0
+
+
+def predict_labels(lm, prepared, tiling, *, batch_size=8, auto=False, lock=None, on_error=None):
+    """Labels for prepared images, predicting tiles of all images in shared batches.
+
+    With ``auto``, a first pass at the prepared scale measures each image's objects
+    (:func:`auto_scale`); images whose factor is further from 1 than :data:`AUTO_KEEP` are
+    predicted again at that scale. Returns ``(labels, prepared)`` lists, ``prepared`` holding
+    the scale each image was finally segmented at. ``on_error(i, exc)`` receives a failed
+    post-processing of image ``i`` (default: raise); its labels are then None.
+    """
+    import contextlib
+
+    guard = lock if lock is not None else contextlib.nullcontext()
+
+    def run(items):
+        with guard:
+            maps = predict_maps(lm.predict_batch, [p.x for p in items], tiling=tiling,
+                                batch_size=batch_size)
+        out = []
+        for i, (m, p) in enumerate(zip(maps, items)):
+            try:
+                out.append(finish(m, p, lm.spec))
+            except Exception as exc:
+                if on_error is None:
+                    raise
+                on_error(i, exc)
+                out.append(None)
+        return out
+
+    labels = run(prepared)
+    if not auto:
+        return labels, list(prepared)
+    prepared = list(prepared)
+    redo = []
+    for i, lab in enumerate(labels):
+        if lab is None:
+            continue
+        s = auto_scale(lab, lm.spec) * prepared[i].scale
+        if abs(math.log(s / prepared[i].scale)) > math.log(AUTO_KEEP):
+            prepared[i] = rescale(prepared[i], s)
+            redo.append(i)
+    if redo:
+        for i, lab in zip(redo, run([prepared[i] for i in redo])):
+            labels[i] = lab
+    return labels, prepared
 
 
 def default_tiling(spec, tile=None, overlap=None):
@@ -75,8 +178,9 @@ def segment_many(images, model=None, *, scale=1.0, batch_size=8, tiling=None):
         Gray, RGB or RGBA images of any size and dtype.
     model : str, Path or LoadedModel, optional
         Default: the bundled nuclei model.
-    scale : float, optional
-        Resize factor to the model's working scale (1.0 = as is).
+    scale : float or "auto", optional
+        Resize factor to the model's working scale (1.0 = as is); ``"auto"`` measures each
+        image's nuclei in a first pass and resizes them to the model's object size.
     batch_size : int, optional
         Tiles per model call.
     tiling : Tiling, optional
@@ -87,12 +191,11 @@ def segment_many(images, model=None, *, scale=1.0, batch_size=8, tiling=None):
     list of (H, W) ndarray of int32
     """
     lm = resolve_model(model)
-    scale = validate_scale(scale)
+    scale = validate_scale(scale, lm.spec)
     tiling = tiling or default_tiling(lm.spec)
     prepared = [prepare(im, lm.spec, scale) for im in images]
-    maps = predict_maps(lm.predict_batch, [p.x for p in prepared], tiling=tiling,
-                        batch_size=batch_size)
-    return [finish(m, p, lm.spec) for m, p in zip(maps, prepared)]
+    labels, _ = predict_labels(lm, prepared, tiling, batch_size=batch_size, auto=scale == AUTO)
+    return labels
 
 
 def segment(image, model=None, *, scale=1.0, image_id=""):

@@ -96,6 +96,9 @@ class ModelSpec:
     p_low: float = 1.0
     p_high: float = 99.8
     invert: str = "auto"
+    #: Typical nucleus diameter (pixels) in the images the model was trained on; ``--scale auto``
+    #: resizes each image so its objects come out this size. 0: unknown (no automatic scale).
+    object_diameter: float = 0.0
     postprocess: PostprocessSettings = field(default_factory=PostprocessSettings)
     training: dict = field(default_factory=dict)
 

@@ -15,12 +15,11 @@ from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
 from segmodel import datasets
+from segmodel.api import Prepared, finish, median_diameter, predict_labels, prepare
 from segmodel.metrics import score_image
 from segmodel.model import ModelSpec, PostprocessSettings, build_unet, save_model
-from segmodel.postprocess import labels_from_maps
 from segmodel.predict import predict_maps
-from segmodel.api import prepare
-from segmodel.preprocess import Tiling
+from segmodel.preprocess import Tiling, resize
 
 
 @dataclass(frozen=True)
@@ -36,6 +35,9 @@ class TrainConfig:
     warmup_steps: int = 100
     filters: tuple = (16, 32, 64, 128)
     bottleneck: int = 128
+    #: Every training image is resized so its median nucleus diameter becomes this many pixels
+    #: (times a random factor from ``scale_range``); ``--scale auto`` does the same at inference.
+    object_diameter: float = 24.0
     scale_range: tuple = (0.6, 1.7)
     foreground_crop_fraction: float = 0.8
     modality_weights: dict = field(
@@ -71,7 +73,8 @@ class PatchSampler:
     """Random augmented patches, modality-balanced, biased towards nuclei."""
 
     def __init__(self, items, config):
-        self.items = items  # list of (modality, image (H,W,3), targets (H,W,3), fg coords)
+        # list of (modality, image (H,W,3), targets (H,W,3), fg coords, median nucleus diameter)
+        self.items = items
         self.config = config
         mods = sorted({m for m, *_ in items})
         w = np.array([config.modality_weights.get(m, 0.1) for m in mods], float)
@@ -85,8 +88,10 @@ class PatchSampler:
     def patch(self, rng):
         cfg = self.config
         mod = self.mods[rng.choice(len(self.mods), p=self.mod_p)]
-        modality, image, targets, coords = self.items[rng.choice(self.by_mod[mod])]
+        modality, image, targets, coords, diameter = self.items[rng.choice(self.by_mod[mod])]
         scale = float(np.exp(rng.uniform(*np.log(cfg.scale_range))))
+        if cfg.object_diameter and diameter:
+            scale *= cfg.object_diameter / diameter
         crop = max(8, int(round(cfg.patch / scale)))
         both = np.concatenate([image, targets], axis=-1)
         h, w = image.shape[:2]
@@ -143,7 +148,7 @@ def _load_items(samples, log):
         image, labels = s.load()
         targets = make_targets(labels)
         coords = np.argwhere(labels > 0)[::7]
-        items.append((s.modality, prepare_image(image), targets, coords))
+        items.append((s.modality, prepare_image(image), targets, coords, median_diameter(labels)))
     log(f"loaded {len(items)} training images")
     return items
 
@@ -176,8 +181,8 @@ def train(out_dir, config=TrainConfig(), log=print):
         sampler = PatchSampler(_load_items(samples, log), config)
         _fit(model, sampler, config, done, epochs, ckpt, state_file, log)
     tune = datasets.list_samples(config.data_dir, "tune")[: config.tune_images or None]
-    settings = tune_thresholds(model, tune, log=log)
-    spec = ModelSpec(postprocess=settings, training={
+    settings = tune_thresholds(model, tune, object_diameter=config.object_diameter, log=log)
+    spec = ModelSpec(object_diameter=config.object_diameter, postprocess=settings, training={
         **{k: v for k, v in asdict(config).items() if k != "data_dir"},
         "train_images": len(datasets.list_samples(config.data_dir, "train")),
         "tune_images": len(tune),
@@ -236,20 +241,35 @@ def _fit(model, sampler, config, done, epochs, ckpt, state_file, log):
     model.fit(data, epochs=epochs, initial_epoch=done, callbacks=[Checkpoint()], verbose=0)
 
 
-def tune_thresholds(model, samples, *, log=print):
-    """Grid-search :class:`PostprocessSettings` for mean AP on ``samples`` (never the val split)."""
+def tune_thresholds(model, samples, *, object_diameter=0.0, log=print):
+    """Grid-search :class:`PostprocessSettings` for mean AP on ``samples`` (never the val split).
+
+    With ``object_diameter``, each image is first brought to its automatic scale (as
+    ``--scale auto`` does), so the thresholds are tuned for the way the model is used.
+    """
     from segmodel.model import LoadedModel
 
-    lm = model if isinstance(model, LoadedModel) else LoadedModel(model, ModelSpec(), "", "")
+    spec = ModelSpec(object_diameter=object_diameter)
+    lm = model if isinstance(model, LoadedModel) else LoadedModel(model, spec, "", "")
     loaded = [s.load() for s in samples]
     truths = [labels for _, labels in loaded]
-    maps = predict_maps(lm.predict_batch, [prepare_image(im) for im, _ in loaded], tiling=Tiling())
+    prepared = [prepare(im, spec) for im, _ in loaded]
+    if object_diameter:
+        _, prepared = predict_labels(lm, prepared, Tiling(), auto=True)
+    maps = predict_maps(lm.predict_batch, [p.x for p in prepared], tiling=Tiling())
+    # Bring downscaled maps to the image's resolution once, as finish() would for every setting.
+    cases = []
+    for m, p in zip(maps, prepared):
+        if p.scale < 1.0:
+            m, p = resize(m, p.image.shape[:2], order=1), Prepared(p.image, None, 1.0)
+        cases.append((m, p))
     best, best_score = PostprocessSettings(), -1.0
     grid = itertools.product((0.4, 0.5, 0.6, 0.7, 0.8), (0.3, 0.4, 0.5, 0.6, 0.7), (0.0, 0.5, 1.0))
     for fg, marker, bw in grid:
         settings = replace(PostprocessSettings(), foreground=fg, marker=marker, boundary_weight=bw)
-        score = np.mean([score_image(t, labels_from_maps(m, settings))["ap"]
-                         for t, m in zip(truths, maps)])
+        trial = replace(spec, postprocess=settings)
+        score = np.mean([score_image(t, finish(m, p, trial))["ap"]
+                         for t, (m, p) in zip(truths, cases)])
         if score > best_score:
             best, best_score = settings, score
     log(f"tuned thresholds on {len(samples)} images: {best} (mean AP {best_score:.3f})")
