@@ -6,9 +6,12 @@ and the relative count error (mean of per-image ``|n_pred - n_true| / n_true``).
 
 Usage::
 
-    python benchmarks/accuracy.py                   # model + baseline, full val split
+    python benchmarks/accuracy.py                   # model (scale auto and 1) + baseline
+    python benchmarks/accuracy.py --tta             # also the model with flip averaging
     python benchmarks/accuracy.py --skip-model      # baseline only
     python benchmarks/accuracy.py --limit 10 --out scores.csv
+
+Each method also reports its wall time per image on this machine (model loading excluded).
 """
 
 import argparse
@@ -43,6 +46,10 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=int, default=None, help="only the first N validation images")
     p.add_argument("--out", type=Path, default=None, help="also write per-image scores to this CSV")
     p.add_argument("--skip-model", action="store_true", help="score the classical baseline only")
+    p.add_argument("--scales", default="auto,1",
+                   help="comma-separated model scales to compare (default: auto,1)")
+    p.add_argument("--tta", action="store_true",
+                   help="also score the model with test-time flips at the first scale")
     args = p.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         p.error(f"--limit must be >= 1. Received: {args.limit}")
@@ -56,10 +63,14 @@ def load_val(data_dir, limit):
     return samples, [im for im, _ in loaded], [lab for _, lab in loaded]
 
 
-def predict_model(images, model):
+def model_method(scale, tta=False):
+    """A predict function running the segflow model at ``scale`` (``"auto"`` or a float)."""
     from segmodel.api import segment_many
 
-    return segment_many(images, model=str(model) if model is not None else None)
+    def predict(images, model):
+        return segment_many(images, model=model, scale=scale, tta=tta)
+
+    return predict
 
 
 def predict_classical(images, model=None):
@@ -105,18 +116,29 @@ def main(argv=None):
         return 2
     samples, images, labels = load_val(args.data_dir, args.limit)
     print(f"{len(samples)} validation images from {args.data_dir}")
-    methods = [("classical", predict_classical)]
+    methods, model = [], None
     if not args.skip_model:
-        methods.insert(0, ("segflow", predict_model))
-    records = []
+        from segmodel.model import load_model
+
+        model = load_model(args.model)  # once, outside the timings
+        scales = [s.strip() for s in args.scales.split(",") if s.strip()]
+        scales = [s if s == "auto" else float(s) for s in scales]
+        methods += [(f"segflow scale={s}", model_method(s)) for s in scales]
+        if args.tta:
+            methods.append((f"segflow scale={scales[0]} +tta", model_method(scales[0], True)))
+    methods.append(("classical", predict_classical))
+    records, seconds_per_image = [], {}
     for name, predict in methods:
-        recs, seconds = run_method(name, predict, samples, images, labels, args.model)
+        recs, seconds = run_method(name, predict, samples, images, labels, model)
         records += recs
+        seconds_per_image[name] = seconds / max(len(recs), 1)
         print(f"{name}: {seconds:.1f} s wall for {len(recs)} images "
-              f"({seconds / max(len(recs), 1):.2f} s/image)")
+              f"({seconds_per_image[name]:.2f} s/image)")
     scores = pd.DataFrame.from_records(records)
+    table = summarize(scores)
+    table["s/image"] = table["method"].map(seconds_per_image).round(2)
     print()
-    print(format_table(summarize(scores)))
+    print(format_table(table))
     if args.out is not None:
         scores.to_csv(args.out, index=False)
         print(f"\nper-image scores written to {args.out}")

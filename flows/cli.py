@@ -50,7 +50,10 @@ def _add_run_options(p):
                    help="glob pattern of image files (repeatable; default: common image types)")
     p.add_argument("--shard-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument("--scale", default=None,
+                   help="'auto' or a resize factor to the model's scale (default: see README)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average over flips (4x model time)")
     p.add_argument("--tile-size", type=int, default=None)
     p.add_argument("--mask-format", choices=["tif", "png"], default="tif")
     p.add_argument("--model", default=None, help="path of a .keras model (default: bundled)")
@@ -69,13 +72,15 @@ def _segment_params(args, input_url):
 
     fields = {"input": input_url, "output": args.output, "storage_options": args.storage_options,
               "shard_size": args.shard_size, "batch_size": args.batch_size,
-              "scale": args.scale, "tile_size": args.tile_size,
+              "tta": args.tta, "tile_size": args.tile_size,
               "mask_format": args.mask_format, "model": args.model,
               "retry_failed": args.retry_failed}
     if args.patterns:
         fields["patterns"] = args.patterns
     if args.max_pixels is not None:
         fields["max_pixels"] = args.max_pixels
+    if args.scale is not None:
+        fields["scale"] = args.scale
     try:
         return SegmentParams(**fields)
     except ValidationError as exc:

@@ -4,7 +4,7 @@ Kept free of ``from __future__ import annotations``, which breaks Prefect's para
 """
 
 import json
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -25,7 +25,10 @@ class SegmentParams(BaseModel):
                                 description="Glob patterns of image files (matched recursively).")
     shard_size: int = Field(32, ge=1, description="Images per shard (the unit of work).")
     batch_size: int = Field(8, ge=1, description="Tiles per model call.")
-    scale: float = Field(1.0, gt=0.05, le=20, description="Resize factor to the model's scale.")
+    scale: Union[Literal["auto"], float] = Field(
+        1.0, description="'auto' (resize each image so its nuclei match the model's object "
+        "size) or a resize factor to the model's scale (1.0 = as is).")
+    tta: bool = Field(False, description="Average the model over four flips (4x the compute).")
     tile_size: Optional[int] = Field(None, description="Tile size (default: the model's).")
     mask_format: Literal["tif", "png"] = Field("tif", description="Label mask file format.")
     model: Optional[str] = Field(None, description="Path of a .keras model (default: bundled).")
@@ -48,6 +51,20 @@ class SegmentParams(BaseModel):
                 f"Received: {value!r}"
             )
         return value
+
+    @field_validator("scale", mode="before")
+    @classmethod
+    def _scale(cls, value):
+        from segmodel.api import validate_scale
+
+        if isinstance(value, str) and value.strip().lower() != "auto":
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, str):
+            value = value.strip().lower()
+        return validate_scale(value)
 
     @field_validator("input", "output")
     @classmethod

@@ -12,7 +12,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows import progress
 from flows.params import SegmentParams
 from segmodel import __version__
-from segmodel.api import default_tiling
+from segmodel.api import default_tiling, validate_scale
 from segmodel.io import Store
 from segmodel.model import load_model
 from tasks.shards import ShardContext, finalize, ingest, read, release, segment, write
@@ -25,12 +25,13 @@ def _context(params):
     """Check everything that can be checked before any work, and build the shared context."""
     model = load_model(params.model)
     tiling = default_tiling(model.spec, params.tile_size)
+    validate_scale(params.scale, model.spec)
     key = json.dumps([model.fingerprint, params.scale, tiling.tile, tiling.overlap,
-                      params.mask_format, params.max_pixels])
+                      params.mask_format, params.max_pixels] + ([True] if params.tta else []))
     return ShardContext(
         input=Store(params.input, params.storage_options),
         output=Store(params.output, params.storage_options),
-        model_path=model.path, scale=params.scale, batch_size=params.batch_size,
+        model_path=model.path, scale=params.scale, tta=params.tta, batch_size=params.batch_size,
         tile_size=tiling.tile, overlap=tiling.overlap, mask_format=params.mask_format,
         max_pixels=params.max_pixels,
         config_key=hashlib.sha1(key.encode()).hexdigest()[:16],

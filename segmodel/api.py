@@ -12,7 +12,7 @@ import numpy as np
 from segmodel.measure import CHANNELS, measure_objects
 from segmodel.model import LoadedModel, load_model
 from segmodel.postprocess import labels_from_maps
-from segmodel.predict import predict_maps
+from segmodel.predict import predict_maps, with_flips
 from segmodel.preprocess import (
     Normalization,
     Tiling,
@@ -116,49 +116,49 @@ def auto_scale(labels, spec, min_objects=3):
     return float(np.clip(spec.object_diameter / d, *AUTO_RANGE)) if d else 1.0
 
 
-def predict_labels(lm, prepared, tiling, *, batch_size=8, auto=False, lock=None, on_error=None):
+def predict_labels(lm, prepared, tiling, *, batch_size=8, auto=False, tta=False, lock=None,
+                   on_error=None):
     """Labels for prepared images, predicting tiles of all images in shared batches.
 
     With ``auto``, a first pass at the prepared scale measures each image's objects
     (:func:`auto_scale`); images whose factor is further from 1 than :data:`AUTO_KEEP` are
-    predicted again at that scale. Returns ``(labels, prepared)`` lists, ``prepared`` holding
-    the scale each image was finally segmented at. ``on_error(i, exc)`` receives a failed
-    post-processing of image ``i`` (default: raise); its labels are then None.
+    predicted again at that scale. ``tta`` averages the maps over the four flips of each tile.
+    Returns ``(labels, prepared)`` lists, ``prepared`` holding the scale each image was finally
+    segmented at. ``on_error(i, exc)`` receives a failed post-processing of image ``i``
+    (default: raise); its labels are then None.
     """
     import contextlib
 
     guard = lock if lock is not None else contextlib.nullcontext()
+    predict = with_flips(lm.predict_batch) if tta else lm.predict_batch
+    prepared = list(prepared)
+    labels = [None] * len(prepared)
 
-    def run(items):
+    def run(indices):
         with guard:
-            maps = predict_maps(lm.predict_batch, [p.x for p in items], tiling=tiling,
+            maps = predict_maps(predict, [prepared[i].x for i in indices], tiling=tiling,
                                 batch_size=batch_size)
-        out = []
-        for i, (m, p) in enumerate(zip(maps, items)):
+        for i, m in zip(indices, maps):
             try:
-                out.append(finish(m, p, lm.spec))
+                labels[i] = finish(m, prepared[i], lm.spec)
             except Exception as exc:
                 if on_error is None:
                     raise
+                labels[i] = None
                 on_error(i, exc)
-                out.append(None)
-        return out
 
-    labels = run(prepared)
-    if not auto:
-        return labels, list(prepared)
-    prepared = list(prepared)
-    redo = []
-    for i, lab in enumerate(labels):
-        if lab is None:
-            continue
-        s = auto_scale(lab, lm.spec) * prepared[i].scale
-        if abs(math.log(s / prepared[i].scale)) > math.log(AUTO_KEEP):
-            prepared[i] = rescale(prepared[i], s)
-            redo.append(i)
-    if redo:
-        for i, lab in zip(redo, run([prepared[i] for i in redo])):
-            labels[i] = lab
+    run(range(len(prepared)))
+    if auto:
+        redo = []
+        for i, lab in enumerate(labels):
+            if lab is None:
+                continue
+            factor = auto_scale(lab, lm.spec)
+            if abs(math.log(factor)) > math.log(AUTO_KEEP):
+                prepared[i] = rescale(prepared[i], prepared[i].scale * factor)
+                redo.append(i)
+        if redo:
+            run(redo)
     return labels, prepared
 
 
@@ -169,7 +169,7 @@ def default_tiling(spec, tile=None, overlap=None):
     return tiling
 
 
-def segment_many(images, model=None, *, scale=1.0, batch_size=8, tiling=None):
+def segment_many(images, model=None, *, scale=1.0, batch_size=8, tiling=None, tta=False):
     """Instance labels for a list of ``(H, W[, C])`` images, tiles batched across images.
 
     Parameters
@@ -185,6 +185,9 @@ def segment_many(images, model=None, *, scale=1.0, batch_size=8, tiling=None):
         Tiles per model call.
     tiling : Tiling, optional
         Default: the model's own tile size and overlap.
+    tta : bool, optional
+        Test-time augmentation: average the model's maps over the four flips of each tile
+        (four times the model calls).
 
     Returns
     -------
@@ -194,12 +197,13 @@ def segment_many(images, model=None, *, scale=1.0, batch_size=8, tiling=None):
     scale = validate_scale(scale, lm.spec)
     tiling = tiling or default_tiling(lm.spec)
     prepared = [prepare(im, lm.spec, scale) for im in images]
-    labels, _ = predict_labels(lm, prepared, tiling, batch_size=batch_size, auto=scale == AUTO)
+    labels, _ = predict_labels(lm, prepared, tiling, batch_size=batch_size,
+                               auto=scale == AUTO, tta=tta)
     return labels
 
 
-def segment(image, model=None, *, scale=1.0, image_id=""):
+def segment(image, model=None, *, scale=1.0, tta=False, image_id=""):
     """Segment one image: ``(labels (H, W) int32, objects table)``."""
-    labels = segment_many([image], model, scale=scale)[0]
+    labels = segment_many([image], model, scale=scale, tta=tta)[0]
     intensity = to_channels(np.asarray(image), CHANNELS)
     return labels, measure_objects(labels, intensity, image_id)

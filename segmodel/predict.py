@@ -66,3 +66,21 @@ def _edge_aware_window(window, shape, origin, t, overlap):
     if x + t >= shape[1]:
         rx[t // 2 :] = 1.0
     return np.outer(ry, rx)
+
+
+def with_flips(predict_batch):
+    """Test-time augmentation: ``predict_batch`` averaged over the four flips of the batch.
+
+    Each flipped batch keeps the batch's fixed shape, so the model is traced once.
+    """
+
+    def predict(batch):
+        total = None
+        for flip in ((), (1,), (2,), (1, 2)):
+            x = np.ascontiguousarray(np.flip(batch, flip)) if flip else batch
+            out = np.asarray(predict_batch(x))
+            out = np.flip(out, flip) if flip else out
+            total = out.astype(np.float32) if total is None else total + out
+        return total / 4.0
+
+    return predict

@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from segmodel import __version__
-from segmodel.api import finish, prepare
+from segmodel.api import predict_labels, prepare
 from segmodel.io import ImageRef, is_transient
 from segmodel.measure import CHANNELS, measure_objects
-from segmodel.predict import predict_maps
 from segmodel.preprocess import MAX_PIXELS, decode_image, to_channels
 
 
@@ -58,23 +57,24 @@ def read_shard(store, refs, spec, *, scale=1.0, max_pixels=MAX_PIXELS):
     return items
 
 
-def segment_shard(model, items, tiling, *, batch_size=8, lock=None):
-    """Predict all prepared items in shared fixed-shape batches, then post-process each."""
+def segment_shard(model, items, tiling, *, batch_size=8, lock=None, auto=False, tta=False):
+    """Predict all prepared items in shared fixed-shape batches, then post-process each.
+
+    ``auto``: pick each image's scale from a first pass (see :func:`segmodel.api.predict_labels`).
+    """
     live = [it for it in items if it.prepared is not None]
     if not live:
         return items
     t0 = time.perf_counter()
-    with lock if lock is not None else contextlib.nullcontext():
-        maps = predict_maps(model.predict_batch, [it.prepared.x for it in live],
-                            tiling=tiling, batch_size=batch_size)
+    labels, prepared = predict_labels(
+        model, [it.prepared for it in live], tiling, batch_size=batch_size, auto=auto, tta=tta,
+        lock=lock, on_error=lambda i, exc: _fail(live[i], "postprocess", exc),
+    )
     share = (time.perf_counter() - t0) / len(live)
-    for it, m in zip(live, maps):
-        t1 = time.perf_counter()
-        try:
-            it.labels = finish(m, it.prepared, model.spec)
-        except Exception as exc:
-            _fail(it, "postprocess", exc)
-        it.seconds += share + time.perf_counter() - t1
+    for it, lab, p in zip(live, labels, prepared):
+        if it.failure is None:
+            it.labels, it.prepared = lab, p
+        it.seconds += share
     return items
 
 
@@ -110,7 +110,8 @@ def _image_row(it, table, shard, config_key, mask_paths, model, scale):
         "n_objects": n,
         "mean_object_area": float(table["area"].mean()) if n else 0.0,
         "foreground_fraction": float((it.labels > 0).mean()),
-        "scale": scale, "model_name": model.spec.name, "model_fingerprint": model.fingerprint,
+        "scale": float(it.prepared.scale), "model_name": model.spec.name,
+        "model_fingerprint": model.fingerprint,
         "segflow_version": __version__, "seconds": it.seconds,
         "mask_path": mask_paths[it.ref.image_id], "fingerprint": it.ref.fingerprint,
         "config_key": config_key, "shard": shard,

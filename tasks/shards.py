@@ -32,7 +32,8 @@ class ShardContext:
     input: Store
     output: Store
     model_path: str
-    scale: float
+    scale: object  # float, or "auto"
+    tta: bool
     batch_size: int
     tile_size: int
     overlap: int
@@ -100,7 +101,7 @@ def segment(ctx: ShardContext, job: ShardJob, key: str) -> str:
     model = load_model(ctx.model_path)
     tiling = default_tiling(model.spec, ctx.tile_size, ctx.overlap)
     shards.segment_shard(model, _HANDOFF[key], tiling, batch_size=ctx.batch_size,
-                         lock=_MODEL_LOCK)
+                         lock=_MODEL_LOCK, auto=ctx.scale == "auto", tta=ctx.tta)
     return key
 
 

@@ -131,8 +131,10 @@ def test_fail_on_error_exits_non_zero(folder, tmp_path):
     (["run", "{input}", "{out}", "--storage-options", "{{bad"], "storage_options must be a JSON"),
     (["run", "{input}", "{out}", "--pattern", "*.czi"], "no images under input"),
     (["run", "{input}", "{out}", "--model", "{missing}/m.keras"], "model file not found"),
+    (["run", "{input}", "{out}", "--scale", "big"], "scale must be 'auto' or a number"),
+    (["run", "{input}", "{out}", "--scale", "0"], "Received: scale=0.0"),
 ], ids=["missing-input", "unknown-scheme", "tile-size", "batch-size", "bad-json",
-        "nothing-matched", "missing-model"])
+        "nothing-matched", "missing-model", "scale-word", "scale-zero"])
 def test_wrong_parameters_fail_before_any_work_naming_the_parameter(folder, tmp_path, args,
                                                                     message):
     fill = {"missing": str(tmp_path / "missing"), "out": str(tmp_path / "out"),
@@ -141,3 +143,12 @@ def test_wrong_parameters_fail_before_any_work_naming_the_parameter(folder, tmp_
         main([a.format(**fill) for a in args])
     assert message in str(err.value)
     assert not (tmp_path / "out" / "images").exists()
+
+
+def test_scale_parameter_takes_auto_or_a_number():
+    from flows.params import SegmentParams
+
+    assert SegmentParams(input=".", output="o", scale="auto").scale == "auto"
+    assert SegmentParams(input=".", output="o", scale=" AUTO ").scale == "auto"
+    assert SegmentParams(input=".", output="o", scale="1.5").scale == 1.5
+    assert SegmentParams(input=".", output="o", scale=2).scale == 2.0

@@ -76,5 +76,7 @@ def _objects_on_seams(labels, origins, tiling):
 
 
 def test_segment_many_refuses_a_bad_scale(samples):
-    with pytest.raises(ValueError, match="scale must be a number between 0.05 and 20"):
+    with pytest.raises(ValueError, match="scale must be 'auto' or a number between 0.05 and 20"):
         segment_many([_load(samples[0][0])], scale=0)
+    with pytest.raises(ValueError, match="scale must be 'auto' or a number"):
+        segment_many([_load(samples[0][0])], scale="big")
