@@ -80,3 +80,41 @@ def test_segment_many_refuses_a_bad_scale(samples):
         segment_many([_load(samples[0][0])], scale=0)
     with pytest.raises(ValueError, match="scale must be 'auto' or a number"):
         segment_many([_load(samples[0][0])], scale="big")
+
+
+def test_auto_scale_brings_the_median_nucleus_to_the_model_size(dsb2018):
+    from dataclasses import replace
+
+    from segmodel.api import AUTO_RANGE, auto_scale, median_diameter
+    from segmodel.datasets import list_samples
+    from segmodel.model import ModelSpec
+
+    spec = replace(ModelSpec(), object_diameter=24.0)
+    for sample in list_samples(dsb2018, "train")[:5]:
+        _, labels = sample.load()
+        areas = np.bincount(labels.ravel())[1:]
+        d = np.sqrt(4 * np.median(areas[areas > 0]) / np.pi)
+        assert median_diameter(labels) == pytest.approx(d)
+        assert auto_scale(labels, spec) == pytest.approx(np.clip(24.0 / d, *AUTO_RANGE))
+    two = np.zeros((50, 50), np.int32)
+    two[5:15, 5:15], two[30:40, 30:40] = 1, 2
+    assert auto_scale(two, spec) == 1.0  # too few objects to measure
+
+
+def test_auto_scale_follows_the_magnification_of_the_image(samples):
+    """The same image at 2x magnification gets half the scale, and the same nuclei."""
+    from segmodel.api import default_tiling, predict_labels, prepare, resolve_model
+    from segmodel.preprocess import resize
+
+    lm = resolve_model(None)
+    if not lm.spec.object_diameter:
+        pytest.skip("the bundled model has no object_diameter: scale='auto' does not apply")
+    path, row = next((p, r) for p, r in samples if r["modality"] == "fluorescence")
+    image = _load(path)[..., :3]
+    big = resize(image, (image.shape[0] * 2, image.shape[1] * 2), order=1).astype(image.dtype)
+    labels, prepared = predict_labels(lm, [prepare(im, lm.spec) for im in (image, big)],
+                                      default_tiling(lm.spec), auto=True)
+    s1, s2 = prepared[0].scale, prepared[1].scale
+    assert s2 == pytest.approx(s1 / 2, rel=0.25), (s1, s2)
+    assert labels[1].shape == big.shape[:2]
+    assert abs(int(labels[0].max()) - int(labels[1].max())) <= max(2, 0.1 * labels[0].max())
