@@ -41,6 +41,10 @@ def _parser():
     train.add_argument("--data-dir", default=None, help="DSB2018-style dataset folder")
     train.add_argument("--steps", type=int, default=2400)
     train.add_argument("--steps-per-epoch", type=int, default=100)
+    train.add_argument("--learning-rate", type=float, default=2e-3)
+    train.add_argument("--object-diameter", type=float, default=24.0,
+                       help="median nucleus diameter training images are resized to (0: as is)")
+    train.add_argument("--init", default="", help="start from this .keras model's weights")
     return p
 
 
@@ -169,7 +173,9 @@ def _train(args):
     from flows.train import train_model
 
     path = train_model(TrainParams(out_dir=args.out_dir, data_dir=args.data_dir,
-                                   steps=args.steps, steps_per_epoch=args.steps_per_epoch))
+                                   steps=args.steps, steps_per_epoch=args.steps_per_epoch,
+                                   learning_rate=args.learning_rate,
+                                   object_diameter=args.object_diameter, init=args.init))
     print(f"trained model: {path}")
     return 0
 

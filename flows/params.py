@@ -89,6 +89,11 @@ class TrainParams(BaseModel):
     data_dir: Optional[str] = Field(None, description="DSB2018-style dataset folder.")
     steps: int = Field(2400, ge=1, description="Training steps (batches).")
     steps_per_epoch: int = Field(100, ge=1, description="Steps between checkpoints.")
+    learning_rate: float = Field(2e-3, gt=0, description="Peak learning rate (cosine decay).")
+    object_diameter: float = Field(
+        24.0, ge=0, description="Resize training images to this median nucleus diameter in "
+        "pixels; --scale auto does the same at inference (0: train at the images' own scale).")
+    init: str = Field("", description="Start from this .keras model's weights ('' = random).")
 
 
 __all__ = ["SegmentParams", "TrainParams"]

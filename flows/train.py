@@ -12,6 +12,8 @@ def _train(params: TrainParams) -> str:
     """Train or resume into ``params.out_dir``; return the final model's path."""
     logger = get_run_logger()
     config = TrainConfig(steps=params.steps, steps_per_epoch=params.steps_per_epoch,
+                         learning_rate=params.learning_rate,
+                         object_diameter=params.object_diameter, init=params.init,
                          **({"data_dir": params.data_dir} if params.data_dir else {}))
     return str(train(params.out_dir, config, log=logger.info))
 

@@ -44,6 +44,8 @@ class TrainConfig:
         default_factory=lambda: {"fluorescence": 0.5, "histology": 0.35, "brightfield": 0.15}
     )
     seed: int = 0
+    #: A ``.keras`` model whose weights training starts from (same architecture); "" = random.
+    init: str = ""
     tune_images: int = 0  # 0: every image of the tune split
     train_images: int = 0  # 0: every image of the train split
 
@@ -174,6 +176,9 @@ def train(out_dir, config=TrainConfig(), log=print):
         done = 0
         keras.utils.set_random_seed(config.seed)
         model = build_unet(filters=tuple(config.filters), bottleneck=config.bottleneck)
+        if config.init:
+            model.set_weights(keras.saving.load_model(config.init, compile=False).get_weights())
+            log(f"starting from the weights of {config.init}")
         optimizer = keras.optimizers.AdamW(_schedule(config), weight_decay=1e-4)
         model.compile(optimizer=optimizer, loss=_loss)
     if done < epochs:
@@ -276,14 +281,25 @@ def tune_thresholds(model, samples, *, object_diameter=0.0, log=print):
     return best
 
 
-if __name__ == "__main__":
+def main(argv=None):
     import argparse
 
+    defaults = TrainConfig()
     parser = argparse.ArgumentParser(description="Train the nuclei model (resumable).")
     parser.add_argument("out_dir")
-    parser.add_argument("--steps", type=int, default=TrainConfig.steps)
-    parser.add_argument("--steps-per-epoch", type=int, default=TrainConfig.steps_per_epoch)
-    parser.add_argument("--data-dir", default=TrainConfig.data_dir)
-    args = parser.parse_args()
-    train(args.out_dir, TrainConfig(steps=args.steps, steps_per_epoch=args.steps_per_epoch, data_dir=args.data_dir),
-          log=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True))
+    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--steps-per-epoch", type=int, default=defaults.steps_per_epoch)
+    parser.add_argument("--data-dir", default=defaults.data_dir)
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--object-diameter", type=float, default=defaults.object_diameter,
+                        help="resize training images to this median nucleus diameter (0: as is)")
+    parser.add_argument("--init", default="", help="start from this .keras model's weights")
+    args = parser.parse_args(argv)
+    config = TrainConfig(steps=args.steps, steps_per_epoch=args.steps_per_epoch,
+                         data_dir=args.data_dir, learning_rate=args.learning_rate,
+                         object_diameter=args.object_diameter, init=args.init)
+    train(args.out_dir, config, log=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True))
+
+
+if __name__ == "__main__":
+    main()
