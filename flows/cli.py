@@ -60,6 +60,8 @@ def _add_run_options(p):
                    help="try again images that failed in an earlier run and did not change")
     p.add_argument("--fail-on-error", action="store_true",
                    help="exit with status 1 when any image failed")
+    p.add_argument("--max-failure-fraction", type=float, default=None,
+                   help="the run ends Failed (exit 1) when more than this share of images failed")
 
 
 def _segment_params(args, input_url):
@@ -76,6 +78,8 @@ def _segment_params(args, input_url):
         fields["patterns"] = args.patterns
     if args.max_pixels is not None:
         fields["max_pixels"] = args.max_pixels
+    if args.max_failure_fraction is not None:
+        fields["max_failure_fraction"] = args.max_failure_fraction
     try:
         return SegmentParams(**fields)
     except ValidationError as exc:
@@ -129,10 +133,16 @@ def _run(args, input_url):
         raise SystemExit(f"segflow: {exc}") from None
     listener = _Progress(sys.stdout)
     progress.add_listener(listener)
+    from flows.report import TooManyFailures
+
     try:
         summary = segment_images(params)
     except FileNotFoundError as exc:
         raise SystemExit(f"segflow: {exc}") from None
+    except TooManyFailures as exc:
+        _print_summary(params, exc.summary)
+        print(f"segflow: run failed: {exc}", file=sys.stderr)
+        return 1
     finally:
         progress.remove_listener(listener)
     _print_summary(params, summary)

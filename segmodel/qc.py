@@ -205,6 +205,40 @@ def flag_run_outliers(store, shards, *, settings=QCSettings()):
     return pd.concat(mine, ignore_index=True) if mine else everything.iloc[:0]
 
 
+def read_thumbnail(input_store, output_store, image_id, mask_path, *, max_size=256):
+    """:func:`outline_thumbnail` of an image already written: its input file and its mask.
+
+    Parameters
+    ----------
+    input_store, output_store : segmodel.io.Store
+        The run's input and output.
+    image_id : str
+        The image's path relative to the input.
+    mask_path : str
+        Its mask's path relative to the output (``labels/...``).
+    max_size : int, optional
+        Longest side of the thumbnail (default 256).
+
+    Returns
+    -------
+    bytes
+        PNG data.
+    """
+    from PIL import Image
+
+    from segmodel.preprocess import decode_image
+
+    image = decode_image(input_store.read_bytes(input_store.path(image_id)), name=image_id)
+    data = output_store.read_bytes(output_store.path(mask_path))
+    if mask_path.endswith(".png"):
+        labels = np.asarray(Image.open(io.BytesIO(data)))
+    else:
+        import tifffile
+
+        labels = tifffile.imread(io.BytesIO(data))
+    return outline_thumbnail(image, labels, max_size=max_size)
+
+
 def _display(image):
     """An ``(h, w, 3)`` uint8 view stretched between the 1st and 99.8th percentiles."""
     image = np.asarray(image)
@@ -272,5 +306,6 @@ __all__ = [
     "join_flags",
     "outlier_flags",
     "outline_thumbnail",
+    "read_thumbnail",
     "split_flags",
 ]
