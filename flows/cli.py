@@ -23,6 +23,17 @@ def _parser():
     run.add_argument("output", help="folder or fsspec URL for masks and tables")
     _add_run_options(run)
 
+    serve = sub.add_parser("serve", help="serve a deployment that segments new images of INPUT "
+                                         "on a schedule (needs a Prefect server)")
+    serve.add_argument("input", help="folder or fsspec URL of images")
+    serve.add_argument("output", help="folder or fsspec URL for masks and tables")
+    when = serve.add_mutually_exclusive_group()
+    when.add_argument("--cron", default=None, help='cron schedule, e.g. "0 * * * *" (hourly)')
+    when.add_argument("--interval", type=float, default=None, help="seconds between runs")
+    serve.add_argument("--name", default="scheduled",
+                       help="deployment name (default: scheduled): segment-images/NAME")
+    _add_run_options(serve)
+
     demo = sub.add_parser("demo", help="segment the sample images shipped with segflow")
     demo.add_argument("output", nargs="?", default="segflow-demo",
                       help="output folder (default: ./segflow-demo)")
@@ -169,6 +180,28 @@ def _demo_table(output):
                                                         float_format=lambda v: f"{v:.1f}"))
 
 
+def _serve(args):
+    from flows.serve import api_url, serve_segment
+
+    if api_url() is None:
+        from flows.serve import NO_SERVER
+
+        print(f"segflow: {NO_SERVER}", file=sys.stderr)
+        return 2
+    params = _segment_params(args, args.input)
+    from flows.segment import preflight
+
+    try:
+        preflight(params)
+    except (ValueError, FileNotFoundError, TypeError) as exc:
+        raise SystemExit(f"segflow: {exc}") from None
+    if args.interval is not None and args.interval <= 0:
+        raise SystemExit(f"segflow: --interval must be a positive number of seconds. "
+                         f"Received: {args.interval}")
+    serve_segment(params, name=args.name, cron=args.cron, interval=args.interval)
+    return 0
+
+
 def _train(args):
     from flows.params import TrainParams
     from flows.train import train_model
@@ -205,6 +238,8 @@ def main(argv=None):
         code = _run(args, str(SAMPLES))
         _demo_table(args.output)
         return code
+    if args.command == "serve":
+        return _serve(args)
     if args.command == "evaluate":
         return _evaluate(args)
     if args.command == "train":
