@@ -41,7 +41,7 @@ def _record(flow_run_id=None):
             "logs": [(log.level, log.message) for log in logs]}
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def flow_run_record():
     """``flow_run_record(id=None)``: state, task run names, keyed artifacts and logs of a run."""
     return _record
