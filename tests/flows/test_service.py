@@ -112,11 +112,17 @@ def served(prefect_api, tmp_path_factory, samples, flow_run_record):
             first = run_deployment(DEPLOYMENT, timeout=300)
             shutil.copy(by_name[LATER], src / LATER)
             second = run_deployment(DEPLOYMENT, timeout=300)
-            records = [flow_run_record(first.id), flow_run_record(second.id)]
+            _create_automation(prefect_api, base)
+            (src / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 50)
+            strict = {**deployment.parameters["params"], "max_failure_fraction": 0.2}
+            third = run_deployment(DEPLOYMENT, parameters={"params": strict}, timeout=300)
+            paused = _wait_for_pause()
+            records = [flow_run_record(r.id) for r in (first, second, third)]
     finally:
         _stop(serve)
         log.close()
     return {"deployment": deployment, "records": records, "out": out, "base": base,
+            "paused_by_automation": paused,
             "serve_log": (base / "serve.log").read_text()}
 
 
@@ -133,6 +139,27 @@ def _wait_for_deployment(serve, base):
             except Exception:  # noqa: BLE001 - not registered yet
                 time.sleep(1)
     pytest.fail(f"no deployment {DEPLOYMENT} after 120 s: {(base / 'serve.log').read_text()}")
+
+
+def _create_automation(api_url, base):
+    proc = subprocess.run(
+        [sys.executable, "-m", "prefect", "automation", "create", "--from-file",
+         str(REPO / "automations" / "segflow-run-failed.yaml")],
+        cwd=REPO, env=_env(base / "home", api_url), capture_output=True, text=True, timeout=120,
+        check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _wait_for_pause(timeout=60):
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            if client.read_deployment_by_name(DEPLOYMENT).paused:
+                return True
+            time.sleep(1)
+    return False
 
 
 def _summary(record):
@@ -181,6 +208,17 @@ def test_the_next_run_segments_only_the_new_image(served):
     assert f"`{LATER}`" in gallery and f"`{FIRST[0]}`" not in gallery
     images = pd.read_parquet(served["out"] / "images")
     assert sorted(images["image_id"]) == sorted([*FIRST, LATER])
+
+
+@pytest.mark.slow
+def test_a_run_past_max_failure_fraction_fails_and_the_automation_pauses_it(served):
+    record = served["records"][2]
+    assert record["state"] == "FAILED"
+    assert "1 of 1 images failed (100.0%), more than max_failure_fraction=0.2" in \
+        record["run"].state.message
+    summary = _summary(record)
+    assert (summary["failures"], summary["skipped (already done)"]) == (1, 3)
+    assert served["paused_by_automation"]
 
 
 def _chromium():
