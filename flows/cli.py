@@ -23,6 +23,17 @@ def _parser():
     run.add_argument("output", help="folder or fsspec URL for masks and tables")
     _add_run_options(run)
 
+    serve = sub.add_parser("serve", help="serve a deployment that segments new images of INPUT "
+                                         "on a schedule (needs a Prefect server)")
+    serve.add_argument("input", help="folder or fsspec URL of images")
+    serve.add_argument("output", help="folder or fsspec URL for masks and tables")
+    when = serve.add_mutually_exclusive_group()
+    when.add_argument("--cron", default=None, help='cron schedule, e.g. "0 * * * *" (hourly)')
+    when.add_argument("--interval", type=float, default=None, help="seconds between runs")
+    serve.add_argument("--name", default="scheduled",
+                       help="deployment name (default: scheduled): segment-images/NAME")
+    _add_run_options(serve)
+
     demo = sub.add_parser("demo", help="segment the sample images shipped with segflow")
     demo.add_argument("output", nargs="?", default="segflow-demo",
                       help="output folder (default: ./segflow-demo)")
@@ -67,6 +78,8 @@ def _add_run_options(p):
                    help="try again images that failed in an earlier run and did not change")
     p.add_argument("--fail-on-error", action="store_true",
                    help="exit with status 1 when any image failed")
+    p.add_argument("--max-failure-fraction", type=float, default=None,
+                   help="the run ends Failed (exit 1) when more than this share of images failed")
 
 
 def _segment_params(args, input_url):
@@ -85,6 +98,8 @@ def _segment_params(args, input_url):
         fields["max_pixels"] = args.max_pixels
     if args.scale is not None:
         fields["scale"] = args.scale
+    if args.max_failure_fraction is not None:
+        fields["max_failure_fraction"] = args.max_failure_fraction
     try:
         return SegmentParams(**fields)
     except ValidationError as exc:
@@ -138,10 +153,16 @@ def _run(args, input_url):
         raise SystemExit(f"segflow: {exc}") from None
     listener = _Progress(sys.stdout)
     progress.add_listener(listener)
+    from flows.report import TooManyFailures
+
     try:
         summary = segment_images(params)
     except FileNotFoundError as exc:
         raise SystemExit(f"segflow: {exc}") from None
+    except TooManyFailures as exc:
+        _print_summary(params, exc.summary)
+        print(f"segflow: run failed: {exc}", file=sys.stderr)
+        return 1
     finally:
         progress.remove_listener(listener)
     _print_summary(params, summary)
@@ -166,6 +187,28 @@ def _demo_table(output):
     cols = ["image_id", "height", "width", "n_objects", "mean_object_area"]
     print(images[cols].sort_values("image_id").to_string(index=False,
                                                         float_format=lambda v: f"{v:.1f}"))
+
+
+def _serve(args):
+    from flows.serve import api_url, serve_segment
+
+    if api_url() is None:
+        from flows.serve import NO_SERVER
+
+        print(f"segflow: {NO_SERVER}", file=sys.stderr)
+        return 2
+    params = _segment_params(args, args.input)
+    from flows.segment import preflight
+
+    try:
+        preflight(params)
+    except (ValueError, FileNotFoundError, TypeError) as exc:
+        raise SystemExit(f"segflow: {exc}") from None
+    if args.interval is not None and args.interval <= 0:
+        raise SystemExit(f"segflow: --interval must be a positive number of seconds. "
+                         f"Received: {args.interval}")
+    serve_segment(params, name=args.name, cron=args.cron, interval=args.interval)
+    return 0
 
 
 def _train(args):
@@ -206,6 +249,8 @@ def main(argv=None):
         code = _run(args, str(SAMPLES))
         _demo_table(args.output)
         return code
+    if args.command == "serve":
+        return _serve(args)
     if args.command == "evaluate":
         return _evaluate(args)
     if args.command == "train":

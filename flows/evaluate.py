@@ -1,10 +1,12 @@
 """The ``evaluate-labels`` flow: score predicted masks against ground truth (DSB2018 metric)."""
 
+import json
 import posixpath
 from typing import Optional
 
 import pandas as pd
 from prefect import flow, task
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,4 +43,8 @@ def evaluate_labels(params: EvaluateParams) -> pd.DataFrame:
     if params.out:
         store = Store(posixpath.dirname(params.out) or ".", params.storage_options)
         store.write_bytes(posixpath.basename(params.out), encode_parquet(scores))
-    return summarize(scores)
+    table = summarize(scores)
+    create_table_artifact(  # the scores in the UI
+        json.loads(table.round(4).to_json(orient="records")), key="segflow-evaluation",
+        description=f"DSB2018 metric of {params.pred} against {params.truth}")
+    return table

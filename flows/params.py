@@ -34,6 +34,9 @@ class SegmentParams(BaseModel):
     model: Optional[str] = Field(None, description="Path of a .keras model (default: bundled).")
     max_pixels: int = Field(MAX_PIXELS, ge=1, description="Images larger than this fail.")
     retry_failed: bool = Field(False, description="Try unchanged images that failed before again.")
+    max_failure_fraction: float = Field(
+        1.0, ge=0, le=1,
+        description="The run ends Failed when more than this share of its images failed.")
 
     @field_validator("storage_options", mode="before")
     @classmethod

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows import progress
+from flows import progress, report
 from flows.params import SegmentParams
 from segmodel import __version__
 from segmodel.api import default_tiling, validate_scale
@@ -53,6 +53,8 @@ def segment_images(params: SegmentParams) -> dict:
             "Check the path, or pass --pattern."
         )
     jobs = plan["jobs"]
+    artifact = report.ProgressArtifact()  # UI: progress artifact, removed again below
+    progress.add_listener(artifact)
     progress.start(total=sum(len(j.refs) for j in jobs), skipped=plan["skipped"])
     totals = {"images": 0, "failed": 0, "objects": 0}
     window = deque()
@@ -64,6 +66,7 @@ def segment_images(params: SegmentParams) -> dict:
             _collect(*window.popleft(), totals, logger)
     while window:
         _collect(*window.popleft(), totals, logger)
+    progress.remove_listener(artifact)
     seconds = time.perf_counter() - t0
     summary = {"found": plan["found"], "skipped": plan["skipped"], **totals,
                "shards": len(jobs), "seconds": round(seconds, 2),
@@ -73,7 +76,9 @@ def segment_images(params: SegmentParams) -> dict:
                              "fingerprint": model.fingerprint},
                    "segflow_version": __version__, "config_key": ctx.config_key,
                    "finished_at": datetime.now(timezone.utc).isoformat(), "counts": summary})
+    summary.update(report.publish(ctx, [j.name for j in jobs], summary))  # UI: table, gallery
     logger.info("done: %s", summary)
+    report.check_failures(summary, params.max_failure_fraction)  # Failed past the limit
     return summary
 
 

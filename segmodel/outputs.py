@@ -28,6 +28,7 @@ IMAGE_SCHEMA = {
     "scale": "float64", "model_name": "string", "model_fingerprint": "string",
     "segflow_version": "string", "seconds": "float64", "mask_path": "string",
     "fingerprint": "string", "config_key": "string", "shard": "string",
+    "qc_flags": "string",
 }
 FAILURE_SCHEMA = {
     "image_id": "string", "uri": "string", "stage": "string", "error_type": "string",

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from segmodel import __version__
+from segmodel import __version__, qc
 from segmodel.api import predict_labels, prepare
 from segmodel.io import ImageRef, is_transient
 from segmodel.measure import CHANNELS, measure_objects
@@ -115,6 +115,8 @@ def _image_row(it, table, shard, config_key, mask_paths, model, scale):
         "segflow_version": __version__, "seconds": it.seconds,
         "mask_path": mask_paths[it.ref.image_id], "fingerprint": it.ref.fingerprint,
         "config_key": config_key, "shard": shard,
+        "qc_flags": qc.join_flags(
+            qc.image_flags(it.prepared.image, it.labels, scale=it.prepared.scale)),
     }
 
 

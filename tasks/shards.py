@@ -25,6 +25,21 @@ _HANDOFF = {}
 _MODEL_LOCK = threading.Lock()
 
 
+def _handoff():
+    """This process' hand-over dict and model lock, looked up by reference.
+
+    Prefect pickles a flow's function by value when it runs it in a subprocess (``serve``,
+    process work pools), and with it copies of the module globals the tasks name; a lock cannot
+    be pickled and a copied dict is not the one :func:`release` empties. Module-level functions
+    pickle by reference, so the tasks reach the real objects through these two.
+    """
+    return _HANDOFF
+
+
+def _model_lock():
+    return _MODEL_LOCK
+
+
 @dataclass(frozen=True)
 class ShardContext:
     """Everything a shard's tasks share within one run (small and picklable)."""
@@ -64,7 +79,8 @@ IO_RETRIES = dict(retries=4, retry_delay_seconds=exponential_backoff(backoff_fac
                   retry_jitter_factor=0.5, retry_condition_fn=_transient_only)
 
 
-@task(name="ingest", cache_policy=NO_CACHE, **IO_RETRIES)
+@task(name="ingest", task_run_name="ingest: list input, plan shards", cache_policy=NO_CACHE,
+      **IO_RETRIES)
 def ingest(ctx: ShardContext, patterns: tuple, shard_size: int, run_stamp: str,
            retry_failed: bool = False) -> dict:
     """List the input, reconcile earlier outputs and cut what is not done into shards."""
@@ -89,7 +105,7 @@ def ingest(ctx: ShardContext, patterns: tuple, shard_size: int, run_stamp: str,
 def read(ctx: ShardContext, job: ShardJob) -> str:
     """Read, decode and prepare the shard's images."""
     model = load_model(ctx.model_path)
-    _HANDOFF[job.name] = shards.read_shard(ctx.input, list(job.refs), model.spec,
+    _handoff()[job.name] = shards.read_shard(ctx.input, list(job.refs), model.spec,
                                            scale=ctx.scale, max_pixels=ctx.max_pixels)
     return job.name
 
@@ -100,15 +116,15 @@ def segment(ctx: ShardContext, job: ShardJob, key: str) -> str:
     """Predict the shard's tiles in shared batches and post-process them into labels."""
     model = load_model(ctx.model_path)
     tiling = default_tiling(model.spec, ctx.tile_size, ctx.overlap)
-    shards.segment_shard(model, _HANDOFF[key], tiling, batch_size=ctx.batch_size,
-                         lock=_MODEL_LOCK, auto=ctx.scale == "auto", tta=ctx.tta)
+    shards.segment_shard(model, _handoff()[key], tiling, batch_size=ctx.batch_size,
+                         lock=_model_lock(), auto=ctx.scale == "auto", tta=ctx.tta)
     return key
 
 
 @task(name="write", task_run_name="write shard {job.index}/{job.total}", cache_policy=NO_CACHE)
 def write(ctx: ShardContext, job: ShardJob, key: str) -> dict:
     """Measure objects and write masks then table parts (images part last: the commit)."""
-    items = _HANDOFF.pop(key)
+    items = _handoff().pop(key)
     model = load_model(ctx.model_path)
     objects, images, failures, masks = shards.tabulate_shard(
         items, shard=job.name, config_key=ctx.config_key, mask_paths=job.mask_paths,
@@ -133,7 +149,8 @@ def release(key: str) -> None:
     _HANDOFF.pop(key, None)
 
 
-@task(name="finalize", cache_policy=NO_CACHE, **IO_RETRIES)
+@task(name="finalize", task_run_name="finalize: reconcile tables, write run.json",
+      cache_policy=NO_CACHE, **IO_RETRIES)
 def finalize(ctx: ShardContext, manifest: dict) -> None:
     """Reconcile the tables once more and write the run manifest."""
     outputs.reconcile(ctx.output)

@@ -1,0 +1,123 @@
+"""What a run leaves in the Prefect API: task run names, artifacts, logs, QC flags, Failed runs."""
+
+import base64
+import io
+import json
+import re
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from flows.cli import main
+from flows.report import GALLERY_KEY, PROGRESS_KEY, SUMMARY_KEY
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+SMALL = ["fluor-3bfd6bb1.png", "fluor-62570c4f.png", "histo-b909aa8f.png"]
+
+
+@pytest.fixture
+def folder(tmp_path, samples):
+    """Three real sample images, a blank frame and a corrupt file."""
+    src = tmp_path / "in"
+    src.mkdir()
+    by_name = {p.name: p for p, _ in samples}
+    for name in SMALL:
+        shutil.copy(by_name[name], src / name)
+    Image.fromarray(np.full((256, 256), 40, np.uint8)).save(src / "blank.png")
+    (src / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 50)
+    return src
+
+
+def _summary(artifact):
+    return {row["metric"]: row["value"] for row in json.loads(artifact.data)}
+
+
+def test_a_run_publishes_progress_summary_and_qc_gallery(folder, tmp_path, flow_run_record):
+    out = tmp_path / "out"
+    assert main(["run", str(folder), str(out), "--shard-size", "2"]) == 0
+    record = flow_run_record()
+    assert record["state"] == "COMPLETED"
+    for stage in ("read", "segment", "write"):
+        assert [t for t in record["task_runs"] if t.startswith(stage + " ")] == [
+            f"{stage} shard {k}/3" for k in (1, 2, 3)]
+    assert "report and QC gallery" in record["task_runs"]
+
+    images = pd.read_parquet(out / "images").set_index("image_id")
+    assert images.loc["blank.png", "qc_flags"] == "no_objects;flat"
+    assert images.loc[SMALL[0], "qc_flags"] == ""
+
+    artifacts = record["artifacts"]
+    assert set(artifacts) == {PROGRESS_KEY, SUMMARY_KEY, GALLERY_KEY}
+    assert float(artifacts[PROGRESS_KEY].data) == 100.0
+    summary = _summary(artifacts[SUMMARY_KEY])
+    assert summary["run"] == record["name"]
+    assert (summary["images segmented"], summary["failures"], summary["skipped (already done)"],
+            summary["flagged by QC"]) == (4, 1, 0, 1)
+    assert summary["objects"] == images["n_objects"].sum()
+    assert summary["qc: flat"] == 1 and summary["qc: no_objects"] == 1
+
+    gallery = artifacts[GALLERY_KEY].data
+    thumbs = re.findall(r"!\[([^\]]+)\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", gallery)
+    assert thumbs[0][0] == "blank.png"  # flagged first
+    assert sorted(name for name, _ in thumbs) == sorted(["blank.png", *SMALL])
+    for _, data in thumbs:
+        assert max(Image.open(io.BytesIO(base64.b64decode(data))).size) <= 256
+    assert f"{out}/labels/{SMALL[0].replace('.png', '.tif')}" in gallery
+
+    logs = [m for _, m in record["logs"]]
+    assert sum(m.startswith("shard ") for m in logs) == 3  # one line per shard
+    warnings = [m for level, m in record["logs"] if level == 30]
+    assert any(m.startswith("failed corrupt.png at decode") for m in warnings)
+
+
+def test_a_rerun_with_nothing_new_says_so_in_the_gallery(folder, tmp_path, flow_run_record):
+    out = tmp_path / "out"
+    main(["run", str(folder), str(out)])
+    main(["run", str(folder), str(out)])
+    record = flow_run_record()
+    summary = _summary(record["artifacts"][SUMMARY_KEY])
+    assert (summary["images segmented"], summary["skipped (already done)"]) == (0, 5)
+    assert "No image was segmented in this run." in record["artifacts"][GALLERY_KEY].data
+    assert float(record["artifacts"][PROGRESS_KEY].data) == 100.0
+
+
+def test_too_many_failures_end_the_run_failed(folder, tmp_path, flow_run_record, capsys):
+    (folder / "empty.tif").write_bytes(b"")
+    out = tmp_path / "out"
+    code = main(["run", str(folder), str(out), "--max-failure-fraction", "0.2"])
+    assert code == 1
+    assert "2 of 6 images failed (33.3%), more than max_failure_fraction=0.2" in \
+        capsys.readouterr().err
+    record = flow_run_record()
+    assert record["state"] == "FAILED"
+    assert SUMMARY_KEY in record["artifacts"]  # still published before failing
+
+
+def test_a_failure_fraction_under_the_limit_completes(folder, tmp_path, flow_run_record):
+    out = tmp_path / "out"
+    assert main(["run", str(folder), str(out), "--max-failure-fraction", "0.25"]) == 0
+    assert flow_run_record()["state"] == "COMPLETED"
+
+
+def test_max_failure_fraction_out_of_range_is_refused(folder, tmp_path):
+    with pytest.raises(SystemExit, match="--max-failure-fraction"):
+        main(["run", str(folder), str(tmp_path / "out"), "--max-failure-fraction", "2"])
+
+
+def test_evaluation_publishes_its_table(dsb2018, samples, tmp_path, flow_run_record):
+    src, truth = tmp_path / "in", tmp_path / "truth"
+    src.mkdir()
+    truth.mkdir()
+    for path, row in samples[:2]:
+        shutil.copy(path, src / path.name)
+        shutil.copy(dsb2018 / "labels" / f"{row['dsb2018_id']}.png", truth / path.name)
+    main(["run", str(src), str(tmp_path / "out")])
+    assert main(["evaluate", str(tmp_path / "out"), str(truth)]) == 0
+    record = flow_run_record()
+    rows = json.loads(record["artifacts"]["segflow-evaluation"].data)
+    assert rows[0]["group"] == "all" and rows[0]["images"] == 2
+    assert 0.2 < rows[0]["ap50"] <= 1.0
