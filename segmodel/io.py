@@ -101,6 +101,9 @@ class Store:
 
     def write_bytes(self, relpath, data):
         """Write ``data`` under the root atomically: readers see the old or the whole new file."""
+        norm = posixpath.normpath(relpath)
+        if posixpath.isabs(relpath) or norm == ".." or norm.startswith("../"):
+            raise ValueError(f"refusing to write outside {self.url!r}: {relpath!r}")
         write_atomic(self.fs, self.path(relpath), data)
 
     def write_json(self, relpath, obj):
