@@ -77,6 +77,12 @@ def _check_values(image, name):
                 f"{name}: {bad} pixel values are NaN or infinite. Replace them with finite values "
                 "(e.g. 0 for missing data) and run again."
             )
+        if image.dtype.itemsize > 4 and image.size and \
+                float(np.abs(image).max()) > float(np.finfo(np.float32).max):
+            raise ImageDecodeError(
+                f"{name}: pixel values up to {float(np.abs(image).max()):.3g} are beyond the "
+                "float32 range the model works in. Rescale the image."
+            )
 
 
 def _decode_tiff(data, name, max_pixels):
