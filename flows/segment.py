@@ -23,7 +23,7 @@ IN_FLIGHT = 3
 
 def _context(params):
     """Check everything that can be checked before any work, and build the shared context."""
-    model = load_model(params.model)
+    model = load_model(params.model, trust=params.trust_model)
     tiling = default_tiling(model.spec, params.tile_size)
     key = json.dumps([model.fingerprint, params.scale, tiling.tile, tiling.overlap,
                       params.mask_format, params.max_pixels])
@@ -33,7 +33,7 @@ def _context(params):
         model_path=model.path, scale=params.scale, batch_size=params.batch_size,
         tile_size=tiling.tile, overlap=tiling.overlap, mask_format=params.mask_format,
         max_pixels=params.max_pixels,
-        config_key=hashlib.sha1(key.encode()).hexdigest()[:16],
+        config_key=hashlib.sha1(key.encode()).hexdigest()[:16], trust_model=params.trust_model,
     ), model
 
 
@@ -94,5 +94,11 @@ def preflight(params):
     if not ctx.input.exists():
         raise FileNotFoundError(
             f"input not found: {params.input!r}. Check the path or URL (and --storage-options)."
+        )
+    bucket = ctx.output.container()
+    if bucket is not None and not ctx.output.fs.exists(bucket):
+        raise FileNotFoundError(
+            f"output bucket not found: {bucket!r} (output={params.output!r}). Create it, or "
+            "check the URL and --storage-options."
         )
     return ctx

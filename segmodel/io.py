@@ -93,6 +93,12 @@ class Store:
     def exists(self, *parts):
         return retry(self.fs.exists, self.path(*parts))
 
+    def container(self):
+        """The bucket (container) of an object-store root, or None for local and memory paths."""
+        if _is_local(self.fs) or self.root.startswith("/"):
+            return None
+        return self.root.split("/", 1)[0] or None
+
     def read_bytes(self, path):
         return retry(self.fs.cat_file, path)
 
