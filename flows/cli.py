@@ -129,14 +129,14 @@ def _run(args, input_url):
 
     try:
         preflight(params)
-    except (ValueError, FileNotFoundError, TypeError) as exc:
+    except (ValueError, FileNotFoundError, PermissionError, TypeError) as exc:
         raise SystemExit(f"segflow: {exc}") from None
     listener = _Progress(sys.stdout)
     progress.add_listener(listener)
     try:
         summary = segment_images(params)
-    except FileNotFoundError as exc:
-        raise SystemExit(f"segflow: {exc}") from None
+    except (FileNotFoundError, PermissionError) as exc:
+        raise SystemExit(f"segflow: {type(exc).__name__}: {exc}") from None
     finally:
         progress.remove_listener(listener)
     _print_summary(params, summary)

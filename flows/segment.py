@@ -91,7 +91,18 @@ def _collect(job, future, totals, logger):
 def preflight(params):
     """Fail fast, before any Prefect run: model, tiling, URLs and the input's existence."""
     ctx, _ = _context(params)
-    if not ctx.input.exists():
+    try:
+        found = ctx.input.exists()
+        if not found:  # some file systems answer "no" for a bucket they may not read
+            ctx.input.fs.ls(ctx.input.root)
+    except FileNotFoundError:
+        found = False
+    except PermissionError as exc:
+        raise PermissionError(
+            f"access denied to input={params.input!r} ({exc}). Check the credentials "
+            "(--storage-options or the environment) and the bucket's permissions."
+        ) from None
+    if not found:
         raise FileNotFoundError(
             f"input not found: {params.input!r}. Check the path or URL (and --storage-options)."
         )

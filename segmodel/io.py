@@ -24,22 +24,53 @@ _TRANSIENT_ERRNOS = {errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, e
 _TRANSIENT_WORDS = ("SlowDown", "Throttl", "RequestTimeout", "ServiceUnavailable", "InternalError",
                     "503", "500 ", "502", "504", "Connection reset", "Connection aborted",
                     "timed out", "Timeout", "ServerDisconnected", "IncompleteRead")
+#: Error codes of object stores (S3 and the like) that say "try again".
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
+                    "RequestLimitExceeded", "TooManyRequests", "InternalError",
+                    "ServiceUnavailable", "OperationAborted", "500", "502", "503", "504"}
+#: Exception classes (by name, so no client library must be imported) of dropped connections,
+#: timeouts and cut-off responses: botocore, aiohttp, urllib3, fsspec.
+_TRANSIENT_CLASSES = {"HTTPClientError", "ClientConnectionError", "ServerDisconnectedError",
+                      "ClientPayloadError", "ServerTimeoutError", "IncompleteRead",
+                      "ResponseParserError", "FSTimeoutError", "ProtocolError", "ConnectionError"}
+_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+              FileExistsError, TypeError, ValueError, KeyError, AttributeError)
 
 
 def is_transient(exc):
     """True for errors worth retrying: connection resets, timeouts, 5xx and throttling.
 
-    Permission errors (403), missing files and programming errors are not transient.
+    Looks through the chain of causes, because file system layers wrap the client's error
+    (s3fs turns a ``SlowDown`` ClientError into a plain ``OSError``). Permission errors (403),
+    missing files and buckets, and programming errors are not transient.
     """
-    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
-                        TypeError, ValueError, KeyError, AttributeError)):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        verdict = _classify(exc)
+        if verdict is not None:
+            return verdict
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _classify(exc):
+    """True / False when ``exc`` alone decides, None to look at its cause."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict) and "Error" in response:  # botocore ClientError
+        code = str(response["Error"].get("Code", ""))
+        status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        return code in _TRANSIENT_CODES or status >= 500 or status == 429
+    if isinstance(exc, _PERMANENT):
         return False
     if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    if any(c.__name__ in _TRANSIENT_CLASSES for c in type(exc).__mro__):
         return True
     if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
         return True
     text = f"{type(exc).__name__}: {exc}"
-    return any(word in text for word in _TRANSIENT_WORDS)
+    return True if any(word in text for word in _TRANSIENT_WORDS) else None
 
 
 def retry(fn, *args, attempts=5, base_delay=0.2, max_delay=5.0, **kwargs):
