@@ -154,6 +154,20 @@ class Store:
         return sorted(p for p in retry(self.fs.ls, base, detail=False)
                       if p.endswith(suffix) and not posixpath.basename(p).startswith("."))
 
+    def remove_temporaries(self):
+        """Delete temporary files of atomic writes that a killed process left behind.
+
+        Only local folders have them (object stores write in one PUT). Call it only while no
+        other run writes to this root.
+        """
+        if not _is_local(self.fs) or not self.fs.isdir(self.root):
+            return 0
+        stale = [p for p in self.fs.find(self.root, withdirs=False)
+                 if posixpath.basename(p).startswith(".") and p.endswith(".tmp")]
+        for p in stale:
+            self.remove(p)
+        return len(stale)
+
     def remove(self, path):
         try:
             retry(self.fs.rm_file, path)

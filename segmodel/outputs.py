@@ -101,7 +101,8 @@ def _shards(store, name):
 def reconcile(store):
     """Make the tables consistent; return the current record of every image.
 
-    Removes parts of uncommitted shards, then rows of any image that a newer shard holds.
+    Removes temporary files of interrupted writes and parts of uncommitted shards, then rows
+    of any image that a newer shard holds.
 
     Returns
     -------
@@ -109,6 +110,7 @@ def reconcile(store):
         ``{image_id: (status, fingerprint, config_key)}`` with status ``'done'`` or
         ``'failed'``.
     """
+    store.remove_temporaries()
     committed = _shards(store, "images")
     for name in ("objects", "failures"):
         for shard in set(_shards(store, name)) - set(committed):

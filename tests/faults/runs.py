@@ -37,6 +37,19 @@ def run(args, env):
     return proc.returncode, out, usage.ru_maxrss / 1024
 
 
+def small_png(path, side):
+    """PNG bytes of the central ``side`` x ``side`` crop of a real image (RGB)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("RGB"))
+    y, x = max(0, (arr.shape[0] - side) // 2), max(0, (arr.shape[1] - side) // 2)
+    buf = io.BytesIO()
+    Image.fromarray(arr[y: y + side, x: x + side]).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def read_tables(fs, root):
     """The three tables under ``root`` of ``fs``, rows sorted, volatile columns dropped."""
     out = {}

@@ -5,15 +5,12 @@ processed exactly once: the tables equal a clean run's, row for row. A permanent
 fails fast with a clear message and is not retried.
 """
 
-import io
 import json
 import time
 
-import numpy as np
 import pytest
 from flaky_proxy import FlakyProxy
-from PIL import Image
-from runs import compare, read_tables, record, run, segflow_env
+from runs import compare, read_tables, record, run, segflow_env, small_png
 
 from segmodel.datasets import list_samples
 
@@ -21,16 +18,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
 N_IMAGES = 220
 SIDE = 96
-
-
-def _small_png(path):
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"))
-    h, w = arr.shape[:2]
-    y, x = max(0, (h - SIDE) // 2), max(0, (w - SIDE) // 2)
-    buf = io.BytesIO()
-    Image.fromarray(arr[y: y + SIDE, x: x + SIDE]).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +31,7 @@ def s3(s3_server, samples, dsb2018):
     fs.mkdir("flaky-out")
     paths = [p for p, _ in samples] + [s.image_path for s in list_samples(dsb2018)]
     for i, path in enumerate(paths[:N_IMAGES]):
-        fs.pipe_file(f"flaky-in/{i % 4}/{path.stem[:16]}.png", _small_png(path))
+        fs.pipe_file(f"flaky-in/{i % 4}/{path.stem[:16]}.png", small_png(path, SIDE))
     yield fs
     fs.rm("flaky-in", recursive=True)
     fs.rm("flaky-out", recursive=True)
