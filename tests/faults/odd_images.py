@@ -101,6 +101,7 @@ def cases(rgb):
         ("inf-float32.tif", _tif(inf), ("fail", "NaN or infinite")),
         ("complex64.tif", _tif(gray.astype(np.complex64)), ("fail", "pixel type")),
         ("palette.png", _pil(Image.fromarray(rgb).quantize(64), "PNG"), "objects"),
+        ("palette.tif", _pil(Image.fromarray(rgb).quantize(64), "TIFF"), "objects"),
         ("cmyk.jpg", _pil(cmyk, "JPEG", quality=95), "objects"),
         ("cmyk.tif", _pil(cmyk, "TIFF"), "objects"),
         ("rgba.png", _png(np.dstack([rgb, np.full_like(gray, 200)])), "objects"),
