@@ -76,6 +76,9 @@ def _add_run_options(p):
                    help="images with more pixels fail (default: 256 million)")
     p.add_argument("--retry-failed", action="store_true",
                    help="try again images that failed in an earlier run and did not change")
+    p.add_argument("--trust-model", action="store_true",
+                   help="load a model that carries Python code (e.g. a Lambda layer); only for "
+                        "files you trust")
     p.add_argument("--fail-on-error", action="store_true",
                    help="exit with status 1 when any image failed")
     p.add_argument("--max-failure-fraction", type=float, default=None,
@@ -91,7 +94,7 @@ def _segment_params(args, input_url):
               "shard_size": args.shard_size, "batch_size": args.batch_size,
               "tta": args.tta, "tile_size": args.tile_size,
               "mask_format": args.mask_format, "model": args.model,
-              "retry_failed": args.retry_failed}
+              "retry_failed": args.retry_failed, "trust_model": args.trust_model}
     if args.patterns:
         fields["patterns"] = args.patterns
     if args.max_pixels is not None:
@@ -106,7 +109,8 @@ def _segment_params(args, input_url):
         lines = []
         for err in exc.errors():
             name = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "parameters"
-            lines.append(f"{name}: {err['msg']} (received: {err.get('input')!r})")
+            received = "" if name == "--storage-options" else f" (received: {err.get('input')!r})"
+            lines.append(f"{name}: {err['msg']}{received}")  # options may hold credentials
         raise SystemExit("segflow: invalid parameters\n  " + "\n  ".join(lines)) from None
 
 
@@ -149,7 +153,7 @@ def _run(args, input_url):
 
     try:
         preflight(params)
-    except (ValueError, FileNotFoundError, TypeError) as exc:
+    except (ValueError, FileNotFoundError, PermissionError, TypeError) as exc:
         raise SystemExit(f"segflow: {exc}") from None
     listener = _Progress(sys.stdout)
     progress.add_listener(listener)
@@ -157,8 +161,8 @@ def _run(args, input_url):
 
     try:
         summary = segment_images(params)
-    except FileNotFoundError as exc:
-        raise SystemExit(f"segflow: {exc}") from None
+    except (FileNotFoundError, PermissionError) as exc:
+        raise SystemExit(f"segflow: {type(exc).__name__}: {exc}") from None
     except TooManyFailures as exc:
         _print_summary(params, exc.summary)
         print(f"segflow: run failed: {exc}", file=sys.stderr)

@@ -6,7 +6,7 @@ Kept free of ``from __future__ import annotations``, which breaks Prefect's para
 import json
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 from segmodel.io import DEFAULT_PATTERNS, check_url
 from segmodel.preprocess import MAX_PIXELS
@@ -37,6 +37,8 @@ class SegmentParams(BaseModel):
     max_failure_fraction: float = Field(
         1.0, ge=0, le=1,
         description="The run ends Failed when more than this share of its images failed.")
+    trust_model: bool = Field(False, description="Load a model that carries Python code "
+                              "(Keras safe mode off); only for files you trust.")
 
     @field_validator("storage_options", mode="before")
     @classmethod
@@ -45,13 +47,14 @@ class SegmentParams(BaseModel):
             try:
                 value = json.loads(value) if value.strip() else {}
             except json.JSONDecodeError as exc:
-                raise ValueError(
-                    f"storage_options must be a JSON object. Received: {value!r} ({exc.msg})."
-                ) from exc
+                raise ValueError(  # the text is not repeated: it may hold credentials
+                    f"storage_options must be a JSON object: {exc.msg} at character {exc.pos} "
+                    f"of {len(value)}."
+                ) from None
         if not isinstance(value, dict):
             raise ValueError(
                 f"storage_options must be a JSON object like {{\"anon\": true}}. "
-                f"Received: {value!r}"
+                f"Received: a {type(value).__name__}"
             )
         return value
 
@@ -68,6 +71,11 @@ class SegmentParams(BaseModel):
         if isinstance(value, str):
             value = value.strip().lower()
         return validate_scale(value)
+    @field_serializer("storage_options", when_used="json")
+    def _redact_storage_options(self, value):
+        """Keys only in JSON (the flow run's parameters in Prefect, run.json): values may be
+        credentials. The flow itself gets the real options."""
+        return redact(value)
 
     @field_validator("input", "output")
     @classmethod
@@ -81,6 +89,15 @@ class SegmentParams(BaseModel):
         if not value or not all(isinstance(p, str) and p for p in value):
             raise ValueError(f"patterns must be non-empty glob patterns. Received: {value!r}")
         return value
+
+
+def redact(value):
+    """``value`` with every leaf replaced by ``'***'`` (dict keys and list lengths kept)."""
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(v) for v in value]
+    return "***"
 
 
 class TrainParams(BaseModel):

@@ -23,7 +23,7 @@ IN_FLIGHT = 3
 
 def _context(params):
     """Check everything that can be checked before any work, and build the shared context."""
-    model = load_model(params.model)
+    model = load_model(params.model, trust=params.trust_model)
     tiling = default_tiling(model.spec, params.tile_size)
     validate_scale(params.scale, model.spec)
     key = json.dumps([model.fingerprint, params.scale, tiling.tile, tiling.overlap,
@@ -34,7 +34,7 @@ def _context(params):
         model_path=model.path, scale=params.scale, tta=params.tta, batch_size=params.batch_size,
         tile_size=tiling.tile, overlap=tiling.overlap, mask_format=params.mask_format,
         max_pixels=params.max_pixels,
-        config_key=hashlib.sha1(key.encode()).hexdigest()[:16],
+        config_key=hashlib.sha1(key.encode()).hexdigest()[:16], trust_model=params.trust_model,
     ), model
 
 
@@ -97,8 +97,25 @@ def _collect(job, future, totals, logger):
 def preflight(params):
     """Fail fast, before any Prefect run: model, tiling, URLs and the input's existence."""
     ctx, _ = _context(params)
-    if not ctx.input.exists():
+    try:
+        found = ctx.input.exists()
+        if not found:  # some file systems answer "no" for a bucket they may not read
+            ctx.input.fs.ls(ctx.input.root)
+    except FileNotFoundError:
+        found = False
+    except PermissionError as exc:
+        raise PermissionError(
+            f"access denied to input={params.input!r} ({exc}). Check the credentials "
+            "(--storage-options or the environment) and the bucket's permissions."
+        ) from None
+    if not found:
         raise FileNotFoundError(
             f"input not found: {params.input!r}. Check the path or URL (and --storage-options)."
+        )
+    bucket = ctx.output.container()
+    if bucket is not None and not ctx.output.fs.exists(bucket):
+        raise FileNotFoundError(
+            f"output bucket not found: {bucket!r} (output={params.output!r}). Create it, or "
+            "check the URL and --storage-options."
         )
     return ctx

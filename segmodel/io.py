@@ -24,22 +24,53 @@ _TRANSIENT_ERRNOS = {errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, e
 _TRANSIENT_WORDS = ("SlowDown", "Throttl", "RequestTimeout", "ServiceUnavailable", "InternalError",
                     "503", "500 ", "502", "504", "Connection reset", "Connection aborted",
                     "timed out", "Timeout", "ServerDisconnected", "IncompleteRead")
+#: Error codes of object stores (S3 and the like) that say "try again".
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
+                    "RequestLimitExceeded", "TooManyRequests", "InternalError",
+                    "ServiceUnavailable", "OperationAborted", "500", "502", "503", "504"}
+#: Exception classes (by name, so no client library must be imported) of dropped connections,
+#: timeouts and cut-off responses: botocore, aiohttp, urllib3, fsspec.
+_TRANSIENT_CLASSES = {"HTTPClientError", "ClientConnectionError", "ServerDisconnectedError",
+                      "ClientPayloadError", "ServerTimeoutError", "IncompleteRead",
+                      "ResponseParserError", "FSTimeoutError", "ProtocolError", "ConnectionError"}
+_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+              FileExistsError, TypeError, ValueError, KeyError, AttributeError)
 
 
 def is_transient(exc):
     """True for errors worth retrying: connection resets, timeouts, 5xx and throttling.
 
-    Permission errors (403), missing files and programming errors are not transient.
+    Looks through the chain of causes, because file system layers wrap the client's error
+    (s3fs turns a ``SlowDown`` ClientError into a plain ``OSError``). Permission errors (403),
+    missing files and buckets, and programming errors are not transient.
     """
-    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
-                        TypeError, ValueError, KeyError, AttributeError)):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        verdict = _classify(exc)
+        if verdict is not None:
+            return verdict
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _classify(exc):
+    """True / False when ``exc`` alone decides, None to look at its cause."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict) and "Error" in response:  # botocore ClientError
+        code = str(response["Error"].get("Code", ""))
+        status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        return code in _TRANSIENT_CODES or status >= 500 or status == 429
+    if isinstance(exc, _PERMANENT):
         return False
     if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    if any(c.__name__ in _TRANSIENT_CLASSES for c in type(exc).__mro__):
         return True
     if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
         return True
     text = f"{type(exc).__name__}: {exc}"
-    return any(word in text for word in _TRANSIENT_WORDS)
+    return True if any(word in text for word in _TRANSIENT_WORDS) else None
 
 
 def retry(fn, *args, attempts=5, base_delay=0.2, max_delay=5.0, **kwargs):
@@ -93,6 +124,12 @@ class Store:
     def exists(self, *parts):
         return retry(self.fs.exists, self.path(*parts))
 
+    def container(self):
+        """The bucket (container) of an object-store root, or None for local and memory paths."""
+        if _is_local(self.fs) or self.root.startswith("/"):
+            return None
+        return self.root.split("/", 1)[0] or None
+
     def read_bytes(self, path):
         return retry(self.fs.cat_file, path)
 
@@ -101,6 +138,9 @@ class Store:
 
     def write_bytes(self, relpath, data):
         """Write ``data`` under the root atomically: readers see the old or the whole new file."""
+        norm = posixpath.normpath(relpath)
+        if posixpath.isabs(relpath) or norm == ".." or norm.startswith("../"):
+            raise ValueError(f"refusing to write outside {self.url!r}: {relpath!r}")
         write_atomic(self.fs, self.path(relpath), data)
 
     def write_json(self, relpath, obj):
@@ -113,6 +153,20 @@ class Store:
             return []
         return sorted(p for p in retry(self.fs.ls, base, detail=False)
                       if p.endswith(suffix) and not posixpath.basename(p).startswith("."))
+
+    def remove_temporaries(self):
+        """Delete temporary files of atomic writes that a killed process left behind.
+
+        Only local folders have them (object stores write in one PUT). Call it only while no
+        other run writes to this root.
+        """
+        if not _is_local(self.fs) or not self.fs.isdir(self.root):
+            return 0
+        stale = [p for p in self.fs.find(self.root, withdirs=False)
+                 if posixpath.basename(p).startswith(".") and p.endswith(".tmp")]
+        for p in stale:
+            self.remove(p)
+        return len(stale)
 
     def remove(self, path):
         try:

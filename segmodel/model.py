@@ -170,13 +170,18 @@ _CACHE = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def load_model(path=None):
+def load_model(path=None, *, trust=False):
     """Load a model once per process, cached by its file's fingerprint.
+
+    Models load in Keras' safe mode: a file carrying Python code (a ``Lambda`` layer's
+    function, ...) is refused, because loading it would run that code.
 
     Parameters
     ----------
     path : str or Path, optional
         A ``.keras`` file with a ``.json`` sidecar. Default: the bundled nuclei model.
+    trust : bool, optional
+        Load with safe mode off. Only for files from a source you trust.
 
     Returns
     -------
@@ -186,6 +191,8 @@ def load_model(path=None):
     ------
     FileNotFoundError
         The file does not exist.
+    ValueError
+        The file carries Python code and ``trust`` is False.
     """
     path = Path(path) if path is not None else DEFAULT_MODEL
     if not path.is_file():
@@ -193,13 +200,27 @@ def load_model(path=None):
             f"model file not found: {str(path)!r}. Pass the path of a .keras file, or omit it "
             "to use the bundled nuclei model."
         )
-    key = fingerprint(path)
+    key = (fingerprint(path), bool(trust))
     with _CACHE_LOCK:
         if key not in _CACHE:
-            import keras
-
             sp = spec_path(path)
             spec = ModelSpec.from_dict(json.loads(sp.read_text())) if sp.exists() else ModelSpec()
-            kmodel = keras.saving.load_model(path, compile=False)
-            _CACHE[key] = LoadedModel(kmodel, spec, key, str(path))
+            kmodel = _load_keras(path, trust)
+            _CACHE[key] = LoadedModel(kmodel, spec, key[0], str(path))
         return _CACHE[key]
+
+
+def _load_keras(path, trust):
+    import keras
+
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=not trust)
+    except ValueError as exc:
+        if trust or "safe_mode" not in str(exc):
+            raise
+        raise ValueError(
+            f"model {str(path)!r} refused: it carries Python code (e.g. a Lambda layer's "
+            "function) that would run when it is loaded, and models load in Keras' safe mode. "
+            "Only if you trust where the file came from, pass --trust-model "
+            f"(SegmentParams.trust_model=True). Keras said: {exc}"
+        ) from None

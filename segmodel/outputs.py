@@ -50,7 +50,8 @@ def mask_paths(image_ids, mask_format="tif"):
     """``{image_id: relative mask path}``; ids differing only by extension keep it in the name.
 
     ``a.png`` -> ``labels/a.tif``; with both ``a.png`` and ``a.tif`` present they become
-    ``labels/a.png.tif`` and ``labels/a.tif.tif`` so neither overwrites the other.
+    ``labels/a.png.tif`` and ``labels/a.tif.tif`` so neither overwrites the other. Ids are
+    made safe by :func:`safe_relpath`: no id can name a path outside ``labels/``.
     """
     if mask_format not in MASK_FORMATS:
         raise ValueError(f"mask_format must be one of {MASK_FORMATS}. Received: {mask_format!r}")
@@ -61,8 +62,20 @@ def mask_paths(image_ids, mask_format="tif"):
     for stem, ids in stems.items():
         for image_id in ids:
             base = stem if len(ids) == 1 else image_id
-            out[image_id] = f"labels/{base}.{mask_format}"
+            out[image_id] = f"labels/{safe_relpath(base)}.{mask_format}"
     return out
+
+
+def safe_relpath(name):
+    """A relative path that stays under its parent folder, whatever ``name`` holds.
+
+    Ordinary names pass unchanged. ``%`` and ``\\`` are percent-encoded, then empty, ``.``
+    and ``..`` segments (from absolute-looking names, ``//`` or ``..``) are encoded as
+    ``%2F``, ``%2E`` and ``%2E%2E``, so distinct names stay distinct and none climbs out.
+    """
+    special = {"": "%2F", ".": "%2E", "..": "%2E%2E"}
+    parts = name.replace("%", "%25").replace("\\", "%5C").split("/")
+    return "/".join(special.get(part, part) for part in parts)
 
 
 def encode_parquet(df):
@@ -89,7 +102,8 @@ def _shards(store, name):
 def reconcile(store):
     """Make the tables consistent; return the current record of every image.
 
-    Removes parts of uncommitted shards, then rows of any image that a newer shard holds.
+    Removes temporary files of interrupted writes and parts of uncommitted shards, then rows
+    of any image that a newer shard holds.
 
     Returns
     -------
@@ -97,6 +111,7 @@ def reconcile(store):
         ``{image_id: (status, fingerprint, config_key)}`` with status ``'done'`` or
         ``'failed'``.
     """
+    store.remove_temporaries()
     committed = _shards(store, "images")
     for name in ("objects", "failures"):
         for shard in set(_shards(store, name)) - set(committed):

@@ -34,12 +34,15 @@ def decode_image(data, *, name="<bytes>", max_pixels=MAX_PIXELS):
     Returns
     -------
     image : (H, W, C) ndarray
-        uint8, uint16 or float32, with ``C`` in {1, 3, 4}.
+        Integer or real-valued (usually uint8, uint16 or float32), with ``C`` in {1, 3, 4}.
+        Palette images become RGB and CMYK images RGB.
 
     Raises
     ------
     ImageDecodeError
-        Empty, truncated, non-image or over-sized input.
+        The only error for bad input: an empty, truncated or non-image file; a header declaring
+        more than ``max_pixels`` pixels (refused before any pixel is decoded); a multi-page,
+        volumetric or many-channel file; complex pixels; NaN or infinite values.
     """
     if len(data) == 0:
         raise ImageDecodeError(f"{name}: the file is empty (0 bytes).")
@@ -56,7 +59,30 @@ def decode_image(data, *, name="<bytes>", max_pixels=MAX_PIXELS):
         )
     if image.shape[-1] == 2:  # gray + alpha
         image = image[..., :1]
+    _check_values(image, name)
     return image
+
+
+def _check_values(image, name):
+    """Refuse pixel types the pipeline cannot normalise, and NaN or infinite values."""
+    if image.dtype.kind not in "buif":
+        raise ImageDecodeError(
+            f"{name}: unsupported pixel type {image.dtype}. segflow reads integer or real-valued "
+            "(float) images; convert the file to one of those."
+        )
+    if image.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(image)))
+        if bad:
+            raise ImageDecodeError(
+                f"{name}: {bad} pixel values are NaN or infinite. Replace them with finite values "
+                "(e.g. 0 for missing data) and run again."
+            )
+        if image.dtype.itemsize > 4 and image.size and \
+                float(np.abs(image).max()) > float(np.finfo(np.float32).max):
+            raise ImageDecodeError(
+                f"{name}: pixel values up to {float(np.abs(image).max()):.3g} are beyond the "
+                "float32 range the model works in. Rescale the image."
+            )
 
 
 def _decode_tiff(data, name, max_pixels):
@@ -65,16 +91,48 @@ def _decode_tiff(data, name, max_pixels):
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
             page = tif.pages[0]
-            if int(np.prod(page.shape[:2])) > max_pixels:
-                raise ImageDecodeError(f"{name}: {page.shape} is over max_pixels={max_pixels}.")
+            _check_tiff_header(tif, page, name, max_pixels)
             image = page.asarray()
+            photometric, colormap = int(page.photometric), page.colormap
     except ImageDecodeError:
         raise
     except Exception as exc:  # tifffile raises many types for broken files
         raise ImageDecodeError(f"{name}: not a readable TIFF ({type(exc).__name__}: {exc}).") from exc
     if image.ndim == 3 and image.shape[0] in (3, 4) and image.shape[-1] not in (3, 4):
         image = np.moveaxis(image, 0, -1)  # planar CYX -> YXC
+    if photometric == 3 and colormap is not None and image.ndim == 2:  # palette
+        image = np.moveaxis(colormap, 0, -1)[np.minimum(image, colormap.shape[1] - 1)]
+    elif photometric == 5 and image.ndim == 3 and image.shape[-1] == 4:  # CMYK
+        image = _cmyk_to_rgb(image)
     return image
+
+
+def _check_tiff_header(tif, page, name, max_pixels):
+    """Refuse over-sized, multi-page and many-channel TIFFs from their tags, before decoding."""
+    h, w, depth = int(page.imagelength), int(page.imagewidth), int(page.imagedepth)
+    if h * w * depth > max_pixels:
+        raise ImageDecodeError(
+            f"{name}: the header declares {h}x{w} pixels, over max_pixels={max_pixels}."
+        )
+    samples = int(page.samplesperpixel)
+    if samples > 4 or depth > 1:
+        raise ImageDecodeError(
+            f"{name}: expected a 2-D gray, RGB or RGBA image. Received {samples} channels"
+            f"{f' and depth {depth}' if depth > 1 else ''}; save one 2-D image per file."
+        )
+    planes = int(np.prod(tif.series[0].shape)) // max(1, int(np.prod(page.shape)))
+    if len(tif.pages) > 1 and planes > 1:
+        raise ImageDecodeError(
+            f"{name}: a multi-page or volumetric TIFF ({len(tif.pages)} pages, shape "
+            f"{tuple(tif.series[0].shape)}) is not supported; save one 2-D image per file."
+        )
+
+
+def _cmyk_to_rgb(image):
+    top = float(np.iinfo(image.dtype).max) if image.dtype.kind in "ui" else 1.0
+    ink = image.astype(np.float32) / top
+    rgb = (1.0 - ink[..., :3]) * (1.0 - ink[..., 3:])
+    return (rgb * top).astype(image.dtype)
 
 
 def _decode_pillow(data, name, max_pixels):
@@ -82,7 +140,8 @@ def _decode_pillow(data, name, max_pixels):
         with Image.open(io.BytesIO(data)) as img:
             if img.width * img.height > max_pixels:
                 raise ImageDecodeError(
-                    f"{name}: {img.height}x{img.width} pixels is over max_pixels={max_pixels}."
+                    f"{name}: the header declares {img.height}x{img.width} pixels, over "
+                    f"max_pixels={max_pixels}."
                 )
             img.load()
             if img.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
@@ -92,6 +151,13 @@ def _decode_pillow(data, name, max_pixels):
             return np.asarray(img)
     except ImageDecodeError:
         raise
+    except Image.UnidentifiedImageError as exc:
+        raise ImageDecodeError(
+            f"{name}: not a readable image (not PNG, JPEG, TIFF or BMP data; first bytes "
+            f"{bytes(data[:8])!r})."
+        ) from exc
+    except Image.DecompressionBombError as exc:  # Pillow's own header check, before ours
+        raise ImageDecodeError(f"{name}: {exc} Refused before decoding (max_pixels={max_pixels}).") from exc
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... for bad data
         raise ImageDecodeError(f"{name}: not a readable image ({type(exc).__name__}: {exc}).") from exc
 

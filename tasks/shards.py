@@ -55,6 +55,7 @@ class ShardContext:
     mask_format: str
     max_pixels: int
     config_key: str
+    trust_model: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def ingest(ctx: ShardContext, patterns: tuple, shard_size: int, run_stamp: str,
       **IO_RETRIES)
 def read(ctx: ShardContext, job: ShardJob) -> str:
     """Read, decode and prepare the shard's images."""
-    model = load_model(ctx.model_path)
+    model = load_model(ctx.model_path, trust=ctx.trust_model)
     _handoff()[job.name] = shards.read_shard(ctx.input, list(job.refs), model.spec,
                                            scale=ctx.scale, max_pixels=ctx.max_pixels)
     return job.name
@@ -114,7 +115,7 @@ def read(ctx: ShardContext, job: ShardJob) -> str:
       cache_policy=NO_CACHE)
 def segment(ctx: ShardContext, job: ShardJob, key: str) -> str:
     """Predict the shard's tiles in shared batches and post-process them into labels."""
-    model = load_model(ctx.model_path)
+    model = load_model(ctx.model_path, trust=ctx.trust_model)
     tiling = default_tiling(model.spec, ctx.tile_size, ctx.overlap)
     shards.segment_shard(model, _handoff()[key], tiling, batch_size=ctx.batch_size,
                          lock=_model_lock(), auto=ctx.scale == "auto", tta=ctx.tta)
@@ -125,7 +126,7 @@ def segment(ctx: ShardContext, job: ShardJob, key: str) -> str:
 def write(ctx: ShardContext, job: ShardJob, key: str) -> dict:
     """Measure objects and write masks then table parts (images part last: the commit)."""
     items = _handoff().pop(key)
-    model = load_model(ctx.model_path)
+    model = load_model(ctx.model_path, trust=ctx.trust_model)
     objects, images, failures, masks = shards.tabulate_shard(
         items, shard=job.name, config_key=ctx.config_key, mask_paths=job.mask_paths,
         model=model, scale=ctx.scale)
