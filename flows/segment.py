@@ -11,6 +11,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import progress
 from flows.params import SegmentParams
+from flows.timing import RunClock
 from segmodel import __version__
 from segmodel.api import default_tiling
 from segmodel.io import Store
@@ -54,19 +55,22 @@ def segment_images(params: SegmentParams) -> dict:
     jobs = plan["jobs"]
     progress.start(total=sum(len(j.refs) for j in jobs), skipped=plan["skipped"])
     totals = {"images": 0, "failed": 0, "objects": 0}
+    clock = RunClock()
+    clock.add(plan)
     window = deque()
     for job in jobs:
         key = read.submit(ctx, job)
         key = segment.submit(ctx, job, key)
         window.append((job, write.submit(ctx, job, key)))
         while len(window) >= IN_FLIGHT:
-            _collect(*window.popleft(), totals, logger)
+            _collect(*window.popleft(), totals, clock, logger)
     while window:
-        _collect(*window.popleft(), totals, logger)
+        _collect(*window.popleft(), totals, clock, logger)
     seconds = time.perf_counter() - t0
     summary = {"found": plan["found"], "skipped": plan["skipped"], **totals,
                "shards": len(jobs), "seconds": round(seconds, 2),
-               "images_per_second": round(totals["images"] / seconds, 3) if seconds else 0.0}
+               "images_per_second": round(totals["images"] / seconds, 3) if seconds else 0.0,
+               **clock.summary(seconds)}
     finalize(ctx, {"parameters": params.model_dump(mode="json", exclude={"storage_options"}),
                    "model": {"name": model.spec.name, "path": model.path,
                              "fingerprint": model.fingerprint},
@@ -76,13 +80,14 @@ def segment_images(params: SegmentParams) -> dict:
     return summary
 
 
-def _collect(job, future, totals, logger):
+def _collect(job, future, totals, clock, logger):
     try:
         result = future.result()
     finally:
         release(job.name)
     for k in totals:
         totals[k] += result[k]
+    clock.add(result)
     logger.info("shard %d/%d: %d images, %d objects, %d failed", job.index, job.total,
                 result["images"], result["objects"], result["failed"])
     progress.update(result)

@@ -8,6 +8,7 @@ nothing, and only the shards the flow has in flight hold memory.
 """
 
 import threading
+import time
 from dataclasses import dataclass
 
 import pandas as pd
@@ -22,7 +23,12 @@ from segmodel.io import Store, is_transient, list_images
 from segmodel.model import load_model
 
 _HANDOFF = {}
+_SPANS = {}  # shard name -> [(start, end)] wall-clock spans of its task bodies
 _MODEL_LOCK = threading.Lock()
+
+
+def _span(key, t0):
+    _SPANS.setdefault(key, []).append((t0, time.time()))
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,7 @@ IO_RETRIES = dict(retries=4, retry_delay_seconds=exponential_backoff(backoff_fac
 def ingest(ctx: ShardContext, patterns: tuple, shard_size: int, run_stamp: str,
            retry_failed: bool = False) -> dict:
     """List the input, reconcile earlier outputs and cut what is not done into shards."""
+    t0 = time.time()
     logger = get_run_logger()
     refs = list_images(ctx.input, patterns)
     latest = outputs.reconcile(ctx.output)
@@ -80,16 +87,19 @@ def ingest(ctx: ShardContext, patterns: tuple, shard_size: int, run_stamp: str,
     ]
     logger.info("%d images found, %d already done, %d to segment in %d shards",
                 len(refs), len(refs) - len(todo), len(todo), total)
-    return {"found": len(refs), "skipped": len(refs) - len(todo), "jobs": jobs}
+    return {"found": len(refs), "skipped": len(refs) - len(todo), "jobs": jobs,
+            "busy": [(t0, time.time())]}
 
 
 @task(name="read", task_run_name="read shard {job.index}/{job.total}", cache_policy=NO_CACHE,
       **IO_RETRIES)
 def read(ctx: ShardContext, job: ShardJob) -> str:
     """Read, decode and prepare the shard's images."""
+    t0 = time.time()
     model = load_model(ctx.model_path)
     _HANDOFF[job.name] = shards.read_shard(ctx.input, list(job.refs), model.spec,
                                            scale=ctx.scale, max_pixels=ctx.max_pixels)
+    _span(job.name, t0)
     return job.name
 
 
@@ -97,39 +107,51 @@ def read(ctx: ShardContext, job: ShardJob) -> str:
       cache_policy=NO_CACHE)
 def segment(ctx: ShardContext, job: ShardJob, key: str) -> str:
     """Predict the shard's tiles in shared batches and post-process them into labels."""
+    t0 = time.time()
     model = load_model(ctx.model_path)
     tiling = default_tiling(model.spec, ctx.tile_size, ctx.overlap)
     shards.segment_shard(model, _HANDOFF[key], tiling, batch_size=ctx.batch_size,
                          lock=_MODEL_LOCK)
+    _span(key, t0)
     return key
 
 
 @task(name="write", task_run_name="write shard {job.index}/{job.total}", cache_policy=NO_CACHE)
 def write(ctx: ShardContext, job: ShardJob, key: str) -> dict:
     """Measure objects and write masks then table parts (images part last: the commit)."""
+    t0 = time.time()
     items = _HANDOFF.pop(key)
+    result = _write_items(ctx, job, items)
+    _span(key, t0)
+    return {**result, "busy": _SPANS.pop(key, [])}
+
+
+def _write_items(ctx, job, items):
     model = load_model(ctx.model_path)
     objects, images, failures, masks = shards.tabulate_shard(
         items, shard=job.name, config_key=ctx.config_key, mask_paths=job.mask_paths,
         model=model, scale=ctx.scale)
+    t0 = time.perf_counter()
     for relpath, labels in masks.items():
         ctx.output.write_bytes(relpath, shards.encode_mask(labels, ctx.mask_format))
     objects_df = pd.concat(objects, ignore_index=True) if objects else outputs.table("objects", [])
     outputs.write_shard(ctx.output, job.name, {
         "objects": objects_df, "images": outputs.table("images", images),
         "failures": outputs.table("failures", failures)})
+    timings = {**shards.stage_seconds(items), "write": time.perf_counter() - t0}
     logger = get_run_logger()
     for f in failures:
         logger.warning("failed %s at %s: %s: %s", f["image_id"], f["stage"], f["error_type"],
                        f["message"][:200])
     return {"shard": job.name, "index": job.index, "images": len(images),
             "failed": len(failures), "objects": len(objects_df),
-            "seconds": sum(it.seconds for it in items)}
+            "seconds": sum(it.seconds for it in items), "timings": timings}
 
 
 def release(key: str) -> None:
     """Drop a shard's hand-over data (after a failed stage)."""
     _HANDOFF.pop(key, None)
+    _SPANS.pop(key, None)
 
 
 @task(name="finalize", cache_policy=NO_CACHE, **IO_RETRIES)
