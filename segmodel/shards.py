@@ -81,11 +81,11 @@ def segment_shard(model, items, tiling, *, batch_size=8, lock=None):
     live = [it for it in items if it.prepared is not None]
     if not live:
         return items
-    t0 = time.perf_counter()
     with lock if lock is not None else contextlib.nullcontext():
+        t0 = time.perf_counter()
         maps = predict_maps(model.predict_batch, [it.prepared.x for it in live],
                             tiling=tiling, batch_size=batch_size)
-    share = (time.perf_counter() - t0) / len(live)
+        share = (time.perf_counter() - t0) / len(live)
     for it, m in zip(live, maps):
         it.timings["predict"] = it.timings.get("predict", 0.0) + share
         it.seconds += share
