@@ -104,7 +104,10 @@ def report(n_images, megapixels, tiles, raw_s, wall, counts):
     lines = [f"{n_images} images, {megapixels:.1f} megapixels, {tiles} tiles of the model's size",
              "", table.to_string(index=False, float_format=lambda v: f"{v:.2f}"), "",
              (f"ratio end-to-end / raw: {e2e_ips / raw_ips:.3f} (flow), "
-              f"{(n_images / wall) / raw_ips:.3f} (whole command)"), ""]
+              f"{(n_images / wall) / raw_ips:.3f} (whole command)"),
+             (f"model busy (predict seconds inside the flow / flow wall, robust to the "
+              f"machine's load changing between the two measurements): "
+              f"{counts['stage_seconds']['predict'] / flow_s:.3f}"), ""]
     stages = counts["stage_seconds"]
     breakdown = [(k, stages[k], 100 * stages[k] / flow_s) for k in STAGES if k in stages]
     breakdown.append(("orchestration (no task body running)", counts["idle_seconds"],
