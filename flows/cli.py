@@ -56,6 +56,10 @@ def _add_run_options(p):
     p.add_argument("--model", default=None, help="path of a .keras model (default: bundled)")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="images with more pixels fail (default: 256 million)")
+    p.add_argument("--tiled-above", type=int, default=None,
+                   help="TIFFs with more pixels are segmented block by block (default: 36 million)")
+    p.add_argument("--block-size", type=int, default=None,
+                   help="block edge for the block-wise path (multiple of 256; default 4096)")
     p.add_argument("--retry-failed", action="store_true",
                    help="try again images that failed in an earlier run and did not change")
     p.add_argument("--fail-on-error", action="store_true",
@@ -76,6 +80,9 @@ def _segment_params(args, input_url):
         fields["patterns"] = args.patterns
     if args.max_pixels is not None:
         fields["max_pixels"] = args.max_pixels
+    for name in ("tiled_above", "block_size"):
+        if getattr(args, name) is not None:
+            fields[name] = getattr(args, name)
     try:
         return SegmentParams(**fields)
     except ValidationError as exc:

@@ -9,6 +9,7 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from segmodel.io import DEFAULT_PATTERNS, check_url
+from segmodel.large import TILED_ABOVE
 from segmodel.preprocess import MAX_PIXELS
 
 
@@ -31,6 +32,11 @@ class SegmentParams(BaseModel):
     model: Optional[str] = Field(None, description="Path of a .keras model (default: bundled).")
     max_pixels: int = Field(MAX_PIXELS, ge=1, description="Images larger than this fail.")
     retry_failed: bool = Field(False, description="Try unchanged images that failed before again.")
+    tiled_above: int = Field(TILED_ABOVE, ge=1, description=(
+        "TIFFs with more pixels than this are segmented block by block (bounded memory, tiled "
+        "pyramidal label TIFF); max_pixels does not apply to them."))
+    block_size: int = Field(4096, ge=256, multiple_of=256,
+                            description="Block edge in pixels for the block-wise path.")
 
     @field_validator("storage_options", mode="before")
     @classmethod

@@ -16,6 +16,7 @@ from segmodel import __version__
 from segmodel.api import default_tiling
 from segmodel.io import Store
 from segmodel.model import load_model
+from tasks.large import segment_large
 from tasks.shards import ShardContext, finalize, ingest, read, release, segment, write
 
 #: Shards in flight at once: one being read, one on the model, one being written.
@@ -33,7 +34,8 @@ def _context(params):
         output=Store(params.output, params.storage_options),
         model_path=model.path, scale=params.scale, batch_size=params.batch_size,
         tile_size=tiling.tile, overlap=tiling.overlap, mask_format=params.mask_format,
-        max_pixels=params.max_pixels,
+        max_pixels=params.max_pixels, tiled_above=params.tiled_above,
+        block_size=params.block_size,
         config_key=hashlib.sha1(key.encode()).hexdigest()[:16],
     ), model
 
@@ -43,8 +45,9 @@ def _context(params):
 def segment_images(params: SegmentParams) -> dict:
     """Segment every image under ``params.input``; write masks and tables to ``params.output``."""
     logger = get_run_logger()
-    t0 = time.perf_counter()
+    t0, t_load = time.perf_counter(), time.time()
     ctx, model = _context(params)
+    t_plan = time.time()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     plan = ingest(ctx, tuple(params.patterns), params.shard_size, stamp, params.retry_failed)
     if plan["found"] == 0:
@@ -52,10 +55,12 @@ def segment_images(params: SegmentParams) -> dict:
             f"no images under input={params.input!r} match patterns={params.patterns}. "
             "Check the path, or pass --pattern."
         )
-    jobs = plan["jobs"]
-    progress.start(total=sum(len(j.refs) for j in jobs), skipped=plan["skipped"])
+    jobs, large_jobs = plan["jobs"], plan.get("large", [])
+    progress.start(total=sum(len(j.refs) for j in jobs) + len(large_jobs),
+                   skipped=plan["skipped"])
     totals = {"images": 0, "failed": 0, "objects": 0}
     clock = RunClock()
+    clock.add({"busy": [(t_load, t_plan)]})  # loading the model is the engine's, not Prefect's
     clock.add(plan)
     window = deque()
     for job in jobs:
@@ -66,9 +71,11 @@ def segment_images(params: SegmentParams) -> dict:
             _collect(*window.popleft(), totals, clock, logger)
     while window:
         _collect(*window.popleft(), totals, clock, logger)
+    for job in large_jobs:  # one at a time: each holds its blocks' memory
+        _collect(job, segment_large.submit(ctx, job), totals, clock, logger)
     seconds = time.perf_counter() - t0
     summary = {"found": plan["found"], "skipped": plan["skipped"], **totals,
-               "shards": len(jobs), "seconds": round(seconds, 2),
+               "shards": len(jobs), "large": len(large_jobs), "seconds": round(seconds, 2),
                "images_per_second": round(totals["images"] / seconds, 3) if seconds else 0.0,
                **clock.summary(seconds)}
     finalize(ctx, {"parameters": params.model_dump(mode="json", exclude={"storage_options"}),

@@ -45,6 +45,8 @@ class ShardContext:
     mask_format: str
     max_pixels: int
     config_key: str
+    tiled_above: int = 36_000_000
+    block_size: int = 4096
 
 
 @dataclass(frozen=True)
@@ -79,15 +81,21 @@ def ingest(ctx: ShardContext, patterns: tuple, shard_size: int, run_stamp: str,
     latest = outputs.reconcile(ctx.output)
     todo = outputs.pending(refs, latest, ctx.config_key, retry_failed=retry_failed)
     masks = outputs.mask_paths([r.image_id for r in refs], ctx.mask_format)
+    from tasks.large import find_large
+
+    todo, big = find_large(ctx, todo)
     total = -(-len(todo) // shard_size)
     jobs = [
         ShardJob(f"{run_stamp}-{k:05d}", k + 1, total, tuple(todo[i : i + shard_size]),
                  {r.image_id: masks[r.image_id] for r in todo[i : i + shard_size]})
         for k, i in enumerate(range(0, len(todo), shard_size))
     ]
-    logger.info("%d images found, %d already done, %d to segment in %d shards",
-                len(refs), len(refs) - len(todo), len(todo), total)
-    return {"found": len(refs), "skipped": len(refs) - len(todo), "jobs": jobs,
+    large_jobs = [ShardJob(f"{run_stamp}-L{k:05d}", k + 1, len(big), (r,),
+                           {r.image_id: masks[r.image_id]}) for k, r in enumerate(big)]
+    logger.info("%d images found, %d already done, %d to segment in %d shards, %d block-wise",
+                len(refs), len(refs) - len(todo) - len(big), len(todo), total, len(big))
+    return {"found": len(refs), "skipped": len(refs) - len(todo) - len(big), "jobs": jobs,
+            "large": large_jobs,
             "busy": [(t0, time.time())]}
 
 

@@ -95,3 +95,33 @@ def test_blockwise_labels_are_unique_whole_and_equal_to_the_whole_image_run(mosa
     assert (table["image_id"] == "m").all()
     same = np.isclose(table["centroid_y"].to_numpy(), props["centroid-0"].to_numpy())
     assert same.mean() > 0.99
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_flow_routes_tiffs_above_the_threshold_to_the_blockwise_path(mosaic, samples, tmp_path):
+    import shutil
+
+    from flows.cli import main
+
+    src = tmp_path / "in"
+    src.mkdir()
+    crop = tifffile.imread(mosaic)[:768, :1024]
+    tifffile.imwrite(src / "slide.tif", crop, tile=(256, 256), compression="zlib")
+    small = next(p for p, _ in samples if p.name == "fluor-62570c4f.png")
+    shutil.copy(small, src / small.name)
+    out = tmp_path / "out"
+    assert main(["run", str(src), str(out), "--tiled-above", "500000",
+                 "--block-size", "512"]) == 0
+    images = pd.read_parquet(out / "images").set_index("image_id")
+    assert set(images.index) == {"slide.tif", small.name}
+    assert images.loc["slide.tif", "shard"].split("-")[-1].startswith("L")
+    with tifffile.TiffFile(out / images.loc["slide.tif", "mask_path"]) as tif:
+        assert tif.pages[0].is_tiled and tif.pages[0].dtype == np.uint32
+        labels = tif.pages[0].asarray()
+    assert labels.shape == (768, 1024) and labels.max() == images.loc["slide.tif", "n_objects"]
+    objects = pd.read_parquet(out / "objects")
+    assert (objects["image_id"] == "slide.tif").sum() == labels.max()
+    assert main(["run", str(src), str(out), "--tiled-above", "500000",
+                 "--block-size", "512"]) == 0  # a rerun skips both
+    assert len(pd.read_parquet(out / "images")) == 2
