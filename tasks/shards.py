@@ -7,6 +7,8 @@ are therefore a few hundred bytes, so Prefect's input hashing and in-memory resu
 nothing, and only the shards the flow has in flight hold memory.
 """
 
+import ctypes
+import ctypes.util
 import threading
 import time
 from dataclasses import dataclass
@@ -157,9 +159,24 @@ def _write_items(ctx, job, items):
 
 
 def release(key: str) -> None:
-    """Drop a shard's hand-over data (after a failed stage)."""
+    """Drop a shard's hand-over data (after a failed stage) and give freed memory back."""
     _HANDOFF.pop(key, None)
     _SPANS.pop(key, None)
+    _trim()
+
+
+def _trim():
+    """Return freed heap pages to the system (glibc keeps them per thread arena otherwise, so
+    the resident size ratchets up with the number of shards that different threads handled)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+try:
+    _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    _LIBC.malloc_trim  # noqa: B018  (glibc only)
+except (OSError, AttributeError):
+    _LIBC = None
 
 
 @task(name="finalize", cache_policy=NO_CACHE, **IO_RETRIES)
