@@ -60,6 +60,13 @@ def _add_run_options(p):
                    help="TIFFs with more pixels are segmented block by block (default: 36 million)")
     p.add_argument("--block-size", type=int, default=None,
                    help="block edge for the block-wise path (multiple of 256; default 4096)")
+    p.add_argument("--task-runner", choices=["threads", "dask"], default="threads",
+                   help="threads in this process (default), or Dask (needs PREFECT_API_URL)")
+    p.add_argument("--dask-address", default=None,
+                   help="scheduler of an existing Dask cluster, e.g. tcp://host:8786 "
+                        "(default with --task-runner dask: a new local cluster)")
+    p.add_argument("--dask-workers", type=int, default=None,
+                   help="worker processes of the new local Dask cluster (default: cores / 2)")
     p.add_argument("--retry-failed", action="store_true",
                    help="try again images that failed in an earlier run and did not change")
     p.add_argument("--fail-on-error", action="store_true",
@@ -128,12 +135,16 @@ class _Progress:
 def _run(args, input_url):
     params = _segment_params(args, input_url)
     from flows import progress
+    from flows.runners import make_task_runner
     from flows.segment import preflight, segment_images
 
     try:
+        runner = make_task_runner(args.task_runner, args.dask_address, args.dask_workers)
         preflight(params)
     except (ValueError, FileNotFoundError, TypeError) as exc:
         raise SystemExit(f"segflow: {exc}") from None
+    if args.task_runner != "threads":
+        segment_images = segment_images.with_options(task_runner=runner)
     listener = _Progress(sys.stdout)
     progress.add_listener(listener)
     try:

@@ -7,9 +7,9 @@ from collections import deque
 from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.context import FlowRunContext
 
-from flows import progress
+from flows import progress, runners
 from flows.params import SegmentParams
 from flows.timing import RunClock
 from segmodel import __version__
@@ -17,10 +17,18 @@ from segmodel.api import default_tiling
 from segmodel.io import Store
 from segmodel.model import load_model
 from tasks.large import segment_large
-from tasks.shards import ShardContext, finalize, ingest, read, release, segment, write
+from tasks.shards import (
+    ShardContext,
+    finalize,
+    ingest,
+    process_shard,
+    read,
+    release,
+    segment,
+    write,
+)
 
-#: Shards in flight at once: one being read, one on the model, one being written.
-IN_FLIGHT = 3
+IN_FLIGHT = runners.IN_FLIGHT
 
 
 def _context(params):
@@ -40,8 +48,7 @@ def _context(params):
     ), model
 
 
-@flow(name="segment-images", task_runner=ThreadPoolTaskRunner(max_workers=3 * IN_FLIGHT),
-      log_prints=False)
+@flow(name="segment-images", task_runner=runners.make_task_runner("threads"), log_prints=False)
 def segment_images(params: SegmentParams) -> dict:
     """Segment every image under ``params.input``; write masks and tables to ``params.output``."""
     logger = get_run_logger()
@@ -59,15 +66,20 @@ def segment_images(params: SegmentParams) -> dict:
     progress.start(total=sum(len(j.refs) for j in jobs) + len(large_jobs),
                    skipped=plan["skipped"])
     totals = {"images": 0, "failed": 0, "objects": 0}
+    task_runner = FlowRunContext.get().task_runner
+    fused, depth = runners.is_distributed(task_runner), runners.in_flight(task_runner)
     clock = RunClock()
     clock.add({"busy": [(t_load, t_plan)]})  # loading the model is the engine's, not Prefect's
     clock.add(plan)
     window = deque()
     for job in jobs:
-        key = read.submit(ctx, job)
-        key = segment.submit(ctx, job, key)
-        window.append((job, write.submit(ctx, job, key)))
-        while len(window) >= IN_FLIGHT:
+        if fused:  # one task per shard: its arrays never leave the worker process
+            window.append((job, process_shard.submit(ctx, job)))
+        else:
+            key = read.submit(ctx, job)
+            key = segment.submit(ctx, job, key)
+            window.append((job, write.submit(ctx, job, key)))
+        while len(window) >= depth:
             _collect(*window.popleft(), totals, clock, logger)
     while window:
         _collect(*window.popleft(), totals, clock, logger)

@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from segmodel import __version__, large, outputs
 from segmodel.api import default_tiling
 from segmodel.model import load_model
-from tasks.shards import _MODEL_LOCK, ShardContext, ShardJob
+from tasks.shards import ShardContext, ShardJob, model_lock
 
 
 def find_large(ctx: ShardContext, refs):
@@ -51,7 +51,8 @@ def segment_large(ctx: ShardContext, job: ShardJob) -> dict:
             regions = large.TiffRegions(fh)
             run = large.BlockRun(regions, model, image_id=ref.image_id, scale=ctx.scale,
                                  tiling=tiling, batch_size=ctx.batch_size,
-                                 blocks=large.Blocks(block=ctx.block_size), lock=_MODEL_LOCK)
+                                 blocks=large.Blocks(block=ctx.block_size),
+                                 lock=model_lock())
             large.write_label_tiff(local, regions.shape, run.rows())
             regions.close()
         ctx.output.put_file(local, relpath)

@@ -29,6 +29,12 @@ _SPANS = {}  # shard name -> [(start, end)] wall-clock spans of its task bodies
 _MODEL_LOCK = threading.Lock()
 
 
+def model_lock():
+    """This process' lock around model calls (a function, so tasks pickled by value for other
+    processes refer to it by name instead of carrying a lock)."""
+    return _MODEL_LOCK
+
+
 def _span(key, t0):
     _SPANS.setdefault(key, []).append((t0, time.time()))
 
@@ -121,7 +127,7 @@ def segment(ctx: ShardContext, job: ShardJob, key: str) -> str:
     model = load_model(ctx.model_path)
     tiling = default_tiling(model.spec, ctx.tile_size, ctx.overlap)
     shards.segment_shard(model, _HANDOFF[key], tiling, batch_size=ctx.batch_size,
-                         lock=_MODEL_LOCK)
+                         lock=model_lock())
     _span(key, t0)
     return key
 
@@ -158,6 +164,23 @@ def _write_items(ctx, job, items):
             "seconds": sum(it.seconds for it in items), "timings": timings}
 
 
+@task(name="shard", task_run_name="shard {job.index}/{job.total}", cache_policy=NO_CACHE,
+      **IO_RETRIES)
+def process_shard(ctx: ShardContext, job: ShardJob) -> dict:
+    """Read, segment and write one shard in one task (for runners that use other processes)."""
+    t0 = time.time()
+    model = load_model(ctx.model_path)
+    items = shards.read_shard(ctx.input, list(job.refs), model.spec, scale=ctx.scale,
+                              max_pixels=ctx.max_pixels)
+    tiling = default_tiling(model.spec, ctx.tile_size, ctx.overlap)
+    shards.segment_shard(model, items, tiling, batch_size=ctx.batch_size,
+                         lock=model_lock())
+    result = _write_items(ctx, job, items)
+    del items
+    _trim()
+    return {**result, "busy": [(t0, time.time())]}
+
+
 def release(key: str) -> None:
     """Drop a shard's hand-over data (after a failed stage) and give freed memory back."""
     _HANDOFF.pop(key, None)
@@ -186,5 +209,5 @@ def finalize(ctx: ShardContext, manifest: dict) -> None:
     ctx.output.write_json("run.json", manifest)
 
 
-__all__ = ["ShardContext", "ShardJob", "ingest", "read", "segment", "write",
+__all__ = ["ShardContext", "ShardJob", "ingest", "process_shard", "read", "segment", "write",
            "finalize", "release"]
