@@ -74,6 +74,17 @@ def _add_run_options(p):
     p.add_argument("--model", default=None, help="path of a .keras model (default: bundled)")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="images with more pixels fail (default: 256 million)")
+    p.add_argument("--tiled-above", type=int, default=None,
+                   help="TIFFs with more pixels are segmented block by block (default: 36 million)")
+    p.add_argument("--block-size", type=int, default=None,
+                   help="block edge for the block-wise path (multiple of 256; default 4096)")
+    p.add_argument("--task-runner", choices=["threads", "dask"], default="threads",
+                   help="threads in this process (default), or Dask (needs PREFECT_API_URL)")
+    p.add_argument("--dask-address", default=None,
+                   help="scheduler of an existing Dask cluster, e.g. tcp://host:8786 "
+                        "(default with --task-runner dask: a new local cluster)")
+    p.add_argument("--dask-workers", type=int, default=None,
+                   help="worker processes of the new local Dask cluster (default: cores / 2)")
     p.add_argument("--retry-failed", action="store_true",
                    help="try again images that failed in an earlier run and did not change")
     p.add_argument("--trust-model", action="store_true",
@@ -103,6 +114,9 @@ def _segment_params(args, input_url):
         fields["scale"] = args.scale
     if args.max_failure_fraction is not None:
         fields["max_failure_fraction"] = args.max_failure_fraction
+    for name in ("tiled_above", "block_size"):
+        if getattr(args, name) is not None:
+            fields[name] = getattr(args, name)
     try:
         return SegmentParams(**fields)
     except ValidationError as exc:
@@ -125,7 +139,12 @@ class _Progress:
         self.total, self.done, self.failed, self.t0 = total, 0, 0, time.perf_counter()
         print(f"{total} images to segment ({skipped} already done)", file=self.stream, flush=True)
         if self.tty and total:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+            )
 
             self.bar = Progress(TextColumn("segmenting"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[rate]} images/s"),
@@ -149,12 +168,16 @@ class _Progress:
 def _run(args, input_url):
     params = _segment_params(args, input_url)
     from flows import progress
+    from flows.runners import make_task_runner
     from flows.segment import preflight, segment_images
 
     try:
+        runner = make_task_runner(args.task_runner, args.dask_address, args.dask_workers)
         preflight(params)
     except (ValueError, FileNotFoundError, PermissionError, TypeError) as exc:
         raise SystemExit(f"segflow: {exc}") from None
+    if args.task_runner != "threads":
+        segment_images = segment_images.with_options(task_runner=runner)
     listener = _Progress(sys.stdout)
     progress.add_listener(listener)
     from flows.report import TooManyFailures

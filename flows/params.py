@@ -9,6 +9,7 @@ from typing import Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 from segmodel.io import DEFAULT_PATTERNS, check_url
+from segmodel.large import TILED_ABOVE
 from segmodel.preprocess import MAX_PIXELS
 
 
@@ -39,6 +40,11 @@ class SegmentParams(BaseModel):
         description="The run ends Failed when more than this share of its images failed.")
     trust_model: bool = Field(False, description="Load a model that carries Python code "
                               "(Keras safe mode off); only for files you trust.")
+    tiled_above: int = Field(TILED_ABOVE, ge=1, description=(
+        "TIFFs with more pixels than this are segmented block by block (bounded memory, tiled "
+        "pyramidal label TIFF); max_pixels does not apply to them."))
+    block_size: int = Field(4096, ge=256, multiple_of=256,
+                            description="Block edge in pixels for the block-wise path.")
 
     @field_validator("storage_options", mode="before")
     @classmethod

@@ -7,18 +7,28 @@ from collections import deque
 from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.context import FlowRunContext
 
-from flows import progress, report
+from flows import progress, report, runners
 from flows.params import SegmentParams
+from flows.timing import RunClock
 from segmodel import __version__
 from segmodel.api import default_tiling, validate_scale
 from segmodel.io import Store
 from segmodel.model import load_model
-from tasks.shards import ShardContext, finalize, ingest, read, release, segment, write
+from tasks.large import segment_large
+from tasks.shards import (
+    ShardContext,
+    finalize,
+    ingest,
+    process_shard,
+    read,
+    release,
+    segment,
+    write,
+)
 
-#: Shards in flight at once: one being read, one on the model, one being written.
-IN_FLIGHT = 3
+IN_FLIGHT = runners.IN_FLIGHT
 
 
 def _context(params):
@@ -33,18 +43,19 @@ def _context(params):
         output=Store(params.output, params.storage_options),
         model_path=model.path, scale=params.scale, tta=params.tta, batch_size=params.batch_size,
         tile_size=tiling.tile, overlap=tiling.overlap, mask_format=params.mask_format,
-        max_pixels=params.max_pixels,
+        max_pixels=params.max_pixels, tiled_above=params.tiled_above,
+        block_size=params.block_size,
         config_key=hashlib.sha1(key.encode()).hexdigest()[:16], trust_model=params.trust_model,
     ), model
 
 
-@flow(name="segment-images", task_runner=ThreadPoolTaskRunner(max_workers=3 * IN_FLIGHT),
-      log_prints=False)
+@flow(name="segment-images", task_runner=runners.make_task_runner("threads"), log_prints=False)
 def segment_images(params: SegmentParams) -> dict:
     """Segment every image under ``params.input``; write masks and tables to ``params.output``."""
     logger = get_run_logger()
-    t0 = time.perf_counter()
+    t0, t_load = time.perf_counter(), time.time()
     ctx, model = _context(params)
+    t_plan = time.time()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     plan = ingest(ctx, tuple(params.patterns), params.shard_size, stamp, params.retry_failed)
     if plan["found"] == 0:
@@ -52,25 +63,37 @@ def segment_images(params: SegmentParams) -> dict:
             f"no images under input={params.input!r} match patterns={params.patterns}. "
             "Check the path, or pass --pattern."
         )
-    jobs = plan["jobs"]
+    jobs, large_jobs = plan["jobs"], plan.get("large", [])
     artifact = report.ProgressArtifact()  # UI: progress artifact, removed again below
     progress.add_listener(artifact)
-    progress.start(total=sum(len(j.refs) for j in jobs), skipped=plan["skipped"])
+    progress.start(total=sum(len(j.refs) for j in jobs) + len(large_jobs),
+                   skipped=plan["skipped"])
     totals = {"images": 0, "failed": 0, "objects": 0}
+    task_runner = FlowRunContext.get().task_runner
+    fused, depth = runners.is_distributed(task_runner), runners.in_flight(task_runner)
+    clock = RunClock()
+    clock.add({"busy": [(t_load, t_plan)]})  # loading the model is the engine's, not Prefect's
+    clock.add(plan)
     window = deque()
     for job in jobs:
-        key = read.submit(ctx, job)
-        key = segment.submit(ctx, job, key)
-        window.append((job, write.submit(ctx, job, key)))
-        while len(window) >= IN_FLIGHT:
-            _collect(*window.popleft(), totals, logger)
+        if fused:  # one task per shard: its arrays never leave the worker process
+            window.append((job, process_shard.submit(ctx, job)))
+        else:
+            key = read.submit(ctx, job)
+            key = segment.submit(ctx, job, key)
+            window.append((job, write.submit(ctx, job, key)))
+        while len(window) >= depth:
+            _collect(*window.popleft(), totals, clock, logger)
     while window:
-        _collect(*window.popleft(), totals, logger)
+        _collect(*window.popleft(), totals, clock, logger)
+    for job in large_jobs:  # one at a time: each holds its blocks' memory
+        _collect(job, segment_large.submit(ctx, job), totals, clock, logger)
     progress.remove_listener(artifact)
     seconds = time.perf_counter() - t0
     summary = {"found": plan["found"], "skipped": plan["skipped"], **totals,
-               "shards": len(jobs), "seconds": round(seconds, 2),
-               "images_per_second": round(totals["images"] / seconds, 3) if seconds else 0.0}
+               "shards": len(jobs), "large": len(large_jobs), "seconds": round(seconds, 2),
+               "images_per_second": round(totals["images"] / seconds, 3) if seconds else 0.0,
+               **clock.summary(seconds)}
     finalize(ctx, {"parameters": params.model_dump(mode="json", exclude={"storage_options"}),
                    "model": {"name": model.spec.name, "path": model.path,
                              "fingerprint": model.fingerprint},
@@ -82,13 +105,14 @@ def segment_images(params: SegmentParams) -> dict:
     return summary
 
 
-def _collect(job, future, totals, logger):
+def _collect(job, future, totals, clock, logger):
     try:
         result = future.result()
     finally:
         release(job.name)
     for k in totals:
         totals[k] += result[k]
+    clock.add(result)
     logger.info("shard %d/%d: %d images, %d objects, %d failed", job.index, job.total,
                 result["images"], result["objects"], result["failed"])
     progress.update(result)

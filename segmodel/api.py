@@ -4,7 +4,9 @@
 >>> labels, table = segment(image)            # doctest: +SKIP
 """
 
+import contextlib
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,7 +119,7 @@ def auto_scale(labels, spec, min_objects=3):
 
 
 def predict_labels(lm, prepared, tiling, *, batch_size=8, auto=False, tta=False, lock=None,
-                   on_error=None):
+                   on_error=None, timings=None):
     """Labels for prepared images, predicting tiles of all images in shared batches.
 
     With ``auto``, a first pass at the prepared scale measures each image's objects
@@ -125,9 +127,15 @@ def predict_labels(lm, prepared, tiling, *, batch_size=8, auto=False, tta=False,
     predicted again at that scale. ``tta`` averages the maps over the four flips of each tile.
     Returns ``(labels, prepared)`` lists, ``prepared`` holding the scale each image was finally
     segmented at. ``on_error(i, exc)`` receives a failed post-processing of image ``i``
-    (default: raise); its labels are then None.
+    (default: raise); its labels are then None. ``timings``, a dict, accumulates the seconds
+    spent in ``"predict"`` (holding the lock) and ``"postprocess"``.
     """
-    import contextlib
+    spent = timings if timings is not None else {}
+
+    def tick(stage, t0):
+        t1 = time.perf_counter()
+        spent[stage] = spent.get(stage, 0.0) + t1 - t0
+        return t1
 
     guard = lock if lock is not None else contextlib.nullcontext()
     predict = with_flips(lm.predict_batch) if tta else lm.predict_batch
@@ -136,8 +144,10 @@ def predict_labels(lm, prepared, tiling, *, batch_size=8, auto=False, tta=False,
 
     def run(indices):
         with guard:
+            t0 = time.perf_counter()
             maps = predict_maps(predict, [prepared[i].x for i in indices], tiling=tiling,
                                 batch_size=batch_size)
+            t0 = tick("predict", t0)
         for i, m in zip(indices, maps):
             try:
                 labels[i] = finish(m, prepared[i], lm.spec)
@@ -146,6 +156,7 @@ def predict_labels(lm, prepared, tiling, *, batch_size=8, auto=False, tta=False,
                     raise
                 labels[i] = None
                 on_error(i, exc)
+        tick("postprocess", t0)
 
     run(range(len(prepared)))
     if auto:

@@ -143,6 +143,18 @@ class Store:
             raise ValueError(f"refusing to write outside {self.url!r}: {relpath!r}")
         write_atomic(self.fs, self.path(relpath), data)
 
+    def put_file(self, local_path, relpath):
+        """Move or upload a local file under the root atomically (big outputs, never in memory)."""
+        path = self.path(relpath)
+        if _is_local(self.fs):
+            parent = posixpath.dirname(path)
+            self.fs.makedirs(parent, exist_ok=True)
+            tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
+            self.fs.put_file(local_path, tmp)
+            self.fs.mv(tmp, path)
+        else:
+            retry(self.fs.put_file, local_path, path)
+
     def write_json(self, relpath, obj):
         self.write_bytes(relpath, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
 

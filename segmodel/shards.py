@@ -4,7 +4,6 @@ A bad image never stops a shard: its error becomes a failure record with the sta
 in. Errors that are not about one image (the model, storage that stays down) propagate.
 """
 
-import contextlib
 import io
 import time
 from dataclasses import dataclass, field
@@ -35,6 +34,23 @@ def _fail(item, stage, exc):
     item.prepared = item.labels = None
 
 
+#: Stages whose seconds :func:`stage_seconds` reports (``write`` is timed by the caller).
+STAGES = ("read", "preprocess", "predict", "postprocess", "tabulate")
+
+
+def _tick(item, stage, t0):
+    """Add the seconds since ``t0`` to ``item``'s ``stage``; return the current time."""
+    t1 = time.perf_counter()
+    item.timings[stage] = item.timings.get(stage, 0.0) + (t1 - t0)
+    item.seconds += t1 - t0
+    return t1
+
+
+def stage_seconds(items):
+    """Seconds spent per stage over ``items``: ``{stage: seconds}`` for :data:`STAGES`."""
+    return {s: sum(it.timings.get(s, 0.0) for it in items) for s in STAGES}
+
+
 def read_shard(store, refs, spec, *, scale=1.0, max_pixels=MAX_PIXELS):
     """Read, decode and prepare every image of a shard; return a list of :class:`Item`."""
     items = []
@@ -49,10 +65,11 @@ def read_shard(store, refs, spec, *, scale=1.0, max_pixels=MAX_PIXELS):
         else:
             try:
                 image = decode_image(data, name=ref.image_id, max_pixels=max_pixels)
+                t0 = _tick(item, "read", t0)
                 item.prepared = prepare(image, spec, scale)
             except Exception as exc:
                 _fail(item, "decode", exc)
-        item.seconds += time.perf_counter() - t0
+        _tick(item, "preprocess" if item.timings else "read", t0)
         items.append(item)
     return items
 
@@ -65,16 +82,18 @@ def segment_shard(model, items, tiling, *, batch_size=8, lock=None, auto=False, 
     live = [it for it in items if it.prepared is not None]
     if not live:
         return items
-    t0 = time.perf_counter()
+    spent = {}
     labels, prepared = predict_labels(
         model, [it.prepared for it in live], tiling, batch_size=batch_size, auto=auto, tta=tta,
-        lock=lock, on_error=lambda i, exc: _fail(live[i], "postprocess", exc),
+        lock=lock, on_error=lambda i, exc: _fail(live[i], "postprocess", exc), timings=spent,
     )
-    share = (time.perf_counter() - t0) / len(live)
     for it, lab, p in zip(live, labels, prepared):
         if it.failure is None:
             it.labels, it.prepared = lab, p
-        it.seconds += share
+        for stage in ("predict", "postprocess"):
+            share = spent.get(stage, 0.0) / len(live)
+            it.timings[stage] = it.timings.get(stage, 0.0) + share
+            it.seconds += share
     return items
 
 
@@ -91,7 +110,7 @@ def tabulate_shard(items, *, shard, config_key, mask_paths, model, scale):
             except Exception as exc:
                 _fail(it, "measure", exc)
             else:
-                it.seconds += time.perf_counter() - t0
+                _tick(it, "tabulate", t0)
                 objects.append(table)
                 masks[mask_paths[ref.image_id]] = it.labels
                 images.append(_image_row(it, table, shard, config_key, mask_paths, model, scale))

@@ -7,11 +7,13 @@ are therefore a few hundred bytes, so Prefect's input hashing and in-memory resu
 nothing, and only the shards the flow has in flight hold memory.
 """
 
+import ctypes
+import ctypes.util
 import threading
+import time
 from dataclasses import dataclass
 
 import pandas as pd
-
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
@@ -22,22 +24,28 @@ from segmodel.io import Store, is_transient, list_images
 from segmodel.model import load_model
 
 _HANDOFF = {}
+_SPANS = {}  # shard name -> [(start, end)] wall-clock spans of its task bodies
 _MODEL_LOCK = threading.Lock()
 
 
 def _handoff():
-    """This process' hand-over dict and model lock, looked up by reference.
+    """This process' hand-over dict, looked up by reference.
 
     Prefect pickles a flow's function by value when it runs it in a subprocess (``serve``,
-    process work pools), and with it copies of the module globals the tasks name; a lock cannot
-    be pickled and a copied dict is not the one :func:`release` empties. Module-level functions
-    pickle by reference, so the tasks reach the real objects through these two.
+    process work pools, Dask), and with it copies of the module globals the tasks name; a
+    copied dict is not the one :func:`release` empties. Module-level functions pickle by
+    reference, so the tasks reach the real objects through this one and :func:`model_lock`.
     """
     return _HANDOFF
 
 
-def _model_lock():
+def model_lock():
+    """This process' lock around model calls (a lock cannot be pickled; a function can)."""
     return _MODEL_LOCK
+
+
+def _span(key, t0):
+    _SPANS.setdefault(key, []).append((t0, time.time()))
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,8 @@ class ShardContext:
     max_pixels: int
     config_key: str
     trust_model: bool = False
+    tiled_above: int = 36_000_000
+    block_size: int = 4096
 
 
 @dataclass(frozen=True)
@@ -85,29 +95,39 @@ IO_RETRIES = dict(retries=4, retry_delay_seconds=exponential_backoff(backoff_fac
 def ingest(ctx: ShardContext, patterns: tuple, shard_size: int, run_stamp: str,
            retry_failed: bool = False) -> dict:
     """List the input, reconcile earlier outputs and cut what is not done into shards."""
+    t0 = time.time()
     logger = get_run_logger()
     refs = list_images(ctx.input, patterns)
     latest = outputs.reconcile(ctx.output)
     todo = outputs.pending(refs, latest, ctx.config_key, retry_failed=retry_failed)
     masks = outputs.mask_paths([r.image_id for r in refs], ctx.mask_format)
+    from tasks.large import find_large
+
+    todo, big = find_large(ctx, todo)
     total = -(-len(todo) // shard_size)
     jobs = [
         ShardJob(f"{run_stamp}-{k:05d}", k + 1, total, tuple(todo[i : i + shard_size]),
                  {r.image_id: masks[r.image_id] for r in todo[i : i + shard_size]})
         for k, i in enumerate(range(0, len(todo), shard_size))
     ]
-    logger.info("%d images found, %d already done, %d to segment in %d shards",
-                len(refs), len(refs) - len(todo), len(todo), total)
-    return {"found": len(refs), "skipped": len(refs) - len(todo), "jobs": jobs}
+    large_jobs = [ShardJob(f"{run_stamp}-L{k:05d}", k + 1, len(big), (r,),
+                           {r.image_id: masks[r.image_id]}) for k, r in enumerate(big)]
+    logger.info("%d images found, %d already done, %d to segment in %d shards, %d block-wise",
+                len(refs), len(refs) - len(todo) - len(big), len(todo), total, len(big))
+    return {"found": len(refs), "skipped": len(refs) - len(todo) - len(big), "jobs": jobs,
+            "large": large_jobs,
+            "busy": [(t0, time.time())]}
 
 
 @task(name="read", task_run_name="read shard {job.index}/{job.total}", cache_policy=NO_CACHE,
       **IO_RETRIES)
 def read(ctx: ShardContext, job: ShardJob) -> str:
     """Read, decode and prepare the shard's images."""
+    t0 = time.time()
     model = load_model(ctx.model_path, trust=ctx.trust_model)
     _handoff()[job.name] = shards.read_shard(ctx.input, list(job.refs), model.spec,
                                            scale=ctx.scale, max_pixels=ctx.max_pixels)
+    _span(job.name, t0)
     return job.name
 
 
@@ -115,39 +135,83 @@ def read(ctx: ShardContext, job: ShardJob) -> str:
       cache_policy=NO_CACHE)
 def segment(ctx: ShardContext, job: ShardJob, key: str) -> str:
     """Predict the shard's tiles in shared batches and post-process them into labels."""
+    t0 = time.time()
     model = load_model(ctx.model_path, trust=ctx.trust_model)
     tiling = default_tiling(model.spec, ctx.tile_size, ctx.overlap)
     shards.segment_shard(model, _handoff()[key], tiling, batch_size=ctx.batch_size,
-                         lock=_model_lock(), auto=ctx.scale == "auto", tta=ctx.tta)
+                         lock=model_lock(), auto=ctx.scale == "auto", tta=ctx.tta)
+    _span(key, t0)
     return key
 
 
 @task(name="write", task_run_name="write shard {job.index}/{job.total}", cache_policy=NO_CACHE)
 def write(ctx: ShardContext, job: ShardJob, key: str) -> dict:
     """Measure objects and write masks then table parts (images part last: the commit)."""
+    t0 = time.time()
     items = _handoff().pop(key)
+    result = _write_items(ctx, job, items)
+    _span(key, t0)
+    return {**result, "busy": _SPANS.pop(key, [])}
+
+
+def _write_items(ctx, job, items):
     model = load_model(ctx.model_path, trust=ctx.trust_model)
     objects, images, failures, masks = shards.tabulate_shard(
         items, shard=job.name, config_key=ctx.config_key, mask_paths=job.mask_paths,
         model=model, scale=ctx.scale)
+    t0 = time.perf_counter()
     for relpath, labels in masks.items():
         ctx.output.write_bytes(relpath, shards.encode_mask(labels, ctx.mask_format))
     objects_df = pd.concat(objects, ignore_index=True) if objects else outputs.table("objects", [])
     outputs.write_shard(ctx.output, job.name, {
         "objects": objects_df, "images": outputs.table("images", images),
         "failures": outputs.table("failures", failures)})
+    timings = {**shards.stage_seconds(items), "write": time.perf_counter() - t0}
     logger = get_run_logger()
     for f in failures:
         logger.warning("failed %s at %s: %s: %s", f["image_id"], f["stage"], f["error_type"],
                        f["message"][:200])
     return {"shard": job.name, "index": job.index, "images": len(images),
             "failed": len(failures), "objects": len(objects_df),
-            "seconds": sum(it.seconds for it in items)}
+            "seconds": sum(it.seconds for it in items), "timings": timings}
+
+
+@task(name="shard", task_run_name="shard {job.index}/{job.total}", cache_policy=NO_CACHE,
+      **IO_RETRIES)
+def process_shard(ctx: ShardContext, job: ShardJob) -> dict:
+    """Read, segment and write one shard in one task (for runners that use other processes)."""
+    t0 = time.time()
+    model = load_model(ctx.model_path, trust=ctx.trust_model)
+    items = shards.read_shard(ctx.input, list(job.refs), model.spec, scale=ctx.scale,
+                              max_pixels=ctx.max_pixels)
+    tiling = default_tiling(model.spec, ctx.tile_size, ctx.overlap)
+    shards.segment_shard(model, items, tiling, batch_size=ctx.batch_size,
+                         lock=model_lock(), auto=ctx.scale == "auto", tta=ctx.tta)
+    result = _write_items(ctx, job, items)
+    del items
+    _trim()
+    return {**result, "busy": [(t0, time.time())]}
 
 
 def release(key: str) -> None:
-    """Drop a shard's hand-over data (after a failed stage)."""
+    """Drop a shard's hand-over data (after a failed stage) and give freed memory back."""
     _HANDOFF.pop(key, None)
+    _SPANS.pop(key, None)
+    _trim()
+
+
+def _trim():
+    """Return freed heap pages to the system (glibc keeps them per thread arena otherwise, so
+    the resident size ratchets up with the number of shards that different threads handled)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+try:
+    _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    _LIBC.malloc_trim  # noqa: B018  (glibc only)
+except (OSError, AttributeError):
+    _LIBC = None
 
 
 @task(name="finalize", task_run_name="finalize: reconcile tables, write run.json",
@@ -158,5 +222,5 @@ def finalize(ctx: ShardContext, manifest: dict) -> None:
     ctx.output.write_json("run.json", manifest)
 
 
-__all__ = ["ShardContext", "ShardJob", "ingest", "read", "segment", "write",
+__all__ = ["ShardContext", "ShardJob", "ingest", "process_shard", "read", "segment", "write",
            "finalize", "release"]

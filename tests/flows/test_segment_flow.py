@@ -9,8 +9,8 @@ import pytest
 import tifffile
 
 from flows.cli import main
-from segmodel.outputs import FAILURE_SCHEMA, IMAGE_SCHEMA
 from segmodel.measure import OBJECT_SCHEMA
+from segmodel.outputs import FAILURE_SCHEMA, IMAGE_SCHEMA
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

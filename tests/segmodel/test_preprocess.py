@@ -8,8 +8,17 @@ import tifffile
 from PIL import Image
 
 from segmodel.preprocess import (
-    ImageDecodeError, Normalization, Tiling, apply_normalization, blend_window, decode_image,
-    estimate_normalization, extract_tile, pyramid, tile_origins, to_channels,
+    ImageDecodeError,
+    Normalization,
+    Tiling,
+    apply_normalization,
+    blend_window,
+    decode_image,
+    estimate_normalization,
+    extract_tile,
+    pyramid,
+    tile_origins,
+    to_channels,
 )
 
 

@@ -1,0 +1,157 @@
+"""End-to-end throughput of ``segflow run`` against the model's own limit, in one run.
+
+The same real images of the shared DSB2018 set (208 by default, in id order: fluorescence,
+histology and brightfield, 256x256 to 1040x1388) are measured two ways:
+
+- **raw**: every image decoded and prepared beforehand, its tiles cut and packed into
+  fixed-shape batches in memory, then only ``predict`` timed: tiles/s, and the images/s that
+  implies for these images;
+- **end to end**: ``python -m flows.cli run`` (the ``segflow run`` command) in a fresh process,
+  from the files on disk to every mask and table written: images/s of the flow (from its start
+  to the last shard written), and of the whole command (Python start, imports and Prefect's
+  temporary server included).
+
+The ratio end-to-end / raw shows how close the pipeline keeps the model busy; the breakdown
+(stage seconds summed over shards, from the run summary in ``run.json``) shows where the rest
+goes. Stages of different shards overlap, so they can add up to more than the wall time.
+
+Usage::
+
+    python benchmarks/throughput.py                       # 208 images, shard 32, batch 8
+    python benchmarks/throughput.py --count 240 --batch-size 16 --save
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from flows.timing import STAGES
+from segmodel.api import default_tiling, prepare
+from segmodel.datasets import DEFAULT_DATA
+from segmodel.model import load_model
+from segmodel.preprocess import decode_image, extract_tile, tile_origins
+
+RESULTS = REPO / "benchmarks" / "results" / "throughput.txt"
+
+
+def pick_images(data_dir, count):
+    """The first ``count`` images of the set in id order: ``[(path, height, width)]``."""
+    index = pd.read_csv(data_dir / "index.csv").sort_values("id").head(count)
+    return [(data_dir / "images" / f"{r.id}.png", r.height, r.width)
+            for r in index.itertuples()]
+
+
+def raw_throughput(paths, batch_size, warmup=2):
+    """Tiles, seconds of ``predict`` alone on preloaded fixed-shape batches."""
+    model = load_model()
+    tiling = default_tiling(model.spec)
+    tiles = []
+    for path in paths:
+        x = prepare(decode_image(path.read_bytes(), name=path.name), model.spec).x
+        tiles.extend(extract_tile(x, o, tiling.tile) for o in tile_origins(x.shape, tiling))
+    n = len(tiles)
+    batches = []
+    for start in range(0, n, batch_size):
+        batch = np.zeros((batch_size,) + tiles[0].shape, np.float32)
+        chunk = tiles[start : start + batch_size]
+        batch[: len(chunk)] = chunk
+        batches.append(batch)
+    del tiles
+    for batch in batches[:warmup]:
+        model.predict_batch(batch)
+    t0 = time.perf_counter()
+    for batch in batches:
+        model.predict_batch(batch)
+    return n, time.perf_counter() - t0
+
+
+def end_to_end(input_dir, output_dir, shard_size, batch_size, extra=()):
+    """Command wall seconds and the run summary (``run.json`` counts) of one ``segflow run``."""
+    cmd = [sys.executable, "-m", "flows.cli", "run", str(input_dir), str(output_dir),
+           "--shard-size", str(shard_size), "--batch-size", str(batch_size), *extra]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, check=False)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"segflow run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return wall, json.loads((Path(output_dir) / "run.json").read_text())["counts"]
+
+
+def report(n_images, megapixels, tiles, raw_s, wall, counts):
+    """The tables as text."""
+    flow_s = counts["seconds"]
+    raw_ips = n_images / raw_s
+    e2e_ips = counts["images"] / flow_s
+    rows = [
+        ("raw predict (preloaded batches)", raw_s, tiles / raw_s, raw_ips, megapixels / raw_s),
+        ("end to end: flow", flow_s, tiles / flow_s, e2e_ips, megapixels / flow_s),
+        ("end to end: whole command", wall, tiles / wall, n_images / wall, megapixels / wall),
+    ]
+    table = pd.DataFrame(rows, columns=["measure", "seconds", "tiles/s", "images/s", "MP/s"])
+    lines = [f"{n_images} images, {megapixels:.1f} megapixels, {tiles} tiles of the model's size",
+             "", table.to_string(index=False, float_format=lambda v: f"{v:.2f}"), "",
+             (f"ratio end-to-end / raw: {e2e_ips / raw_ips:.3f} (flow), "
+              f"{(n_images / wall) / raw_ips:.3f} (whole command)"),
+             (f"model busy (predict seconds inside the flow / flow wall, robust to the "
+              f"machine's load changing between the two measurements): "
+              f"{counts['stage_seconds']['predict'] / flow_s:.3f}"), ""]
+    stages = counts["stage_seconds"]
+    breakdown = [(k, stages[k], 100 * stages[k] / flow_s) for k in STAGES if k in stages]
+    breakdown.append(("orchestration (no task body running)", counts["idle_seconds"],
+                      100 * counts["idle_seconds"] / flow_s))
+    breakdown.append(("process start, imports, Prefect server (outside the flow)",
+                      wall - flow_s, 100 * (wall - flow_s) / flow_s))
+    lines.append(pd.DataFrame(breakdown, columns=["where (stages overlap)", "seconds",
+                                                  "% of flow wall"])
+                 .to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--count", type=int, default=208, help="number of images (default 208)")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--shard-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--save", action="store_true", help=f"also write the tables to {RESULTS}")
+    args = p.parse_args(argv)
+    if not (args.data_dir / "index.csv").is_file():
+        print(f"dataset not found under {args.data_dir}", file=sys.stderr)
+        return 2
+    picked = pick_images(args.data_dir, args.count)
+    megapixels = sum(h * w for _, h, w in picked) / 1e6
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "in"
+        src.mkdir()
+        for path, _, _ in picked:
+            shutil.copyfile(path, src / path.name)
+        tiles, raw_s = raw_throughput([src / p.name for p, _, _ in picked], args.batch_size)
+        wall, counts = end_to_end(src, Path(tmp) / "out", args.shard_size, args.batch_size)
+    text = report(len(picked), megapixels, tiles, raw_s, wall, counts)
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    header = (f"# python benchmarks/throughput.py --count {args.count} --shard-size "
+              f"{args.shard_size} --batch-size {args.batch_size}  ({time.strftime('%Y-%m-%d')}, "
+              f"{os.cpu_count()} CPU cores, no GPU, Keras backend {backend})")
+    print(header + "\n" + text)
+    if args.save:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        with open(RESULTS, "a") as f:
+            f.write(header + "\n" + text + "\n\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

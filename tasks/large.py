@@ -1,0 +1,81 @@
+"""The Prefect task for one image above the block-wise threshold (see :mod:`segmodel.large`).
+
+One task run per large image: such an image is a unit of work of its own (minutes, bounded
+memory). Its label mask is a tiled pyramidal BigTIFF written to a local temporary file and then
+moved or uploaded into place; its table parts form a shard of one image.
+"""
+
+import os
+import tempfile
+import time
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from segmodel import __version__, large, outputs
+from segmodel.api import default_tiling
+from segmodel.model import load_model
+from tasks.shards import ShardContext, ShardJob, model_lock
+
+
+def find_large(ctx: ShardContext, refs):
+    """Split ``refs`` into ``(regular, large)``: TIFFs over ``ctx.tiled_above`` pixels are large.
+
+    Only TIFFs bigger than ``min(1 MB, tiled_above / 64)`` bytes have their header read (one
+    small read each); smaller files cannot hold that many pixels at any usual compression.
+    """
+    regular, big = [], []
+    probe_above = min(1_000_000, ctx.tiled_above // 64)
+    for ref in refs:
+        shape = None
+        if ref.size > probe_above and ref.image_id.lower().endswith((".tif", ".tiff")):
+            with ctx.input.fs.open(ref.path, "rb") as fh:
+                shape = large.tiff_shape(fh)
+        (big if shape and shape[0] * shape[1] > ctx.tiled_above else regular).append(ref)
+    return regular, big
+
+
+@task(name="segment-large", task_run_name="segment large image {job.index}/{job.total}",
+      cache_policy=NO_CACHE)
+def segment_large(ctx: ShardContext, job: ShardJob) -> dict:
+    """Segment one large TIFF block by block; write its tiled label TIFF and table parts."""
+    t_start, t0 = time.time(), time.perf_counter()
+    (ref,) = job.refs
+    model = load_model(ctx.model_path, trust=ctx.trust_model)
+    tiling = default_tiling(model.spec, ctx.tile_size, ctx.overlap)
+    relpath = job.mask_paths[ref.image_id].rsplit(".", 1)[0] + ".tif"
+    fd, local = tempfile.mkstemp(suffix=".tif")
+    os.close(fd)
+    try:
+        with ctx.input.fs.open(ref.path, "rb") as fh:
+            regions = large.TiffRegions(fh)
+            scale = ctx.scale
+            if scale == "auto":
+                scale = large.estimate_scale(regions, model, tiling=tiling,
+                                             batch_size=ctx.batch_size, lock=model_lock())
+            run = large.BlockRun(regions, model, image_id=ref.image_id, scale=scale,
+                                 tiling=tiling, batch_size=ctx.batch_size,
+                                 blocks=large.Blocks(block=ctx.block_size),
+                                 lock=model_lock())
+            large.write_label_tiff(local, regions.shape, run.rows())
+            regions.close()
+        ctx.output.put_file(local, relpath)
+    finally:
+        os.remove(local)
+    objects = run.objects
+    h, w = regions.shape
+    seconds = time.perf_counter() - t0
+    row = {"image_id": ref.image_id, "uri": ref.uri, "height": h, "width": w,
+           "n_objects": run.n, "mean_object_area": float(objects["area"].mean()) if run.n else 0.0,
+           "foreground_fraction": run.foreground / (h * w), "scale": float(scale),
+           "model_name": model.spec.name, "model_fingerprint": model.fingerprint,
+           "segflow_version": __version__, "seconds": seconds, "mask_path": relpath,
+           "fingerprint": ref.fingerprint, "config_key": ctx.config_key, "shard": job.name}
+    outputs.write_shard(ctx.output, job.name, {
+        "objects": objects, "images": outputs.table("images", [row]),
+        "failures": outputs.table("failures", [])})
+    get_run_logger().info("%s: %dx%d pixels, %d objects in %.1f s", ref.image_id, h, w, run.n,
+                          seconds)
+    return {"shard": job.name, "index": job.index, "images": 1, "failed": 0,
+            "objects": run.n, "seconds": seconds, "timings": {},
+            "busy": [(t_start, time.time())]}
