@@ -194,7 +194,7 @@ def test_a_triggered_run_completes_with_named_tasks_artifacts_and_logs(served):
     assert record["artifacts"][GALLERY_KEY].data.count("data:image/png;base64,") == 2
     messages = [m for _, m in record["logs"]]
     assert sum(m.startswith("shard ") for m in messages) == 2
-    assert "2 images found, 0 already done, 2 to segment in 2 shards" in messages
+    assert "2 images found, 0 already done, 2 to segment in 2 shards, 0 block-wise" in messages
 
 
 @pytest.mark.slow
