@@ -97,7 +97,7 @@ def segment_shard(model, items, tiling, *, batch_size=8, lock=None, auto=False, 
     return items
 
 
-def tabulate_shard(items, *, shard, config_key, mask_paths, model, scale):
+def tabulate_shard(items, *, shard, config_key, mask_paths, model):
     """Rows of the objects, images and failures tables, and the masks to write."""
     objects, images, failures, masks = [], [], [], {}
     for it in items:
@@ -113,7 +113,7 @@ def tabulate_shard(items, *, shard, config_key, mask_paths, model, scale):
                 _tick(it, "tabulate", t0)
                 objects.append(table)
                 masks[mask_paths[ref.image_id]] = it.labels
-                images.append(_image_row(it, table, shard, config_key, mask_paths, model, scale))
+                images.append(_image_row(it, table, shard, config_key, mask_paths, model))
         if it.failure is not None:
             failures.append({"image_id": ref.image_id, "uri": ref.uri, **it.failure,
                              "fingerprint": ref.fingerprint, "config_key": config_key,
@@ -121,7 +121,7 @@ def tabulate_shard(items, *, shard, config_key, mask_paths, model, scale):
     return objects, images, failures, masks
 
 
-def _image_row(it, table, shard, config_key, mask_paths, model, scale):
+def _image_row(it, table, shard, config_key, mask_paths, model):
     h, w = it.labels.shape
     n = len(table)
     return {

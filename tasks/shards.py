@@ -158,7 +158,7 @@ def _write_items(ctx, job, items):
     model = load_model(ctx.model_path, trust=ctx.trust_model)
     objects, images, failures, masks = shards.tabulate_shard(
         items, shard=job.name, config_key=ctx.config_key, mask_paths=job.mask_paths,
-        model=model, scale=ctx.scale)
+        model=model)
     t0 = time.perf_counter()
     for relpath, labels in masks.items():
         ctx.output.write_bytes(relpath, shards.encode_mask(labels, ctx.mask_format))
