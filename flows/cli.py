@@ -56,6 +56,7 @@ def _parser():
     train.add_argument("--object-diameter", type=float, default=24.0,
                        help="median nucleus diameter training images are resized to (0: as is)")
     train.add_argument("--init", default="", help="start from this .keras model's weights")
+    train.add_argument("--seed", type=int, default=0, help="seed of sampling and augmentation")
     return p
 
 
@@ -245,7 +246,8 @@ def _train(args):
     path = train_model(TrainParams(out_dir=args.out_dir, data_dir=args.data_dir,
                                    steps=args.steps, steps_per_epoch=args.steps_per_epoch,
                                    learning_rate=args.learning_rate,
-                                   object_diameter=args.object_diameter, init=args.init))
+                                   object_diameter=args.object_diameter, init=args.init,
+                                   seed=args.seed))
     print(f"trained model: {path}")
     return 0
 

@@ -120,6 +120,7 @@ class TrainParams(BaseModel):
         24.0, ge=0, description="Resize training images to this median nucleus diameter in "
         "pixels; --scale auto does the same at inference (0: train at the images' own scale).")
     init: str = Field("", description="Start from this .keras model's weights ('' = random).")
+    seed: int = Field(0, description="Seed of patch sampling and augmentation.")
 
 
 __all__ = ["SegmentParams", "TrainParams"]

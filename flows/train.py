@@ -14,6 +14,7 @@ def _train(params: TrainParams) -> str:
     config = TrainConfig(steps=params.steps, steps_per_epoch=params.steps_per_epoch,
                          learning_rate=params.learning_rate,
                          object_diameter=params.object_diameter, init=params.init,
+                         seed=params.seed,
                          **({"data_dir": params.data_dir} if params.data_dir else {}))
     return str(train(params.out_dir, config, log=logger.info))
 

@@ -294,10 +294,12 @@ def main(argv=None):
     parser.add_argument("--object-diameter", type=float, default=defaults.object_diameter,
                         help="resize training images to this median nucleus diameter (0: as is)")
     parser.add_argument("--init", default="", help="start from this .keras model's weights")
+    parser.add_argument("--seed", type=int, default=defaults.seed,
+                        help="seed of patch sampling and augmentation")
     args = parser.parse_args(argv)
     config = TrainConfig(steps=args.steps, steps_per_epoch=args.steps_per_epoch,
                          data_dir=args.data_dir, learning_rate=args.learning_rate,
-                         object_diameter=args.object_diameter, init=args.init)
+                         object_diameter=args.object_diameter, init=args.init, seed=args.seed)
     train(args.out_dir, config, log=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True))
 
 
