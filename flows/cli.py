@@ -167,9 +167,11 @@ class _Progress:
 
 
 def _run(args, input_url):
+    from flows.runners import EarlyServer, make_task_runner
+
+    server = EarlyServer() if args.task_runner == "threads" else None  # overlaps model loading
     params = _segment_params(args, input_url)
     from flows import progress
-    from flows.runners import make_task_runner
     from flows.segment import preflight, segment_images
 
     try:
@@ -182,6 +184,9 @@ def _run(args, input_url):
     listener = _Progress(sys.stdout)
     progress.add_listener(listener)
     from flows.report import TooManyFailures
+
+    if server is not None:
+        server.wait()
 
     try:
         summary = segment_images(params)

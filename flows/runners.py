@@ -81,3 +81,47 @@ def in_flight(task_runner):
         return max(2, 2 * sum(client.nthreads().values()))
     except Exception:  # noqa: BLE001  (no client yet, or an older distributed)
         return 2 * IN_FLIGHT
+
+
+class EarlyServer:
+    """Prefect's temporary server, started in a thread while the caller loads the model.
+
+    Without ``PREFECT_API_URL`` the first API call of a flow starts a temporary server and
+    waits for it (several seconds: a uvicorn subprocess, its imports and database
+    migrations). Starting that same server (Prefect's own ``SubprocessASGIServer``
+    singleton, which the flow then reuses) before TensorFlow is imported and the model
+    loaded overlaps the two. :meth:`wait` must be called before the flow runs; if the early
+    start failed, the flow simply starts the server itself as usual.
+    """
+
+    def __init__(self):
+        import threading
+
+        self.thread = None
+        self.seconds_import = 0.0
+        if api_url():
+            return
+        import time
+
+        t0 = time.perf_counter()
+        # Imported here, in the calling thread: importing in two threads at once risks
+        # half-initialised modules. The flow would import it on its first API call anyway.
+        from prefect.server.api.server import SubprocessASGIServer
+
+        self.seconds_import = time.perf_counter() - t0
+        self.thread = threading.Thread(target=self._start, args=(SubprocessASGIServer(),),
+                                       name="segflow-temporary-server", daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def _start(server):
+        try:
+            server.start()
+        except Exception:  # noqa: BLE001  (the flow's own start reports the error)
+            pass
+
+    def wait(self):
+        """Block until the early start has finished (succeeded or not)."""
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
