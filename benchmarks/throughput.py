@@ -5,7 +5,7 @@ histology and brightfield, 256x256 to 1040x1388) are measured two ways:
 
 - **raw**: every image decoded and prepared beforehand, its tiles cut and packed into
   fixed-shape batches in memory, then only ``predict`` timed: tiles/s, and the images/s that
-  implies for these images;
+  implies for these images; measured before and after the end-to-end run, and averaged;
 - **end to end**: ``python -m flows.cli run`` (the ``segflow run`` command) in a fresh process,
   from the files on disk to every mask and table written: images/s of the flow (from its start
   to the last shard written), and of the whole command (Python start, imports and Prefect's
@@ -90,13 +90,16 @@ def end_to_end(input_dir, output_dir, shard_size, batch_size, extra=()):
     return wall, json.loads((Path(output_dir) / "run.json").read_text())["counts"]
 
 
-def report(n_images, megapixels, tiles, raw_s, wall, counts):
-    """The tables as text."""
+def report(n_images, megapixels, tiles, raw_runs, wall, counts):
+    """The tables as text (``raw_runs``: seconds of the raw measurement before and after)."""
     flow_s = counts["seconds"]
+    raw_s = sum(raw_runs) / len(raw_runs)
     raw_ips = n_images / raw_s
     e2e_ips = counts["images"] / flow_s
-    rows = [
-        ("raw predict (preloaded batches)", raw_s, tiles / raw_s, raw_ips, megapixels / raw_s),
+    rows = [(f"raw predict (preloaded batches), {when}", r, tiles / r, n_images / r,
+             megapixels / r) for when, r in zip(("before", "after"), raw_runs)]
+    rows += [
+        ("raw predict: mean of the two", raw_s, tiles / raw_s, raw_ips, megapixels / raw_s),
         ("end to end: flow", flow_s, tiles / flow_s, e2e_ips, megapixels / flow_s),
         ("end to end: whole command", wall, tiles / wall, n_images / wall, megapixels / wall),
     ]
@@ -138,9 +141,13 @@ def main(argv=None):
         src.mkdir()
         for path, _, _ in picked:
             shutil.copyfile(path, src / path.name)
-        tiles, raw_s = raw_throughput([src / p.name for p, _, _ in picked], args.batch_size)
+        paths = [src / p.name for p, _, _ in picked]
+        # raw before and after the end-to-end run: their mean is the limit, their spread shows
+        # how much the machine's load moved while measuring (the machine may be shared)
+        tiles, raw_before = raw_throughput(paths, args.batch_size)
         wall, counts = end_to_end(src, Path(tmp) / "out", args.shard_size, args.batch_size)
-    text = report(len(picked), megapixels, tiles, raw_s, wall, counts)
+        _, raw_after = raw_throughput(paths, args.batch_size)
+    text = report(len(picked), megapixels, tiles, (raw_before, raw_after), wall, counts)
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     header = (f"# python benchmarks/throughput.py --count {args.count} --shard-size "
               f"{args.shard_size} --batch-size {args.batch_size}  ({time.strftime('%Y-%m-%d')}, "
