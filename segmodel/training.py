@@ -246,6 +246,12 @@ def _fit(model, sampler, config, done, epochs, ckpt, state_file, log):
     model.fit(data, epochs=epochs, initial_epoch=done, callbacks=[Checkpoint()], verbose=0)
 
 
+#: Thresholds searched by :func:`tune_thresholds`: foreground, marker, outline weight.
+TUNING_GRID = ((0.5, 0.6, 0.7, 0.8), (0.1, 0.2, 0.3, 0.4, 0.5), (0.5, 1.0, 1.5, 2.0))
+#: Smallest object areas (pixels) tried at the best thresholds.
+TUNING_MIN_AREAS = (4, 8, 16, 24)
+
+
 def tune_thresholds(model, samples, *, object_diameter=0.0, log=print):
     """Grid-search :class:`PostprocessSettings` for mean AP on ``samples`` (never the val split).
 
@@ -268,15 +274,21 @@ def tune_thresholds(model, samples, *, object_diameter=0.0, log=print):
         if p.scale < 1.0:
             m, p = resize(m, p.image.shape[:2], order=1), Prepared(p.image, None, 1.0)
         cases.append((m, p))
-    best, best_score = PostprocessSettings(), -1.0
-    grid = itertools.product((0.4, 0.5, 0.6, 0.7, 0.8), (0.3, 0.4, 0.5, 0.6, 0.7), (0.0, 0.5, 1.0))
-    for fg, marker, bw in grid:
-        settings = replace(PostprocessSettings(), foreground=fg, marker=marker, boundary_weight=bw)
+
+    def score(settings):
         trial = replace(spec, postprocess=settings)
-        score = np.mean([score_image(t, finish(m, p, trial))["ap"]
-                         for t, (m, p) in zip(truths, cases)])
-        if score > best_score:
-            best, best_score = settings, score
+        return np.mean([score_image(t, finish(m, p, trial))["ap"]
+                        for t, (m, p) in zip(truths, cases)])
+
+    best, best_score = PostprocessSettings(), -1.0
+    for fg, marker, bw in itertools.product(*TUNING_GRID):
+        settings = replace(PostprocessSettings(), foreground=fg, marker=marker, boundary_weight=bw)
+        if (trial_score := score(settings)) > best_score:
+            best, best_score = settings, trial_score
+    for min_area in TUNING_MIN_AREAS:  # then the smallest object kept, at the best thresholds
+        settings = replace(best, min_area=min_area)
+        if min_area != best.min_area and (trial_score := score(settings)) > best_score:
+            best, best_score = settings, trial_score
     log(f"tuned thresholds on {len(samples)} images: {best} (mean AP {best_score:.3f})")
     return best
 

@@ -52,3 +52,31 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(dsb2018, tmp_path):
     assert json.loads((tmp_path / "state.json").read_text())["epoch"] == 2
     model = load_model(final)
     assert model.spec.training["steps"] == 2 and 0 < model.spec.postprocess.foreground < 1
+
+
+def test_retune_rewrites_only_the_thresholds_of_the_sidecar(dsb2018, tmp_path):
+    import shutil
+
+    from segmodel.model import DEFAULT_MODEL, fingerprint, spec_path
+    from segmodel.training import TUNING_GRID, TUNING_MIN_AREAS
+    from segmodel.tune import retune
+
+    path = tmp_path / "nuclei.keras"
+    shutil.copyfile(DEFAULT_MODEL, path)
+    shutil.copyfile(spec_path(DEFAULT_MODEL), spec_path(path))
+    from segmodel.model import ModelSpec
+
+    before = ModelSpec.from_dict(json.loads(spec_path(path).read_text())).to_dict()
+    fp = fingerprint(path)
+    settings = retune(path, dsb2018, images=3, log=lambda m: None)
+    after = json.loads(spec_path(path).read_text())
+    assert after["postprocess"] == {"foreground": settings.foreground, "marker": settings.marker,
+                                    "boundary_weight": settings.boundary_weight,
+                                    "min_area": settings.min_area}
+    assert settings.foreground in TUNING_GRID[0] and settings.marker in TUNING_GRID[1]
+    assert settings.boundary_weight in TUNING_GRID[2]
+    assert settings.min_area in TUNING_MIN_AREAS + (before["postprocess"]["min_area"],)
+    assert after["training"]["tune_images"] == 3
+    assert {k: v for k, v in after.items() if k not in ("postprocess", "training")} == \
+        {k: v for k, v in before.items() if k not in ("postprocess", "training")}
+    assert fingerprint(path) != fp  # outputs made with the old thresholds get redone

@@ -1,0 +1,55 @@
+"""Re-tune a trained model's post-processing thresholds on the tune split.
+
+Training tunes the thresholds once, at its end; this re-runs that search (for instance after
+the search grid changed) and rewrites the model's ``.json`` sidecar in place::
+
+    python -m segmodel.tune segmodel/weights/nuclei.keras
+
+The validation split is never used. The model's fingerprint changes with its sidecar, so
+outputs segmented with the old thresholds are redone by the next run.
+"""
+
+import json
+import os
+import time
+from dataclasses import replace
+
+from segmodel import datasets
+from segmodel.model import load_model, spec_path
+from segmodel.training import TUNING_GRID, TUNING_MIN_AREAS, tune_thresholds
+
+
+def retune(model_path, data_dir=datasets.DEFAULT_DATA, *, images=0, log=print):
+    """Tune ``model_path``'s thresholds on the tune split of ``data_dir``; return the settings.
+
+    ``images``: use only the first that many images of the split (0: all of them).
+    """
+    model = load_model(model_path)
+    samples = datasets.list_samples(data_dir, "tune")[: images or None]
+    if not samples:
+        raise FileNotFoundError(f"no tune-split images under data_dir={str(data_dir)!r}")
+    settings = tune_thresholds(model, samples, object_diameter=model.spec.object_diameter,
+                               log=log)
+    training = {**model.spec.training, "tune_images": len(samples), "tuning_grid": [list(v) for v in TUNING_GRID],
+                "tuning_min_areas": list(TUNING_MIN_AREAS)}
+    spec = replace(model.spec, postprocess=settings, training=training)
+    path = spec_path(model_path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(spec.to_dict(), indent=2, sort_keys=True))
+    os.replace(tmp, path)
+    return settings
+
+
+def main(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", help="a .keras model with its .json sidecar")
+    parser.add_argument("--data-dir", default=str(datasets.DEFAULT_DATA))
+    args = parser.parse_args(argv)
+    retune(args.model, args.data_dir,
+           log=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True))
+
+
+if __name__ == "__main__":
+    main()
