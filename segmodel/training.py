@@ -249,7 +249,7 @@ def _fit(model, sampler, config, done, epochs, ckpt, state_file, log):
 #: Thresholds searched by :func:`tune_thresholds`: foreground, marker, outline weight.
 TUNING_GRID = ((0.5, 0.6, 0.7, 0.8), (0.1, 0.2, 0.3, 0.4, 0.5), (0.5, 1.0, 1.5, 2.0))
 #: Smallest object areas (pixels) tried at the best thresholds.
-TUNING_MIN_AREAS = (4, 8, 16, 24)
+TUNING_MIN_AREAS = (4, 8, 16, 24, 32, 48)
 
 
 def tune_thresholds(model, samples, *, object_diameter=0.0, log=print):
