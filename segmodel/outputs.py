@@ -29,6 +29,7 @@ IMAGE_SCHEMA = {
     "segflow_version": "string", "seconds": "float64", "mask_path": "string",
     "fingerprint": "string", "config_key": "string", "shard": "string",
     "qc_flags": "string",
+    "pixel_size_um": "float64",
 }
 FAILURE_SCHEMA = {
     "image_id": "string", "uri": "string", "stage": "string", "error_type": "string",
