@@ -107,6 +107,8 @@ def _check_plane(name, plane, planes, axes, shape, pages=None):
                 f"segflow segments one 2-D plane: pick it with --plane N (0 to {planes - 1})."
             )
         return 0
+    if planes == 1:  # a 2-D image is its own only plane, whatever --plane says
+        return 0
     if not 0 <= plane < planes:
         raise ImageDecodeError(
             f"{name}: plane={plane} (--plane) does not exist: the image has {planes} "
