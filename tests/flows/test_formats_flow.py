@@ -9,7 +9,6 @@ import json
 import shutil
 
 import numpy as np
-import pandas as pd
 import pytest
 import tifffile
 from microscopy import fluorescence_gray, write_ngff, write_ome_tiff
@@ -17,7 +16,7 @@ from PIL import Image
 
 from flows.cli import main
 from segmodel.measure import OBJECT_SCHEMA
-from segmodel.outputs import IMAGE_SCHEMA
+from segmodel.outputs import IMAGE_SCHEMA, read_table
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -47,8 +46,8 @@ def folder(gray, tmp_path_factory):
 
 
 def _run(src, out, *args):
-    assert main(["run", str(src), str(out), *args]) == 0
-    return {name: pd.read_parquet(out / name) for name in ("images", "objects", "failures")}
+    assert main(["run", str(src), str(out), "--shard-size", "2", *args]) == 0
+    return {name: read_table(str(out), name) for name in ("images", "objects", "failures")}
 
 
 def _mask(out, images, image_id):
