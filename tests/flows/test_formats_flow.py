@@ -6,6 +6,7 @@ One folder holds the same real fluorescence image as a PNG, a 16-bit TIFF, a flo
 """
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -15,6 +16,7 @@ from microscopy import fluorescence_gray, write_ngff, write_ome_tiff
 from PIL import Image
 
 from flows.cli import main
+from flows.report import GALLERY_KEY
 from segmodel.measure import OBJECT_SCHEMA
 from segmodel.outputs import IMAGE_SCHEMA, read_table
 
@@ -124,7 +126,8 @@ def test_microscopy_inputs_channels_planes_and_units_end_to_end(folder, gray, tm
     assert manifest["parameters"]["channel"] == 0 and manifest["parameters"]["plane"] == 1
 
 
-def test_ome_zarr_pyramid_level_is_segmented_at_its_resolution(folder, tmp_path):
+def test_ome_zarr_pyramid_level_is_segmented_at_its_resolution(folder, tmp_path,
+                                                                flow_run_record):
     src = tmp_path / "in"
     src.mkdir()
     shutil.copytree(folder / "img.ome.zarr", src / "img.ome.zarr")
@@ -137,3 +140,5 @@ def test_ome_zarr_pyramid_level_is_segmented_at_its_resolution(folder, tmp_path)
     np.testing.assert_allclose(objects["area_um2"], objects["area"] * 0.36)
     assert not list((out / "labels").rglob("*.zarr"))  # the mask is a TIFF beside the others
     assert (out / row["mask_path"]).is_file()
+    gallery = flow_run_record()["artifacts"][GALLERY_KEY].data  # the level and channel shown
+    assert re.search(r"!\[img\.ome\.zarr\]\(data:image/png;base64,", gallery)
