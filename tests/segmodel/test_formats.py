@@ -211,3 +211,25 @@ def test_channel_is_parsed_as_an_index_or_a_name():
         formats.parse_channel("")
     assert formats.column_names(["DAPI", "Alexa Fluor 488", "DAPI", ""]) == [
         "channel_DAPI", "channel_Alexa_Fluor_488", "channel_DAPI_2", "channel_3"]
+
+
+def test_imagej_hyperstack_gives_its_calibration(gray):
+    zcyx = np.stack([np.stack([gray, gray + 1])] * 3)
+    data = _tiff(zcyx, imagej=True, resolution=(1 / 0.4, 1 / 0.4),
+                 metadata={"axes": "ZCYX", "unit": "um"})
+    image = formats.decode(data, name="ij.tif", plane=2)
+    assert image.pixel_size_um == pytest.approx(0.4) and image.image.shape == gray.shape + (2,)
+    np.testing.assert_array_equal(image.image[..., 1], gray + 1)
+
+
+def test_pyramidal_tiff_levels(gray, tmp_path):
+    path = tmp_path / "pyramid.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(gray, subifds=1, tile=(64, 64))
+        tw.write(gray[::2, ::2], subfiletype=1, tile=(64, 64))
+    raw = path.read_bytes()
+    np.testing.assert_array_equal(formats.decode(raw).image[..., 0], gray)
+    np.testing.assert_array_equal(formats.decode(raw, pyramid_level=1).image[..., 0],
+                                  gray[::2, ::2])
+    with pytest.raises(ImageDecodeError, match="--pyramid-level"):
+        formats.decode(raw, name="pyramid.tif", pyramid_level=2)
