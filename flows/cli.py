@@ -95,6 +95,14 @@ def _add_run_options(p):
                    help="exit with status 1 when any image failed")
     p.add_argument("--max-failure-fraction", type=float, default=None,
                    help="the run ends Failed (exit 1) when more than this share of images failed")
+    p.add_argument("--channel", default=None,
+                   help="channel to segment: an index (0, 1, ...) or a name from the file, e.g. "
+                        "DAPI (needed for images with 2 or more than 3 channels)")
+    p.add_argument("--plane", type=int, default=None,
+                   help="plane of a 3-D stack or time series to segment (3-D/time are "
+                        "otherwise failures)")
+    p.add_argument("--pyramid-level", type=int, default=None,
+                   help="resolution level of OME-Zarr / pyramidal TIFF inputs (default 0: full)")
 
 
 def _segment_params(args, input_url):
@@ -115,7 +123,7 @@ def _segment_params(args, input_url):
         fields["scale"] = args.scale
     if args.max_failure_fraction is not None:
         fields["max_failure_fraction"] = args.max_failure_fraction
-    for name in ("tiled_above", "block_size"):
+    for name in ("tiled_above", "block_size", "channel", "plane", "pyramid_level"):
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
     try:

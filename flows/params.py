@@ -45,6 +45,15 @@ class SegmentParams(BaseModel):
         "pyramidal label TIFF); max_pixels does not apply to them."))
     block_size: int = Field(4096, ge=256, multiple_of=256,
                             description="Block edge in pixels for the block-wise path.")
+    channel: Optional[Union[int, str]] = Field(
+        None, description="Channel the model segments: an index (0, 1, ...) or a channel name "
+        "from the file (OME), e.g. 'DAPI'. Default: gray and RGB images as they are; images "
+        "with other channel counts fail asking for it. Every channel is measured.")
+    plane: Optional[int] = Field(
+        None, ge=0, description="Plane of a 3-D stack or time series to segment (index over "
+        "its non-channel axes). Default: such images fail (3-D and time are out of scope).")
+    pyramid_level: int = Field(0, ge=0, description="Resolution level of a pyramidal image "
+                               "(OME-Zarr, pyramidal TIFF) to read: 0 = full resolution.")
 
     @field_validator("storage_options", mode="before")
     @classmethod
@@ -82,6 +91,13 @@ class SegmentParams(BaseModel):
         """Keys only in JSON (the flow run's parameters in Prefect, run.json): values may be
         credentials. The flow itself gets the real options."""
         return redact(value)
+
+    @field_validator("channel", mode="before")
+    @classmethod
+    def _channel(cls, value):
+        from segmodel.formats import parse_channel
+
+        return parse_channel(value)
 
     @field_validator("input", "output")
     @classmethod

@@ -110,7 +110,8 @@ def _gallery(ctx, rows, flagged, summary, logger):
     for row in _choose(rows).itertuples():
         try:
             png = qc.read_thumbnail(ctx.input, ctx.output, row.image_id, row.mask_path,
-                                    max_size=THUMBNAIL_SIZE)
+                                    max_size=THUMBNAIL_SIZE, channel=ctx.channel,
+                                    plane=ctx.plane, pyramid_level=ctx.pyramid_level)
         except (OSError, ValueError) as exc:  # moved or deleted since: leave it out
             logger.warning("no thumbnail for %s: %s", row.image_id, exc)
             continue

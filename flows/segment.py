@@ -37,7 +37,8 @@ def _context(params):
     tiling = default_tiling(model.spec, params.tile_size)
     validate_scale(params.scale, model.spec)
     key = json.dumps([model.fingerprint, params.scale, tiling.tile, tiling.overlap,
-                      params.mask_format, params.max_pixels] + ([True] if params.tta else []))
+                      params.mask_format, params.max_pixels] + ([True] if params.tta else [])
+                     + _input_key(params))
     return ShardContext(
         input=Store(params.input, params.storage_options),
         output=Store(params.output, params.storage_options),
@@ -46,7 +47,18 @@ def _context(params):
         max_pixels=params.max_pixels, tiled_above=params.tiled_above,
         block_size=params.block_size,
         config_key=hashlib.sha1(key.encode()).hexdigest()[:16], trust_model=params.trust_model,
+        channel=params.channel, plane=params.plane, pyramid_level=params.pyramid_level,
     ), model
+
+
+def _input_key(params):
+    """The input choices in the configuration key, only when set (keys of runs without them
+    stay as they were)."""
+    chosen = {k: getattr(params, k) for k in ("channel", "plane")
+              if getattr(params, k) is not None}
+    if params.pyramid_level:
+        chosen["pyramid_level"] = params.pyramid_level
+    return [chosen] if chosen else []
 
 
 @flow(name="segment-images", task_runner=runners.make_task_runner("threads"), log_prints=False)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import fsspec
 from fsspec.core import split_protocol, url_to_fs
 
-DEFAULT_PATTERNS = ("*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.bmp")
+DEFAULT_PATTERNS = ("*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.bmp", "*.zarr")
 
 _TRANSIENT_ERRNOS = {errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.ETIMEDOUT,
                      errno.EPIPE, errno.EAGAIN}
@@ -155,6 +155,15 @@ class Store:
         else:
             retry(self.fs.put_file, local_path, path)
 
+    def zarr_store(self, path):
+        """A read-only zarr store of the folder ``path`` (an OME-Zarr image) of this store."""
+        import zarr.storage
+
+        if _is_local(self.fs):
+            return zarr.storage.LocalStore(path, read_only=True)
+        return zarr.storage.FsspecStore.from_url(self.uri(path), read_only=True,
+                                                 storage_options=dict(self.storage_options))
+
     def write_json(self, relpath, obj):
         self.write_bytes(relpath, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
 
@@ -240,6 +249,9 @@ def _is_local(fs):
 def list_images(store, patterns=DEFAULT_PATTERNS):
     """Images under the store's root matching ``patterns`` (case-insensitive), sorted by id.
 
+    A ``*.zarr`` folder (an OME-Zarr image) is one image: its own files are never listed, and
+    its size and fingerprint sum up theirs.
+
     Raises
     ------
     FileNotFoundError
@@ -256,11 +268,29 @@ def list_images(store, patterns=DEFAULT_PATTERNS):
     else:
         infos = retry(store.fs.find, root, detail=True)
         base = root
+        if _zarr_name(root):
+            base = posixpath.dirname(root)
     pats = [p.lower() for p in patterns]
-    refs = []
+    entries, zarrs = {}, {}
     for path, info in infos.items():
         rel = posixpath.relpath(path, base) if base else path
-        name = posixpath.basename(path)
+        parts = rel.split("/")
+        inside = next((k for k, part in enumerate(parts[:-1]) if _zarr_name(part)), None)
+        if inside is not None:  # a file of an OME-Zarr: it counts towards the folder
+            zrel = "/".join(parts[: inside + 1])
+            zarrs.setdefault(zrel, []).append((rel, info))
+        else:
+            entries[rel] = (path, info)
+    for zrel, files in zarrs.items():
+        path = posixpath.join(base, zrel) if base else zrel
+        size = sum(int(info.get("size") or 0) for _, info in files)
+        prints = "|".join(f"{rel}={_fingerprint(info)}" for rel, info in sorted(
+            files, key=lambda f: f[0]))
+        entries[zrel] = (path, {"size": size,
+                                "digest": hashlib.sha1(prints.encode()).hexdigest()})
+    refs = []
+    for rel, (path, info) in entries.items():
+        name = posixpath.basename(rel)
         if name.startswith(".") or not any(fnmatch.fnmatch(rel.lower(), p) or
                                            fnmatch.fnmatch(name.lower(), p) for p in pats):
             continue
@@ -269,10 +299,14 @@ def list_images(store, patterns=DEFAULT_PATTERNS):
     return sorted(refs, key=lambda r: r.image_id)
 
 
+def _zarr_name(path):
+    return posixpath.basename(path.rstrip("/")).lower().endswith(".zarr")
+
+
 def _fingerprint(info):
     """Size plus ETag / mtime / checksum from a listing: changes whenever the file does."""
     parts = [str(info.get("size"))]
-    for key in ("ETag", "etag", "md5Hash", "crc32c", "mtime", "LastModified", "updated", "created"):
+    for key in ("digest", "ETag", "etag", "md5Hash", "crc32c", "mtime", "LastModified", "updated", "created"):
         if info.get(key) is not None:
             parts.append(f"{key}={info[key]}")
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]

@@ -29,6 +29,9 @@ OBJECT_SCHEMA = {"image_id": "string", "label": "int64", "area": "float64"}
 OBJECT_SCHEMA.update({c: "float64" for cols in _PROPS.values() for c in cols
                       if c not in OBJECT_SCHEMA})
 OBJECT_SCHEMA.update({c: "int64" for c in _PROPS["bbox"]})
+#: Area in square micrometres where the image gives its pixel size, else NaN (see
+#: :func:`segmodel.formats.add_measurements`, which also appends ``channel_<name>_*`` columns).
+OBJECT_SCHEMA["area_um2"] = "float64"
 
 
 def measure_objects(labels, intensity, image_id=""):
@@ -61,6 +64,7 @@ def measure_objects(labels, intensity, image_id=""):
     for prop, names in _PROPS.items():
         keys = [prop] if len(names) == 1 else [f"{prop}-{i}" for i in range(len(names))]
         columns.update({name: table[key] for name, key in zip(names, keys)})
+    columns["area_um2"] = np.full(len(columns["image_id"]), np.nan)
     return pd.DataFrame(columns).astype(OBJECT_SCHEMA)
 
 

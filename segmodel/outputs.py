@@ -29,6 +29,7 @@ IMAGE_SCHEMA = {
     "segflow_version": "string", "seconds": "float64", "mask_path": "string",
     "fingerprint": "string", "config_key": "string", "shard": "string",
     "qc_flags": "string",
+    "pixel_size_um": "float64",
 }
 FAILURE_SCHEMA = {
     "image_id": "string", "uri": "string", "stage": "string", "error_type": "string",
@@ -159,3 +160,26 @@ def pending(refs, latest, config_key, *, retry_failed=False):
     return [r for r in refs
             if not (r.image_id in latest and latest[r.image_id][0] in current
                     and latest[r.image_id][1:] == (r.fingerprint, config_key))]
+
+
+def read_table(url, name, storage_options=None):
+    """Table ``name`` (``objects``, ``images``, ``failures``) of the output at ``url`` as one
+    DataFrame whose columns are the union over its parts.
+
+    The ``channel_<name>_*`` columns of the objects table depend on each image's channels, so
+    parts differ; ``pandas.read_parquet`` on the folder keeps only the first part's columns.
+    """
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    from segmodel.io import Store
+
+    store = Store(url, storage_options or {})
+    parts = store.list(name, ".parquet")
+    if not parts:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in SCHEMAS[name].items()})
+    fs = store.fs
+    schema = pa.unify_schemas([pq.read_schema(p, filesystem=fs) for p in parts])
+    return ds.dataset(parts, schema=schema, format="parquet", filesystem=fs).to_table() \
+        .to_pandas()

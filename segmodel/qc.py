@@ -205,7 +205,8 @@ def flag_run_outliers(store, shards, *, settings=QCSettings()):
     return pd.concat(mine, ignore_index=True) if mine else everything.iloc[:0]
 
 
-def read_thumbnail(input_store, output_store, image_id, mask_path, *, max_size=256):
+def read_thumbnail(input_store, output_store, image_id, mask_path, *, max_size=256,
+                   channel=None, plane=None, pyramid_level=0):
     """:func:`outline_thumbnail` of an image already written: its input file and its mask.
 
     Parameters
@@ -218,6 +219,9 @@ def read_thumbnail(input_store, output_store, image_id, mask_path, *, max_size=2
         Its mask's path relative to the output (``labels/...``).
     max_size : int, optional
         Longest side of the thumbnail (default 256).
+    channel, plane, pyramid_level : optional
+        The run's input choices (see :mod:`segmodel.formats`): the thumbnail shows what was
+        segmented.
 
     Returns
     -------
@@ -226,9 +230,11 @@ def read_thumbnail(input_store, output_store, image_id, mask_path, *, max_size=2
     """
     from PIL import Image
 
-    from segmodel.preprocess import decode_image
+    from segmodel import formats
 
-    image = decode_image(input_store.read_bytes(input_store.path(image_id)), name=image_id)
+    source = formats.read_image(input_store, input_store.path(image_id), name=image_id,
+                                plane=plane, pyramid_level=pyramid_level)
+    image = formats.model_image(source, channel, image_id)
     data = output_store.read_bytes(output_store.path(mask_path))
     if mask_path.endswith(".png"):
         labels = np.asarray(Image.open(io.BytesIO(data)))

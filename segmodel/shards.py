@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from segmodel import __version__, qc
+from segmodel import __version__, formats, qc
 from segmodel.api import predict_labels, prepare
-from segmodel.io import ImageRef, is_transient
+from segmodel.io import ImageRef, is_transient, retry
 from segmodel.measure import CHANNELS, measure_objects
-from segmodel.preprocess import MAX_PIXELS, decode_image, to_channels
+from segmodel.preprocess import MAX_PIXELS, ImageDecodeError, to_channels
 
 
 @dataclass
@@ -27,11 +27,12 @@ class Item:
     failure: dict = None
     seconds: float = 0.0
     timings: dict = field(default_factory=dict)
+    source: object = None  # segmodel.formats.ImageData: every channel, names, pixel size
 
 
 def _fail(item, stage, exc):
     item.failure = {"stage": stage, "error_type": type(exc).__name__, "message": str(exc)[:2000]}
-    item.prepared = item.labels = None
+    item.prepared = item.labels = item.source = None
 
 
 #: Stages whose seconds :func:`stage_seconds` reports (``write`` is timed by the caller).
@@ -51,22 +52,39 @@ def stage_seconds(items):
     return {s: sum(it.timings.get(s, 0.0) for it in items) for s in STAGES}
 
 
-def read_shard(store, refs, spec, *, scale=1.0, max_pixels=MAX_PIXELS):
-    """Read, decode and prepare every image of a shard; return a list of :class:`Item`."""
+def read_shard(store, refs, spec, *, scale=1.0, max_pixels=MAX_PIXELS, channel=None, plane=None,
+               pyramid_level=0):
+    """Read, decode and prepare every image of a shard; return a list of :class:`Item`.
+
+    ``channel`` (index or name) picks the channel the model segments, ``plane`` the plane of a
+    3-D or time stack, ``pyramid_level`` the resolution level of a pyramid (0 = full size);
+    see :mod:`segmodel.formats`.
+    """
     items = []
     for ref in refs:
         item, t0 = Item(ref), time.perf_counter()
         try:
-            data = store.read_bytes(ref.path)
+            if formats.is_zarr(ref.path):
+                source = retry(formats.read_image, store, ref.path, name=ref.image_id,
+                               max_pixels=max_pixels, plane=plane, pyramid_level=pyramid_level)
+            else:
+                data = store.read_bytes(ref.path)
+        except ImageDecodeError as exc:
+            _fail(item, "decode", exc)
         except Exception as exc:
             if is_transient(exc) or not isinstance(exc, (FileNotFoundError, PermissionError)):
                 raise  # storage trouble is the task's to retry, not a bad image
             _fail(item, "read", exc)
         else:
             try:
-                image = decode_image(data, name=ref.image_id, max_pixels=max_pixels)
+                if not formats.is_zarr(ref.path):
+                    source = formats.decode(data, name=ref.image_id, max_pixels=max_pixels,
+                                            plane=plane, pyramid_level=pyramid_level)
+                    del data
+                image = formats.model_image(source, channel, ref.image_id)
                 t0 = _tick(item, "read", t0)
                 item.prepared = prepare(image, spec, scale)
+                item.source = source
             except Exception as exc:
                 _fail(item, "decode", exc)
         _tick(item, "preprocess" if item.timings else "read", t0)
@@ -107,6 +125,7 @@ def tabulate_shard(items, *, shard, config_key, mask_paths, model):
             try:
                 intensity = to_channels(it.prepared.image, CHANNELS)
                 table = measure_objects(it.labels, intensity, ref.image_id)
+                table = formats.add_measurements(table, it.labels, it.source)
             except Exception as exc:
                 _fail(it, "measure", exc)
             else:
@@ -136,7 +155,13 @@ def _image_row(it, table, shard, config_key, mask_paths, model):
         "config_key": config_key, "shard": shard,
         "qc_flags": qc.join_flags(
             qc.image_flags(it.prepared.image, it.labels, scale=it.prepared.scale)),
+        "pixel_size_um": _pixel_size(it.source),
     }
+
+
+def _pixel_size(source):
+    size = getattr(source, "pixel_size_um", None)
+    return float(size) if size else float("nan")
 
 
 def encode_mask(labels, mask_format):

@@ -66,6 +66,9 @@ class ShardContext:
     trust_model: bool = False
     tiled_above: int = 36_000_000
     block_size: int = 4096
+    channel: object = None  # int index or str name
+    plane: object = None
+    pyramid_level: int = 0
 
 
 @dataclass(frozen=True)
@@ -126,9 +129,14 @@ def read(ctx: ShardContext, job: ShardJob) -> str:
     t0 = time.time()
     model = load_model(ctx.model_path, trust=ctx.trust_model)
     _handoff()[job.name] = shards.read_shard(ctx.input, list(job.refs), model.spec,
-                                           scale=ctx.scale, max_pixels=ctx.max_pixels)
+                                           scale=ctx.scale, max_pixels=ctx.max_pixels,
+                                           **_input_choices(ctx))
     _span(job.name, t0)
     return job.name
+
+
+def _input_choices(ctx):
+    return {"channel": ctx.channel, "plane": ctx.plane, "pyramid_level": ctx.pyramid_level}
 
 
 @task(name="segment", task_run_name="segment shard {job.index}/{job.total}",
@@ -183,7 +191,7 @@ def process_shard(ctx: ShardContext, job: ShardJob) -> dict:
     t0 = time.time()
     model = load_model(ctx.model_path, trust=ctx.trust_model)
     items = shards.read_shard(ctx.input, list(job.refs), model.spec, scale=ctx.scale,
-                              max_pixels=ctx.max_pixels)
+                              max_pixels=ctx.max_pixels, **_input_choices(ctx))
     tiling = default_tiling(model.spec, ctx.tile_size, ctx.overlap)
     shards.segment_shard(model, items, tiling, batch_size=ctx.batch_size,
                          lock=model_lock(), auto=ctx.scale == "auto", tta=ctx.tta)

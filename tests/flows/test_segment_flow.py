@@ -10,7 +10,7 @@ import tifffile
 
 from flows.cli import main
 from segmodel.measure import OBJECT_SCHEMA
-from segmodel.outputs import FAILURE_SCHEMA, IMAGE_SCHEMA
+from segmodel.outputs import FAILURE_SCHEMA, IMAGE_SCHEMA, read_table
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -41,7 +41,9 @@ def test_run_writes_masks_and_tables_and_bad_files_become_failures(folder, tmp_p
     t = _tables(out)
     assert sorted(t["images"]["image_id"]) == sorted([SMALL[0], SMALL[1], f"plate2/{SMALL[2]}"])
     assert list(t["images"].columns) == list(IMAGE_SCHEMA)
-    assert list(t["objects"].columns) == list(OBJECT_SCHEMA)
+    columns = list(read_table(str(out), "objects").columns)  # plus one set per channel
+    assert columns == list(OBJECT_SCHEMA) + [f"channel_{c}_{s}" for c in range(3)
+                                             for s in ("mean", "min", "max")]
     assert list(t["failures"].columns) == list(FAILURE_SCHEMA)
     assert sorted(t["failures"]["image_id"]) == ["corrupt.png", "empty.tif"]
     assert set(t["failures"]["stage"]) == {"decode"}

@@ -1,0 +1,428 @@
+"""Microscopy formats: TIFF/OME-TIFF, OME-Zarr (NGFF) and Pillow images with their metadata.
+
+:func:`read_image` turns one input (a file's bytes, or an OME-Zarr folder) into an
+:class:`ImageData`: one 2-D plane with every channel, the channel names and the pixel size the
+file gives. :func:`model_image` picks what the model segments (``channel``), and
+:func:`add_measurements` adds per-channel intensities and physical areas to an objects table.
+
+Decoding is left to tifffile, zarr and Pillow. Sizes are checked from headers (TIFF tags, zarr
+array metadata) before any pixel is read, and only the chosen plane is read.
+"""
+
+import io
+import math
+import posixpath
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+import numpy as np
+
+from segmodel.preprocess import (
+    MAX_PIXELS,
+    ImageDecodeError,
+    _check_values,
+    decode_image,
+)
+
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+#: Axes (tifffile letters, NGFF types) that hold channels; every other non-YX axis holds planes.
+CHANNEL_AXES = ("C", "S")
+#: Micrometres per unit, for OME and NGFF unit names.
+_UM = {"µm": 1.0, "um": 1.0, "micrometer": 1.0, "micron": 1.0, "microns": 1.0,
+       "\\u00B5m": 1.0, "nm": 1e-3, "nanometer": 1e-3, "mm": 1e3, "millimeter": 1e3,
+       "cm": 1e4, "centimeter": 1e4, "m": 1e6, "meter": 1e6, "Å": 1e-4, "angstrom": 1e-4,
+       "pm": 1e-6, "picometer": 1e-6}
+
+
+@dataclass
+class ImageData:
+    """One 2-D plane of an input image, every channel kept.
+
+    ``image`` is ``(H, W, C)``; ``channel_names`` has ``C`` names (the file's, else ``"0"``,
+    ``"1"``, ...); ``pixel_size_um`` is the pixel's edge in micrometres at the level read (None
+    when the file does not say); ``axes`` the source's axes (e.g. ``"TCZYX"``, ``"YXS"``);
+    ``rgb`` is True when the channels are the colour samples of one picture (gray, RGB, RGBA),
+    which the model takes as they are.
+    """
+
+    image: np.ndarray
+    channel_names: tuple
+    pixel_size_um: object = None
+    axes: str = "YXC"
+    rgb: bool = True
+
+
+def is_zarr(path):
+    """True for a path naming an OME-Zarr (any ``*.zarr`` folder)."""
+    return posixpath.basename(path.rstrip("/")).lower().endswith(".zarr")
+
+
+def read_image(store, path, *, name=None, max_pixels=MAX_PIXELS, plane=None, pyramid_level=0):
+    """Read the image at ``path`` of ``store`` (a file, or an OME-Zarr folder).
+
+    Raises
+    ------
+    ImageDecodeError
+        A file that cannot be read as an image, over ``max_pixels``, a stack without
+        ``plane`` or a plane or level the file does not have.
+    """
+    name = name or path
+    if is_zarr(path):
+        return read_ome_zarr(store.zarr_store(path), name=name, max_pixels=max_pixels,
+                             plane=plane, pyramid_level=pyramid_level)
+    return decode(store.read_bytes(path), name=name, max_pixels=max_pixels, plane=plane,
+                  pyramid_level=pyramid_level)
+
+
+def decode(data, *, name="<bytes>", max_pixels=MAX_PIXELS, plane=None, pyramid_level=0):
+    """:class:`ImageData` from a file's bytes (TIFF through tifffile, others through Pillow)."""
+    if len(data) and bytes(data[:4]) in TIFF_MAGIC:
+        return _read_tiff(data, name, max_pixels, plane, pyramid_level)
+    _check_level(name, pyramid_level, 1)
+    image = decode_image(data, name=name, max_pixels=max_pixels)
+    _check_plane(name, plane, 1, "YXC", image.shape)
+    return ImageData(image, _indices(image.shape[-1]), None, "YXC", True)
+
+
+def _indices(n):
+    return tuple(str(i) for i in range(n))
+
+
+def _check_level(name, level, levels):
+    if not 0 <= level < levels:
+        raise ImageDecodeError(
+            f"{name}: pyramid_level={level} (--pyramid-level) does not exist: the file has "
+            f"{levels} level{'s' if levels > 1 else ''} (0 to {levels - 1}; 0 = full resolution)."
+        )
+
+
+def _check_plane(name, plane, planes, axes, shape, pages=None):
+    if plane is None:
+        if planes > 1:
+            where = f" in {pages} pages" if pages else ""
+            raise ImageDecodeError(
+                f"{name}: a 3-D stack or time series (axes {axes}, shape {tuple(shape)}: "
+                f"{planes} planes{where}). 3-D and time-lapse segmentation are out of scope; "
+                f"segflow segments one 2-D plane: pick it with --plane N (0 to {planes - 1})."
+            )
+        return 0
+    if planes == 1:  # a 2-D image is its own only plane, whatever --plane says
+        return 0
+    if not 0 <= plane < planes:
+        raise ImageDecodeError(
+            f"{name}: plane={plane} (--plane) does not exist: the image has {planes} "
+            f"plane{'s' if planes > 1 else ''} (0 to {planes - 1}; axes {axes}, shape "
+            f"{tuple(shape)})."
+        )
+    return plane
+
+
+def _check_size(name, h, w, channels, max_pixels):
+    if h * w > max_pixels or h * w * channels > 4 * max_pixels:
+        raise ImageDecodeError(
+            f"{name}: the header declares {h}x{w} pixels and {channels} channels, over "
+            f"max_pixels={max_pixels}."
+        )
+
+
+def _split_axes(axes, shape, name):
+    """``(plane axes, channel axes)`` positions; Y and X must both be present."""
+    if "Y" not in axes or "X" not in axes:
+        raise ImageDecodeError(
+            f"{name}: no 2-D image in the file (axes {axes}, shape {tuple(shape)})."
+        )
+    planes = [i for i, a in enumerate(axes) if a not in ("Y", "X") + CHANNEL_AXES]
+    channels = [i for i, a in enumerate(axes) if a in CHANNEL_AXES]
+    return planes, channels
+
+
+def _select(array, axes, shape, plane, name, pages=None):
+    """Read one plane, every channel, of an array-like with ``axes`` -> ``(H, W, C)``."""
+    plane_axes, channel_axes = _split_axes(axes, shape, name)
+    n_planes = int(np.prod([shape[i] for i in plane_axes])) if plane_axes else 1
+    index = _check_plane(name, plane, n_planes, axes, shape, pages)
+    key = [slice(None)] * len(shape)
+    for i, k in zip(plane_axes, np.unravel_index(index, [shape[i] for i in plane_axes])
+                    if plane_axes else ()):
+        key[i] = int(k)
+    data = np.asarray(array[tuple(key)])
+    kept = [a for i, a in enumerate(axes) if i not in plane_axes]
+    order = [kept.index("Y"), kept.index("X")] + [kept.index(axes[i]) for i in channel_axes]
+    data = np.transpose(data, order)
+    return data.reshape(data.shape[0], data.shape[1], -1)
+
+
+def _read_tiff(data, name, max_pixels, plane, level):
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            series = tif.series[0]
+            _check_level(name, level, len(series.levels))
+            part = series.levels[level]
+            axes, shape = part.axes, tuple(part.shape)
+            _, channel_axes = _split_axes(axes, shape, name)
+            h, w = shape[axes.index("Y")], shape[axes.index("X")]
+            n_channels = int(np.prod([shape[i] for i in channel_axes])) if channel_axes else 1
+            _check_size(name, h, w, n_channels, max_pixels)
+            page = series.pages[0] if series.pages else tif.pages[0]
+            photometric = int(page.photometric)
+            names, pixel_size = _tiff_metadata(tif, n_channels)
+            simple = (level == 0 and len(tif.pages) == 1 and int(page.imagedepth) <= 1
+                      and int(page.samplesperpixel) <= 4)
+            if simple:  # one 2-D page: palette, CMYK, planar RGB... as before
+                image = None
+            else:
+                import zarr
+
+                image = _select(zarr.open(series.aszarr(level=level), mode="r+"), axes,
+                                shape, plane, name, len(tif.pages))
+                _check_values(image, name)
+    except ImageDecodeError:
+        raise
+    except Exception as exc:  # tifffile and zarr raise many types for broken files
+        raise ImageDecodeError(f"{name}: not a readable TIFF ({type(exc).__name__}: {exc}).") \
+            from exc
+    if image is None:
+        image = decode_image(data, name=name, max_pixels=max_pixels)
+        _check_plane(name, plane, 1, axes, shape)
+    rgb = photometric in (2, 3, 5, 6) or image.shape[-1] == 1 or (
+        names is None and image.shape[-1] == 3)
+    if names is None or len(names) != image.shape[-1]:
+        names = _indices(image.shape[-1])
+    return ImageData(image, tuple(names), pixel_size, axes, rgb)
+
+
+def _tiff_metadata(tif, n_channels):
+    """``(channel names or None, pixel size in µm or None)`` from OME-XML or ImageJ tags."""
+    names, size = None, None
+    if tif.is_ome and tif.ome_metadata:
+        try:
+            names, size = _ome_xml(tif.ome_metadata)
+        except ET.ParseError:
+            pass
+    elif tif.is_imagej and tif.imagej_metadata:
+        meta = tif.imagej_metadata
+        labels = meta.get("Labels")
+        if isinstance(labels, (list, tuple)) and len(labels) == n_channels:
+            names = [str(v) for v in labels]
+        unit = _UM.get(str(meta.get("unit", "")).strip().lower().replace("\\u00b5", "µ"))
+        tag = tif.pages[0].tags.get("XResolution")
+        if unit and tag is not None:
+            num, den = tag.value
+            if num and den:
+                size = unit * den / num
+    return names, size
+
+
+def _ome_xml(text):
+    root = ET.fromstring(text)
+    pixels = root.find("{*}Image/{*}Pixels")
+    if pixels is None:
+        return None, None
+    names = [c.get("Name") or str(i)
+             for i, c in enumerate(pixels.findall("{*}Channel"))]
+    size = None
+    for axis in ("X", "Y"):
+        value = pixels.get(f"PhysicalSize{axis}")
+        unit = _UM.get(pixels.get(f"PhysicalSize{axis}Unit", "µm"))
+        if value is not None and unit is not None and float(value) > 0:
+            size = size if size is not None else float(value) * unit
+    return (names or None), size
+
+
+def read_ome_zarr(zstore, *, name="<zarr>", max_pixels=MAX_PIXELS, plane=None, pyramid_level=0):
+    """One plane of an OME-Zarr (NGFF 0.4 or 0.5) image at ``pyramid_level`` (0 = full size)."""
+    import zarr
+
+    try:
+        group = zarr.open_group(store=zstore, mode="r")
+        attrs = group.attrs.asdict()
+    except Exception as exc:
+        if isinstance(exc, (PermissionError,)) or _transient(exc):
+            raise
+        raise ImageDecodeError(f"{name}: not a readable OME-Zarr ({type(exc).__name__}: "
+                               f"{exc}).") from exc
+    ome = attrs.get("ome", attrs)
+    multiscales = ome.get("multiscales") or []
+    if not multiscales:
+        raise ImageDecodeError(
+            f"{name}: not an OME-Zarr image: no 'multiscales' in its attributes (a plate, "
+            "well or labels group is not an image; point segflow at the image itself)."
+        )
+    ms = multiscales[0]
+    datasets = ms.get("datasets") or []
+    _check_level(name, pyramid_level, len(datasets))
+    dataset = datasets[pyramid_level]
+    axes_meta = ms.get("axes") or [{"name": a} for a in "tczyx"]
+    axes_meta = [a if isinstance(a, dict) else {"name": a} for a in axes_meta]
+    axes = "".join(_ngff_axis(a) for a in axes_meta)
+    try:
+        array = group[dataset["path"]]
+        shape = tuple(array.shape)
+    except Exception as exc:
+        if _transient(exc):
+            raise
+        raise ImageDecodeError(f"{name}: level {pyramid_level} of the OME-Zarr cannot be read "
+                               f"({type(exc).__name__}: {exc}).") from exc
+    if len(shape) != len(axes):
+        raise ImageDecodeError(f"{name}: the OME-Zarr declares axes {axes} for an array of "
+                               f"shape {shape}.")
+    _, channel_axes = _split_axes(axes, shape, name)
+    h, w = shape[axes.index("Y")], shape[axes.index("X")]
+    n_channels = int(np.prod([shape[i] for i in channel_axes])) if channel_axes else 1
+    _check_size(name, h, w, n_channels, max_pixels)
+    try:
+        image = _select(array, axes, shape, plane, name)
+    except ImageDecodeError:
+        raise
+    except Exception as exc:
+        if _transient(exc):
+            raise
+        raise ImageDecodeError(f"{name}: pixels of the OME-Zarr cannot be read "
+                               f"({type(exc).__name__}: {exc}).") from exc
+    _check_values(image, name)
+    channels = (ome.get("omero") or {}).get("channels") or []
+    names = [str(c.get("label") or i) for i, c in enumerate(channels) if isinstance(c, dict)]
+    if len(names) != image.shape[-1]:
+        names = _indices(image.shape[-1])
+    pixel_size = _ngff_pixel_size(ms, dataset, axes_meta, axes)
+    return ImageData(image, tuple(names), pixel_size, axes, image.shape[-1] == 1)
+
+
+def _transient(exc):
+    from segmodel.io import is_transient
+
+    return is_transient(exc)
+
+
+def _ngff_axis(axis):
+    """A tifffile-style letter for an NGFF axis: Y, X, C (channel), T, Z or Q (other)."""
+    kind, label = axis.get("type"), str(axis.get("name", "")).lower()
+    if kind == "channel" or label == "c":
+        return "C"
+    if label in ("x", "y", "z", "t"):
+        return label.upper()
+    return "T" if kind == "time" else "Q"
+
+
+def _ngff_pixel_size(ms, dataset, axes_meta, axes):
+    """Micrometres per pixel along X (Y where X has none) at ``dataset``'s level, or None."""
+    scale = np.ones(len(axes))
+    for transforms in (dataset.get("coordinateTransformations"),
+                       ms.get("coordinateTransformations")):
+        for t in transforms or []:
+            if t.get("type") == "scale" and len(t.get("scale", [])) == len(axes):
+                scale = scale * np.asarray(t["scale"], dtype=float)
+    for letter in ("X", "Y"):
+        i = axes.index(letter)
+        unit = _UM.get(str(axes_meta[i].get("unit", "")).lower())
+        if unit is not None and scale[i] > 0:
+            return float(scale[i]) * unit
+    return None
+
+
+def parse_channel(value):
+    """``--channel`` as given: an int index (``"0"`` -> 0), a name, or None."""
+    if value is None or isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        value = value.strip()
+        if not value:
+            raise ValueError("channel must be an index (0, 1, ...) or a channel name. "
+                             "Received: an empty string")
+        return int(value) if re.fullmatch(r"\d+", value) else value
+    raise ValueError(f"channel must be an index (0, 1, ...) or a channel name. Received: "
+                     f"{value!r}")
+
+
+def channel_index(data, channel, name="<image>"):
+    """The index of ``channel`` (an index or a name) in ``data``, or a clear error."""
+    n = len(data.channel_names)
+    if isinstance(channel, int):
+        if 0 <= channel < n:
+            return channel
+    else:
+        for match in (lambda c: c == channel, lambda c: c.lower() == channel.lower()):
+            hits = [i for i, c in enumerate(data.channel_names) if match(c)]
+            if len(hits) == 1:
+                return hits[0]
+    raise ImageDecodeError(
+        f"{name}: channel={channel!r} (--channel) is not a channel of this image. It has {n} "
+        f"channel{'s' if n > 1 else ''}: {_describe(data.channel_names)}; pass an index "
+        f"(0 to {n - 1}) or one of those names."
+    )
+
+
+def _describe(names):
+    return ", ".join(f"{i}={c!r}" for i, c in enumerate(names))
+
+
+def model_image(data, channel=None, name="<image>"):
+    """What the model segments: the chosen channel as a gray ``(H, W, 1)`` image, or the
+    image as it is (gray, RGB, RGBA) when no channel is chosen.
+
+    Raises
+    ------
+    ImageDecodeError
+        An unknown channel, or an image with several channels that are not the colours of one
+        picture (e.g. 4 fluorescence channels) and no ``channel``.
+    """
+    image = data.image
+    if channel is not None:
+        i = channel_index(data, channel, name)
+        return image[..., i : i + 1]
+    c = image.shape[-1]
+    if c in (1, 3) or (data.rgb and c in (2, 4)):
+        return image[..., :1] if c == 2 else image
+    raise ImageDecodeError(
+        f"{name}: {c} channels ({_describe(data.channel_names)}) and no channel chosen. "
+        "Pick the channel to segment (e.g. the nuclear stain) with --channel INDEX or "
+        "--channel NAME; every channel is still measured."
+    )
+
+
+def column_names(names):
+    """``channel_<name>`` column stems, safe and distinct (``"Alexa 488"`` -> ``Alexa_488``)."""
+    out, seen = [], set()
+    for i, n in enumerate(names):
+        stem = re.sub(r"[^0-9A-Za-z]+", "_", str(n)).strip("_") or str(i)
+        if stem in seen:
+            stem = f"{stem}_{i}"
+        seen.add(stem)
+        out.append(f"channel_{stem}")
+    return out
+
+
+def channel_measurements(labels, data):
+    """Per object (in label order) and channel: mean, min and max of the raw values.
+
+    Returns ``{column: values}`` with columns ``channel_<name>_mean``, ``_min``, ``_max``;
+    the alpha channel of an RGBA picture is left out.
+    """
+    from scipy import ndimage
+
+    image = data.image
+    n = image.shape[-1] - (1 if data.rgb and image.shape[-1] in (2, 4) else 0)
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    out = {}
+    for stem, c in zip(column_names(data.channel_names[:n]), range(n)):
+        values = image[..., c].astype(np.float64)
+        out[f"{stem}_mean"] = np.asarray(ndimage.mean(values, labels, ids), np.float64)
+        out[f"{stem}_min"] = np.asarray(ndimage.minimum(values, labels, ids), np.float64)
+        out[f"{stem}_max"] = np.asarray(ndimage.maximum(values, labels, ids), np.float64)
+    return out
+
+
+def add_measurements(table, labels, data):
+    """``table`` (from :func:`segmodel.measure.measure_objects`) with ``area_um2`` filled and
+    the ``channel_*`` columns of :func:`channel_measurements` appended."""
+    size = data.pixel_size_um if data is not None else None
+    table["area_um2"] = table["area"] * size**2 if size else math.nan
+    if data is None or not len(table):
+        return table
+    columns = channel_measurements(labels, data)
+    extra = {k: v for k, v in columns.items() if len(v) == len(table)}
+    return table.assign(**extra) if extra else table
