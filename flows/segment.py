@@ -37,7 +37,8 @@ def _context(params):
     tiling = default_tiling(model.spec, params.tile_size)
     validate_scale(params.scale, model.spec)
     key = json.dumps([model.fingerprint, params.scale, tiling.tile, tiling.overlap,
-                      params.mask_format, params.max_pixels] + ([True] if params.tta else []))
+                      params.mask_format, params.max_pixels] + ([True] if params.tta else [])
+                     + ([params.outlines] if params.outlines != "none" else []))
     return ShardContext(
         input=Store(params.input, params.storage_options),
         output=Store(params.output, params.storage_options),
@@ -46,6 +47,7 @@ def _context(params):
         max_pixels=params.max_pixels, tiled_above=params.tiled_above,
         block_size=params.block_size,
         config_key=hashlib.sha1(key.encode()).hexdigest()[:16], trust_model=params.trust_model,
+        outlines=params.outlines,
     ), model
 
 

@@ -186,6 +186,30 @@ class Store:
         except FileNotFoundError:
             pass
 
+    def remove_tree(self, relpath):
+        """Delete the folder (prefix) ``relpath`` under the root and everything in it."""
+        path = self.path(relpath)
+        try:
+            if retry(self.fs.exists, path):
+                retry(self.fs.rm, path, recursive=True)
+        except FileNotFoundError:
+            pass
+
+    def find_dirs(self, relpath, suffix):
+        """Relative paths of folders under ``relpath`` whose names end in ``suffix`` (outermost
+        only: nothing inside a matched folder)."""
+        base = self.path(relpath)
+        if not retry(self.fs.exists, base):
+            return []
+        found = set()
+        for p in retry(self.fs.find, base, withdirs=False):
+            rel = posixpath.relpath(p, self.root).split("/")
+            for i, part in enumerate(rel[:-1]):
+                if part.endswith(suffix):
+                    found.add("/".join(rel[: i + 1]))
+                    break
+        return sorted(found)
+
 
 def check_url(url, parameter="url"):
     """Raise ValueError for an empty URL or an unknown scheme, without touching storage."""

@@ -18,7 +18,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from segmodel import outputs, shards
+from segmodel import export, outputs, shards
 from segmodel.api import default_tiling
 from segmodel.io import Store, is_transient, list_images
 from segmodel.model import load_model
@@ -66,6 +66,7 @@ class ShardContext:
     trust_model: bool = False
     tiled_above: int = 36_000_000
     block_size: int = 4096
+    outlines: str = "none"
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,8 @@ def ingest(ctx: ShardContext, patterns: tuple, shard_size: int, run_stamp: str,
     logger = get_run_logger()
     refs = list_images(ctx.input, patterns)
     latest = outputs.reconcile(ctx.output)
+    if ctx.mask_format == "ome-zarr":
+        export.remove_partial(ctx.output)
     todo = outputs.pending(refs, latest, ctx.config_key, retry_failed=retry_failed)
     masks = outputs.mask_paths([r.image_id for r in refs], ctx.mask_format)
     from tasks.large import find_large
@@ -160,8 +163,11 @@ def _write_items(ctx, job, items):
         items, shard=job.name, config_key=ctx.config_key, mask_paths=job.mask_paths,
         model=model)
     t0 = time.perf_counter()
+    images_by_mask = {job.mask_paths[it.ref.image_id]: it for it in items if it.failure is None}
     for relpath, labels in masks.items():
-        ctx.output.write_bytes(relpath, shards.encode_mask(labels, ctx.mask_format))
+        it = images_by_mask[relpath]
+        export.write_outputs(ctx.output, relpath, labels, ctx.mask_format, ctx.outlines,
+                             image=it.prepared.image, name=it.ref.image_id)
     objects_df = pd.concat(objects, ignore_index=True) if objects else outputs.table("objects", [])
     outputs.write_shard(ctx.output, job.name, {
         "objects": objects_df, "images": outputs.table("images", images),
