@@ -239,6 +239,71 @@ def write_outputs(store, mask_path, labels, mask_format, outlines="none", *, ima
         store.write_bytes(outline_path(mask_path), encode_geojson(outline_features(labels)))
 
 
+def build_large_ome_zarr(folder, regions, bands, *, channels, name="image", chunk=CHUNK):
+    """Build the OME-Zarr of a huge image in the local ``folder``, never holding it whole.
+
+    Parameters
+    ----------
+    folder : str
+        An empty local folder (upload it with :func:`upload` of :func:`local_files`).
+    regions : segmodel.large.TiffRegions
+        The input image, read in full-width bands of ``chunk`` rows for the image levels.
+    bands : iterable of (int, (n, W) ndarray of uint32)
+        The label rows in order (:meth:`segmodel.large.BlockRun.rows`), ``n`` a multiple of
+        ``chunk`` except the last.
+    channels : int
+        Channels the image is converted to (the model's), as for a whole image.
+    """
+    from zarr.storage import LocalStore
+
+    from segmodel.preprocess import to_channels
+
+    h, w = regions.shape
+    first = to_channels(regions.read(0, min(h, chunk), 0, w), channels)
+    builder = OmeZarrBuilder(LocalStore(folder), (h, w), label_dtype=np.uint32,
+                             n_channels=first.shape[-1], image_dtype=first.dtype, name=name,
+                             chunk=chunk)
+    for y0, rows in bands:
+        builder.write_labels(y0, rows)
+    for y0 in range(0, h, chunk):
+        part = first if y0 == 0 else to_channels(regions.read(y0, min(h, y0 + chunk), 0, w),
+                                                 channels)
+        builder.write_image(y0, 0, part)
+    builder.finish()
+
+
+def outline_features_by_region(read, objects, *, tile=2048):
+    """:func:`outline_features` of a huge label image, read region by region.
+
+    Parameters
+    ----------
+    read : callable
+        ``read(y0, y1, x0, x1)`` -> labels of that region (``(h, w)`` ndarray).
+    objects : pandas.DataFrame
+        The image's objects table (``label`` and ``bbox_*`` columns, max exclusive).
+    tile : int, optional
+        Objects are grouped by the ``tile`` x ``tile`` cell of their top-left corner; one read
+        per cell covers its objects' bounding boxes.
+    """
+    features = []
+    if objects.empty:
+        return features
+    cells = objects.assign(cy=objects["bbox_min_y"] // tile, cx=objects["bbox_min_x"] // tile)
+    for _, group in cells.groupby(["cy", "cx"]):
+        y0, x0 = int(group["bbox_min_y"].min()), int(group["bbox_min_x"].min())
+        y1, x1 = int(group["bbox_max_y"].max()), int(group["bbox_max_x"].max())
+        region = np.asarray(read(y0, y1, x0, x1))
+        for row in group.itertuples(index=False):
+            label = int(row.label)
+            by0, bx0 = int(row.bbox_min_y) - y0, int(row.bbox_min_x) - x0
+            by1, bx1 = int(row.bbox_max_y) - y0, int(row.bbox_max_x) - x0
+            mask = region[by0:by1, bx0:bx1] == label
+            if mask.any():  # a seam's second copy may have kept no pixel
+                features.append(_feature(label, int(mask.sum()), object_geometry(
+                    mask, (int(row.bbox_min_y), int(row.bbox_min_x)))))
+    return sorted(features, key=lambda f: f["id"])
+
+
 def local_files(folder):
     """``{key: local file path}`` of a zarr store built in a local folder."""
     out = {}
@@ -375,13 +440,15 @@ def outline_features(labels, offset=(0, 0)):
     features = []
     for region in regionprops(np.asarray(labels)):
         r0, c0, _, _ = region.bbox
-        label, area = int(region.label), int(region.area)
-        features.append({
-            "type": "Feature", "id": label,
-            "geometry": object_geometry(region.image, (r0 + y0, c0 + x0)),
-            "properties": {"objectType": "detection", "label": label, "area": area,
-                           "measurements": {"label": label, "area": area}}})
+        features.append(_feature(int(region.label), int(region.area),
+                                 object_geometry(region.image, (r0 + y0, c0 + x0))))
     return features
+
+
+def _feature(label, area, geometry):
+    return {"type": "Feature", "id": label, "geometry": geometry,
+            "properties": {"objectType": "detection", "label": label, "area": area,
+                           "measurements": {"label": label, "area": area}}}
 
 
 def encode_geojson(features):

@@ -175,3 +175,38 @@ def test_ome_zarr_on_s3_round_trip(runs, s3_options, capsys):
     finally:
         fs.rm("export-in", recursive=True)
         fs.rm("export-out", recursive=True)
+
+
+@pytest.mark.slow
+def test_large_images_write_ome_zarr_and_outlines_block_by_block(runs, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(runs["src"] / "plate" / NAMES[2]))[..., :3]  # 520x696
+    tifffile.imwrite(src / "slide.tif", pixels, tile=(256, 256), compression="zlib")
+    common = ["--tiled-above", "300000", "--block-size", "512", "--outlines", "geojson"]
+    assert main(["run", str(src), str(tmp_path / "tif"), *common]) == 0
+    assert main(["run", str(src), str(tmp_path / "zarr"), *common,
+                 "--mask-format", "ome-zarr"]) == 0
+    row = _images(tmp_path / "zarr").loc["slide.tif"]
+    assert row.shard.split("-")[-1].startswith("L")  # the block-wise path
+    group = export.open_ome_zarr(Store(str(tmp_path / "zarr")), row.mask_path)
+    tif_row = _images(tmp_path / "tif").loc["slide.tif"]
+    with tifffile.TiffFile(tmp_path / "tif" / tif_row.mask_path) as tif:
+        mask = tif.pages[0].asarray()
+    np.testing.assert_array_equal(group["labels/nuclei/0"][:], mask)
+    assert [group[f"labels/nuclei/{k}"].shape for k in range(3)] == \
+        [(520, 696), (260, 348), (130, 174)]
+    np.testing.assert_array_equal(np.moveaxis(group["0"][:], 0, -1), pixels)
+    for out in ("tif", "zarr"):
+        doc = json.loads((tmp_path / out / "outlines" / "slide.geojson").read_text())
+        assert sorted(f["id"] for f in doc["features"]) == sorted(set(np.unique(mask)) - {0})
+        for f in doc["features"]:
+            polys = f["geometry"]["coordinates"]
+            polys = [polys] if f["geometry"]["type"] == "Polygon" else polys
+            drawn = np.zeros(mask.shape, bool)
+            for rings in polys:
+                drawn |= _ring_mask(rings, mask.shape)
+            obj = mask == f["id"]
+            assert (drawn & obj).sum() / (drawn | obj).sum() > 0.9
