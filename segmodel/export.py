@@ -3,7 +3,7 @@
 OME-Zarr layout of one image (``mask_format='ome-zarr'``, path ``labels/<id>.ome.zarr``)::
 
     .zgroup .zattrs            the image: multiscales (axes c, y, x) + omero rendering hints
-    0/ 1/ 2/ ...               image pyramid levels (2x2 mean), chunks (1, 256, 256)
+    0/ 1/ 2/ ...               image pyramid levels (2x2 mean), chunks (C, 512, 512)
     labels/.zattrs             {"labels": ["nuclei"]}
     labels/nuclei/.zattrs      multiscales (axes y, x) + image-label
     labels/nuclei/0/ 1/ ...    label pyramid levels (2x2 mode: values stay object labels)
@@ -27,22 +27,25 @@ import posixpath
 import numpy as np
 
 NGFF_VERSION = "0.4"
-#: Chunk edge of every array, and the size at which the pyramid stops.
-CHUNK = 256
+#: Chunk edge of every array (an image chunk holds all its channels).
+CHUNK = 512
+#: The pyramid stops at the first level whose longer side is at most this.
+MIN_LEVEL = 256
 LABEL_NAME = "nuclei"
 ROOT_MARKER = ".zattrs"
 _METADATA = (".zattrs", ".zgroup", ".zarray")
 _RGB = ("FF0000", "00FF00", "0000FF")
 
 
-def pyramid_shapes(shape, chunk=CHUNK):
-    """``[(H, W), (ceil(H/2), ceil(W/2)), ...]`` halving until a level fits one chunk.
+def pyramid_shapes(shape, min_level=MIN_LEVEL):
+    """``[(H, W), (ceil(H/2), ceil(W/2)), ...]`` halving until the longer side is ``min_level``
+    or less.
 
     >>> pyramid_shapes((600, 300))
     [(600, 300), (300, 150)]
     """
     shapes = [tuple(int(s) for s in shape)]
-    while max(shapes[-1]) > chunk:
+    while max(shapes[-1]) > min_level:
         shapes.append(tuple(-(-s // 2) for s in shapes[-1]))
     return shapes
 
@@ -135,7 +138,7 @@ class OmeZarrBuilder:
                  name="image", chunk=CHUNK):
         import zarr
 
-        self.shapes, self.name, self.chunk = pyramid_shapes(shape, chunk), name, chunk
+        self.shapes, self.name, self.chunk = pyramid_shapes(shape), name, chunk
         self.group = zarr.open_group(zstore, mode="w", zarr_format=2)
         self.labels = [self._array(f"labels/{LABEL_NAME}/{k}", s, label_dtype)
                        for k, s in enumerate(self.shapes)]
@@ -147,7 +150,7 @@ class OmeZarrBuilder:
     def _array(self, path, shape, dtype):
         import numcodecs
 
-        chunks = (1,) * (len(shape) - 2) + (self.chunk, self.chunk)
+        chunks = (*shape[:-2], self.chunk, self.chunk)
         return self.group.create_array(
             path, shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
             compressors=numcodecs.Blosc(cname="zstd", clevel=5,
@@ -249,8 +252,7 @@ def build_large_ome_zarr(folder, regions, bands, *, channels, name="image", chun
     regions : segmodel.large.TiffRegions
         The input image, read in full-width bands of ``chunk`` rows for the image levels.
     bands : iterable of (int, (n, W) ndarray of uint32)
-        The label rows in order (:meth:`segmodel.large.BlockRun.rows`), ``n`` a multiple of
-        ``chunk`` except the last.
+        The label rows in order (:meth:`segmodel.large.BlockRun.rows`).
     channels : int
         Channels the image is converted to (the model's), as for a whole image.
     """
@@ -329,13 +331,32 @@ def upload(store, relpath, files):
     killed run) is removed first, marker first, so no mix of old and new chunks stays.
     """
     remove_store(store, relpath)
-    for key in sorted(files, key=_order):
+    files = {k: v for k, v in files.items() if not _empty_attrs(k, v)}
+    keys = sorted(files, key=_order)
+    chunks = [k for k in keys if _order(k)[0] == 0]
+    in_memory = {posixpath.join(relpath, k): bytes(files[k]) for k in chunks
+                 if isinstance(files[k], (bytes, bytearray, memoryview))}
+    store.write_many(in_memory)  # concurrent PUTs on object stores
+    store.put_many({posixpath.join(relpath, k): files[k] for k in chunks
+                    if posixpath.join(relpath, k) not in in_memory})
+    for key in keys[len(chunks):]:  # metadata, in order, the root marker last
         data = files[key]
-        target = posixpath.join(relpath, key)
         if isinstance(data, (bytes, bytearray, memoryview)):
-            store.write_bytes(target, bytes(data))
+            store.write_bytes(posixpath.join(relpath, key), bytes(data))
         else:
-            store.put_file(data, target)
+            store.put_file(data, posixpath.join(relpath, key))
+
+
+def _empty_attrs(key, data):
+    """True for a ``.zattrs`` holding ``{}`` (optional in Zarr 2: one file less to write)."""
+    if posixpath.basename(key) != ".zattrs":
+        return False
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        if os.path.getsize(data) > 16:
+            return False
+        with open(data, "rb") as f:
+            data = f.read()
+    return bytes(data).strip() == b"{}"
 
 
 def remove_store(store, relpath):
@@ -389,11 +410,21 @@ def remove_partial(store, folder="labels"):
 
 def _rings(mask):
     """Closed rings ``(N, 2)`` (row, col, pixel-centre coordinates) of a padded binary mask."""
-    from skimage.measure import approximate_polygon, find_contours
+    from skimage.measure import find_contours
 
     rings = find_contours(mask.astype(np.uint8), 0.5, fully_connected="high",
                           positive_orientation="high")
-    return [approximate_polygon(r, tolerance=0.01) for r in rings if len(r) >= 4]  # drops collinear points
+    return [_drop_collinear(r) for r in rings if len(r) >= 4]
+
+
+def _drop_collinear(ring):
+    """The closed ``ring`` without its points on a straight line between their neighbours."""
+    pts = ring[:-1]
+    prev, nxt = np.roll(pts, 1, axis=0), np.roll(pts, -1, axis=0)
+    cross = ((pts[:, 0] - prev[:, 0]) * (nxt[:, 1] - pts[:, 1])
+             - (pts[:, 1] - prev[:, 1]) * (nxt[:, 0] - pts[:, 0]))
+    kept = pts[np.abs(cross) > 1e-9]
+    return np.vstack([kept, kept[:1]])
 
 
 def _signed_area(ring_xy):
