@@ -209,7 +209,9 @@ def _print_summary(params, summary):
     print(line)
     print(f"{summary['skipped']} already done, {summary['objects']} objects, "
           f"{summary['seconds']:.1f} s ({summary['images_per_second']:.2f} images/s)")
-    print(f"outputs: {out}/labels, {out}/objects, {out}/images, {out}/failures, {out}/run.json")
+    extra = f", {out}/outlines" if params.outlines != "none" else ""
+    print(f"outputs: {out}/labels{extra}, {out}/objects, {out}/images, {out}/failures, "
+          f"{out}/run.json")
 
 
 def _demo_table(output):
