@@ -71,7 +71,10 @@ def _add_run_options(p):
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average over flips (4x model time)")
     p.add_argument("--tile-size", type=int, default=None)
-    p.add_argument("--mask-format", choices=["tif", "png"], default="tif")
+    p.add_argument("--mask-format", choices=["tif", "png", "ome-zarr"], default="tif",
+                   help="label mask format (ome-zarr: NGFF labels with a pyramid, for napari)")
+    p.add_argument("--outlines", choices=["none", "geojson"], default="none",
+                   help="also write object outlines (geojson: outlines/<id>.geojson, for QuPath)")
     p.add_argument("--model", default=None, help="path of a .keras model (default: bundled)")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="images with more pixels fail (default: 256 million)")
@@ -114,7 +117,8 @@ def _segment_params(args, input_url):
               "shard_size": args.shard_size, "batch_size": args.batch_size,
               "tta": args.tta, "tile_size": args.tile_size,
               "mask_format": args.mask_format, "model": args.model,
-              "retry_failed": args.retry_failed, "trust_model": args.trust_model}
+              "retry_failed": args.retry_failed, "trust_model": args.trust_model,
+              "outlines": args.outlines}
     if args.patterns:
         fields["patterns"] = args.patterns
     if args.max_pixels is not None:
@@ -218,7 +222,9 @@ def _print_summary(params, summary):
     print(line)
     print(f"{summary['skipped']} already done, {summary['objects']} objects, "
           f"{summary['seconds']:.1f} s ({summary['images_per_second']:.2f} images/s)")
-    print(f"outputs: {out}/labels, {out}/objects, {out}/images, {out}/failures, {out}/run.json")
+    extra = f", {out}/outlines" if params.outlines != "none" else ""
+    print(f"outputs: {out}/labels{extra}, {out}/objects, {out}/images, {out}/failures, "
+          f"{out}/run.json")
 
 
 def _demo_table(output):

@@ -31,7 +31,9 @@ class SegmentParams(BaseModel):
         "size) or a resize factor to the model's scale (1.0 = as is).")
     tta: bool = Field(False, description="Average the model over four flips (4x the compute).")
     tile_size: Optional[int] = Field(None, description="Tile size (default: the model's).")
-    mask_format: Literal["tif", "png"] = Field("tif", description="Label mask file format.")
+    mask_format: Literal["tif", "png", "ome-zarr"] = Field(
+        "tif", description="Label mask format: 'ome-zarr' writes OME-Zarr (NGFF 0.4) labels with "
+        "a pyramid beside the image, for napari.")
     model: Optional[str] = Field(None, description="Path of a .keras model (default: bundled).")
     max_pixels: int = Field(MAX_PIXELS, ge=1, description="Images larger than this fail.")
     retry_failed: bool = Field(False, description="Try unchanged images that failed before again.")
@@ -54,6 +56,9 @@ class SegmentParams(BaseModel):
         "its non-channel axes). Default: such images fail (3-D and time are out of scope).")
     pyramid_level: int = Field(0, ge=0, description="Resolution level of a pyramidal image "
                                "(OME-Zarr, pyramidal TIFF) to read: 0 = full resolution.")
+    outlines: Literal["none", "geojson"] = Field(
+        "none", description="Also write object outlines: 'geojson' = outlines/<id>.geojson, one "
+        "polygon per object with its label as id (QuPath imports it).")
 
     @field_validator("storage_options", mode="before")
     @classmethod

@@ -38,7 +38,8 @@ def _context(params):
     validate_scale(params.scale, model.spec)
     key = json.dumps([model.fingerprint, params.scale, tiling.tile, tiling.overlap,
                       params.mask_format, params.max_pixels] + ([True] if params.tta else [])
-                     + _input_key(params))
+                     + _input_key(params)
+                     + ([params.outlines] if params.outlines != "none" else []))
     return ShardContext(
         input=Store(params.input, params.storage_options),
         output=Store(params.output, params.storage_options),
@@ -48,6 +49,7 @@ def _context(params):
         block_size=params.block_size,
         config_key=hashlib.sha1(key.encode()).hexdigest()[:16], trust_model=params.trust_model,
         channel=params.channel, plane=params.plane, pyramid_level=params.pyramid_level,
+        outlines=params.outlines,
     ), model
 
 

@@ -143,6 +143,29 @@ class Store:
             raise ValueError(f"refusing to write outside {self.url!r}: {relpath!r}")
         write_atomic(self.fs, self.path(relpath), data)
 
+    def write_many(self, files):
+        """Write ``{relpath: bytes}`` (each file atomically); object stores get the PUTs
+        concurrently in one batch, in no particular order."""
+        if _is_local(self.fs) or len(files) < 2:
+            for relpath, data in files.items():
+                self.write_bytes(relpath, data)
+            return
+        for relpath in files:
+            norm = posixpath.normpath(relpath)
+            if posixpath.isabs(relpath) or norm == ".." or norm.startswith("../"):
+                raise ValueError(f"refusing to write outside {self.url!r}: {relpath!r}")
+        retry(self.fs.pipe, {self.path(r): d for r, d in files.items()})
+
+    def put_many(self, files):
+        """Upload ``{relpath: local path}`` (each file atomically); object stores get the
+        uploads concurrently in one batch, in no particular order."""
+        if _is_local(self.fs) or len(files) < 2:
+            for relpath, local_path in files.items():
+                self.put_file(local_path, relpath)
+            return
+        rels = list(files)
+        retry(self.fs.put, [files[r] for r in rels], [self.path(r) for r in rels])
+
     def put_file(self, local_path, relpath):
         """Move or upload a local file under the root atomically (big outputs, never in memory)."""
         path = self.path(relpath)
@@ -194,6 +217,30 @@ class Store:
             retry(self.fs.rm_file, path)
         except FileNotFoundError:
             pass
+
+    def remove_tree(self, relpath):
+        """Delete the folder (prefix) ``relpath`` under the root and everything in it."""
+        path = self.path(relpath)
+        try:
+            if retry(self.fs.exists, path):
+                retry(self.fs.rm, path, recursive=True)
+        except FileNotFoundError:
+            pass
+
+    def find_dirs(self, relpath, suffix):
+        """Relative paths of folders under ``relpath`` whose names end in ``suffix`` (outermost
+        only: nothing inside a matched folder)."""
+        base = self.path(relpath)
+        if not retry(self.fs.exists, base):
+            return []
+        found = set()
+        for p in retry(self.fs.find, base, withdirs=False):
+            rel = posixpath.relpath(p, self.root).split("/")
+            for i, part in enumerate(rel[:-1]):
+                if part.endswith(suffix):
+                    found.add("/".join(rel[: i + 1]))
+                    break
+        return sorted(found)
 
 
 def check_url(url, parameter="url"):

@@ -2,7 +2,8 @@
 
 Layout under OUTPUT::
 
-    labels/<image id, extension replaced>.tif   instance masks
+    labels/<image id, extension replaced>.tif   instance masks (or .png, .ome.zarr)
+    outlines/<image id, ext. replaced>.geojson  object outlines (with outlines='geojson')
     objects/<shard>.parquet                     one row per object
     images/<shard>.parquet                      one row per segmented image
     failures/<shard>.parquet                    one row per image that failed
@@ -36,7 +37,9 @@ FAILURE_SCHEMA = {
     "message": "string", "fingerprint": "string", "config_key": "string", "shard": "string",
 }
 SCHEMAS = {"objects": OBJECT_SCHEMA, "images": IMAGE_SCHEMA, "failures": FAILURE_SCHEMA}
-MASK_FORMATS = ("tif", "png")
+MASK_FORMATS = ("tif", "png", "ome-zarr")
+#: File name ending of each mask format.
+MASK_SUFFIXES = {"tif": "tif", "png": "png", "ome-zarr": "ome.zarr"}
 
 
 def table(name, rows):
@@ -63,7 +66,7 @@ def mask_paths(image_ids, mask_format="tif"):
     for stem, ids in stems.items():
         for image_id in ids:
             base = stem if len(ids) == 1 else image_id
-            out[image_id] = f"labels/{safe_relpath(base)}.{mask_format}"
+            out[image_id] = f"labels/{safe_relpath(base)}.{MASK_SUFFIXES[mask_format]}"
     return out
 
 

@@ -235,6 +235,10 @@ def read_thumbnail(input_store, output_store, image_id, mask_path, *, max_size=2
     source = formats.read_image(input_store, input_store.path(image_id), name=image_id,
                                 plane=plane, pyramid_level=pyramid_level)
     image = formats.model_image(source, channel, image_id)
+    if mask_path.endswith(".zarr"):
+        from segmodel.export import read_labels
+
+        return outline_thumbnail(image, read_labels(output_store, mask_path), max_size=max_size)
     data = output_store.read_bytes(output_store.path(mask_path))
     if mask_path.endswith(".png"):
         labels = np.asarray(Image.open(io.BytesIO(data)))

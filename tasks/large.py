@@ -6,13 +6,14 @@ moved or uploaded into place; its table parts form a shard of one image.
 """
 
 import os
+import shutil
 import tempfile
 import time
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from segmodel import __version__, large, outputs
+from segmodel import __version__, export, large, outputs
 from segmodel.api import default_tiling
 from segmodel.model import load_model
 from tasks.shards import ShardContext, ShardJob, model_lock
@@ -43,9 +44,12 @@ def segment_large(ctx: ShardContext, job: ShardJob) -> dict:
     (ref,) = job.refs
     model = load_model(ctx.model_path, trust=ctx.trust_model)
     tiling = default_tiling(model.spec, ctx.tile_size, ctx.overlap)
-    relpath = job.mask_paths[ref.image_id].rsplit(".", 1)[0] + ".tif"
-    fd, local = tempfile.mkstemp(suffix=".tif")
-    os.close(fd)
+    zarr_out = ctx.mask_format == "ome-zarr"
+    relpath = job.mask_paths[ref.image_id]
+    if not zarr_out:
+        relpath = relpath.rsplit(".", 1)[0] + ".tif"
+    tmpdir = tempfile.mkdtemp()
+    local = os.path.join(tmpdir, "labels.ome.zarr" if zarr_out else "labels.tif")
     try:
         with ctx.input.fs.open(ref.path, "rb") as fh:
             regions = large.TiffRegions(fh)
@@ -57,11 +61,20 @@ def segment_large(ctx: ShardContext, job: ShardJob) -> dict:
                                  tiling=tiling, batch_size=ctx.batch_size,
                                  blocks=large.Blocks(block=ctx.block_size),
                                  lock=model_lock())
-            large.write_label_tiff(local, regions.shape, run.rows())
+            if zarr_out:
+                export.build_large_ome_zarr(local, regions, run.rows(),
+                                            channels=model.spec.channels, name=ref.image_id)
+            else:
+                large.write_label_tiff(local, regions.shape, run.rows())
             regions.close()
-        ctx.output.put_file(local, relpath)
+        if zarr_out:
+            export.upload(ctx.output, relpath, export.local_files(local))
+        else:
+            ctx.output.put_file(local, relpath)
+        if ctx.outlines == "geojson":
+            _write_outlines(ctx, relpath, local, zarr_out, run.objects)
     finally:
-        os.remove(local)
+        shutil.rmtree(tmpdir, ignore_errors=True)
     objects = run.objects
     h, w = regions.shape
     seconds = time.perf_counter() - t0
@@ -79,3 +92,20 @@ def segment_large(ctx: ShardContext, job: ShardJob) -> dict:
     return {"shard": job.name, "index": job.index, "images": 1, "failed": 0,
             "objects": run.n, "seconds": seconds, "timings": {},
             "busy": [(t_start, time.time())]}
+
+
+def _write_outlines(ctx, relpath, local, zarr_out, objects):
+    """GeoJSON outlines of a large image from its local label file, read region by region."""
+    if zarr_out:
+        import zarr
+
+        level0 = zarr.open_array(os.path.join(local, "labels", export.LABEL_NAME, "0"), mode="r")
+        features = export.outline_features_by_region(
+            lambda y0, y1, x0, x1: level0[y0:y1, x0:x1], objects)
+    else:
+        with open(local, "rb") as fh:
+            regions = large.TiffRegions(fh)
+            features = export.outline_features_by_region(
+                lambda y0, y1, x0, x1: regions.read(y0, y1, x0, x1)[..., 0], objects)
+            regions.close()
+    ctx.output.write_bytes(export.outline_path(relpath), export.encode_geojson(features))

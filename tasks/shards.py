@@ -18,7 +18,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from segmodel import outputs, shards
+from segmodel import export, outputs, shards
 from segmodel.api import default_tiling
 from segmodel.io import Store, is_transient, list_images
 from segmodel.model import load_model
@@ -69,6 +69,7 @@ class ShardContext:
     channel: object = None  # int index or str name
     plane: object = None
     pyramid_level: int = 0
+    outlines: str = "none"
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,8 @@ def ingest(ctx: ShardContext, patterns: tuple, shard_size: int, run_stamp: str,
     logger = get_run_logger()
     refs = list_images(ctx.input, patterns)
     latest = outputs.reconcile(ctx.output)
+    if ctx.mask_format == "ome-zarr":
+        export.remove_partial(ctx.output)
     todo = outputs.pending(refs, latest, ctx.config_key, retry_failed=retry_failed)
     masks = outputs.mask_paths([r.image_id for r in refs], ctx.mask_format)
     from tasks.large import find_large
@@ -168,8 +171,11 @@ def _write_items(ctx, job, items):
         items, shard=job.name, config_key=ctx.config_key, mask_paths=job.mask_paths,
         model=model)
     t0 = time.perf_counter()
+    images_by_mask = {job.mask_paths[it.ref.image_id]: it for it in items if it.failure is None}
     for relpath, labels in masks.items():
-        ctx.output.write_bytes(relpath, shards.encode_mask(labels, ctx.mask_format))
+        it = images_by_mask[relpath]
+        export.write_outputs(ctx.output, relpath, labels, ctx.mask_format, ctx.outlines,
+                             image=it.prepared.image, name=it.ref.image_id)
     objects_df = pd.concat(objects, ignore_index=True) if objects else outputs.table("objects", [])
     outputs.write_shard(ctx.output, job.name, {
         "objects": objects_df, "images": outputs.table("images", images),

@@ -1,0 +1,498 @@
+"""Interchange outputs: OME-Zarr (NGFF 0.4) label stores and GeoJSON object outlines.
+
+OME-Zarr layout of one image (``mask_format='ome-zarr'``, path ``labels/<id>.ome.zarr``)::
+
+    .zgroup .zattrs            the image: multiscales (axes c, y, x) + omero rendering hints
+    0/ 1/ 2/ ...               image pyramid levels (2x2 mean), chunks (C, 512, 512)
+    labels/.zattrs             {"labels": ["nuclei"]}
+    labels/nuclei/.zattrs      multiscales (axes y, x) + image-label
+    labels/nuclei/0/ 1/ ...    label pyramid levels (2x2 mode: values stay object labels)
+
+Zarr format 2 with ``/`` chunk keys, as NGFF 0.4 asks. A store is encoded in memory (or in a
+local temporary folder for the block-wise path), then uploaded file by file through
+:class:`segmodel.io.Store` with every chunk and array first and the root ``.zattrs`` last: a
+store without its root ``.zattrs`` is incomplete, never shown by a reader as an image, and
+removed by :func:`remove_partial` (or replaced when its image is segmented again).
+
+GeoJSON (``outlines='geojson'``, path ``outlines/<id>.geojson``): a FeatureCollection with one
+Polygon (MultiPolygon for an object in pieces) per object, ``id`` = its label, coordinates
+``[x, y]`` in pixels with the origin at the top-left corner of the top-left pixel (pixel
+``(row, col)`` covers ``[col, col + 1] x [row, row + 1]``), as QuPath and ImageJ place them.
+"""
+
+import json
+import os
+import posixpath
+
+import numpy as np
+
+NGFF_VERSION = "0.4"
+#: Chunk edge of every array (an image chunk holds all its channels).
+CHUNK = 512
+#: The pyramid stops at the first level whose longer side is at most this.
+MIN_LEVEL = 256
+LABEL_NAME = "nuclei"
+ROOT_MARKER = ".zattrs"
+_METADATA = (".zattrs", ".zgroup", ".zarray")
+_RGB = ("FF0000", "00FF00", "0000FF")
+
+
+def pyramid_shapes(shape, min_level=MIN_LEVEL):
+    """``[(H, W), (ceil(H/2), ceil(W/2)), ...]`` halving until the longer side is ``min_level``
+    or less.
+
+    >>> pyramid_shapes((600, 300))
+    [(600, 300), (300, 150)]
+    """
+    shapes = [tuple(int(s) for s in shape)]
+    while max(shapes[-1]) > min_level:
+        shapes.append(tuple(-(-s // 2) for s in shapes[-1]))
+    return shapes
+
+
+def _pad_even(a):
+    """Pad the last two axes of ``a`` to even lengths by repeating the last row / column."""
+    pad = [(0, 0)] * (a.ndim - 2) + [(0, a.shape[-2] % 2), (0, a.shape[-1] % 2)]
+    return np.pad(a, pad, mode="edge") if any(p[1] for p in pad) else a
+
+
+def downsample_labels(labels):
+    """Halve ``(..., H, W)`` labels by the mode of each 2x2 block (ties: top-left pixel).
+
+    Every output value is one of its block's input values, so labels stay valid object ids
+    (nearest-style, never averaged); output shape ``ceil(H/2), ceil(W/2)``.
+    """
+    a = _pad_even(np.asarray(labels))
+    q = [a[..., 0::2, 0::2], a[..., 0::2, 1::2], a[..., 1::2, 0::2], a[..., 1::2, 1::2]]
+    best, best_n = q[0].copy(), sum((q[0] == x).astype(np.uint8) for x in q)
+    for cand in q[1:]:
+        n = sum((cand == x).astype(np.uint8) for x in q)
+        better = n > best_n
+        best[better], best_n = cand[better], np.maximum(n, best_n)
+    return best
+
+
+def downsample_image(image):
+    """Halve ``(..., H, W)`` intensities by the mean of each 2x2 block, keeping the dtype."""
+    a = _pad_even(np.asarray(image))
+    mean = (a[..., 0::2, 0::2].astype(np.float64) + a[..., 0::2, 1::2] + a[..., 1::2, 0::2]
+            + a[..., 1::2, 1::2]) / 4
+    if np.issubdtype(a.dtype, np.integer):
+        mean = np.rint(mean)
+    return mean.astype(a.dtype)
+
+
+def label_dtype(n_objects):
+    """uint16 up to 65535 objects, uint32 beyond (as the TIFF masks)."""
+    return np.uint16 if n_objects <= np.iinfo(np.uint16).max else np.uint32
+
+
+def _datasets(n_levels, lead=()):
+    """NGFF datasets: level k has scale 2**k and a translation to its 2x2 block's centre."""
+    out = []
+    for k in range(n_levels):
+        f = float(2**k)
+        transforms = [{"type": "scale", "scale": [1.0] * len(lead) + [f, f]}]
+        if k:
+            t = (f - 1) / 2
+            transforms.append({"type": "translation", "translation": [0.0] * len(lead) + [t, t]})
+        out.append({"path": str(k), "coordinateTransformations": transforms})
+    return out
+
+
+def multiscales(name, n_levels, *, channels=False, kind="mean"):
+    """The NGFF 0.4 ``multiscales`` list of an image (axes c, y, x) or a label image (y, x)."""
+    axes = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    if channels:
+        axes.insert(0, {"name": "c", "type": "channel"})
+    return [{"version": NGFF_VERSION, "name": name, "axes": axes,
+             "datasets": _datasets(n_levels, ("c",) if channels else ()), "type": kind}]
+
+
+def _omero(name, n_channels, dtype):
+    top = float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
+    colors = _RGB if n_channels == 3 else ("FFFFFF",) * n_channels
+    return {"name": name, "version": NGFF_VERSION, "rdefs": {"model": "color"}, "channels": [
+        {"label": f"c{i}", "color": colors[i], "active": True, "coefficient": 1.0,
+         "family": "linear", "inverted": False,
+         "window": {"min": 0.0, "max": top, "start": 0.0, "end": top}}
+        for i in range(n_channels)]}
+
+
+class OmeZarrBuilder:
+    """Build one image's OME-Zarr in a zarr store band by band; :meth:`finish` adds the pyramid.
+
+    Parameters
+    ----------
+    zstore : zarr store
+        Where to build (``zarr.storage.MemoryStore`` or ``LocalStore`` of a temporary folder).
+    shape : (H, W)
+    label_dtype : numpy dtype
+    n_channels, image_dtype : int, numpy dtype, optional
+        The intensity image (axes c, y, x); None writes labels only under an empty image group.
+    name : str
+        The image's name in the metadata.
+    """
+
+    def __init__(self, zstore, shape, *, label_dtype, n_channels=None, image_dtype=None,
+                 name="image", chunk=CHUNK):
+        import zarr
+
+        self.shapes, self.name, self.chunk = pyramid_shapes(shape), name, chunk
+        self.group = zarr.open_group(zstore, mode="w", zarr_format=2)
+        self.labels = [self._array(f"labels/{LABEL_NAME}/{k}", s, label_dtype)
+                       for k, s in enumerate(self.shapes)]
+        self.image = None
+        if n_channels is not None:
+            self.image = [self._array(str(k), (n_channels, *s), image_dtype)
+                          for k, s in enumerate(self.shapes)]
+
+    def _array(self, path, shape, dtype):
+        import numcodecs
+
+        chunks = (*shape[:-2], self.chunk, self.chunk)
+        return self.group.create_array(
+            path, shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
+            compressors=numcodecs.Blosc(cname="zstd", clevel=5,
+                                        shuffle=numcodecs.Blosc.BITSHUFFLE),
+            chunk_key_encoding={"name": "v2", "separator": "/"})
+
+    def write_labels(self, y0, rows):
+        """Full-resolution label rows ``y0 : y0 + len(rows)`` (``(n, W)``)."""
+        self.labels[0][y0 : y0 + rows.shape[0]] = rows
+
+    def write_image(self, y0, x0, pixels):
+        """Full-resolution pixels ``(h, w, C)`` at ``(y0, x0)``."""
+        h, w = pixels.shape[:2]
+        self.image[0][:, y0 : y0 + h, x0 : x0 + w] = np.moveaxis(pixels, -1, 0)
+
+    def finish(self):
+        """Compute the lower levels from the ones above, band by band; write the metadata."""
+        band = 2 * self.chunk
+        for k in range(1, len(self.shapes)):
+            pairs = [(self.labels, downsample_labels)]
+            if self.image is not None:
+                pairs.append((self.image, downsample_image))
+            for arrays, down in pairs:
+                src, dst = arrays[k - 1], arrays[k]
+                for r0 in range(0, src.shape[-2], band):
+                    part = down(np.asarray(src[..., r0 : r0 + band, :]))
+                    dst[..., r0 // 2 : r0 // 2 + part.shape[-2], :] = part
+        n = len(self.shapes)
+        self.group.require_group("labels").attrs.update({"labels": [LABEL_NAME]})
+        self.group[f"labels/{LABEL_NAME}"].attrs.update({
+            "multiscales": multiscales(LABEL_NAME, n, kind="mode"),
+            "image-label": {"version": NGFF_VERSION, "source": {"image": "../../"}}})
+        attrs = {"multiscales": multiscales(self.name, n, channels=True)}
+        if self.image is not None:
+            attrs["omero"] = _omero(self.name, self.image[0].shape[0], self.image[0].dtype)
+        self.group.attrs.update(attrs)
+
+
+def encode_ome_zarr(labels, image=None, *, name="image", chunk=CHUNK):
+    """``{key: bytes}`` of the OME-Zarr of ``labels`` ``(H, W)`` and ``image`` ``(H, W[, C])``."""
+    from zarr.storage import MemoryStore
+
+    labels = np.asarray(labels)
+    zstore = MemoryStore()
+    n = int(labels.max()) if labels.size else 0
+    image = None if image is None else np.asarray(image)
+    if image is not None and image.ndim == 2:
+        image = image[..., None]
+    builder = OmeZarrBuilder(
+        zstore, labels.shape, label_dtype=label_dtype(n), name=name, chunk=chunk,
+        n_channels=None if image is None else image.shape[-1],
+        image_dtype=None if image is None else image.dtype)
+    builder.write_labels(0, labels.astype(label_dtype(n)))
+    if image is not None:
+        builder.write_image(0, 0, image)
+    builder.finish()
+    return {k: v.to_bytes() for k, v in zstore._store_dict.items()}
+
+
+def write_ome_zarr(store, relpath, labels, image=None, *, name="image"):
+    """Encode in memory and upload to ``relpath`` under ``store`` (root ``.zattrs`` last)."""
+    upload(store, relpath, encode_ome_zarr(labels, image, name=name))
+
+
+def write_outputs(store, mask_path, labels, mask_format, outlines="none", *, image=None,
+                  name="image"):
+    """Write one image's mask at ``mask_path`` and, with ``outlines='geojson'``, its outlines.
+
+    Parameters
+    ----------
+    store : segmodel.io.Store
+    mask_path : str
+        From :func:`segmodel.outputs.mask_paths`.
+    labels : (H, W) ndarray of int
+    mask_format : {'tif', 'png', 'ome-zarr'}
+    outlines : {'none', 'geojson'}, optional
+    image : (H, W[, C]) ndarray, optional
+        The image the labels belong to: written beside them in an OME-Zarr.
+    name : str, optional
+        The image's name in OME-Zarr metadata.
+    """
+    if mask_format == "ome-zarr":
+        write_ome_zarr(store, mask_path, labels, image, name=name)
+    else:
+        from segmodel.shards import encode_mask
+
+        store.write_bytes(mask_path, encode_mask(labels, mask_format))
+    if outlines == "geojson":
+        store.write_bytes(outline_path(mask_path), encode_geojson(outline_features(labels)))
+
+
+def build_large_ome_zarr(folder, regions, bands, *, channels, name="image", chunk=CHUNK):
+    """Build the OME-Zarr of a huge image in the local ``folder``, never holding it whole.
+
+    Parameters
+    ----------
+    folder : str
+        An empty local folder (upload it with :func:`upload` of :func:`local_files`).
+    regions : segmodel.large.TiffRegions
+        The input image, read in full-width bands of ``chunk`` rows for the image levels.
+    bands : iterable of (int, (n, W) ndarray of uint32)
+        The label rows in order (:meth:`segmodel.large.BlockRun.rows`).
+    channels : int
+        Channels the image is converted to (the model's), as for a whole image.
+    """
+    from zarr.storage import LocalStore
+
+    from segmodel.preprocess import to_channels
+
+    h, w = regions.shape
+    first = to_channels(regions.read(0, min(h, chunk), 0, w), channels)
+    builder = OmeZarrBuilder(LocalStore(folder), (h, w), label_dtype=np.uint32,
+                             n_channels=first.shape[-1], image_dtype=first.dtype, name=name,
+                             chunk=chunk)
+    for y0, rows in bands:
+        builder.write_labels(y0, rows)
+    for y0 in range(0, h, chunk):
+        part = first if y0 == 0 else to_channels(regions.read(y0, min(h, y0 + chunk), 0, w),
+                                                 channels)
+        builder.write_image(y0, 0, part)
+    builder.finish()
+
+
+def outline_features_by_region(read, objects, *, tile=2048):
+    """:func:`outline_features` of a huge label image, read region by region.
+
+    Parameters
+    ----------
+    read : callable
+        ``read(y0, y1, x0, x1)`` -> labels of that region (``(h, w)`` ndarray).
+    objects : pandas.DataFrame
+        The image's objects table (``label`` and ``bbox_*`` columns, max exclusive).
+    tile : int, optional
+        Objects are grouped by the ``tile`` x ``tile`` cell of their top-left corner; one read
+        per cell covers its objects' bounding boxes.
+    """
+    features = []
+    if objects.empty:
+        return features
+    cells = objects.assign(cy=objects["bbox_min_y"] // tile, cx=objects["bbox_min_x"] // tile)
+    for _, group in cells.groupby(["cy", "cx"]):
+        y0, x0 = int(group["bbox_min_y"].min()), int(group["bbox_min_x"].min())
+        y1, x1 = int(group["bbox_max_y"].max()), int(group["bbox_max_x"].max())
+        region = np.asarray(read(y0, y1, x0, x1))
+        for row in group.itertuples(index=False):
+            label = int(row.label)
+            by0, bx0 = int(row.bbox_min_y) - y0, int(row.bbox_min_x) - x0
+            by1, bx1 = int(row.bbox_max_y) - y0, int(row.bbox_max_x) - x0
+            mask = region[by0:by1, bx0:bx1] == label
+            if mask.any():  # a seam's second copy may have kept no pixel
+                features.append(_feature(label, int(mask.sum()), object_geometry(
+                    mask, (int(row.bbox_min_y), int(row.bbox_min_x)))))
+    return sorted(features, key=lambda f: f["id"])
+
+
+def local_files(folder):
+    """``{key: local file path}`` of a zarr store built in a local folder."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for f in files:
+            path = os.path.join(root, f)
+            out[os.path.relpath(path, folder).replace(os.sep, "/")] = path
+    return out
+
+
+def _order(key):
+    """Upload order: chunks, then metadata deepest first, the root ``.zattrs`` very last."""
+    base = posixpath.basename(key)
+    if base not in _METADATA:
+        return (0, 0, key)
+    return (1, -key.count("/"), base == ROOT_MARKER, key)
+
+
+def upload(store, relpath, files):
+    """Replace ``relpath`` with ``files`` (``{key: bytes or local path}``), root marker last.
+
+    An earlier store at ``relpath`` (a finished one of a changed image, or a partial one of a
+    killed run) is removed first, marker first, so no mix of old and new chunks stays.
+    """
+    remove_store(store, relpath)
+    files = {k: v for k, v in files.items() if not _empty_attrs(k, v)}
+    keys = sorted(files, key=_order)
+    chunks = [k for k in keys if _order(k)[0] == 0]
+    in_memory = {posixpath.join(relpath, k): bytes(files[k]) for k in chunks
+                 if isinstance(files[k], (bytes, bytearray, memoryview))}
+    store.write_many(in_memory)  # concurrent PUTs on object stores
+    store.put_many({posixpath.join(relpath, k): files[k] for k in chunks
+                    if posixpath.join(relpath, k) not in in_memory})
+    for key in keys[len(chunks):]:  # metadata, in order, the root marker last
+        data = files[key]
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            store.write_bytes(posixpath.join(relpath, key), bytes(data))
+        else:
+            store.put_file(data, posixpath.join(relpath, key))
+
+
+def _empty_attrs(key, data):
+    """True for a ``.zattrs`` holding ``{}`` (optional in Zarr 2: one file less to write)."""
+    if posixpath.basename(key) != ".zattrs":
+        return False
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        if os.path.getsize(data) > 16:
+            return False
+        with open(data, "rb") as f:
+            data = f.read()
+    return bytes(data).strip() == b"{}"
+
+
+def remove_store(store, relpath):
+    """Delete the OME-Zarr at ``relpath`` (its root marker first, so it never looks complete)."""
+    store.remove(store.path(relpath, ROOT_MARKER))
+    store.remove_tree(relpath)
+
+
+def open_ome_zarr(store, relpath):
+    """The OME-Zarr at ``relpath`` under ``store`` as a read-only ``zarr.Group`` (any fsspec
+    file system)."""
+    import zarr
+    from zarr.storage import FsspecStore
+
+    if not is_complete(store, relpath):
+        raise FileNotFoundError(f"no complete OME-Zarr at {store.uri(store.path(relpath))!r} "
+                                f"(missing {ROOT_MARKER}): segment its image again.")
+    mapper = store.fs.get_mapper(store.path(relpath))
+    return zarr.open_group(FsspecStore.from_mapper(mapper, read_only=True), mode="r")
+
+
+def read_labels(store, relpath, level=0):
+    """The ``(H, W)`` labels of pyramid ``level`` of the OME-Zarr at ``relpath``."""
+    return np.asarray(open_ome_zarr(store, relpath)[f"labels/{LABEL_NAME}/{level}"][:])
+
+
+def is_complete(store, relpath):
+    """True when the OME-Zarr at ``relpath`` has its root metadata (it was written to the end)."""
+    return store.exists(relpath, ROOT_MARKER)
+
+
+def remove_partial(store, folder="labels"):
+    """Remove every ``*.zarr`` store under ``folder`` that lacks its root ``.zattrs``.
+
+    Lists the whole folder, so it is called for local outputs only (see README); on object
+    stores an incomplete store is replaced when its image is segmented again.
+    Returns the relative paths removed.
+    """
+    removed = []
+    if store.container() is not None:  # an object store: see above
+        return removed
+    for rel in store.find_dirs(folder, ".zarr"):
+        if not is_complete(store, rel):
+            remove_store(store, rel)
+            removed.append(rel)
+    return removed
+
+
+# ----------------------------------------------------------------------------- outlines
+
+
+def _rings(mask):
+    """Closed rings ``(N, 2)`` (row, col, pixel-centre coordinates) of a padded binary mask."""
+    from skimage.measure import find_contours
+
+    rings = find_contours(mask.astype(np.uint8), 0.5, fully_connected="high",
+                          positive_orientation="high")
+    return [_drop_collinear(r) for r in rings if len(r) >= 4]
+
+
+def _drop_collinear(ring):
+    """The closed ``ring`` without its points on a straight line between their neighbours."""
+    pts = ring[:-1]
+    prev, nxt = np.roll(pts, 1, axis=0), np.roll(pts, -1, axis=0)
+    cross = ((pts[:, 0] - prev[:, 0]) * (nxt[:, 1] - pts[:, 1])
+             - (pts[:, 1] - prev[:, 1]) * (nxt[:, 0] - pts[:, 0]))
+    kept = pts[np.abs(cross) > 1e-9]
+    return np.vstack([kept, kept[:1]])
+
+
+def _signed_area(ring_xy):
+    x, y = ring_xy[:, 0], ring_xy[:, 1]
+    return 0.5 * float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
+
+
+def object_geometry(mask, offset=(0, 0)):
+    """GeoJSON geometry of one object's binary ``mask`` whose top-left pixel is ``offset``.
+
+    Exterior rings come from the object's outer boundaries, interior rings from its holes;
+    one exterior gives a Polygon, several a MultiPolygon. Coordinates ``[x, y]`` are pixel
+    corners (pixel centres at ``+0.5``); rings are closed.
+    """
+    from skimage.measure import points_in_poly
+
+    padded = np.pad(np.asarray(mask, bool), 1)
+    y0, x0 = offset
+    outer, holes = [], []
+    for ring in _rings(padded):
+        xy = np.stack([ring[:, 1] + x0 - 0.5, ring[:, 0] + y0 - 0.5], axis=1)[::-1]
+        (outer if _signed_area(xy) > 0 else holes).append(xy)  # exteriors: positive area
+    polys = [[o] for o in outer]
+    for h in holes:
+        for poly in polys:
+            if points_in_poly(h[:1], poly[0])[0]:
+                poly.append(h)
+                break
+    coords = [[np.round(r, 3).tolist() for r in poly] for poly in polys]
+    if len(coords) == 1:
+        return {"type": "Polygon", "coordinates": coords[0]}
+    return {"type": "MultiPolygon", "coordinates": coords}
+
+
+def outline_features(labels, offset=(0, 0)):
+    """One GeoJSON Feature per object of ``labels`` ``(H, W)``: ``id`` = label.
+
+    Properties: ``objectType`` ``'detection'`` (QuPath's kind for segmented objects),
+    ``label``, ``area`` (pixels) and ``measurements`` (the same two, which QuPath lists).
+    """
+    from skimage.measure import regionprops
+
+    y0, x0 = offset
+    features = []
+    for region in regionprops(np.asarray(labels)):
+        r0, c0, _, _ = region.bbox
+        features.append(_feature(int(region.label), int(region.area),
+                                 object_geometry(region.image, (r0 + y0, c0 + x0))))
+    return features
+
+
+def _feature(label, area, geometry):
+    return {"type": "Feature", "id": label, "geometry": geometry,
+            "properties": {"objectType": "detection", "label": label, "area": area,
+                           "measurements": {"label": label, "area": area}}}
+
+
+def encode_geojson(features):
+    """A FeatureCollection of ``features`` as compact UTF-8 JSON."""
+    return json.dumps({"type": "FeatureCollection", "features": features},
+                      separators=(",", ":")).encode()
+
+
+def outline_path(image_path):
+    """``outlines/<...>.geojson`` for a mask path ``labels/<...>.<ext>`` of any mask format."""
+    rel = image_path.split("/", 1)[1]
+    for ext in (".ome.zarr", ".tif", ".png"):
+        if rel.endswith(ext):
+            rel = rel[: -len(ext)]
+            break
+    return f"outlines/{rel}.geojson"
