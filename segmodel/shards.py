@@ -6,7 +6,7 @@ in. Errors that are not about one image (the model, storage that stays down) pro
 
 import io
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -106,8 +106,8 @@ def segment_shard(model, items, tiling, *, batch_size=8, lock=None, auto=False, 
         lock=lock, on_error=lambda i, exc: _fail(live[i], "postprocess", exc), timings=spent,
     )
     for it, lab, p in zip(live, labels, prepared):
-        if it.failure is None:
-            it.labels, it.prepared = lab, p
+        if it.failure is None:  # the model's input is not needed again: free it now
+            it.labels, it.prepared = lab, replace(p, x=None)
         for stage in ("predict", "postprocess"):
             share = spent.get(stage, 0.0) / len(live)
             it.timings[stage] = it.timings.get(stage, 0.0) + share
