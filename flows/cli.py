@@ -57,6 +57,14 @@ def _parser():
                        help="median nucleus diameter training images are resized to (0: as is)")
     train.add_argument("--init", default="", help="start from this .keras model's weights")
     train.add_argument("--seed", type=int, default=0, help="seed of sampling and augmentation")
+
+    model = sub.add_parser("model", help="model bundles (a .keras file and its spec)")
+    model_sub = model.add_subparsers(dest="model_command", required=True)
+    inspect = model_sub.add_parser("inspect", help="print a bundle's spec and check it against "
+                                                   "its model (exit 1 on any problem)")
+    inspect.add_argument("bundle", help="a .keras file with its spec beside it, or their folder")
+    inspect.add_argument("--trust-model", action="store_true",
+                         help="load a model that carries Python code; only for files you trust")
     return p
 
 
@@ -270,6 +278,18 @@ def _evaluate(args):
     return 0
 
 
+def _inspect(args):
+    from segmodel.bundle import inspect
+
+    lines, errors = inspect(args.bundle, trust=args.trust_model)
+    for line in lines:
+        print(line)
+    for err in errors:
+        print(f"segflow: error: {err}", file=sys.stderr)
+    print(f"{len(errors)} problem(s) found" if errors else "ok: the spec fits the model")
+    return 1 if errors else 0
+
+
 def main(argv=None):
     args = _parser().parse_args(argv)
     if args.command == "run":
@@ -284,6 +304,8 @@ def main(argv=None):
         return _evaluate(args)
     if args.command == "train":
         return _train(args)
+    if args.command == "model":
+        return _inspect(args)
     return 2
 
 
