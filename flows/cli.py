@@ -57,6 +57,13 @@ def _parser():
                        help="median nucleus diameter training images are resized to (0: as is)")
     train.add_argument("--init", default="", help="start from this .keras model's weights")
     train.add_argument("--seed", type=int, default=0, help="seed of sampling and augmentation")
+    train.add_argument("--images", default=None,
+                       help="folder of your own images (instead of --data-dir)")
+    train.add_argument("--labels", default=None, help="folder of their instance label images, "
+                                                      "paired by file stem")
+    train.add_argument("--kind", choices=["instances", "binary", "semantic"], default="instances",
+                       help="output kind of the trained bundle (default: instances)")
+    train.add_argument("--name", default="", help="the bundle's name in its spec")
 
     model = sub.add_parser("model", help="model bundles (a .keras file and its spec)")
     model_sub = model.add_subparsers(dest="model_command", required=True)
@@ -248,14 +255,30 @@ def _serve(args):
 
 
 def _train(args):
+    from pydantic import ValidationError
+
     from flows.params import TrainParams
     from flows.train import train_model
 
-    path = train_model(TrainParams(out_dir=args.out_dir, data_dir=args.data_dir,
-                                   steps=args.steps, steps_per_epoch=args.steps_per_epoch,
-                                   learning_rate=args.learning_rate,
-                                   object_diameter=args.object_diameter, init=args.init,
-                                   seed=args.seed))
+    try:
+        params = TrainParams(out_dir=args.out_dir, data_dir=args.data_dir, steps=args.steps,
+                             steps_per_epoch=args.steps_per_epoch,
+                             learning_rate=args.learning_rate,
+                             object_diameter=args.object_diameter, init=args.init,
+                             seed=args.seed, images_dir=args.images, labels_dir=args.labels,
+                             kind=args.kind, name=args.name)
+    except ValidationError as exc:
+        raise SystemExit("segflow: invalid parameters\n  " + "\n  ".join(
+            f"{err['loc'][0] if err['loc'] else 'parameters'}: {err['msg']}"
+            for err in exc.errors())) from None
+    if args.images:  # a missing or unpaired folder fails here, not inside the flow
+        from segmodel.datasets import list_pairs
+
+        try:
+            list_pairs(args.images, args.labels or args.images)
+        except (FileNotFoundError, ValueError) as exc:
+            raise SystemExit(f"segflow: {exc}") from None
+    path = train_model(params)
     print(f"trained model: {path}")
     return 0
 

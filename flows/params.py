@@ -121,6 +121,20 @@ class TrainParams(BaseModel):
         "pixels; --scale auto does the same at inference (0: train at the images' own scale).")
     init: str = Field("", description="Start from this .keras model's weights ('' = random).")
     seed: int = Field(0, description="Seed of patch sampling and augmentation.")
+    images_dir: Optional[str] = Field(
+        None, description="Your own images (instead of data_dir), paired by file stem with "
+        "labels_dir.")
+    labels_dir: Optional[str] = Field(None, description="Instance label images of images_dir.")
+    kind: Literal["instances", "binary", "semantic"] = Field(
+        "instances", description="Output kind of the trained model bundle.")
+    name: str = Field("", description="The bundle's name ('' = '<kind>-unet').")
+
+    @field_validator("labels_dir")
+    @classmethod
+    def _labels_with_images(cls, value, info):
+        if value and not info.data.get("images_dir"):
+            raise ValueError("labels_dir needs images_dir (the images the labels belong to).")
+        return value
 
 
 __all__ = ["SegmentParams", "TrainParams"]
