@@ -55,8 +55,8 @@ def test_a_yaml_spec_loads_and_matches_the_same_spec_in_json(tmp_path):
 
 
 @pytest.mark.parametrize("fields, message", [
-    ({"kind": "panoptic"}, "field 'kind' must be one of instances, binary, semantic. "
-                           "Received: kind='panoptic'"),
+    ({"kind": "panoptic"}, ("field 'kind' must be one of instances, binary, semantic. "
+                           "Received: kind='panoptic'")),
     ({"kind": "semantic"}, "a semantic model needs 'classes'"),
     ({**SEMANTIC, "object_class": "nucleus"}, "field 'object_class' must be one of the classes"),
     ({"tile": "big"}, "field 'tile' must be a int. Received: tile='big'"),
@@ -120,13 +120,13 @@ def test_inspect_prints_the_spec_and_passes_a_fitting_bundle(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("model, spec, message", [
-    ({"channels": 1}, SEMANTIC, "field 'channels' is 3 but the model's input shape "
-                                "(None, None, None, 1) takes 1 channels"),
+    ({"channels": 1}, SEMANTIC, ("field 'channels' is 3 but the model's input shape "
+                                "(None, None, None, 1) takes 1 channels")),
     ({}, {**SEMANTIC, "classes": ["bg", "interior", "b", "c"]},
      "needs one softmax channel per class (4 classes"),
     ({"outputs": 1, "activation": "sigmoid"}, {"kind": "instances", "divisor": 4},
-     "outputs 1 channels (shape (None, None, None, 1)). Fix the spec: set kind to the model's "
-     "output kind (binary)"),
+     ("outputs 1 channels (shape (None, None, None, 1)). Fix the spec: set kind to the model's "
+     "output kind (binary)")),
     ({"pools": 3}, SEMANTIC, "field 'divisor' is 4 but the model downsamples 8x"),
     ({}, {**SEMANTIC, "tile": 66}, "field 'tile' (66) is not a multiple of field 'divisor' (4)"),
 ], ids=["channels", "classes", "kind", "divisor", "tile"])
@@ -134,7 +134,7 @@ def test_inspect_catches_a_spec_that_does_not_fit_its_model(tmp_path, capsys, mo
                                                             message):
     _tiny(tmp_path / "m.keras", **model)
     (tmp_path / "m.json").write_text(json.dumps(spec))
-    code, out, err = _inspect(tmp_path / "m.keras", capsys)
+    code, _out, err = _inspect(tmp_path / "m.keras", capsys)
     assert code == 1
     assert message in err and str(tmp_path / "m.json") in err
 
