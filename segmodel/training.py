@@ -274,8 +274,8 @@ def train(out_dir, config=TrainConfig(), log=print):
         log("no images in the tune split: default post-processing thresholds")
     semantic = config.kind == "semantic"
     spec = ModelSpec(
-        name=config.name or ("nuclei-unet" if config.kind == "instances" else
-                             f"{config.kind}-unet"),
+        name=config.name or ("nuclei-unet" if config.kind == "instances" and not config.images_dir
+                             else f"{config.kind}-unet"),
         kind=config.kind, classes=SEMANTIC_CLASSES if semantic else (),
         object_class="interior" if semantic else "", divisor=2 ** len(config.filters),
         object_diameter=config.object_diameter, postprocess=settings, training={
