@@ -42,6 +42,8 @@ def segment_large(ctx: ShardContext, job: ShardJob) -> dict:
     t_start, t0 = time.time(), time.perf_counter()
     (ref,) = job.refs
     model = load_model(ctx.model_path, trust=ctx.trust_model)
+    if model.spec.kind == "semantic" or model.spec.normalization != "percentile":
+        return _unsupported(ctx, job, ref, model, t_start)
     tiling = default_tiling(model.spec, ctx.tile_size, ctx.overlap)
     relpath = job.mask_paths[ref.image_id].rsplit(".", 1)[0] + ".tif"
     fd, local = tempfile.mkstemp(suffix=".tif")
@@ -79,3 +81,21 @@ def segment_large(ctx: ShardContext, job: ShardJob) -> dict:
     return {"shard": job.name, "index": job.index, "images": 1, "failed": 0,
             "objects": run.n, "seconds": seconds, "timings": {},
             "busy": [(t_start, time.time())]}
+
+
+def _unsupported(ctx, job, ref, model, t_start):
+    """A failures row for a large image whose model cannot run block by block."""
+    message = (f"{ref.image_id} is above --tiled-above ({ctx.tiled_above} pixels) and model "
+               f"{model.spec.name!r} (kind {model.spec.kind}, normalization "
+               f"{model.spec.normalization}) cannot segment block by block: only instance and "
+               "binary models with percentile normalisation can. Raise --tiled-above above "
+               "the image's pixel count to segment it whole.")
+    failure = {"image_id": ref.image_id, "uri": ref.uri, "stage": "read",
+               "error_type": "ValueError", "message": message, "fingerprint": ref.fingerprint,
+               "config_key": ctx.config_key, "shard": job.name}
+    outputs.write_shard(ctx.output, job.name, {
+        "objects": outputs.table("objects", []), "images": outputs.table("images", []),
+        "failures": outputs.table("failures", [failure])})
+    get_run_logger().warning("failed %s: %s", ref.image_id, message)
+    return {"shard": job.name, "index": job.index, "images": 0, "failed": 1, "objects": 0,
+            "seconds": 0.0, "timings": {}, "busy": [(t_start, time.time())]}

@@ -194,3 +194,18 @@ def test_segflow_train_names_an_unpaired_folder(tmp_path):
         main(["train", str(tmp_path / "out"), "--images", str(tmp_path / "images"),
               "--labels", str(tmp_path / "labels")])
     assert "no image of" in str(err.value) and "a01.png -> a01.png" in str(err.value)
+
+
+def test_a_huge_tiff_with_a_semantic_bundle_becomes_a_failures_row(semantic_bundle, own_data,
+                                                                   tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    image = np.asarray(Image.open(sorted((own_data / "images").iterdir())[0]))
+    tifffile.imwrite(src / "big.tif", image)
+    out = tmp_path / "out"
+    assert main(["run", str(src), str(out), "--model", str(semantic_bundle),
+                 "--tiled-above", "1000"]) == 0
+    failures = pd.read_parquet(out / "failures")
+    assert failures["image_id"].tolist() == ["big.tif"]
+    assert "cannot segment block by block" in failures["message"][0]
+    assert "--tiled-above" in failures["message"][0]
