@@ -87,7 +87,8 @@ def _add_run_options(p):
                    help="test-time augmentation: average over flips (4x model time)")
     p.add_argument("--tile-size", type=int, default=None)
     p.add_argument("--mask-format", choices=["tif", "png"], default="tif")
-    p.add_argument("--model", default=None, help="path of a .keras model (default: bundled)")
+    p.add_argument("--model", default=None, help="a .keras model with its spec beside it, or "
+                   "their folder (a bundle; default: the bundled nuclei model)")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="images with more pixels fail (default: 256 million)")
     p.add_argument("--tiled-above", type=int, default=None,

@@ -32,7 +32,8 @@ class SegmentParams(BaseModel):
     tta: bool = Field(False, description="Average the model over four flips (4x the compute).")
     tile_size: Optional[int] = Field(None, description="Tile size (default: the model's).")
     mask_format: Literal["tif", "png"] = Field("tif", description="Label mask file format.")
-    model: Optional[str] = Field(None, description="Path of a .keras model (default: bundled).")
+    model: Optional[str] = Field(None, description="Path of a .keras model, or of a bundle "
+                                 "folder (model + spec; default: bundled).")
     max_pixels: int = Field(MAX_PIXELS, ge=1, description="Images larger than this fail.")
     retry_failed: bool = Field(False, description="Try unchanged images that failed before again.")
     max_failure_fraction: float = Field(

@@ -10,6 +10,7 @@ The network maps a normalised ``(H, W, 3)`` image to three maps in [0, 1]:
 :mod:`segmodel.postprocess` turns them into instance labels by marker-controlled watershed.
 A shipped model is a ``.keras`` file plus a ``.json`` sidecar with its settings (tile size,
 normalisation, post-processing thresholds) so the thresholds travel with the weights.
+Other Keras models (binary and semantic heads too) come as bundles: see :mod:`segmodel.bundle`.
 """
 
 import hashlib
