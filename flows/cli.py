@@ -57,6 +57,21 @@ def _parser():
                        help="median nucleus diameter training images are resized to (0: as is)")
     train.add_argument("--init", default="", help="start from this .keras model's weights")
     train.add_argument("--seed", type=int, default=0, help="seed of sampling and augmentation")
+    train.add_argument("--images", default=None,
+                       help="folder of your own images (instead of --data-dir)")
+    train.add_argument("--labels", default=None, help="folder of their instance label images, "
+                                                      "paired by file stem")
+    train.add_argument("--kind", choices=["instances", "binary", "semantic"], default="instances",
+                       help="output kind of the trained bundle (default: instances)")
+    train.add_argument("--name", default="", help="the bundle's name in its spec")
+
+    model = sub.add_parser("model", help="model bundles (a .keras file and its spec)")
+    model_sub = model.add_subparsers(dest="model_command", required=True)
+    inspect = model_sub.add_parser("inspect", help="print a bundle's spec and check it against "
+                                                   "its model (exit 1 on any problem)")
+    inspect.add_argument("bundle", help="a .keras file with its spec beside it, or their folder")
+    inspect.add_argument("--trust-model", action="store_true",
+                         help="load a model that carries Python code; only for files you trust")
     return p
 
 
@@ -75,7 +90,8 @@ def _add_run_options(p):
                    help="label mask format (ome-zarr: NGFF labels with a pyramid, for napari)")
     p.add_argument("--outlines", choices=["none", "geojson"], default="none",
                    help="also write object outlines (geojson: outlines/<id>.geojson, for QuPath)")
-    p.add_argument("--model", default=None, help="path of a .keras model (default: bundled)")
+    p.add_argument("--model", default=None, help="a .keras model with its spec beside it, or "
+                   "their folder (a bundle; default: the bundled nuclei model)")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="images with more pixels fail (default: 256 million)")
     p.add_argument("--tiled-above", type=int, default=None,
@@ -259,14 +275,30 @@ def _serve(args):
 
 
 def _train(args):
+    from pydantic import ValidationError
+
     from flows.params import TrainParams
     from flows.train import train_model
 
-    path = train_model(TrainParams(out_dir=args.out_dir, data_dir=args.data_dir,
-                                   steps=args.steps, steps_per_epoch=args.steps_per_epoch,
-                                   learning_rate=args.learning_rate,
-                                   object_diameter=args.object_diameter, init=args.init,
-                                   seed=args.seed))
+    try:
+        params = TrainParams(out_dir=args.out_dir, data_dir=args.data_dir, steps=args.steps,
+                             steps_per_epoch=args.steps_per_epoch,
+                             learning_rate=args.learning_rate,
+                             object_diameter=args.object_diameter, init=args.init,
+                             seed=args.seed, images_dir=args.images, labels_dir=args.labels,
+                             kind=args.kind, name=args.name)
+    except ValidationError as exc:
+        raise SystemExit("segflow: invalid parameters\n  " + "\n  ".join(
+            f"{err['loc'][0] if err['loc'] else 'parameters'}: {err['msg']}"
+            for err in exc.errors())) from None
+    if args.images:  # a missing or unpaired folder fails here, not inside the flow
+        from segmodel.datasets import list_pairs
+
+        try:
+            list_pairs(args.images, args.labels or args.images)
+        except (FileNotFoundError, ValueError) as exc:
+            raise SystemExit(f"segflow: {exc}") from None
+    path = train_model(params)
     print(f"trained model: {path}")
     return 0
 
@@ -289,6 +321,18 @@ def _evaluate(args):
     return 0
 
 
+def _inspect(args):
+    from segmodel.bundle import inspect
+
+    lines, errors = inspect(args.bundle, trust=args.trust_model)
+    for line in lines:
+        print(line)
+    for err in errors:
+        print(f"segflow: error: {err}", file=sys.stderr)
+    print(f"{len(errors)} problem(s) found" if errors else "ok: the spec fits the model")
+    return 1 if errors else 0
+
+
 def main(argv=None):
     args = _parser().parse_args(argv)
     if args.command == "run":
@@ -303,6 +347,8 @@ def main(argv=None):
         return _evaluate(args)
     if args.command == "train":
         return _train(args)
+    if args.command == "model":
+        return _inspect(args)
     return 2
 
 

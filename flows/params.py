@@ -34,7 +34,8 @@ class SegmentParams(BaseModel):
     mask_format: Literal["tif", "png", "ome-zarr"] = Field(
         "tif", description="Label mask format: 'ome-zarr' writes OME-Zarr (NGFF 0.4) labels with "
         "a pyramid beside the image, for napari.")
-    model: Optional[str] = Field(None, description="Path of a .keras model (default: bundled).")
+    model: Optional[str] = Field(None, description="Path of a .keras model, or of a bundle "
+                                 "folder (model + spec; default: bundled).")
     max_pixels: int = Field(MAX_PIXELS, ge=1, description="Images larger than this fail.")
     retry_failed: bool = Field(False, description="Try unchanged images that failed before again.")
     max_failure_fraction: float = Field(
@@ -142,6 +143,20 @@ class TrainParams(BaseModel):
         "pixels; --scale auto does the same at inference (0: train at the images' own scale).")
     init: str = Field("", description="Start from this .keras model's weights ('' = random).")
     seed: int = Field(0, description="Seed of patch sampling and augmentation.")
+    images_dir: Optional[str] = Field(
+        None, description="Your own images (instead of data_dir), paired by file stem with "
+        "labels_dir.")
+    labels_dir: Optional[str] = Field(None, description="Instance label images of images_dir.")
+    kind: Literal["instances", "binary", "semantic"] = Field(
+        "instances", description="Output kind of the trained model bundle.")
+    name: str = Field("", description="The bundle's name ('' = '<kind>-unet').")
+
+    @field_validator("labels_dir")
+    @classmethod
+    def _labels_with_images(cls, value, info):
+        if value and not info.data.get("images_dir"):
+            raise ValueError("labels_dir needs images_dir (the images the labels belong to).")
+        return value
 
 
 __all__ = ["SegmentParams", "TrainParams"]

@@ -14,8 +14,9 @@ from flows.params import SegmentParams
 from flows.timing import RunClock
 from segmodel import __version__
 from segmodel.api import default_tiling, validate_scale
+from segmodel.bundle import check_model
 from segmodel.io import Store
-from segmodel.model import load_model
+from segmodel.model import load_model, spec_path
 from tasks.large import segment_large
 from tasks.shards import (
     ShardContext,
@@ -34,6 +35,9 @@ IN_FLIGHT = runners.IN_FLIGHT
 def _context(params):
     """Check everything that can be checked before any work, and build the shared context."""
     model = load_model(params.model, trust=params.trust_model)
+    problems = check_model(model.keras_model, model.spec, str(spec_path(model.path)))
+    if problems:  # a bundle whose spec does not fit its model: say so before any work
+        raise ValueError("; ".join(problems) + f" (check with: segflow model inspect {model.path})")
     tiling = default_tiling(model.spec, params.tile_size)
     validate_scale(params.scale, model.spec)
     key = json.dumps([model.fingerprint, params.scale, tiling.tile, tiling.overlap,

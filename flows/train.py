@@ -14,12 +14,14 @@ def _train(params: TrainParams) -> str:
     config = TrainConfig(steps=params.steps, steps_per_epoch=params.steps_per_epoch,
                          learning_rate=params.learning_rate,
                          object_diameter=params.object_diameter, init=params.init,
-                         seed=params.seed,
+                         seed=params.seed, images_dir=params.images_dir or "",
+                         labels_dir=params.labels_dir or "", kind=params.kind, name=params.name,
                          **({"data_dir": params.data_dir} if params.data_dir else {}))
     return str(train(params.out_dir, config, log=logger.info))
 
 
 @flow(name="train-model")
 def train_model(params: TrainParams) -> str:
-    """Train the nuclei model; rerun with the same out_dir to resume after an interruption."""
+    """Train the nuclei model, or a bundle on your own images (``images_dir``/``labels_dir``);
+    rerun with the same out_dir to resume after an interruption."""
     return _train(params)

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from segmodel.bundle import n_outputs, normalize
+from segmodel.heads import mask_from_maps, object_labels
 from segmodel.measure import CHANNELS, measure_objects
 from segmodel.model import LoadedModel, load_model
-from segmodel.postprocess import labels_from_maps
 from segmodel.predict import predict_maps, with_flips
 from segmodel.preprocess import (
     Normalization,
@@ -72,6 +73,8 @@ def prepare(image, spec, scale=1.0):
     picks the scale.
     """
     image = to_channels(np.asarray(image), spec.channels)
+    if spec.normalization != "percentile":
+        return rescale(Prepared(image, normalize(image, spec), 1.0), 1.0 if scale == AUTO else scale)
     stats = estimate_normalization(image, Normalization(spec.p_low, spec.p_high, spec.invert))
     x = apply_normalization(image, stats)
     return rescale(Prepared(image, x, 1.0), 1.0 if scale == AUTO else scale)
@@ -94,7 +97,7 @@ def finish(maps, prepared, spec):
     shape = prepared.image.shape[:2]
     if prepared.scale < 1.0:
         maps = resize(maps, shape, order=1)
-    labels = labels_from_maps(maps, spec.postprocess)
+    labels = mask_from_maps(maps, spec)  # class map of a semantic model
     if labels.shape != shape:
         labels = resize(labels, shape, order=0)
     return labels
@@ -146,7 +149,7 @@ def predict_labels(lm, prepared, tiling, *, batch_size=8, auto=False, tta=False,
         with guard:
             t0 = time.perf_counter()
             maps = predict_maps(predict, [prepared[i].x for i in indices], tiling=tiling,
-                                batch_size=batch_size)
+                                batch_size=batch_size, n_out=n_outputs(lm.spec))
             t0 = tick("predict", t0)
         for i, m in zip(indices, maps):
             try:
@@ -164,7 +167,7 @@ def predict_labels(lm, prepared, tiling, *, batch_size=8, auto=False, tta=False,
         for i, lab in enumerate(labels):
             if lab is None:
                 continue
-            factor = auto_scale(lab, lm.spec)
+            factor = auto_scale(object_labels(lab, lm.spec), lm.spec)
             if abs(math.log(factor)) > math.log(AUTO_KEEP):
                 prepared[i] = rescale(prepared[i], prepared[i].scale * factor)
                 redo.append(i)
@@ -203,6 +206,7 @@ def segment_many(images, model=None, *, scale=1.0, batch_size=8, tiling=None, tt
     Returns
     -------
     list of (H, W) ndarray of int32
+        Instance labels; for a semantic model, class maps (see :mod:`segmodel.heads`).
     """
     lm = resolve_model(model)
     scale = validate_scale(scale, lm.spec)
@@ -215,6 +219,7 @@ def segment_many(images, model=None, *, scale=1.0, batch_size=8, tiling=None, tt
 
 def segment(image, model=None, *, scale=1.0, tta=False, image_id=""):
     """Segment one image: ``(labels (H, W) int32, objects table)``."""
-    labels = segment_many([image], model, scale=scale, tta=tta)[0]
+    lm = resolve_model(model)
+    labels = segment_many([image], lm, scale=scale, tta=tta)[0]
     intensity = to_channels(np.asarray(image), CHANNELS)
-    return labels, measure_objects(labels, intensity, image_id)
+    return labels, measure_objects(object_labels(labels, lm.spec), intensity, image_id)

@@ -58,3 +58,66 @@ def list_samples(root=DEFAULT_DATA, split=None):
         for r in rows
         if split is None or split_of(r["id"]) == split
     ]
+
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+
+
+@dataclass(frozen=True)
+class PairedSample:
+    """An image and its instance-label image from two folders, paired by file stem."""
+
+    id: str
+    image_path: Path
+    label_path: Path
+    modality: str = "own"
+
+    def load(self):
+        """``(image (H, W, C), labels (H, W) int32)``; labels must be one 2-D integer plane."""
+        from segmodel.preprocess import decode_image
+
+        image = decode_image(self.image_path.read_bytes(), name=str(self.image_path))
+        labels = decode_image(self.label_path.read_bytes(), name=str(self.label_path))
+        if labels.shape[-1] != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(
+                f"label image {str(self.label_path)!r} must be one plane of integers (0 = "
+                f"background, 1..N = objects). Received: shape {labels.shape}, dtype "
+                f"{labels.dtype}. Save instance labels as 16-bit PNG or integer TIFF.")
+        if labels.shape[:2] != image.shape[:2]:
+            raise ValueError(
+                f"label image {str(self.label_path)!r} is {labels.shape[1]}x{labels.shape[0]} "
+                f"but its image {str(self.image_path)!r} is {image.shape[1]}x{image.shape[0]}: "
+                "they must match.")
+        return image, labels[..., 0].astype(np.int32)
+
+
+def list_pairs(images_dir, labels_dir):
+    """Images of ``images_dir`` paired with the label image of the same stem in ``labels_dir``.
+
+    ``a01.png`` pairs with ``a01.png``, ``a01.tif`` (or any image suffix) of the labels folder.
+    Returns ``(samples sorted by id, ids of images without labels)``.
+    """
+    images_dir, labels_dir = Path(images_dir), Path(labels_dir)
+    for name, folder in (("images", images_dir), ("labels", labels_dir)):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{name} folder not found: {str(folder)!r}. Pass a folder "
+                                    f"of {'images' if name == 'images' else 'instance label images'}.")
+
+    def by_stem(folder):
+        found = {}
+        for p in sorted(folder.iterdir()):
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."):
+                if p.stem in found:
+                    raise ValueError(f"two files with the stem {p.stem!r} in {str(folder)!r} "
+                                     f"({found[p.stem].name}, {p.name}): keep one.")
+                found[p.stem] = p
+        return found
+
+    images, labels = by_stem(images_dir), by_stem(labels_dir)
+    samples = [PairedSample(s, images[s], labels[s]) for s in sorted(images) if s in labels]
+    if not samples:
+        raise FileNotFoundError(
+            f"no image of {str(images_dir)!r} has a label image of the same name in "
+            f"{str(labels_dir)!r} ({len(images)} images, {len(labels)} label files). Name each "
+            "label image like its image (a01.png -> a01.png or a01.tif).")
+    return samples, sorted(set(images) - set(labels))

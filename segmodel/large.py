@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from segmodel.api import Prepared, auto_scale, finish, predict_labels, prepare
+from segmodel.bundle import n_outputs
 from segmodel.measure import CHANNELS, empty_objects, measure_objects
 from segmodel.predict import predict_maps
 from segmodel.preprocess import (
@@ -134,6 +135,12 @@ class BlockRun:
                  blocks=None, lock=None):
         self.blocks = blocks or Blocks()
         self.blocks.validate()
+        if model.spec.kind == "semantic" or model.spec.normalization != "percentile":
+            raise ValueError(
+                f"model {model.spec.name!r} (kind {model.spec.kind}, normalization "
+                f"{model.spec.normalization}) cannot segment block by block: only instance and "
+                "binary models with percentile normalisation can. Raise --tiled-above above "
+                "this image's pixel count to segment it whole.")
         self.regions, self.model, self.image_id = regions, model, image_id
         self.scale, self.tiling, self.batch_size, self.lock = scale, tiling, batch_size, lock
         self.n = 0
@@ -205,7 +212,7 @@ class BlockRun:
 
     def _predict(self, x):
         return predict_maps(self.model.predict_batch, [x], tiling=self.tiling,
-                            batch_size=self.batch_size)[0]
+                            batch_size=self.batch_size, n_out=n_outputs(self.model.spec))[0]
 
 
 def _owned(labels, core):

@@ -10,6 +10,7 @@ The network maps a normalised ``(H, W, 3)`` image to three maps in [0, 1]:
 :mod:`segmodel.postprocess` turns them into instance labels by marker-controlled watershed.
 A shipped model is a ``.keras`` file plus a ``.json`` sidecar with its settings (tile size,
 normalisation, post-processing thresholds) so the thresholds travel with the weights.
+Other Keras models (binary and semantic heads too) come as bundles: see :mod:`segmodel.bundle`.
 """
 
 import hashlib
@@ -18,6 +19,8 @@ import os
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 OUTPUTS = ("foreground", "boundary", "distance")
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "nuclei.keras"
@@ -34,7 +37,8 @@ def _conv_block(x, filters, name):
     return x
 
 
-def build_unet(*, channels=3, filters=(16, 32, 64, 128), bottleneck=256, name="nuclei_unet"):
+def build_unet(*, channels=3, filters=(16, 32, 64, 128), bottleneck=256, name="nuclei_unet",
+               outputs=3, activation="sigmoid"):
     """Build a U-Net with ``len(filters)`` 2x downsamplings and three sigmoid output maps.
 
     Parameters
@@ -45,6 +49,8 @@ def build_unet(*, channels=3, filters=(16, 32, 64, 128), bottleneck=256, name="n
         Filters per encoder level; the input size must be a multiple of ``2**len(filters)``.
     bottleneck : int, optional
         Filters at the lowest resolution.
+    outputs, activation : optional
+        Output channels and their activation (``"softmax"`` for a semantic model).
 
     Returns
     -------
@@ -70,8 +76,8 @@ def build_unet(*, channels=3, filters=(16, 32, 64, 128), bottleneck=256, name="n
         x = layers.Conv2DTranspose(f, 2, strides=2, padding="same", name=f"dec{level}_up")(x)
         x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level]])
         x = _conv_block(x, f, f"dec{level}")
-    outputs = layers.Conv2D(len(OUTPUTS), 1, activation="sigmoid", name="maps", dtype="float32")(x)
-    return keras.Model(inputs, outputs, name=name)
+    maps = layers.Conv2D(outputs, 1, activation=activation, name="maps", dtype="float32")(x)
+    return keras.Model(inputs, maps, name=name)
 
 
 @dataclass(frozen=True)
@@ -101,11 +107,31 @@ class ModelSpec:
     object_diameter: float = 0.0
     postprocess: PostprocessSettings = field(default_factory=PostprocessSettings)
     training: dict = field(default_factory=dict)
+    # Model bundles (see segmodel.bundle); the defaults describe the shipped instance model.
+    #: Output kind: "instances" (foreground/boundary/distance maps, watershed), "binary"
+    #: (one sigmoid foreground map) or "semantic" (softmax over ``classes``).
+    kind: str = "instances"
+    #: Class names of a semantic model, in the order of its output channels (0 = background).
+    classes: tuple = ()
+    #: Semantic models: the class whose connected components become the objects table's rows
+    #: ("" = no objects, only the class map and the per-class table).
+    object_class: str = ""
+    #: Binary models: "components" (connected components of the foreground) or "watershed"
+    #: (distance-transform watershed, splitting touching objects).
+    split: str = "components"
+    #: Axes of the model's input: "YXC" (channels last) or "CYX" (channels first).
+    axes: str = "YXC"
+    #: "percentile" (p_low/p_high/invert), "range" (divide by the dtype's maximum) or "none".
+    normalization: str = "percentile"
+    #: Pixel size (micrometres) of the images the model was trained on; 0: unknown.
+    pixel_size: float = 0.0
 
     @classmethod
     def from_dict(cls, d):
         d = dict(d)
         d["postprocess"] = PostprocessSettings(**d.get("postprocess", {}))
+        if "classes" in d:
+            d["classes"] = tuple(d["classes"])
         return cls(**d)
 
     def to_dict(self):
@@ -113,7 +139,10 @@ class ModelSpec:
 
 
 def spec_path(model_path):
-    return Path(str(model_path)).with_suffix(".json")
+    """The spec beside a ``.keras`` file: ``.json``, else ``.yaml``/``.yml`` (``.json`` if none)."""
+    from segmodel.bundle import find_spec
+
+    return find_spec(model_path) or Path(str(model_path)).with_suffix(".json")
 
 
 def save_model(model, spec, path):
@@ -125,7 +154,7 @@ def save_model(model, spec, path):
     os.replace(tmp, path)
     tmp_spec = path.with_name(f".{path.stem}.tmp.json")
     tmp_spec.write_text(json.dumps(spec.to_dict(), indent=2, sort_keys=True))
-    os.replace(tmp_spec, spec_path(path))
+    os.replace(tmp_spec, path.with_suffix(".json"))
 
 
 _FINGERPRINTS = {}
@@ -163,6 +192,9 @@ class LoadedModel:
         Uses Keras' compiled predict step, traced once per batch shape (the pipeline only ever
         sends one shape).
         """
+        if self.spec.axes == "CYX":  # a channels-first model: same batch, axes moved
+            out = self.keras_model.predict_on_batch(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))
+            return np.asarray(out).transpose(0, 2, 3, 1)
         return self.keras_model.predict_on_batch(batch)
 
 
@@ -194,7 +226,9 @@ def load_model(path=None, *, trust=False):
     ValueError
         The file carries Python code and ``trust`` is False.
     """
-    path = Path(path) if path is not None else DEFAULT_MODEL
+    from segmodel.bundle import read_spec, resolve_bundle
+
+    path = resolve_bundle(path) if path is not None else DEFAULT_MODEL
     if not path.is_file():
         raise FileNotFoundError(
             f"model file not found: {str(path)!r}. Pass the path of a .keras file, or omit it "
@@ -204,7 +238,7 @@ def load_model(path=None, *, trust=False):
     with _CACHE_LOCK:
         if key not in _CACHE:
             sp = spec_path(path)
-            spec = ModelSpec.from_dict(json.loads(sp.read_text())) if sp.exists() else ModelSpec()
+            spec = read_spec(sp) if sp.exists() else ModelSpec()
             kmodel = _load_keras(path, trust)
             _CACHE[key] = LoadedModel(kmodel, spec, key[0], str(path))
         return _CACHE[key]

@@ -7,6 +7,7 @@ Layout under OUTPUT::
     objects/<shard>.parquet                     one row per object
     images/<shard>.parquet                      one row per segmented image
     failures/<shard>.parquet                    one row per image that failed
+    classes/<shard>.parquet                     semantic models: one row per image and class
     run.json                                    the last run's parameters, model and counts
 
 A shard's parts are written objects, failures, then images: the images part is the commit
@@ -19,9 +20,12 @@ import posixpath
 
 import pandas as pd
 
+from segmodel.heads import CLASS_SCHEMA
 from segmodel.measure import OBJECT_SCHEMA
 
-TABLES = ("objects", "failures", "images")  # write order: images last (commit marker)
+TABLES = ("objects", "classes", "failures", "images")  # write order: images last (commit marker)
+#: Tables whose parts only some runs write (``classes``: semantic models).
+OPTIONAL = ("classes",)
 
 IMAGE_SCHEMA = {
     "image_id": "string", "uri": "string", "height": "int64", "width": "int64",
@@ -36,7 +40,8 @@ FAILURE_SCHEMA = {
     "image_id": "string", "uri": "string", "stage": "string", "error_type": "string",
     "message": "string", "fingerprint": "string", "config_key": "string", "shard": "string",
 }
-SCHEMAS = {"objects": OBJECT_SCHEMA, "images": IMAGE_SCHEMA, "failures": FAILURE_SCHEMA}
+SCHEMAS = {"objects": OBJECT_SCHEMA, "images": IMAGE_SCHEMA, "failures": FAILURE_SCHEMA,
+           "classes": CLASS_SCHEMA}
 MASK_FORMATS = ("tif", "png", "ome-zarr")
 #: File name ending of each mask format.
 MASK_SUFFIXES = {"tif": "tif", "png": "png", "ome-zarr": "ome.zarr"}
@@ -89,8 +94,11 @@ def encode_parquet(df):
 
 
 def write_shard(store, shard, tables):
-    """Write ``{'objects': df, 'failures': df, 'images': df}`` as the parts of ``shard``."""
+    """Write ``{'objects': df, 'failures': df, 'images': df}`` as the parts of ``shard``
+    (and ``'classes'`` where given)."""
     for name in TABLES:
+        if name in OPTIONAL and name not in tables:
+            continue
         store.write_bytes(f"{name}/{shard}.parquet", encode_parquet(tables[name]))
 
 
@@ -117,7 +125,7 @@ def reconcile(store):
     """
     store.remove_temporaries()
     committed = _shards(store, "images")
-    for name in ("objects", "failures"):
+    for name in ("objects", "classes", "failures"):
         for shard in set(_shards(store, name)) - set(committed):
             store.remove(store.path(name, f"{shard}.parquet"))
     latest, owner, seen = {}, {}, {}
@@ -139,14 +147,15 @@ def reconcile(store):
 
 def _drop_rows(store, shard, stale):
     """Rewrite ``shard``'s parts without rows of ``stale`` image ids (images part last)."""
-    ids = {name: _read_part(store, name, shard, ["image_id"])["image_id"] for name in TABLES}
-    if not any(ids[name].isin(stale).any() for name in TABLES):
+    names = [n for n in TABLES if n not in OPTIONAL or store.exists(n, f"{shard}.parquet")]
+    ids = {name: _read_part(store, name, shard, ["image_id"])["image_id"] for name in names}
+    if not any(ids[name].isin(stale).any() for name in names):
         return
     if not (~ids["images"].isin(stale)).any() and not (~ids["failures"].isin(stale)).any():
-        for name in TABLES:  # every row superseded: the whole shard goes, marker last
+        for name in names:  # every row superseded: the whole shard goes, marker last
             store.remove(store.path(name, f"{shard}.parquet"))
         return
-    for name in TABLES:
+    for name in names:
         if ids[name].isin(stale).any():
             df = _read_part(store, name, shard)
             store.write_bytes(f"{name}/{shard}.parquet",

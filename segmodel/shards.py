@@ -12,6 +12,7 @@ import numpy as np
 
 from segmodel import __version__, formats, qc
 from segmodel.api import predict_labels, prepare
+from segmodel.heads import class_rows, object_labels
 from segmodel.io import ImageRef, is_transient, retry
 from segmodel.measure import CHANNELS, measure_objects
 from segmodel.preprocess import MAX_PIXELS, ImageDecodeError, to_channels
@@ -115,8 +116,12 @@ def segment_shard(model, items, tiling, *, batch_size=8, lock=None, auto=False, 
     return items
 
 
-def tabulate_shard(items, *, shard, config_key, mask_paths, model):
-    """Rows of the objects, images and failures tables, and the masks to write."""
+def tabulate_shard(items, *, shard, config_key, mask_paths, model, classes=None):
+    """Rows of the objects, images and failures tables, and the masks to write.
+
+    A semantic model's mask is its class map; its objects are the components of the spec's
+    ``object_class``, and ``classes`` (a list) receives each image's per-class table.
+    """
     objects, images, failures, masks = [], [], [], {}
     for it in items:
         ref = it.ref
@@ -124,8 +129,11 @@ def tabulate_shard(items, *, shard, config_key, mask_paths, model):
             t0 = time.perf_counter()
             try:
                 intensity = to_channels(it.prepared.image, CHANNELS)
-                table = measure_objects(it.labels, intensity, ref.image_id)
-                table = formats.add_measurements(table, it.labels, it.source)
+                objects_of = object_labels(it.labels, model.spec)
+                table = measure_objects(objects_of, intensity, ref.image_id)
+                table = formats.add_measurements(table, objects_of, it.source)
+                if classes is not None and model.spec.kind == "semantic":
+                    classes.append(class_rows(it.labels, model.spec, ref.image_id))
             except Exception as exc:
                 _fail(it, "measure", exc)
             else:
@@ -154,7 +162,8 @@ def _image_row(it, table, shard, config_key, mask_paths, model):
         "mask_path": mask_paths[it.ref.image_id], "fingerprint": it.ref.fingerprint,
         "config_key": config_key, "shard": shard,
         "qc_flags": qc.join_flags(
-            qc.image_flags(it.prepared.image, it.labels, scale=it.prepared.scale)),
+            qc.image_flags(it.prepared.image, object_labels(it.labels, model.spec)
+                           if model.spec.object_class else it.labels, scale=it.prepared.scale)),
         "pixel_size_um": _pixel_size(it.source),
     }
 
@@ -169,13 +178,15 @@ def encode_mask(labels, mask_format):
 
     n = int(labels.max()) if labels.size else 0
     dtype = np.uint16 if n <= np.iinfo(np.uint16).max else np.uint32
+    if labels.dtype == np.uint8:  # a semantic model's class map stays 8-bit
+        dtype = np.uint8
     buf = io.BytesIO()
     if mask_format == "png":
         if dtype is np.uint32:
             raise ValueError(f"{n} objects do not fit a 16-bit PNG: use mask_format='tif'.")
         from PIL import Image
 
-        Image.fromarray(labels.astype(np.uint16)).save(buf, format="PNG")
+        Image.fromarray(labels.astype(dtype)).save(buf, format="PNG")
     else:
         import tifffile
 

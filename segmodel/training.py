@@ -48,6 +48,19 @@ class TrainConfig:
     init: str = ""
     tune_images: int = 0  # 0: every image of the tune split
     train_images: int = 0  # 0: every image of the train split
+    #: Output kind: "instances" (the shipped head), "binary" (foreground) or "semantic"
+    #: (classes background / interior / boundary, derived from the instance labels).
+    kind: str = "instances"
+    #: Your own data: a folder of images and a folder of their instance labels, paired by file
+    #: stem ("" = the DSB2018-style ``data_dir``).
+    images_dir: str = ""
+    labels_dir: str = ""
+    #: The bundle's name in its spec ("" = "<kind>-unet").
+    name: str = ""
+
+
+#: Classes of a semantic model trained from instance labels, in output-channel order.
+SEMANTIC_CLASSES = ("background", "interior", "boundary")
 
 
 def make_targets(labels):
@@ -64,6 +77,21 @@ def make_targets(labels):
         if d.max() > 0:
             dist[sl][obj] = (d / d.max())[obj]
     return np.stack([fg, boundary, dist], axis=-1).astype(np.float32)
+
+
+def kind_targets(labels, kind="instances"):
+    """Training targets of an output kind from instance labels: the three maps, the
+    foreground (1 channel) or one-hot :data:`SEMANTIC_CLASSES` (boundary = each object's
+    inner outline)."""
+    targets = make_targets(labels)
+    if kind == "binary":
+        return targets[..., :1]
+    if kind == "semantic":
+        boundary = targets[..., 1] > 0
+        interior = (targets[..., 0] > 0) & ~boundary
+        background = ~(interior | boundary)
+        return np.stack([background, interior, boundary], axis=-1).astype(np.float32)
+    return targets
 
 
 def prepare_image(image, spec=ModelSpec()):
@@ -144,11 +172,60 @@ def _loss(y_true, y_pred):
     return bce + 0.5 * dice + dist_mae
 
 
-def _load_items(samples, log):
+def _binary_loss(y_true, y_pred):
+    from keras import ops
+
+    eps = 1e-6
+    y_pred = ops.clip(y_pred, eps, 1 - eps)
+    bce = ops.mean(-(y_true * ops.log(y_pred) + (1 - y_true) * ops.log(1 - y_pred)))
+    dice = 1 - (2 * ops.sum(y_true * y_pred) + 1) / (ops.sum(y_true) + ops.sum(y_pred) + 1)
+    return bce + 0.5 * dice
+
+
+def _semantic_loss(y_true, y_pred):
+    """Cross-entropy over the classes, the boundary class weighted 2."""
+    from keras import ops
+
+    y_pred = ops.clip(y_pred, 1e-6, 1.0)
+    weights = ops.convert_to_tensor([1.0, 1.0, 2.0])
+    return ops.mean(-ops.sum(y_true * ops.log(y_pred) * weights, axis=-1))
+
+
+LOSSES = {"instances": _loss, "binary": _binary_loss, "semantic": _semantic_loss}
+
+
+def _build(config):
+    outputs = {"instances": 3, "binary": 1, "semantic": len(SEMANTIC_CLASSES)}[config.kind]
+    return build_unet(filters=tuple(config.filters), bottleneck=config.bottleneck,
+                      outputs=outputs,
+                      activation="softmax" if config.kind == "semantic" else "sigmoid")
+
+
+def _samples(config, split, log=print):
+    """The train or tune samples: of ``data_dir``'s fixed split, or of your own folders.
+
+    Own folders use the same hash split, their validation share trained on (score your own
+    held-out images with ``segflow evaluate``); with too few images for a train split, all
+    of them train.
+    """
+    limit = {"train": config.train_images, "tune": config.tune_images}[split] or None
+    if not config.images_dir:
+        return datasets.list_samples(config.data_dir, split)[:limit]
+    pairs, unpaired = datasets.list_pairs(config.images_dir, config.labels_dir or
+                                          config.images_dir)
+    if unpaired and split == "train" and log:
+        log(f"{len(unpaired)} images have no label image and are not used: "
+            f"{', '.join(unpaired[:5])}{' ...' if len(unpaired) > 5 else ''}")
+    tune = [s for s in pairs if datasets.split_of(s.id) == "tune"]
+    train = [s for s in pairs if datasets.split_of(s.id) != "tune"] or pairs
+    return (train if split == "train" else tune)[:limit]
+
+
+def _load_items(samples, log, kind="instances"):
     items = []
     for s in samples:
         image, labels = s.load()
-        targets = make_targets(labels)
+        targets = kind_targets(labels, kind)
         coords = np.argwhere(labels > 0)[::7]
         items.append((s.modality, prepare_image(image), targets, coords, median_diameter(labels)))
     log(f"loaded {len(items)} training images")
@@ -169,31 +246,46 @@ def train(out_dir, config=TrainConfig(), log=print):
     epochs = -(-config.steps // config.steps_per_epoch)
     done = json.loads(state_file.read_text())["epoch"] if state_file.exists() else 0
     if done and ckpt.exists():
-        model = keras.saving.load_model(ckpt, custom_objects={"_loss": _loss})
+        model = keras.saving.load_model(ckpt, custom_objects={
+            f.__name__: f for f in LOSSES.values()})
         model.optimizer.learning_rate = _schedule(config)  # follows a changed --steps too
         log(f"resuming from {ckpt} after epoch {done}/{epochs}")
     else:
         done = 0
         keras.utils.set_random_seed(config.seed)
-        model = build_unet(filters=tuple(config.filters), bottleneck=config.bottleneck)
+        if config.kind not in LOSSES:
+            raise ValueError(f"kind must be one of {', '.join(LOSSES)}. "
+                             f"Received: kind={config.kind!r}")
+        model = _build(config)
         if config.init:
             model.set_weights(keras.saving.load_model(config.init, compile=False).get_weights())
             log(f"starting from the weights of {config.init}")
         optimizer = keras.optimizers.AdamW(_schedule(config), weight_decay=1e-4)
-        model.compile(optimizer=optimizer, loss=_loss)
+        model.compile(optimizer=optimizer, loss=LOSSES[config.kind])
     if done < epochs:
-        samples = datasets.list_samples(config.data_dir, "train")[: config.train_images or None]
-        sampler = PatchSampler(_load_items(samples, log), config)
+        samples = _samples(config, "train", log)
+        sampler = PatchSampler(_load_items(samples, log, config.kind), config)
         _fit(model, sampler, config, done, epochs, ckpt, state_file, log)
-    tune = datasets.list_samples(config.data_dir, "tune")[: config.tune_images or None]
-    settings = tune_thresholds(model, tune, object_diameter=config.object_diameter, log=log)
-    spec = ModelSpec(object_diameter=config.object_diameter, postprocess=settings, training={
-        **{k: v for k, v in asdict(config).items() if k != "data_dir"},
-        "train_images": len(datasets.list_samples(config.data_dir, "train")),
-        "tune_images": len(tune),
-    })
-    final = out / "nuclei.keras"
-    export = build_unet(filters=tuple(config.filters), bottleneck=config.bottleneck)
+    tune = _samples(config, "tune", log)
+    settings = PostprocessSettings()
+    if config.kind == "instances" and tune:
+        settings = tune_thresholds(model, tune, object_diameter=config.object_diameter, log=log)
+    elif config.kind == "instances":
+        log("no images in the tune split: default post-processing thresholds")
+    semantic = config.kind == "semantic"
+    spec = ModelSpec(
+        name=config.name or ("nuclei-unet" if config.kind == "instances" and not config.images_dir
+                             else f"{config.kind}-unet"),
+        kind=config.kind, classes=SEMANTIC_CLASSES if semantic else (),
+        object_class="interior" if semantic else "", divisor=2 ** len(config.filters),
+        object_diameter=config.object_diameter, postprocess=settings, training={
+            **{k: v for k, v in asdict(config).items()
+               if k not in ("data_dir", "images_dir", "labels_dir")},
+            "train_images": len(_samples(replace(config, train_images=0), "train", log=None)),
+            "tune_images": len(tune),
+        })
+    final = out / ("model.keras" if config.images_dir else "nuclei.keras")
+    export = _build(config)
     export.set_weights(model.get_weights())  # weights only: no optimizer state in the shipped file
     save_model(export, spec, final)
     log(f"saved {final}")
@@ -308,10 +400,14 @@ def main(argv=None):
     parser.add_argument("--init", default="", help="start from this .keras model's weights")
     parser.add_argument("--seed", type=int, default=defaults.seed,
                         help="seed of patch sampling and augmentation")
+    parser.add_argument("--images", default="", help="folder of your own images")
+    parser.add_argument("--labels", default="", help="folder of their instance labels")
+    parser.add_argument("--kind", default="instances", choices=list(LOSSES))
     args = parser.parse_args(argv)
     config = TrainConfig(steps=args.steps, steps_per_epoch=args.steps_per_epoch,
                          data_dir=args.data_dir, learning_rate=args.learning_rate,
-                         object_diameter=args.object_diameter, init=args.init, seed=args.seed)
+                         object_diameter=args.object_diameter, init=args.init, seed=args.seed,
+                         images_dir=args.images, labels_dir=args.labels, kind=args.kind)
     train(args.out_dir, config, log=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True))
 
 

@@ -43,6 +43,8 @@ def segment_large(ctx: ShardContext, job: ShardJob) -> dict:
     t_start, t0 = time.time(), time.perf_counter()
     (ref,) = job.refs
     model = load_model(ctx.model_path, trust=ctx.trust_model)
+    if model.spec.kind == "semantic" or model.spec.normalization != "percentile":
+        return _unsupported(ctx, job, ref, model, t_start)
     tiling = default_tiling(model.spec, ctx.tile_size, ctx.overlap)
     zarr_out = ctx.mask_format == "ome-zarr"
     relpath = job.mask_paths[ref.image_id]
@@ -109,3 +111,21 @@ def _write_outlines(ctx, relpath, local, zarr_out, objects):
                 lambda y0, y1, x0, x1: regions.read(y0, y1, x0, x1)[..., 0], objects)
             regions.close()
     ctx.output.write_bytes(export.outline_path(relpath), export.encode_geojson(features))
+
+
+def _unsupported(ctx, job, ref, model, t_start):
+    """A failures row for a large image whose model cannot run block by block."""
+    message = (f"{ref.image_id} is above --tiled-above ({ctx.tiled_above} pixels) and model "
+               f"{model.spec.name!r} (kind {model.spec.kind}, normalization "
+               f"{model.spec.normalization}) cannot segment block by block: only instance and "
+               "binary models with percentile normalisation can. Raise --tiled-above above "
+               "the image's pixel count to segment it whole.")
+    failure = {"image_id": ref.image_id, "uri": ref.uri, "stage": "read",
+               "error_type": "ValueError", "message": message, "fingerprint": ref.fingerprint,
+               "config_key": ctx.config_key, "shard": job.name}
+    outputs.write_shard(ctx.output, job.name, {
+        "objects": outputs.table("objects", []), "images": outputs.table("images", []),
+        "failures": outputs.table("failures", [failure])})
+    get_run_logger().warning("failed %s: %s", ref.image_id, message)
+    return {"shard": job.name, "index": job.index, "images": 0, "failed": 1, "objects": 0,
+            "seconds": 0.0, "timings": {}, "busy": [(t_start, time.time())]}

@@ -167,9 +167,10 @@ def write(ctx: ShardContext, job: ShardJob, key: str) -> dict:
 
 def _write_items(ctx, job, items):
     model = load_model(ctx.model_path, trust=ctx.trust_model)
+    classes = [] if model.spec.kind == "semantic" else None
     objects, images, failures, masks = shards.tabulate_shard(
         items, shard=job.name, config_key=ctx.config_key, mask_paths=job.mask_paths,
-        model=model)
+        model=model, classes=classes)
     t0 = time.perf_counter()
     images_by_mask = {job.mask_paths[it.ref.image_id]: it for it in items if it.failure is None}
     for relpath, labels in masks.items():
@@ -177,9 +178,12 @@ def _write_items(ctx, job, items):
         export.write_outputs(ctx.output, relpath, labels, ctx.mask_format, ctx.outlines,
                              image=it.prepared.image, name=it.ref.image_id)
     objects_df = pd.concat(objects, ignore_index=True) if objects else outputs.table("objects", [])
-    outputs.write_shard(ctx.output, job.name, {
-        "objects": objects_df, "images": outputs.table("images", images),
-        "failures": outputs.table("failures", failures)})
+    parts = {"objects": objects_df, "images": outputs.table("images", images),
+             "failures": outputs.table("failures", failures)}
+    if classes is not None:  # semantic models: the per-class table
+        parts["classes"] = (pd.concat(classes, ignore_index=True) if classes
+                            else outputs.table("classes", []))
+    outputs.write_shard(ctx.output, job.name, parts)
     timings = {**shards.stage_seconds(items), "write": time.perf_counter() - t0}
     logger = get_run_logger()
     for f in failures:
