@@ -38,3 +38,27 @@ def test_two_squares_have_their_areas_centroids_and_intensities():
 def test_mismatched_shapes_are_refused():
     with pytest.raises(ValueError, match="must match"):
         measure_objects(np.zeros((10, 10), np.int32), np.zeros((10, 11, 3)))
+
+
+def test_moment_properties_equal_regionprops_on_real_labels(dsb2018):
+    from skimage.measure import regionprops_table
+
+    from segmodel.datasets import list_samples
+    from segmodel.measure import _moment_props
+
+    checked = 0
+    for sample in list_samples(dsb2018, "val")[:12]:
+        _, labels = sample.load()
+        ref = regionprops_table(labels, properties=["label", "eccentricity", "orientation",
+                                                     "axis_major_length", "axis_minor_length"])
+        got = _moment_props(labels, ref["label"])
+        for key in ("eccentricity", "axis_major_length", "axis_minor_length"):
+            np.testing.assert_allclose(got[key], ref[key], rtol=1e-9, atol=1e-9)
+        # the same axis: compare doubled angles (+-pi/2 is one axis); regionprops returns
+        # +-pi/4 by a special case when the two second moments are exactly equal
+        defined = np.abs(np.abs(ref["orientation"]) - np.pi / 4) > 1e-12
+        for f in (np.cos, np.sin):
+            np.testing.assert_allclose(f(2 * got["orientation"][defined]),
+                                       f(2 * ref["orientation"][defined]), atol=1e-9)
+        checked += int(defined.sum())
+    assert checked > 100
