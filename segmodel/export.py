@@ -20,6 +20,7 @@ Polygon (MultiPolygon for an object in pieces) per object, ``id`` = its label, c
 ``(row, col)`` covers ``[col, col + 1] x [row, row + 1]``), as QuPath and ImageJ place them.
 """
 
+import io
 import json
 import os
 import posixpath
@@ -215,6 +216,27 @@ def write_ome_zarr(store, relpath, labels, image=None, *, name="image"):
     upload(store, relpath, encode_ome_zarr(labels, image, name=name))
 
 
+def encode_mask(labels, mask_format):
+    """Compressed TIFF (uint16, or uint32 past 65535 objects) or 16-bit PNG bytes."""
+
+    n = int(labels.max()) if labels.size else 0
+    dtype = np.uint16 if n <= np.iinfo(np.uint16).max else np.uint32
+    if labels.dtype == np.uint8:  # a semantic model's class map stays 8-bit
+        dtype = np.uint8
+    buf = io.BytesIO()
+    if mask_format == "png":
+        if dtype is np.uint32:
+            raise ValueError(f"{n} objects do not fit a 16-bit PNG: use mask_format='tif'.")
+        from PIL import Image
+
+        Image.fromarray(labels.astype(dtype)).save(buf, format="PNG")
+    else:
+        import tifffile
+
+        tifffile.imwrite(buf, labels.astype(dtype), compression="zlib")
+    return buf.getvalue()
+
+
 def write_outputs(store, mask_path, labels, mask_format, outlines="none", *, image=None,
                   name="image"):
     """Write one image's mask at ``mask_path`` and, with ``outlines='geojson'``, its outlines.
@@ -235,8 +257,6 @@ def write_outputs(store, mask_path, labels, mask_format, outlines="none", *, ima
     if mask_format == "ome-zarr":
         write_ome_zarr(store, mask_path, labels, image, name=name)
     else:
-        from segmodel.shards import encode_mask
-
         store.write_bytes(mask_path, encode_mask(labels, mask_format))
     if outlines == "geojson":
         store.write_bytes(outline_path(mask_path), encode_geojson(outline_features(labels)))

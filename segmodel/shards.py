@@ -4,7 +4,6 @@ A bad image never stops a shard: its error becomes a failure record with the sta
 in. Errors that are not about one image (the model, storage that stays down) propagate.
 """
 
-import io
 import time
 from dataclasses import dataclass, field, replace
 
@@ -171,24 +170,3 @@ def _image_row(it, table, shard, config_key, mask_paths, model):
 def _pixel_size(source):
     size = getattr(source, "pixel_size_um", None)
     return float(size) if size else float("nan")
-
-
-def encode_mask(labels, mask_format):
-    """Compressed TIFF (uint16, or uint32 past 65535 objects) or 16-bit PNG bytes."""
-
-    n = int(labels.max()) if labels.size else 0
-    dtype = np.uint16 if n <= np.iinfo(np.uint16).max else np.uint32
-    if labels.dtype == np.uint8:  # a semantic model's class map stays 8-bit
-        dtype = np.uint8
-    buf = io.BytesIO()
-    if mask_format == "png":
-        if dtype is np.uint32:
-            raise ValueError(f"{n} objects do not fit a 16-bit PNG: use mask_format='tif'.")
-        from PIL import Image
-
-        Image.fromarray(labels.astype(dtype)).save(buf, format="PNG")
-    else:
-        import tifffile
-
-        tifffile.imwrite(buf, labels.astype(dtype), compression="zlib")
-    return buf.getvalue()
