@@ -81,6 +81,9 @@ def _add_run_options(p):
                    help="glob pattern of image files (repeatable; default: common image types)")
     p.add_argument("--shard-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--cpu-workers", type=int, default=0,
+                   help="worker processes for post-processing and measuring, overlapped with "
+                        "the model (default 0: in the task's thread; use with spare cores)")
     p.add_argument("--scale", default=None,
                    help="'auto' or a resize factor to the model's scale (default: see README)")
     p.add_argument("--tta", action="store_true",
@@ -131,6 +134,7 @@ def _segment_params(args, input_url):
 
     fields = {"input": input_url, "output": args.output, "storage_options": args.storage_options,
               "shard_size": args.shard_size, "batch_size": args.batch_size,
+              "cpu_workers": args.cpu_workers,
               "tta": args.tta, "tile_size": args.tile_size,
               "mask_format": args.mask_format, "model": args.model,
               "retry_failed": args.retry_failed, "trust_model": args.trust_model,

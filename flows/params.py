@@ -26,6 +26,9 @@ class SegmentParams(BaseModel):
                                 description="Glob patterns of image files (matched recursively).")
     shard_size: int = Field(32, ge=1, description="Images per shard (the unit of work).")
     batch_size: int = Field(8, ge=1, description="Tiles per model call.")
+    cpu_workers: int = Field(0, ge=0, description=(
+        "Worker processes for post-processing and measuring, overlapped with the model "
+        "(0: in the task's thread). Worth it with spare cores, e.g. beside a GPU."))
     scale: Union[Literal["auto"], float] = Field(
         1.0, description="'auto' (resize each image so its nuclei match the model's object "
         "size) or a resize factor to the model's scale (1.0 = as is).")

@@ -48,6 +48,7 @@ def _context(params):
         input=Store(params.input, params.storage_options),
         output=Store(params.output, params.storage_options),
         model_path=model.path, scale=params.scale, tta=params.tta, batch_size=params.batch_size,
+        cpu_workers=params.cpu_workers,
         tile_size=tiling.tile, overlap=tiling.overlap, mask_format=params.mask_format,
         max_pixels=params.max_pixels, tiled_above=params.tiled_above,
         block_size=params.block_size,

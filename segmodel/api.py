@@ -25,6 +25,7 @@ from segmodel.preprocess import (
     scaled_shape,
     to_channels,
 )
+from segmodel.workers import CpuPool
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,13 @@ def finish(maps, prepared, spec):
     Upscaled images are labelled at the working scale and the labels downsampled; downscaled
     images have their maps upsampled first, so outlines keep the image's own resolution.
     """
-    shape = prepared.image.shape[:2]
-    if prepared.scale < 1.0:
+    return finish_at(maps, prepared.image.shape[:2], prepared.scale, spec)
+
+
+def finish_at(maps, shape, scale, spec):
+    """:func:`finish` for an image of ``shape`` prepared at ``scale`` (what a worker process
+    is sent: the maps and two numbers, not the image)."""
+    if scale < 1.0:
         maps = resize(maps, shape, order=1)
     labels = mask_from_maps(maps, spec)  # class map of a semantic model
     if labels.shape != shape:
@@ -122,7 +128,7 @@ def auto_scale(labels, spec, min_objects=3):
 
 
 def predict_labels(lm, prepared, tiling, *, batch_size=8, auto=False, tta=False, lock=None,
-                   on_error=None, timings=None):
+                   on_error=None, timings=None, pool=None):
     """Labels for prepared images, predicting tiles of all images in shared batches.
 
     With ``auto``, a first pass at the prepared scale measures each image's objects
@@ -131,7 +137,8 @@ def predict_labels(lm, prepared, tiling, *, batch_size=8, auto=False, tta=False,
     Returns ``(labels, prepared)`` lists, ``prepared`` holding the scale each image was finally
     segmented at. ``on_error(i, exc)`` receives a failed post-processing of image ``i``
     (default: raise); its labels are then None. ``timings``, a dict, accumulates the seconds
-    spent in ``"predict"`` (holding the lock) and ``"postprocess"``.
+    spent in ``"predict"`` (holding the lock) and ``"postprocess"``. ``pool``, a
+    :class:`segmodel.workers.CpuPool`, post-processes the images in its worker processes.
     """
     spent = timings if timings is not None else {}
 
@@ -151,13 +158,15 @@ def predict_labels(lm, prepared, tiling, *, batch_size=8, auto=False, tta=False,
             maps = predict_maps(predict, [prepared[i].x for i in indices], tiling=tiling,
                                 batch_size=batch_size, n_out=n_outputs(lm.spec))
             t0 = tick("predict", t0)
-        for i, m in zip(indices, maps):
-            try:
-                labels[i] = finish(m, prepared[i], lm.spec)
-            except Exception as exc:
-                if on_error is None:
-                    raise
-                labels[i] = None
+        shapes = [prepared[i].image.shape[:2] for i in indices]
+        scales = [prepared[i].scale for i in indices]
+        done = (pool or CpuPool(0)).map(finish_at, maps, shapes, scales, [lm.spec] * len(maps))
+        del maps
+        for i, (lab, exc) in zip(indices, done):
+            if exc is not None and on_error is None:
+                raise exc
+            labels[i] = lab
+            if exc is not None:
                 on_error(i, exc)
         tick("postprocess", t0)
 

@@ -15,6 +15,7 @@ from segmodel.heads import class_rows, object_labels
 from segmodel.io import ImageRef, is_transient, retry
 from segmodel.measure import CHANNELS, measure_objects
 from segmodel.preprocess import MAX_PIXELS, ImageDecodeError, to_channels
+from segmodel.workers import CpuPool
 
 
 @dataclass
@@ -31,7 +32,8 @@ class Item:
 
 
 def _fail(item, stage, exc):
-    item.failure = {"stage": stage, "error_type": type(exc).__name__, "message": str(exc)[:2000]}
+    kind = getattr(exc, "error_type", type(exc).__name__)  # a worker's ImageError names it
+    item.failure = {"stage": stage, "error_type": kind, "message": str(exc)[:2000]}
     item.prepared = item.labels = item.source = None
 
 
@@ -92,10 +94,12 @@ def read_shard(store, refs, spec, *, scale=1.0, max_pixels=MAX_PIXELS, channel=N
     return items
 
 
-def segment_shard(model, items, tiling, *, batch_size=8, lock=None, auto=False, tta=False):
+def segment_shard(model, items, tiling, *, batch_size=8, lock=None, auto=False, tta=False,
+                  pool=None):
     """Predict all prepared items in shared fixed-shape batches, then post-process each.
 
     ``auto``: pick each image's scale from a first pass (see :func:`segmodel.api.predict_labels`).
+    ``pool``: a :class:`segmodel.workers.CpuPool` that post-processes in worker processes.
     """
     live = [it for it in items if it.prepared is not None]
     if not live:
@@ -104,6 +108,7 @@ def segment_shard(model, items, tiling, *, batch_size=8, lock=None, auto=False, 
     labels, prepared = predict_labels(
         model, [it.prepared for it in live], tiling, batch_size=batch_size, auto=auto, tta=tta,
         lock=lock, on_error=lambda i, exc: _fail(live[i], "postprocess", exc), timings=spent,
+        pool=pool,
     )
     for it, lab, p in zip(live, labels, prepared):
         if it.failure is None:  # the model's input is not needed again: free it now
@@ -115,39 +120,60 @@ def segment_shard(model, items, tiling, *, batch_size=8, lock=None, auto=False, 
     return items
 
 
-def tabulate_shard(items, *, shard, config_key, mask_paths, model, classes=None):
+def tabulate_shard(items, *, shard, config_key, mask_paths, model, classes=None, pool=None):
     """Rows of the objects, images and failures tables, and the masks to write.
 
     A semantic model's mask is its class map; its objects are the components of the spec's
     ``object_class``, and ``classes`` (a list) receives each image's per-class table.
+    ``pool`` (a :class:`segmodel.workers.CpuPool`) measures the images in worker processes.
     """
+    live = [it for it in items if it.failure is None]
+    t0 = time.perf_counter()
+    done = (pool or CpuPool(0)).map(
+        measure_item, [it.labels for it in live], [it.prepared.image for it in live],
+        [it.source for it in live], [model.spec] * len(live), [it.ref.image_id for it in live],
+        [it.prepared.scale for it in live])
+    share = (time.perf_counter() - t0) / max(len(live), 1)
+    measured = {}
+    for it, (result, exc) in zip(live, done):
+        if exc is not None:
+            _fail(it, "measure", exc)
+        else:
+            it.timings["tabulate"] = it.timings.get("tabulate", 0.0) + share
+            it.seconds += share
+            measured[id(it)] = result
     objects, images, failures, masks = [], [], [], {}
     for it in items:
         ref = it.ref
         if it.failure is None:
-            t0 = time.perf_counter()
-            try:
-                intensity = to_channels(it.prepared.image, CHANNELS)
-                objects_of = object_labels(it.labels, model.spec)
-                table = measure_objects(objects_of, intensity, ref.image_id)
-                table = formats.add_measurements(table, objects_of, it.source)
-                if classes is not None and model.spec.kind == "semantic":
-                    classes.append(class_rows(it.labels, model.spec, ref.image_id))
-            except Exception as exc:
-                _fail(it, "measure", exc)
-            else:
-                _tick(it, "tabulate", t0)
-                objects.append(table)
-                masks[mask_paths[ref.image_id]] = it.labels
-                images.append(_image_row(it, table, shard, config_key, mask_paths, model))
-        if it.failure is not None:
+            table, class_table, flags = measured[id(it)]
+            if classes is not None and class_table is not None:
+                classes.append(class_table)
+            objects.append(table)
+            masks[mask_paths[ref.image_id]] = it.labels
+            images.append(_image_row(it, table, flags, shard, config_key, mask_paths, model))
+        else:
             failures.append({"image_id": ref.image_id, "uri": ref.uri, **it.failure,
                              "fingerprint": ref.fingerprint, "config_key": config_key,
                              "shard": shard})
     return objects, images, failures, masks
 
 
-def _image_row(it, table, shard, config_key, mask_paths, model):
+def measure_item(labels, image, source, spec, image_id, scale):
+    """One image's objects table, per-class table (semantic models, else None) and QC flags.
+
+    Module-level and free of Keras, so a worker process can run it.
+    """
+    objects_of = object_labels(labels, spec)
+    table = measure_objects(objects_of, to_channels(image, CHANNELS), image_id)
+    table = formats.add_measurements(table, objects_of, source)
+    class_table = class_rows(labels, spec, image_id) if spec.kind == "semantic" else None
+    flags = qc.join_flags(qc.image_flags(image, objects_of if spec.object_class else labels,
+                                         scale=scale))
+    return table, class_table, flags
+
+
+def _image_row(it, table, flags, shard, config_key, mask_paths, model):
     h, w = it.labels.shape
     n = len(table)
     return {
@@ -160,9 +186,7 @@ def _image_row(it, table, shard, config_key, mask_paths, model):
         "segflow_version": __version__, "seconds": it.seconds,
         "mask_path": mask_paths[it.ref.image_id], "fingerprint": it.ref.fingerprint,
         "config_key": config_key, "shard": shard,
-        "qc_flags": qc.join_flags(
-            qc.image_flags(it.prepared.image, object_labels(it.labels, model.spec)
-                           if model.spec.object_class else it.labels, scale=it.prepared.scale)),
+        "qc_flags": flags,
         "pixel_size_um": _pixel_size(it.source),
     }
 

@@ -18,7 +18,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from segmodel import export, outputs, shards
+from segmodel import export, outputs, shards, workers
 from segmodel.api import default_tiling
 from segmodel.io import Store, is_transient, list_images
 from segmodel.model import load_model
@@ -70,6 +70,7 @@ class ShardContext:
     plane: object = None
     pyramid_level: int = 0
     outlines: str = "none"
+    cpu_workers: int = 0
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,11 @@ def read(ctx: ShardContext, job: ShardJob) -> str:
     return job.name
 
 
+def _pool(ctx):
+    """This process' CPU worker pool for the run's ``cpu_workers`` (None: work in-thread)."""
+    return workers.get_pool(ctx.cpu_workers) if ctx.cpu_workers else None
+
+
 def _input_choices(ctx):
     return {"channel": ctx.channel, "plane": ctx.plane, "pyramid_level": ctx.pyramid_level}
 
@@ -150,7 +156,8 @@ def segment(ctx: ShardContext, job: ShardJob, key: str) -> str:
     model = load_model(ctx.model_path, trust=ctx.trust_model)
     tiling = default_tiling(model.spec, ctx.tile_size, ctx.overlap)
     shards.segment_shard(model, _handoff()[key], tiling, batch_size=ctx.batch_size,
-                         lock=model_lock(), auto=ctx.scale == "auto", tta=ctx.tta)
+                         lock=model_lock(), auto=ctx.scale == "auto", tta=ctx.tta,
+                         pool=_pool(ctx))
     _span(key, t0)
     return key
 
@@ -170,7 +177,7 @@ def _write_items(ctx, job, items):
     classes = [] if model.spec.kind == "semantic" else None
     objects, images, failures, masks = shards.tabulate_shard(
         items, shard=job.name, config_key=ctx.config_key, mask_paths=job.mask_paths,
-        model=model, classes=classes)
+        model=model, classes=classes, pool=_pool(ctx))
     t0 = time.perf_counter()
     images_by_mask = {job.mask_paths[it.ref.image_id]: it for it in items if it.failure is None}
     for relpath, labels in masks.items():
@@ -204,7 +211,8 @@ def process_shard(ctx: ShardContext, job: ShardJob) -> dict:
                               max_pixels=ctx.max_pixels, **_input_choices(ctx))
     tiling = default_tiling(model.spec, ctx.tile_size, ctx.overlap)
     shards.segment_shard(model, items, tiling, batch_size=ctx.batch_size,
-                         lock=model_lock(), auto=ctx.scale == "auto", tta=ctx.tta)
+                         lock=model_lock(), auto=ctx.scale == "auto", tta=ctx.tta,
+                         pool=_pool(ctx))
     result = _write_items(ctx, job, items)
     del items
     _trim()

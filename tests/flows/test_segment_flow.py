@@ -154,3 +154,26 @@ def test_scale_parameter_takes_auto_or_a_number():
     assert SegmentParams(input=".", output="o", scale=" AUTO ").scale == "auto"
     assert SegmentParams(input=".", output="o", scale="1.5").scale == 1.5
     assert SegmentParams(input=".", output="o", scale=2).scale == 2.0
+
+
+def test_cpu_workers_give_the_same_outputs_as_in_thread_work(folder, tmp_path):
+    """Post-processing and measuring in 2 worker processes: identical masks and table rows,
+    and the bad files still become failure rows."""
+    runs = {}
+    for workers in (0, 2):
+        out = tmp_path / f"out{workers}"
+        assert main(["run", str(folder), str(out), "--shard-size", "2",
+                     "--cpu-workers", str(workers)]) == 0
+        runs[workers] = (out, _tables(out))
+    (out0, t0), (out2, t2) = runs[0], runs[2]
+    keys = {"images": ["image_id"], "objects": ["image_id", "label"], "failures": ["image_id"]}
+    for name, cols in keys.items():
+        a = t0[name].sort_values(cols).reset_index(drop=True)
+        b = t2[name].sort_values(cols).reset_index(drop=True)
+        same = [c for c in a.columns if c not in ("seconds", "shard")]
+        pd.testing.assert_frame_equal(a[same], b[same])
+    assert len(t2["objects"]) > 50 and sorted(t2["failures"]["image_id"]) == ["corrupt.png",
+                                                                              "empty.tif"]
+    for row in t0["images"].itertuples():
+        np.testing.assert_array_equal(tifffile.imread(out0 / row.mask_path),
+                                      tifffile.imread(out2 / row.mask_path))

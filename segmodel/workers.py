@@ -1,0 +1,96 @@
+"""CPU worker processes for the per-image work around the model (post-processing, measuring).
+
+The model runs in the main process, batched over many images; turning its maps into labels
+(watershed) and measuring the objects is per-image CPU work that, in threads, shares one
+interpreter lock with everything else. A :class:`CpuPool` of ``N`` worker processes takes that
+work, so on a machine with spare cores it runs truly in parallel and overlaps with the next
+shard's inference. ``workers=0`` runs the same functions in the calling thread.
+
+Workers are started with ``spawn`` (never ``fork``: the parent holds TensorFlow's threads) and
+import only numpy/scipy/scikit-image code, never Keras. One pool is made per process and
+worker count (:func:`get_pool`), like the model, and reused by every shard.
+"""
+
+import atexit
+import multiprocessing
+import threading
+from concurrent.futures import ProcessPoolExecutor
+
+
+class CpuPool:
+    """``map(fn, *iterables)`` over worker processes, each item's error kept with its item.
+
+    ``fn`` must be a module-level function (it is pickled by reference). The results come back
+    in order as ``(value, None)`` or ``(None, exception)`` (from a worker, an :class:`ImageError`
+    naming the original type): one bad image never hides the
+    others' results. A worker that dies (killed, out of memory) raises
+    ``concurrent.futures.process.BrokenProcessPool`` from :meth:`map`: that is not one image's
+    fault, so it stops the shard like any other engine error.
+    """
+
+    def __init__(self, workers=0):
+        if not isinstance(workers, int) or workers < 0:
+            raise ValueError(f"cpu_workers must be a whole number >= 0. Received: {workers!r}")
+        self.workers = workers
+        self._executor = None
+        if workers:
+            self._executor = ProcessPoolExecutor(
+                max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def map(self, fn, *iterables):
+        calls = list(zip(*iterables))
+        if self._executor is None:  # in this thread: the original exceptions
+            return [_inline(fn, *args) for args in calls]
+        futures = [self._executor.submit(_guarded, fn, *args) for args in calls]
+        return [f.result() for f in futures]
+
+    def shutdown(self):
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+
+class ImageError(Exception):
+    """One item's error as it comes back from a worker: the original type's name and message
+    (the original exception object may not survive pickling)."""
+
+    def __init__(self, error_type, message):
+        super().__init__(message)
+        self.error_type = error_type
+
+    def __reduce__(self):
+        return ImageError, (self.error_type, str(self))
+
+
+def _inline(fn, *args):
+    try:
+        return fn(*args), None
+    except Exception as exc:
+        return None, exc
+
+
+def _guarded(fn, *args):
+    try:
+        return fn(*args), None
+    except Exception as exc:  # one image's error, reported with its item
+        return None, ImageError(type(exc).__name__, str(exc))
+
+
+_POOLS = {}
+_LOCK = threading.Lock()
+
+
+def get_pool(workers):
+    """This process' pool of ``workers`` processes (made on first use, shut down at exit)."""
+    with _LOCK:
+        pool = _POOLS.get(workers)
+        if pool is None:
+            pool = _POOLS[workers] = CpuPool(workers)
+        return pool
+
+
+@atexit.register
+def _shutdown_all():
+    for pool in list(_POOLS.values()):
+        pool.shutdown()
+    _POOLS.clear()
