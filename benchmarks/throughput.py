@@ -19,6 +19,7 @@ Usage::
 
     python benchmarks/throughput.py                       # 208 images, shard 32, batch 8
     python benchmarks/throughput.py --count 240 --batch-size 16 --save
+    python benchmarks/throughput.py --cpu-workers 0 1    # in-thread vs one worker process
 """
 
 import argparse
@@ -129,6 +130,8 @@ def main(argv=None):
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     p.add_argument("--shard-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--cpu-workers", type=int, nargs="+", default=[0],
+                   help="end-to-end runs with these --cpu-workers values (default: 0)")
     p.add_argument("--save", action="store_true", help=f"also write the tables to {RESULTS}")
     args = p.parse_args(argv)
     if not (args.data_dir / "index.csv").is_file():
@@ -145,13 +148,19 @@ def main(argv=None):
         # raw before and after the end-to-end run: their mean is the limit, their spread shows
         # how much the machine's load moved while measuring (the machine may be shared)
         tiles, raw_before = raw_throughput(paths, args.batch_size)
-        wall, counts = end_to_end(src, Path(tmp) / "out", args.shard_size, args.batch_size)
+        runs = {n: end_to_end(src, Path(tmp) / f"out{n}", args.shard_size, args.batch_size,
+                              ("--cpu-workers", str(n))) for n in args.cpu_workers}
         _, raw_after = raw_throughput(paths, args.batch_size)
-    text = report(len(picked), megapixels, tiles, (raw_before, raw_after), wall, counts)
+    text = "\n\n".join(
+        f"## --cpu-workers {n}\n"
+        + report(len(picked), megapixels, tiles, (raw_before, raw_after), wall, counts)
+        for n, (wall, counts) in runs.items())
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    workers = " ".join(map(str, args.cpu_workers))
     header = (f"# python benchmarks/throughput.py --count {args.count} --shard-size "
-              f"{args.shard_size} --batch-size {args.batch_size}  ({time.strftime('%Y-%m-%d')}, "
-              f"{os.cpu_count()} CPU cores, no GPU, Keras backend {backend})")
+              f"{args.shard_size} --batch-size {args.batch_size} --cpu-workers {workers}  "
+              f"({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores, no GPU, Keras "
+              f"backend {backend})")
     print(header + "\n" + text)
     if args.save:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from segmodel.bundle import check_model
 from segmodel.io import Store
 from segmodel.model import load_model, spec_path
 from tasks.large import segment_large
+from tasks.report import publish
 from tasks.shards import (
     ShardContext,
     finalize,
@@ -118,7 +119,7 @@ def segment_images(params: SegmentParams) -> dict:
                              "fingerprint": model.fingerprint},
                    "segflow_version": __version__, "config_key": ctx.config_key,
                    "finished_at": datetime.now(timezone.utc).isoformat(), "counts": summary})
-    summary.update(report.publish(ctx, [j.name for j in jobs], summary))  # UI: table, gallery
+    summary.update(publish(ctx, [j.name for j in jobs], summary))  # UI: table, gallery
     logger.info("done: %s", summary)
     report.check_failures(summary, params.max_failure_fraction)  # Failed past the limit
     return summary

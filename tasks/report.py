@@ -1,0 +1,102 @@
+"""The report task of a segment-images run: summary table and QC gallery artifacts.
+
+Artifact keys (a reused key adds a version, so each key lists every run's artifact) are listed
+in :mod:`flows.report`. The gallery re-reads the few chosen images and their masks at the end of
+the run, so no pixel data is kept by the flow while shards are processed.
+"""
+
+import base64
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from segmodel import qc
+
+PROGRESS_KEY = "segflow-progress"
+SUMMARY_KEY = "segflow-run-summary"
+GALLERY_KEY = "segflow-qc-gallery"
+GALLERY_IMAGES = 8
+THUMBNAIL_SIZE = 256
+GALLERY_BYTES = 1_000_000  # cap on the PNG data embedded in one gallery
+LISTED = 50  # flagged images and failures listed by name
+
+
+@task(name="report", task_run_name="report and QC gallery", cache_policy=NO_CACHE)
+def publish(ctx, shards: list, summary: dict) -> dict:
+    """Flag run outliers, then publish the summary table and the QC gallery; QC counts back."""
+    logger = get_run_logger()
+    rows = qc.flag_run_outliers(ctx.output, shards)
+    flagged = rows[rows["qc_flags"].fillna("") != ""] if len(rows) else rows
+    counts = {}
+    for text in flagged["qc_flags"] if len(flagged) else []:
+        for f in qc.split_flags(text):
+            counts[f] = counts.get(f, 0) + 1
+    out = ctx.output.url.rstrip("/")
+    table = [{"metric": k, "value": v} for k, v in (
+        ("run", flow_run.get_name() or ""), ("images segmented", summary["images"]),
+        ("objects", summary["objects"]), ("failures", summary["failed"]),
+        ("skipped (already done)", summary["skipped"]), ("flagged by QC", len(flagged)),
+        ("seconds", summary["seconds"]), ("images/s", summary["images_per_second"]),
+        ("output", out))]
+    table += [{"metric": f"qc: {f}", "value": n} for f, n in sorted(counts.items())]
+    create_table_artifact(table, key=SUMMARY_KEY, description=f"segment-images run into {out}")
+    markdown = _gallery(ctx, rows, flagged, summary, logger)
+    create_markdown_artifact(markdown, key=GALLERY_KEY, description=f"QC gallery of {out}")
+    if flagged is not None and len(flagged):
+        logger.info("QC: %d of %d images flagged: %s", len(flagged), len(rows), counts)
+    return {"flagged": len(flagged), "qc": counts}
+
+
+def _choose(rows):
+    """Up to GALLERY_IMAGES rows: flagged first (most flags first), then the others."""
+    if not len(rows):
+        return rows
+    n_flags = rows["qc_flags"].fillna("").map(lambda t: len(qc.split_flags(t)))
+    order = rows.assign(_n=n_flags).sort_values(["_n", "image_id"], ascending=[False, True])
+    return order.head(GALLERY_IMAGES)
+
+
+def _gallery(ctx, rows, flagged, summary, logger):
+    out = ctx.output.url.rstrip("/")
+    lines = [f"# QC gallery: {flow_run.get_name() or 'segment-images'}", "",
+             (f"{summary['images']} images segmented, {summary['failed']} failed, "
+              f"{len(flagged)} flagged by QC, {summary['skipped']} already done."), "",
+             (f"Outputs: masks `{out}/labels/`, tables `{out}/images/`, `{out}/objects/`, "
+              f"`{out}/failures/`, manifest `{out}/run.json`."), ""]
+    cells, used = [], 0
+    for row in _choose(rows).itertuples():
+        try:
+            png = qc.read_thumbnail(ctx.input, ctx.output, row.image_id, row.mask_path,
+                                    max_size=THUMBNAIL_SIZE, channel=ctx.channel,
+                                    plane=ctx.plane, pyramid_level=ctx.pyramid_level)
+        except (OSError, ValueError) as exc:  # moved or deleted since: leave it out
+            logger.warning("no thumbnail for %s: %s", row.image_id, exc)
+            continue
+        if used + len(png) > GALLERY_BYTES:
+            break
+        used += len(png)
+        data = base64.b64encode(png).decode()
+        cells.append(f"| ![{row.image_id}](data:image/png;base64,{data}) | `{row.image_id}` | "
+                     f"{row.n_objects} | {row.qc_flags or 'ok'} | `{out}/{row.mask_path}` |")
+    if cells:
+        lines += ["| outlines | image | objects | QC flags | mask |", "|---|---|---|---|---|",
+                  *cells, ""]
+    else:
+        lines += ["No image was segmented in this run.", ""]
+    if len(flagged):
+        lines += ["## Flagged images", "", "| image | objects | QC flags |", "|---|---|---|"]
+        lines += [f"| `{r.image_id}` | {r.n_objects} | {r.qc_flags} |"
+                  for r in flagged.head(LISTED).itertuples()]
+        if len(flagged) > LISTED:
+            lines.append(f"\n... and {len(flagged) - LISTED} more: see `{out}/images/`.")
+        lines.append("")
+    lines.append("QC flags: `no_objects`, `flat`, `saturated`, `sparse_foreground` (nuclei under "
+                 "1% of the image), `objects_small`/`objects_large` (median nucleus under 8 px "
+                 "or over 100 px at the working scale), `few_objects`/`many_objects` (robust "
+                 "outliers against the median count of all images in the output).")
+    return "\n".join(lines)
+
+
+__all__ = ["GALLERY_KEY", "PROGRESS_KEY", "SUMMARY_KEY", "publish"]
