@@ -9,6 +9,7 @@ nothing, and only the shards the flow has in flight hold memory.
 
 import ctypes
 import ctypes.util
+import multiprocessing
 import threading
 import time
 from dataclasses import dataclass
@@ -140,8 +141,14 @@ def read(ctx: ShardContext, job: ShardJob) -> str:
 
 
 def _pool(ctx):
-    """This process' CPU worker pool for the run's ``cpu_workers`` (None: work in-thread)."""
-    return workers.get_pool(ctx.cpu_workers) if ctx.cpu_workers else None
+    """This process' CPU worker pool for the run's ``cpu_workers`` (None: work in-thread).
+
+    A daemonic process (a Dask worker, by default) may not start processes: there the work
+    stays in the task's thread, and the Dask workers themselves are the parallelism.
+    """
+    if not ctx.cpu_workers or multiprocessing.current_process().daemon:
+        return None
+    return workers.get_pool(ctx.cpu_workers)
 
 
 def _input_choices(ctx):
