@@ -210,15 +210,43 @@ def estimate_normalization(image, settings=Normalization()):
     """Estimate :class:`NormStats` of an ``(H, W, C)`` image (subsampled for big images)."""
     h, w = image.shape[:2]
     step = max(1, int(np.sqrt(h * w / settings.sample_pixels)))
-    sample = np.asarray(image[::step, ::step], dtype=np.float32)
-    low, high = np.percentile(sample, [settings.p_low, settings.p_high])
+    sample = image[::step, ::step]
+    low, high = _percentiles(sample, [settings.p_low, settings.p_high])
     if not high > low:  # nearly flat: fall back to the full range so the image stays finite
         low, high = float(sample.min()), float(sample.max())
     invert = False
     if settings.invert == "auto" and high > low:
-        gray = (sample.mean(axis=-1) - low) / (high - low)
-        invert = bool(np.median(gray) > 0.5)
+        # nuclei dark on a light background: the median pixel (channel mean) is above mid-range
+        if _is_small_uint(sample):
+            total = sample[..., 0].astype(np.uint32)  # channel by channel: a strided
+            for c in range(1, sample.shape[-1]):  # sum(axis=-1) is ten times slower
+                total += sample[..., c]
+            median = _percentiles(total, [50])[0] / sample.shape[-1]
+        else:
+            median = np.median(np.asarray(sample, np.float32).mean(axis=-1))
+        invert = bool(median > low + 0.5 * (high - low))
     return NormStats(float(low), float(high), invert)
+
+
+def _is_small_uint(a):
+    return a.dtype.kind == "u" and a.dtype.itemsize <= 2
+
+
+def _percentiles(values, qs):
+    """``np.percentile(values, qs)`` (linear interpolation); for 8/16-bit images, and sums of
+    their channels, exactly that from a histogram, which is several times faster than sorting."""
+    if not (_is_small_uint(values) or values.dtype == np.uint32 and values.max() < 1 << 20):
+        return [float(v) for v in np.percentile(np.asarray(values, np.float32), qs)]
+    cum = np.cumsum(np.bincount(values.ravel()))
+    n = int(cum[-1])
+    out = []
+    for q in qs:  # the k-th smallest value is the first whose cumulative count passes k
+        pos = q / 100 * (n - 1)
+        k = int(np.floor(pos))
+        below = int(np.searchsorted(cum, k, side="right"))
+        above = int(np.searchsorted(cum, min(k + 1, n - 1), side="right"))
+        out.append(below + (pos - k) * (above - below))
+    return out
 
 
 def apply_normalization(image, stats):

@@ -104,6 +104,25 @@ def test_bright_background_is_inverted_so_nuclei_are_bright():
     assert out[25, 25].mean() > 0.9 and out[5, 5].mean() < 0.1
 
 
+def test_normalisation_statistics_equal_numpy_percentiles_on_real_images(dsb2018):
+    """The histogram percentiles of 8/16-bit images are exactly numpy's, and the inversion
+    decision is the one the sorted median gives, on real images of every modality."""
+    from segmodel.datasets import list_samples
+    from segmodel.preprocess import estimate_normalization
+
+    inverted = 0
+    for sample in list_samples(dsb2018, "val")[::3]:
+        image = to_channels(sample.load()[0], 3)
+        for im in (image, image.astype(np.uint16) * 257):
+            x = im.astype(np.float32)
+            low, high = np.percentile(x, [1, 99.8])
+            stats = estimate_normalization(im)
+            assert (stats.low, stats.high) == (float(low), float(high))
+            assert stats.invert == bool(np.median((x.mean(-1) - low) / (high - low)) > 0.5)
+        inverted += stats.invert
+    assert 0 < inverted < 26  # both kinds of background were met
+
+
 def test_normalisation_does_not_modify_its_input():
     image = RGB8.copy()
     apply_normalization(image, estimate_normalization(image))
