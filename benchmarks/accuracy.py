@@ -41,7 +41,8 @@ COLUMNS = {
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA,
-                   help=f"dataset folder with index.csv, images/, labels/ (default: {DEFAULT_DATA})")
+                   help="dataset folder with index.csv, images/, labels/ "
+                        f"(default: {DEFAULT_DATA})")
     p.add_argument("--model", type=Path, default=None,
                    help="a .keras model file (default: the bundled model)")
     p.add_argument("--limit", type=int, default=None, help="only the first N validation images")

@@ -18,7 +18,8 @@ class SegmentParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    input: str = Field(description="Folder or fsspec URL (s3://, gs://, file://, memory://) of images.")
+    input: str = Field(description="Folder or fsspec URL (s3://, gs://, file://, memory://) "
+                       "of images.")
     output: str = Field(description="Folder or fsspec URL where masks and tables are written.")
     storage_options: dict = Field(default_factory=dict,
                                   description="Passed to fsspec for both input and output.")

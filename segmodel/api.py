@@ -75,7 +75,8 @@ def prepare(image, spec, scale=1.0):
     """
     image = to_channels(np.asarray(image), spec.channels)
     if spec.normalization != "percentile":
-        return rescale(Prepared(image, normalize(image, spec), 1.0), 1.0 if scale == AUTO else scale)
+        prepared = Prepared(image, normalize(image, spec), 1.0)
+        return rescale(prepared, 1.0 if scale == AUTO else scale)
     stats = estimate_normalization(image, Normalization(spec.p_low, spec.p_high, spec.invert))
     x = apply_normalization(image, stats)
     return rescale(Prepared(image, x, 1.0), 1.0 if scale == AUTO else scale)
@@ -117,7 +118,8 @@ def median_diameter(labels):
 
 
 def auto_scale(labels, spec, min_objects=3):
-    """Scale bringing the median object of ``labels`` (at the image's resolution) to the model's size.
+    """Scale bringing the median object of ``labels`` (at the image's resolution) to the
+    model's size.
 
     1.0 where the labels hold fewer than ``min_objects`` objects (nothing to measure).
     """

@@ -233,7 +233,8 @@ def downsampling(keras_model):
         step = None
         if "Pooling" in name and "Global" not in name:
             step = cfg.get("strides") or cfg.get("pool_size")
-        elif name.startswith(("Conv", "SeparableConv", "DepthwiseConv")) and "Transpose" not in name:
+        elif (name.startswith(("Conv", "SeparableConv", "DepthwiseConv"))
+              and "Transpose" not in name):
             step = cfg.get("strides")
         if step is None:
             continue

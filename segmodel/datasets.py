@@ -101,7 +101,8 @@ def list_pairs(images_dir, labels_dir):
     for name, folder in (("images", images_dir), ("labels", labels_dir)):
         if not folder.is_dir():
             raise FileNotFoundError(f"{name} folder not found: {str(folder)!r}. Pass a folder "
-                                    f"of {'images' if name == 'images' else 'instance label images'}.")
+                                    "of " + ("images" if name == "images"
+                                             else "instance label images") + ".")
 
     def by_stem(folder):
         found = {}

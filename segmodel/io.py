@@ -353,7 +353,8 @@ def _zarr_name(path):
 def _fingerprint(info):
     """Size plus ETag / mtime / checksum from a listing: changes whenever the file does."""
     parts = [str(info.get("size"))]
-    for key in ("digest", "ETag", "etag", "md5Hash", "crc32c", "mtime", "LastModified", "updated", "created"):
+    for key in ("digest", "ETag", "etag", "md5Hash", "crc32c", "mtime", "LastModified", "updated",
+                "created"):
         if info.get(key) is not None:
             parts.append(f"{key}={info[key]}")
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]

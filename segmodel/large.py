@@ -294,8 +294,8 @@ def write_mosaic_tiff(fh, images, shape, *, magnify=1, offset=0):
     """Write a tiled RGB TIFF of ``shape`` tiling ``images`` (each ``(256, 256[, C])`` uint8).
 
     Cell ``(i, j)`` of the grid holds image ``(7 * i + j) % len(images)`` enlarged ``magnify``
-    times (pixel repetition), the grid shifted up and left by ``offset`` pixels. Used to assemble large test and benchmark images from real ones;
-    written tile by tile, never whole.
+    times (pixel repetition), the grid shifted up and left by ``offset`` pixels. Used to
+    assemble large test and benchmark images from real ones; written tile by tile, never whole.
     """
     import tifffile
 

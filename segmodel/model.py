@@ -82,7 +82,8 @@ def build_unet(*, channels=3, filters=(16, 32, 64, 128), bottleneck=256, name="n
 
 @dataclass(frozen=True)
 class PostprocessSettings:
-    """Thresholds turning the three maps into labels (tuned on training data, saved with the model)."""
+    """Thresholds turning the three maps into labels (tuned on training data, saved with the
+    model)."""
 
     foreground: float = 0.5
     marker: float = 0.5
@@ -193,7 +194,8 @@ class LoadedModel:
         sends one shape).
         """
         if self.spec.axes == "CYX":  # a channels-first model: same batch, axes moved
-            out = self.keras_model.predict_on_batch(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))
+            channels_first = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+            out = self.keras_model.predict_on_batch(channels_first)
             return np.asarray(out).transpose(0, 2, 3, 1)
         return self.keras_model.predict_on_batch(batch)
 

@@ -97,7 +97,8 @@ def _decode_tiff(data, name, max_pixels):
     except ImageDecodeError:
         raise
     except Exception as exc:  # tifffile raises many types for broken files
-        raise ImageDecodeError(f"{name}: not a readable TIFF ({type(exc).__name__}: {exc}).") from exc
+        raise ImageDecodeError(
+            f"{name}: not a readable TIFF ({type(exc).__name__}: {exc}).") from exc
     if image.ndim == 3 and image.shape[0] in (3, 4) and image.shape[-1] not in (3, 4):
         image = np.moveaxis(image, 0, -1)  # planar CYX -> YXC
     if photometric == 3 and colormap is not None and image.ndim == 2:  # palette
@@ -145,7 +146,8 @@ def _decode_pillow(data, name, max_pixels):
                 )
             img.load()
             if img.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
-                img = img.convert("RGBA" if "A" in img.mode or "transparency" in img.info else "RGB")
+                alpha = "A" in img.mode or "transparency" in img.info
+                img = img.convert("RGBA" if alpha else "RGB")
             if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
                 return np.asarray(img, dtype=np.uint16)
             return np.asarray(img)
@@ -157,9 +159,11 @@ def _decode_pillow(data, name, max_pixels):
             f"{bytes(data[:8])!r})."
         ) from exc
     except Image.DecompressionBombError as exc:  # Pillow's own header check, before ours
-        raise ImageDecodeError(f"{name}: {exc} Refused before decoding (max_pixels={max_pixels}).") from exc
+        raise ImageDecodeError(
+            f"{name}: {exc} Refused before decoding (max_pixels={max_pixels}).") from exc
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... for bad data
-        raise ImageDecodeError(f"{name}: not a readable image ({type(exc).__name__}: {exc}).") from exc
+        raise ImageDecodeError(
+            f"{name}: not a readable image ({type(exc).__name__}: {exc}).") from exc
 
 
 def to_channels(image, channels=3):
@@ -308,7 +312,8 @@ class Tiling:
         if self.tile < divisor or self.tile % divisor:
             raise ValueError(
                 f"tile_size must be a positive multiple of {divisor} for this model. "
-                f"Received: tile_size={self.tile}. Use e.g. {max(divisor, self.tile // divisor * divisor)}."
+                f"Received: tile_size={self.tile}. "
+                f"Use e.g. {max(divisor, self.tile // divisor * divisor)}."
             )
         if not 0 <= self.overlap < self.tile // 2:
             raise ValueError(

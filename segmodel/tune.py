@@ -30,7 +30,8 @@ def retune(model_path, data_dir=datasets.DEFAULT_DATA, *, images=0, log=print):
         raise FileNotFoundError(f"no tune-split images under data_dir={str(data_dir)!r}")
     settings = tune_thresholds(model, samples, object_diameter=model.spec.object_diameter,
                                log=log)
-    training = {**model.spec.training, "tune_images": len(samples), "tuning_grid": [list(v) for v in TUNING_GRID],
+    training = {**model.spec.training, "tune_images": len(samples),
+                "tuning_grid": [list(v) for v in TUNING_GRID],
                 "tuning_min_areas": list(TUNING_MIN_AREAS)}
     spec = replace(model.spec, postprocess=settings, training=training)
     path = spec_path(model_path)

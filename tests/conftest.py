@@ -1,4 +1,5 @@
-"""Shared fixtures: the real DSB2018 set, the shipped samples, a Prefect test server, S3 on loopback."""
+"""Shared fixtures: the real DSB2018 set, the shipped samples, a Prefect test server, S3 on
+loopback."""
 
 import csv
 import os

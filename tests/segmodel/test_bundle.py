@@ -1,4 +1,5 @@
-"""Model bundles: spec files (JSON and YAML), their errors, the heads, and `segflow model inspect`."""
+"""Model bundles: spec files (JSON and YAML), their errors, the heads, and
+`segflow model inspect`."""
 
 import json
 import shutil

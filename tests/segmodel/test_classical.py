@@ -83,5 +83,6 @@ def test_touching_disks_are_split_by_the_watershed():
 
 @pytest.mark.parametrize("shape", [(10,), (2, 8, 8, 3)])
 def test_bad_shape_raises_value_error_with_the_received_shape(shape):
-    with pytest.raises(ValueError, match=r"image must be \(H, W\) or \(H, W, C\)\. Received: shape="):
+    with pytest.raises(ValueError,
+                       match=r"image must be \(H, W\) or \(H, W, C\)\. Received: shape="):
         segment_classical(np.zeros(shape, np.uint8))

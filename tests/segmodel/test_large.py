@@ -79,7 +79,8 @@ def test_blockwise_labels_are_unique_whole_and_equal_to_the_whole_image_run(mosa
         hit = whole[r.slice][r.image]
         ids, counts = np.unique(hit, return_counts=True)
         best = ids[np.argmax(counts)]
-        iou = counts.max() / (r.area + np.count_nonzero(whole == best) - counts.max()) if best else 0
+        union = r.area + np.count_nonzero(whole == best) - counts.max()
+        iou = counts.max() / union if best else 0
         if y0 < BLOCK < y1 or x0 < BLOCK < x1:
             crossing.append(iou)
         elif min(abs(y0 - BLOCK), abs(y1 - BLOCK), abs(x0 - BLOCK), abs(x1 - BLOCK)) > 64:

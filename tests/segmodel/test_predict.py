@@ -21,7 +21,8 @@ class Doubler:
 @pytest.mark.parametrize("tile, overlap", [(32, 0), (32, 8), (64, 16), (256, 32)])
 def test_stitched_output_equals_the_whole_image_prediction(tile, overlap):
     rng = np.random.default_rng(1)
-    images = [rng.random((100, 77, 3), dtype=np.float32), rng.random((20, 300, 3), dtype=np.float32)]
+    images = [rng.random((100, 77, 3), dtype=np.float32),
+              rng.random((20, 300, 3), dtype=np.float32)]
     maps = predict_maps(Doubler(), images, tiling=Tiling(tile, overlap), batch_size=4)
     for image, m in zip(images, maps):
         assert m.shape == image.shape
