@@ -39,16 +39,17 @@ def test_counts_match_the_hand_annotations_within_tolerance(samples):
 
 
 def test_tiling_does_not_change_the_objects(samples):
-    """Whole image (one 704 px tile) vs the default 256 px tiles (3 x 4 of them here): the
+    """Whole image (one 512 px tile) vs the default 256 px tiles (3 x 3 of them here): the
     same nuclei, seams included.
 
-    Nuclei cut by the image's own edge depend on how that edge is padded (zeros up to the
-    tile size when whole, the network's own padding when tiled), not on the tiling, so the
-    strict check covers every object off the image edge; all objects must still mostly match.
+    The image is cropped to 512 x 512 so the whole-image pass needs no padding: padding the
+    image's own edge with zeros up to a tile size changes what the network sees near that edge
+    (nuclei up to ~30 px from it split differently), which is not the tiling's doing. Nuclei
+    cut by the image's edge are still left out of the strict check; all must mostly match.
     """
     path = next(p for p, r in samples if r["height"] == "520")
-    image = _load(path)
-    whole = segment_many([image], tiling=Tiling(704, 0))[0]
+    image = _load(path)[:512, :512]
+    whole = segment_many([image], tiling=Tiling(512, 0))[0]
     tiling = Tiling(256, 32)
     tiled = segment_many([image], tiling=tiling)[0]
     iou = iou_matrix(whole, tiled)
