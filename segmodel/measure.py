@@ -68,8 +68,8 @@ def measure_objects(labels, intensity, image_id=""):
         table[f"bbox-{i}"] = np.array([getattr(slices[k - 1][axis], end) for k in ids], np.int64)
     table["equivalent_diameter_area"] = np.sqrt(4 * table["area"] / np.pi)
     table["perimeter"] = _perimeters(labels, ids)
-    table["solidity"] = table["area"] / convex_areas(labels)[1]
-    table.update(_moment_props(labels, ids))
+    table["solidity"] = table["area"] / convex_areas(labels, groups)[1]
+    table.update(_moment_props(groups))
     for c in range(CHANNELS):
         values = groups.values(intensity[..., c])
         table[f"intensity_mean-{c}"] = groups.reduce(np.add, values) / groups.count
@@ -92,9 +92,11 @@ class _Groups:
     def __init__(self, labels):
         flat = labels.ravel()
         fg = np.flatnonzero(flat)
+        # a stable sort keeps each object's pixels in raster order: by row, then column
         self.pixels = fg[np.argsort(flat[fg], kind="stable")]
+        self.label = flat[self.pixels]
         self.ids, self.starts, self.count = np.unique(
-            flat[self.pixels], return_index=True, return_counts=True)
+            self.label, return_index=True, return_counts=True)
         self.y, self.x = np.divmod(self.pixels, labels.shape[1])
 
     def values(self, image):
@@ -164,21 +166,19 @@ def _evaluate(vertices, obj, row, height):
     return np.where(vkey[k] == q, v[k], v[k] + (v[k1] - v[k]) * (q - vkey[k]) / span)
 
 
-def convex_areas(labels):
+def convex_areas(labels, groups=None):
     """Pixels in each object's convex hull, as ``regionprops``' ``area_convex`` counts them
     (hull of the pixels' edge midpoints, border pixels included), for every object at once.
 
     The hull is the hull of the pixel centres widened by a diamond of radius 1/2, so its left
     edge on row ``y`` is ``min(L(y) - 1/2, L(y - 1/2), L(y + 1/2))`` with ``L`` the convex
     minorant of the rows' leftmost pixels (linear between rows), and likewise on the right.
+    ``groups``: the :class:`_Groups` of ``labels``, when already made. Returns ``(ids, areas)``.
     """
+    groups = groups or _Groups(labels)
     height = labels.shape[0]
-    flat = labels.ravel()
-    fg = np.flatnonzero(flat)
-    y, x = np.divmod(fg, labels.shape[1])
-    key = flat[fg].astype(np.int64) * height + y
-    order = np.lexsort((x, key))
-    key, x = key[order], x[order].astype(np.int64)
+    key = groups.label.astype(np.int64) * height + groups.y  # sorted: object, row, column
+    x = groups.x.astype(np.int64)
     starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
     obj, row = np.divmod(key[starts], height)
     left = _minorant(obj, row, x[starts])
@@ -200,26 +200,16 @@ def convex_areas(labels):
 
     xl, xr = edge(left, 1), edge(right, -1)
     count = np.clip(np.floor(xr + 1e-9) - np.ceil(xl - 1e-9) + 1, 0, None)
-    sums = np.bincount(robj, weights=count, minlength=int(flat.max()) + 1)
+    sums = np.bincount(robj, weights=count, minlength=int(ids[-1]) + 1)
     return ids, sums[ids]
 
 
-def _moment_props(labels, ids):
-    """Eccentricity, orientation and axis lengths of objects ``ids`` (as regionprops defines
+def _moment_props(groups):
+    """Eccentricity, orientation and axis lengths of every object (as regionprops defines
     them: from the inertia tensor of each object's pixel coordinates)."""
-    flat = labels.ravel()
-    fg = np.flatnonzero(flat)
-    lab = flat[fg]
-    y, x = np.divmod(fg, labels.shape[1])
-    n = np.bincount(lab)[ids].astype(np.float64)
-
-    def mean(v):
-        return np.bincount(lab, weights=v)[ids] / n
-
-    my, mx = mean(y.astype(np.float64)), mean(x.astype(np.float64))
-    index = np.zeros(int(lab.max()) + 1, np.intp)
-    index[ids] = np.arange(len(ids))
-    dy, dx = y - my[index[lab]], x - mx[index[lab]]
+    mean = groups.mean
+    dy = groups.y - np.repeat(mean(groups.y), groups.count)
+    dx = groups.x - np.repeat(mean(groups.x), groups.count)
     # inertia tensor [[a, b], [b, c]]: a = mu02 / mu00, c = mu20 / mu00, b = -mu11 / mu00
     a, c, b = mean(dx * dx), mean(dy * dy), -mean(dy * dx)
     root = np.sqrt(((a - c) / 2) ** 2 + b**2)
