@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from segmodel.measure import ObjectPixels
 from segmodel.preprocess import (
     MAX_PIXELS,
     ImageDecodeError,
@@ -403,17 +404,16 @@ def channel_measurements(labels, data):
     """
     image = data.image
     n = image.shape[-1] - (1 if data.rgb and image.shape[-1] in (2, 4) else 0)
-    flat = labels.ravel()
-    fg = np.flatnonzero(flat)  # one sort of the object pixels serves every channel
-    order = np.argsort(flat[fg], kind="stable")
-    pixels = fg[order]
-    _, starts, counts = np.unique(flat[pixels], return_index=True, return_counts=True)
+    groups = ObjectPixels(labels)  # one sort of the object pixels serves every channel
     out = {}
     for stem, c in zip(column_names(data.channel_names[:n]), range(n)):
-        values = image[..., c].ravel()[pixels].astype(np.float64)
-        out[f"{stem}_mean"] = np.add.reduceat(values, starts) / counts if len(starts) else values
-        out[f"{stem}_min"] = np.minimum.reduceat(values, starts) if len(starts) else values
-        out[f"{stem}_max"] = np.maximum.reduceat(values, starts) if len(starts) else values
+        values = groups.values(image[..., c])
+        if not len(groups.ids):
+            out[f"{stem}_mean"] = out[f"{stem}_min"] = out[f"{stem}_max"] = values
+            continue
+        out[f"{stem}_mean"] = groups.reduce(np.add, values) / groups.count
+        out[f"{stem}_min"] = groups.reduce(np.minimum, values)
+        out[f"{stem}_max"] = groups.reduce(np.maximum, values)
     return out
 
 

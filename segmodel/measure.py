@@ -59,7 +59,7 @@ def measure_objects(labels, intensity, image_id=""):
         )
     if labels.max() == 0:
         return empty_objects()
-    groups = _Groups(labels)
+    groups = ObjectPixels(labels)
     ids = groups.ids
     table = {"label": ids, "area": groups.count.astype(np.float64)}
     table["centroid-0"], table["centroid-1"] = groups.mean(groups.y), groups.mean(groups.x)
@@ -84,8 +84,9 @@ def measure_objects(labels, intensity, image_id=""):
     return pd.DataFrame(columns, copy=False)  # every column has its schema dtype already
 
 
-class _Groups:
-    """The pixels of every object, sorted by label once, so each per-object statistic is one
+class ObjectPixels:
+    """The pixels of every object of ``labels``, sorted by label once, so each per-object
+    statistic (here and in :func:`segmodel.formats.channel_measurements`) is one
     vectorised reduction (regionprops loops over objects in Python, which was most of the
     measuring time). Definitions and values are regionprops'."""
 
@@ -173,9 +174,10 @@ def convex_areas(labels, groups=None):
     The hull is the hull of the pixel centres widened by a diamond of radius 1/2, so its left
     edge on row ``y`` is ``min(L(y) - 1/2, L(y - 1/2), L(y + 1/2))`` with ``L`` the convex
     minorant of the rows' leftmost pixels (linear between rows), and likewise on the right.
-    ``groups``: the :class:`_Groups` of ``labels``, when already made. Returns ``(ids, areas)``.
+    ``groups``: the :class:`ObjectPixels` of ``labels``, when already made.
+    Returns ``(ids, areas)``.
     """
-    groups = groups or _Groups(labels)
+    groups = groups or ObjectPixels(labels)
     height = labels.shape[0]
     key = groups.label.astype(np.int64) * height + groups.y  # sorted: object, row, column
     x = groups.x.astype(np.int64)
