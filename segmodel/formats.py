@@ -10,13 +10,13 @@ array metadata) before any pixel is read, and only the chosen plane is read.
 """
 
 import io
-import math
 import posixpath
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from segmodel.measure import ObjectPixels
 from segmodel.preprocess import (
@@ -396,15 +396,17 @@ def column_names(names):
     return out
 
 
-def channel_measurements(labels, data):
+def channel_measurements(labels, data, groups=None):
     """Per object (in label order) and channel: mean, min and max of the raw values.
 
     Returns ``{column: values}`` with columns ``channel_<name>_mean``, ``_min``, ``_max``;
-    the alpha channel of an RGBA picture is left out.
+    the alpha channel of an RGBA picture is left out. ``groups``: the
+    :class:`segmodel.measure.ObjectPixels` of ``labels`` when the caller has it already.
     """
     image = data.image
     n = image.shape[-1] - (1 if data.rgb and image.shape[-1] in (2, 4) else 0)
-    groups = ObjectPixels(labels)  # one sort of the object pixels serves every channel
+    if groups is None:
+        groups = ObjectPixels(labels)  # one sort of the object pixels serves every channel
     out = {}
     for stem, c in zip(column_names(data.channel_names[:n]), range(n)):
         values = groups.values(image[..., c])
@@ -417,13 +419,17 @@ def channel_measurements(labels, data):
     return out
 
 
-def add_measurements(table, labels, data):
+def add_measurements(table, labels, data, groups=None):
     """``table`` (from :func:`segmodel.measure.measure_objects`) with ``area_um2`` filled and
-    the ``channel_*`` columns of :func:`channel_measurements` appended."""
+    the ``channel_*`` columns of :func:`channel_measurements` appended (``groups`` as there)."""
     size = data.pixel_size_um if data is not None else None
-    table["area_um2"] = table["area"] * size**2 if size else math.nan
+    if size:
+        table["area_um2"] = table["area"] * size**2
     if data is None or not len(table):
         return table
-    columns = channel_measurements(labels, data)
+    columns = channel_measurements(labels, data, groups)
     extra = {k: v for k, v in columns.items() if len(v) == len(table)}
-    return table.assign(**extra) if extra else table
+    if not extra:
+        return table
+    # one concatenation: inserting the columns one by one costs several times more
+    return pd.concat([table, pd.DataFrame(extra, index=table.index, copy=False)], axis=1)

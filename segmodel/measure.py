@@ -34,7 +34,7 @@ OBJECT_SCHEMA.update({c: "int64" for c in _PROPS["bbox"]})
 OBJECT_SCHEMA["area_um2"] = "float64"
 
 
-def measure_objects(labels, intensity, image_id=""):
+def measure_objects(labels, intensity, image_id="", groups=None):
     """One row per object of ``labels`` with shape, position and intensity measurements.
 
     Parameters
@@ -45,6 +45,8 @@ def measure_objects(labels, intensity, image_id=""):
         The image (raw values) the intensities are measured on.
     image_id : str, optional
         Stored in the ``image_id`` column.
+    groups : ObjectPixels, optional
+        The object pixels of ``labels``, when the caller has grouped them already.
 
     Returns
     -------
@@ -59,7 +61,7 @@ def measure_objects(labels, intensity, image_id=""):
         )
     if labels.max() == 0:
         return empty_objects()
-    groups = ObjectPixels(labels)
+    groups = groups if groups is not None else ObjectPixels(labels)
     ids = groups.ids
     table = {"label": ids, "area": groups.count.astype(np.float64)}
     table["centroid-0"], table["centroid-1"] = groups.mean(groups.y), groups.mean(groups.x)

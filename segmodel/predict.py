@@ -37,6 +37,8 @@ def predict_maps(predict_batch, images, *, tiling=Tiling(), batch_size=8, n_out=
     wsum = [np.zeros(img.shape[:2], np.float32) for img in images]
     window = blend_window(t, tiling.overlap)
     channels = images[0].shape[-1] if images else 0
+    windows = {}  # one stitching window per kind of tile position (at most 16 kinds)
+    scratch = np.empty((t, t, n_out), np.float32)
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
         batch = np.zeros((batch_size, t, t, channels), np.float32)
@@ -46,10 +48,20 @@ def predict_maps(predict_batch, images, *, tiling=Tiling(), batch_size=8, n_out=
         for k, (i, (y, x)) in enumerate(chunk):
             h = min(t, images[i].shape[0] - y)
             w = min(t, images[i].shape[1] - x)
-            wk = _edge_aware_window(window, images[i].shape, (y, x), t, tiling.overlap)[:h, :w]
-            acc[i][y : y + h, x : x + w] += out[k, :h, :w] * wk[..., None]
+            key = (y == 0, y + t >= images[i].shape[0], x == 0, x + t >= images[i].shape[1], h, w)
+            if key not in windows:
+                wk = _edge_aware_window(window, images[i].shape, (y, x), t, tiling.overlap)
+                wk = np.ascontiguousarray(wk[:h, :w])
+                windows[key] = (wk, wk[..., None])
+            wk, wk3 = windows[key]
+            part = scratch[:h, :w]
+            np.multiply(out[k, :h, :w], wk3, out=part)
+            acc[i][y : y + h, x : x + w] += part
             wsum[i][y : y + h, x : x + w] += wk
-    return [a / np.maximum(w, 1e-6)[..., None] for a, w in zip(acc, wsum)]
+    for a, w in zip(acc, wsum):
+        np.maximum(w, 1e-6, out=w)
+        a /= w[..., None]
+    return acc
 
 
 def _edge_aware_window(window, shape, origin, t, overlap):

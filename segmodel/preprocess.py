@@ -221,15 +221,20 @@ def estimate_normalization(image, settings=Normalization()):
     invert = False
     if settings.invert == "auto" and high > low:
         # nuclei dark on a light background: the median pixel (channel mean) is above mid-range
-        if _is_small_uint(sample):
-            total = sample[..., 0].astype(np.uint32)  # channel by channel: a strided
-            for c in range(1, sample.shape[-1]):  # sum(axis=-1) is ten times slower
-                total += sample[..., c]
-            median = _percentiles(total, [50])[0] / sample.shape[-1]
-        else:
-            median = np.median(np.asarray(sample, np.float32).mean(axis=-1))
+        median = channel_mean_percentiles(sample, [50])[0]
         invert = bool(median > low + 0.5 * (high - low))
     return NormStats(float(low), float(high), invert)
+
+
+def channel_mean_percentiles(image, qs):
+    """Percentiles ``qs`` of an ``(H, W, C)`` image's channel mean, from a histogram of the
+    channel sum for 8/16-bit images (exact, and many times faster than sorting floats)."""
+    if _is_small_uint(image):
+        total = image[..., 0].astype(np.uint32)  # channel by channel: a strided
+        for c in range(1, image.shape[-1]):  # sum(axis=-1) is ten times slower
+            total += image[..., c]
+        return [v / image.shape[-1] for v in _percentiles(total, qs)]
+    return [float(v) for v in np.percentile(np.asarray(image, np.float32).mean(axis=-1), qs)]
 
 
 def _is_small_uint(a):

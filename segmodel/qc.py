@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from segmodel.preprocess import channel_mean_percentiles
+
 FLAG_SEPARATOR = ";"
 RUN_FLAGS = ("few_objects", "many_objects")
 OUTLINE_COLOR = (255, 220, 0)
@@ -101,12 +103,16 @@ def _intensity_flags(image, settings):
     sample = gray[::step, ::step]
     top = _dtype_max(image)
     span = top if top is not None else float(np.nanmax(np.abs(sample))) or 1.0
-    low, high = np.percentile(sample.astype(np.float32).mean(axis=-1), [1.0, 99.8])
+    low, high = channel_mean_percentiles(sample, [1.0, 99.8])
     flags = []
     if (high - low) < settings.flat_range * span:
         flags.append("flat")
-    if top is not None and (sample.max(axis=-1) >= top).mean() > settings.saturated_fraction:
-        flags.append("saturated")
+    if top is not None and sample.max() >= top:  # most images never reach the maximum
+        clipped = sample[..., 0] >= top
+        for c in range(1, sample.shape[-1]):
+            clipped |= sample[..., c] >= top
+        if clipped.mean() > settings.saturated_fraction:
+            flags.append("saturated")
     return flags
 
 

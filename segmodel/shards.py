@@ -13,7 +13,7 @@ from segmodel import __version__, formats, qc
 from segmodel.api import predict_labels, prepare
 from segmodel.heads import class_rows, object_labels
 from segmodel.io import ImageRef, is_transient, retry
-from segmodel.measure import CHANNELS, measure_objects
+from segmodel.measure import CHANNELS, ObjectPixels, measure_objects
 from segmodel.preprocess import MAX_PIXELS, ImageDecodeError, to_channels
 from segmodel.workers import CpuPool
 
@@ -165,8 +165,9 @@ def measure_item(labels, image, source, spec, image_id, scale):
     Module-level and free of Keras, so a worker process can run it.
     """
     objects_of = object_labels(labels, spec)
-    table = measure_objects(objects_of, to_channels(image, CHANNELS), image_id)
-    table = formats.add_measurements(table, objects_of, source)
+    groups = ObjectPixels(objects_of)  # sorted once for the shape and every channel
+    table = measure_objects(objects_of, to_channels(image, CHANNELS), image_id, groups)
+    table = formats.add_measurements(table, objects_of, source, groups)
     class_table = class_rows(labels, spec, image_id) if spec.kind == "semantic" else None
     flags = qc.join_flags(qc.image_flags(image, objects_of if spec.object_class else labels,
                                          scale=scale))

@@ -164,3 +164,17 @@ def test_blend_window_keeps_the_tile_centre():
     w = blend_window(32, 8)
     assert (w > 0).all() and np.allclose(w, w.T)
     assert (w[8:24, 8:24] == 1).all() and w[:8].max() < 0.01
+
+
+def test_channel_mean_percentiles_equal_numpy_on_real_images(dsb2018):
+    """The histogram path (8/16-bit) gives numpy's percentiles of the float channel mean."""
+    from segmodel.datasets import list_samples
+    from segmodel.preprocess import channel_mean_percentiles
+
+    qs = [1.0, 50.0, 99.8]
+    for sample in list_samples(dsb2018, "val")[::7]:
+        image = sample.load()[0]
+        image = image[..., None] if image.ndim == 2 else image
+        for im in (image, image.astype(np.uint16) * 257, image.astype(np.float32) / 7):
+            want = np.percentile(im.astype(np.float64).mean(axis=-1), qs)
+            np.testing.assert_allclose(channel_mean_percentiles(im, qs), want, rtol=1e-5)
