@@ -409,13 +409,8 @@ def channel_measurements(labels, data, groups=None):
         groups = ObjectPixels(labels)  # one sort of the object pixels serves every channel
     out = {}
     for stem, c in zip(column_names(data.channel_names[:n]), range(n)):
-        values = groups.values(image[..., c])
-        if not len(groups.ids):
-            out[f"{stem}_mean"] = out[f"{stem}_min"] = out[f"{stem}_max"] = values
-            continue
-        out[f"{stem}_mean"] = groups.reduce(np.add, values) / groups.count
-        out[f"{stem}_min"] = groups.reduce(np.minimum, values)
-        out[f"{stem}_max"] = groups.reduce(np.maximum, values)
+        stats = groups.intensity(image[..., c])  # measured once if the model's view had it
+        out.update({f"{stem}_{name}": v for name, v in zip(("mean", "min", "max"), stats)})
     return out
 
 

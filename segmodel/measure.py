@@ -73,10 +73,9 @@ def measure_objects(labels, intensity, image_id="", groups=None):
     table["solidity"] = table["area"] / convex_areas(labels, groups)[1]
     table.update(_moment_props(groups))
     for c in range(CHANNELS):
-        values = groups.values(intensity[..., c])
-        table[f"intensity_mean-{c}"] = groups.reduce(np.add, values) / groups.count
-        table[f"intensity_min-{c}"] = groups.reduce(np.minimum, values)
-        table[f"intensity_max-{c}"] = groups.reduce(np.maximum, values)
+        stats = groups.intensity(intensity[..., c])
+        for name, values in zip(("mean", "min", "max"), stats):
+            table[f"intensity_{name}-{c}"] = values
     columns = {"image_id": pd.array([image_id] * len(ids), dtype="string")}
     for prop, names in _PROPS.items():
         keys = [prop] if len(names) == 1 else [f"{prop}-{i}" for i in range(len(names))]
@@ -101,9 +100,29 @@ class ObjectPixels:
         self.ids, self.starts, self.count = np.unique(
             self.label, return_index=True, return_counts=True)
         self.y, self.x = np.divmod(self.pixels, labels.shape[1])
+        self._intensity = {}
 
     def values(self, image):
         return image.ravel()[self.pixels].astype(np.float64)
+
+    def intensity(self, channel):
+        """``(mean, min, max)`` per object of one ``(H, W)`` channel.
+
+        Remembered per channel (by its memory and layout, holding a reference so the memory
+        is not reused meanwhile): the model's view of an RGB picture and the picture's own
+        channels are the same pixels, measured once.
+        """
+        key = (channel.__array_interface__["data"][0], channel.strides, channel.shape,
+               channel.dtype.str)
+        if key not in self._intensity:
+            values = self.values(channel)
+            if len(self.ids):
+                stats = (self.reduce(np.add, values) / self.count,
+                         self.reduce(np.minimum, values), self.reduce(np.maximum, values))
+            else:
+                stats = (values, values, values)
+            self._intensity[key] = (channel, stats)
+        return self._intensity[key][1]
 
     def reduce(self, ufunc, values):
         return ufunc.reduceat(values, self.starts)
