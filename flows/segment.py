@@ -27,6 +27,7 @@ from tasks.shards import (
     read,
     release,
     segment,
+    start_model_thread,
     write,
 )
 
@@ -95,6 +96,8 @@ def segment_images(params: SegmentParams) -> dict:
     clock.add({"busy": [(t_load, t_plan)]})  # loading the model is the engine's, not Prefect's
     clock.add(plan)
     window = deque()
+    if not fused:  # threads in this process: the model gets its own, at this thread's priority
+        start_model_thread()
     for job in jobs:
         if fused:  # one task per shard: its arrays never leave the worker process
             window.append((job, process_shard.submit(ctx, job)))

@@ -5,6 +5,7 @@
 """
 
 import contextlib
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -130,7 +131,7 @@ def auto_scale(labels, spec, min_objects=3):
 
 
 def predict_labels(lm, prepared, tiling, *, batch_size=8, auto=False, tta=False, lock=None,
-                   on_error=None, timings=None, pool=None):
+                   on_error=None, timings=None, pool=None, model_thread=None):
     """Labels for prepared images, predicting tiles of all images in shared batches.
 
     With ``auto``, a first pass at the prepared scale measures each image's objects
@@ -141,6 +142,7 @@ def predict_labels(lm, prepared, tiling, *, batch_size=8, auto=False, tta=False,
     (default: raise); its labels are then None. ``timings``, a dict, accumulates the seconds
     spent in ``"predict"`` (holding the lock) and ``"postprocess"``. ``pool``, a
     :class:`segmodel.workers.CpuPool`, post-processes the images in its worker processes.
+    ``model_thread``, an executor, runs the model calls (see :func:`segmodel.workers.ModelThread`).
     """
     spent = timings if timings is not None else {}
 
@@ -157,8 +159,10 @@ def predict_labels(lm, prepared, tiling, *, batch_size=8, auto=False, tta=False,
     def run(indices):
         with guard:
             t0 = time.perf_counter()
-            maps = predict_maps(predict, [prepared[i].x for i in indices], tiling=tiling,
-                                batch_size=batch_size, n_out=n_outputs(lm.spec))
+            call = (predict_maps if model_thread is None
+                    else functools.partial(model_thread.call, predict_maps))
+            maps = call(predict, [prepared[i].x for i in indices], tiling=tiling,
+                        batch_size=batch_size, n_out=n_outputs(lm.spec))
             t0 = tick("predict", t0)
         shapes = [prepared[i].image.shape[:2] for i in indices]
         scales = [prepared[i].scale for i in indices]

@@ -95,11 +95,12 @@ def read_shard(store, refs, spec, *, scale=1.0, max_pixels=MAX_PIXELS, channel=N
 
 
 def segment_shard(model, items, tiling, *, batch_size=8, lock=None, auto=False, tta=False,
-                  pool=None):
+                  pool=None, model_thread=None):
     """Predict all prepared items in shared fixed-shape batches, then post-process each.
 
     ``auto``: pick each image's scale from a first pass (see :func:`segmodel.api.predict_labels`).
-    ``pool``: a :class:`segmodel.workers.CpuPool` that post-processes in worker processes.
+    ``pool``: a :class:`segmodel.workers.CpuPool` that post-processes in worker processes;
+    ``model_thread``: a :class:`segmodel.workers.ModelThread` that makes the model calls.
     """
     live = [it for it in items if it.prepared is not None]
     if not live:
@@ -108,7 +109,7 @@ def segment_shard(model, items, tiling, *, batch_size=8, lock=None, auto=False, 
     labels, prepared = predict_labels(
         model, [it.prepared for it in live], tiling, batch_size=batch_size, auto=auto, tta=tta,
         lock=lock, on_error=lambda i, exc: _fail(live[i], "postprocess", exc), timings=spent,
-        pool=pool,
+        pool=pool, model_thread=model_thread,
     )
     for it, lab, p in zip(live, labels, prepared):
         if it.failure is None:  # the model's input is not needed again: free it now

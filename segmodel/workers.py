@@ -94,3 +94,51 @@ def _shutdown_all():
     for pool in list(_POOLS.values()):
         pool.shutdown()
     _POOLS.clear()
+
+
+class ModelThread:
+    """One thread that makes every model call of a process, at the process' own CPU priority,
+    while :func:`lower_priority` lets the threads doing the work around the model (reading,
+    post-processing, measuring, writing) yield to it.
+
+    Why: on a CPU-only machine the model's parallel operations use every core, and an operation
+    waits for its slowest thread. A reading or measuring thread running at the same priority
+    takes a core from one of them and stalls the whole operation, so each second of that work
+    cost the model about a second. At a lower priority the same work fills the moments the
+    model leaves the cores idle instead. Create it from a thread at normal priority (its thread
+    inherits the creator's priority, which an unprivileged process cannot raise again).
+    """
+
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segflow-model")
+        self._executor.submit(int).result()  # start the thread now, from the creating thread
+
+    def call(self, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)`` on the model thread; its result or its exception."""
+        return self._executor.submit(fn, *args, **kwargs).result()
+
+
+_LOWERED = threading.local()
+
+
+def lower_priority(step=10):
+    """Lower the calling thread's CPU priority by ``step`` nice levels, once per thread.
+
+    Linux only (elsewhere, or where it is refused, nothing happens). Returns True when this
+    thread now runs below the process' priority.
+    """
+    if getattr(_LOWERED, "done", False):
+        return True
+    import os
+
+    if not hasattr(os, "setpriority") or threading.current_thread() is threading.main_thread():
+        return False  # never the main thread: it may be the one running the model
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + step))
+    except OSError:
+        return False
+    _LOWERED.done = True
+    return True

@@ -45,6 +45,25 @@ def model_lock():
     return _MODEL_LOCK
 
 
+_MODEL_THREAD = []
+
+
+def start_model_thread():
+    """Start this process' :class:`segmodel.workers.ModelThread` (call it from the flow's own
+    thread, before the tasks run: the model thread keeps that thread's CPU priority)."""
+    if not _MODEL_THREAD:
+        _MODEL_THREAD.append(workers.ModelThread())
+    return _MODEL_THREAD[0]
+
+
+def _model_thread():
+    """The model thread if the flow started one; the task thread then yields the CPU to it."""
+    if not _MODEL_THREAD:
+        return None
+    workers.lower_priority()
+    return _MODEL_THREAD[0]
+
+
 def _span(key, t0):
     _SPANS.setdefault(key, []).append((t0, time.time()))
 
@@ -132,6 +151,7 @@ def ingest(ctx: ShardContext, patterns: tuple, shard_size: int, run_stamp: str,
 def read(ctx: ShardContext, job: ShardJob) -> str:
     """Read, decode and prepare the shard's images."""
     t0 = time.time()
+    _model_thread()  # reading yields the CPU to the model
     model = load_model(ctx.model_path, trust=ctx.trust_model)
     _handoff()[job.name] = shards.read_shard(ctx.input, list(job.refs), model.spec,
                                            scale=ctx.scale, max_pixels=ctx.max_pixels,
@@ -164,7 +184,7 @@ def segment(ctx: ShardContext, job: ShardJob, key: str) -> str:
     tiling = default_tiling(model.spec, ctx.tile_size, ctx.overlap)
     shards.segment_shard(model, _handoff()[key], tiling, batch_size=ctx.batch_size,
                          lock=model_lock(), auto=ctx.scale == "auto", tta=ctx.tta,
-                         pool=_pool(ctx))
+                         pool=_pool(ctx), model_thread=_model_thread())
     _span(key, t0)
     return key
 
@@ -173,6 +193,7 @@ def segment(ctx: ShardContext, job: ShardJob, key: str) -> str:
 def write(ctx: ShardContext, job: ShardJob, key: str) -> dict:
     """Measure objects and write masks then table parts (images part last: the commit)."""
     t0 = time.time()
+    _model_thread()  # measuring and writing yield the CPU to the model
     items = _handoff().pop(key)
     result = _write_items(ctx, job, items)
     _span(key, t0)

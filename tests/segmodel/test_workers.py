@@ -1,9 +1,14 @@
-"""The CPU worker pool: results in order, one item's error kept with that item."""
+"""The CPU worker pool (results in order, one item's error kept with that item) and the model
+thread with the lowered priority of the threads around it."""
+
+import os
+import sys
+import threading
 
 import numpy as np
 import pytest
 
-from segmodel.workers import CpuPool, ImageError
+from segmodel.workers import CpuPool, ImageError, ModelThread, lower_priority
 
 
 def _area_or_fail(labels):
@@ -35,3 +40,33 @@ def test_results_come_back_in_order_and_errors_stay_with_their_item(workers):
 def test_a_bad_worker_count_is_refused_naming_the_parameter(bad):
     with pytest.raises(ValueError, match=r"cpu_workers must be a whole number >= 0. Received"):
         CpuPool(bad)
+
+
+def test_the_model_thread_runs_calls_on_its_own_thread_and_passes_errors_back():
+    model = ModelThread()
+    assert model.call(threading.current_thread).name.startswith("segflow-model")
+    assert model.call(sorted, [3, 1, 2], reverse=True) == [3, 2, 1]
+    with pytest.raises(ZeroDivisionError):
+        model.call(lambda: 1 / 0)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_lowering_priority_affects_only_the_calling_thread_and_only_once():
+    def nice():
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    base = nice()
+    seen = {}
+
+    def worker():
+        seen["first"], seen["second"] = lower_priority(), lower_priority()
+        seen["nice"] = nice()
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert seen == {"first": True, "second": True, "nice": min(19, base + 10)}
+    assert nice() == base  # the calling (and every other) thread keeps its priority
+    assert lower_priority() is False and nice() == base  # never the main thread
+    model = ModelThread()  # created from a normal thread: it keeps that priority
+    assert model.call(nice) == base
