@@ -5,7 +5,6 @@
 """
 
 import contextlib
-import functools
 import math
 import time
 from dataclasses import dataclass
@@ -142,7 +141,7 @@ def predict_labels(lm, prepared, tiling, *, batch_size=8, auto=False, tta=False,
     (default: raise); its labels are then None. ``timings``, a dict, accumulates the seconds
     spent in ``"predict"`` (holding the lock) and ``"postprocess"``. ``pool``, a
     :class:`segmodel.workers.CpuPool`, post-processes the images in its worker processes.
-    ``model_thread``, an executor, runs the model calls (see :func:`segmodel.workers.ModelThread`).
+    ``model_thread``, a :class:`segmodel.workers.ModelThread`, makes the model calls.
     """
     spent = timings if timings is not None else {}
 
@@ -152,6 +151,7 @@ def predict_labels(lm, prepared, tiling, *, batch_size=8, auto=False, tta=False,
         return t1
 
     guard = lock if lock is not None else contextlib.nullcontext()
+    on_model = model_thread.call if model_thread is not None else _call
     predict = with_flips(lm.predict_batch) if tta else lm.predict_batch
     prepared = list(prepared)
     labels = [None] * len(prepared)
@@ -159,10 +159,8 @@ def predict_labels(lm, prepared, tiling, *, batch_size=8, auto=False, tta=False,
     def run(indices):
         with guard:
             t0 = time.perf_counter()
-            call = (predict_maps if model_thread is None
-                    else functools.partial(model_thread.call, predict_maps))
-            maps = call(predict, [prepared[i].x for i in indices], tiling=tiling,
-                        batch_size=batch_size, n_out=n_outputs(lm.spec))
+            maps = on_model(predict_maps, predict, [prepared[i].x for i in indices],
+                            tiling=tiling, batch_size=batch_size, n_out=n_outputs(lm.spec))
             t0 = tick("predict", t0)
         shapes = [prepared[i].image.shape[:2] for i in indices]
         scales = [prepared[i].scale for i in indices]
@@ -189,6 +187,10 @@ def predict_labels(lm, prepared, tiling, *, batch_size=8, auto=False, tta=False,
         if redo:
             run(redo)
     return labels, prepared
+
+
+def _call(fn, *args, **kwargs):
+    return fn(*args, **kwargs)
 
 
 def default_tiling(spec, tile=None, overlap=None):
