@@ -102,9 +102,6 @@ class ObjectPixels:
         self.y, self.x = np.divmod(self.pixels, labels.shape[1])
         self._intensity = {}
 
-    def values(self, image):
-        return image.ravel()[self.pixels].astype(np.float64)
-
     def intensity(self, channel):
         """``(mean, min, max)`` per object of one ``(H, W)`` channel.
 
@@ -115,7 +112,7 @@ class ObjectPixels:
         key = (channel.__array_interface__["data"][0], channel.strides, channel.shape,
                channel.dtype.str)
         if key not in self._intensity:
-            values = self.values(channel)
+            values = channel.ravel()[self.pixels].astype(np.float64)
             if len(self.ids):
                 stats = (self.reduce(np.add, values) / self.count,
                          self.reduce(np.minimum, values), self.reduce(np.maximum, values))
@@ -198,7 +195,7 @@ def convex_areas(labels, groups=None):
     ``groups``: the :class:`ObjectPixels` of ``labels``, when already made.
     Returns ``(ids, areas)``.
     """
-    groups = groups or ObjectPixels(labels)
+    groups = groups if groups is not None else ObjectPixels(labels)
     height = labels.shape[0]
     key = groups.label.astype(np.int64) * height + groups.y  # sorted: object, row, column
     x = groups.x.astype(np.int64)

@@ -13,8 +13,9 @@ worker count (:func:`get_pool`), like the model, and reused by every shard.
 
 import atexit
 import multiprocessing
+import os
 import threading
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 
 class CpuPool:
@@ -110,8 +111,6 @@ class ModelThread:
     """
 
     def __init__(self):
-        from concurrent.futures import ThreadPoolExecutor
-
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segflow-model")
         self._executor.submit(int).result()  # start the thread now, from the creating thread
 
@@ -131,8 +130,6 @@ def lower_priority(step=10):
     """
     if getattr(_LOWERED, "done", False):
         return True
-    import os
-
     if not hasattr(os, "setpriority") or threading.current_thread() is threading.main_thread():
         return False  # never the main thread: it may be the one running the model
     try:
