@@ -15,6 +15,13 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Prefect configures logging when first imported, and that closes the handlers already there.
+# TensorFlow's absl handler then closes the stream it holds unless it is still sys.stderr, and in
+# a test that stream is pytest's capture from collection time: every later test's output capture
+# fails with "I/O operation on closed file". Importing Prefect first, as the CLI does, avoids it
+# whichever tests run first (``prefect.flow`` loads ``prefect.main``, which sets up logging).
+from prefect import flow  # noqa: E402,F401
+
 from segmodel.datasets import DEFAULT_DATA  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[1] / "segmodel" / "samples"
