@@ -4,7 +4,7 @@ The same real images of the shared DSB2018 set (208 by default, in id order: flu
 histology and brightfield, 256x256 to 1040x1388) are measured two ways:
 
 - **raw**: every image decoded and prepared beforehand, its tiles cut and packed into
-  fixed-shape batches in memory, then only ``predict`` timed: tiles/s, and the images/s that
+  batches in memory as the pipeline packs them, then only ``predict`` timed: tiles/s, and the images/s that
   implies for these images; measured before and after the end-to-end run, and averaged;
 - **end to end**: ``python -m flows.cli run`` (the ``segflow run`` command) in a fresh process,
   from the files on disk to every mask and table written: images/s of the flow (from its start
@@ -55,7 +55,11 @@ def pick_images(data_dir, count):
 
 
 def raw_throughput(paths, batch_size, warmup=2):
-    """Tiles, seconds of ``predict`` alone on preloaded fixed-shape batches."""
+    """Tiles, seconds of ``predict`` alone on preloaded batches.
+
+    Batches are cut as the pipeline cuts them: ``batch_size`` tiles each, the last one padded,
+    or cut to its tiles where the model takes any batch size (the warm-up then traces both).
+    """
     model = load_model()
     tiling = default_tiling(model.spec)
     tiles = []
@@ -65,12 +69,13 @@ def raw_throughput(paths, batch_size, warmup=2):
     n = len(tiles)
     batches = []
     for start in range(0, n, batch_size):
-        batch = np.zeros((batch_size,) + tiles[0].shape, np.float32)
         chunk = tiles[start : start + batch_size]
+        size = len(chunk) if model.any_batch_size else batch_size
+        batch = np.zeros((size,) + tiles[0].shape, np.float32)
         batch[: len(chunk)] = chunk
         batches.append(batch)
     del tiles
-    for batch in batches[:warmup]:
+    for batch in batches[:warmup] + batches[-1:]:
         model.predict_batch(batch)
     t0 = time.perf_counter()
     for batch in batches:

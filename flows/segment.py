@@ -96,8 +96,8 @@ def segment_images(params: SegmentParams) -> dict:
     clock.add({"busy": [(t_load, t_plan)]})  # loading the model is the engine's, not Prefect's
     clock.add(plan)
     window = deque()
-    if not fused:  # threads in this process: the model gets its own, at this thread's priority
-        start_model_thread()
+    if not fused and jobs:  # threads here: the model gets its own, at this thread's priority
+        start_model_thread(ctx)
     for job in jobs:
         if fused:  # one task per shard: its arrays never leave the worker process
             window.append((job, process_shard.submit(ctx, job)))

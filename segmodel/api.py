@@ -139,8 +139,9 @@ def predict_labels(lm, prepared, tiling, *, batch_size=8, auto=False, tta=False,
     Returns ``(labels, prepared)`` lists, ``prepared`` holding the scale each image was finally
     segmented at. ``on_error(i, exc)`` receives a failed post-processing of image ``i``
     (default: raise); its labels are then None. ``timings``, a dict, accumulates the seconds
-    spent in ``"predict"`` (holding the lock) and ``"postprocess"``. ``pool``, a
-    :class:`segmodel.workers.CpuPool`, post-processes the images in its worker processes.
+    spent in ``"predict"`` (from taking the lock to the last tile stitched) and
+    ``"postprocess"``. ``pool``, a :class:`segmodel.workers.CpuPool`, post-processes the
+    images in its worker processes.
     ``model_thread``, a :class:`segmodel.workers.ModelThread`, makes the model calls.
     """
     spent = timings if timings is not None else {}
@@ -150,18 +151,17 @@ def predict_labels(lm, prepared, tiling, *, batch_size=8, auto=False, tta=False,
         spent[stage] = spent.get(stage, 0.0) + t1 - t0
         return t1
 
-    guard = lock if lock is not None else contextlib.nullcontext()
-    on_model = model_thread.call if model_thread is not None else _call
+    guard = _NotedLock(lock)
+    submit = model_thread.submit if model_thread is not None else None
     predict = with_flips(lm.predict_batch) if tta else lm.predict_batch
     prepared = list(prepared)
     labels = [None] * len(prepared)
 
     def run(indices):
-        with guard:
-            t0 = time.perf_counter()
-            maps = on_model(predict_maps, predict, [prepared[i].x for i in indices],
-                            tiling=tiling, batch_size=batch_size, n_out=n_outputs(lm.spec))
-            t0 = tick("predict", t0)
+        maps = predict_maps(predict, [prepared[i].x for i in indices], tiling=tiling,
+                            batch_size=batch_size, n_out=n_outputs(lm.spec), submit=submit,
+                            lock=guard, exact_last=lm.any_batch_size)
+        t0 = tick("predict", guard.acquired_at)
         shapes = [prepared[i].image.shape[:2] for i in indices]
         scales = [prepared[i].scale for i in indices]
         done = (pool or CpuPool(0)).map(finish_at, maps, shapes, scales, [lm.spec] * len(maps))
@@ -189,8 +189,20 @@ def predict_labels(lm, prepared, tiling, *, batch_size=8, auto=False, tta=False,
     return labels, prepared
 
 
-def _call(fn, *args, **kwargs):
-    return fn(*args, **kwargs)
+class _NotedLock:
+    """A lock (or none) that notes when it was last acquired: waiting for it is not predicting."""
+
+    def __init__(self, lock=None):
+        self.lock = lock if lock is not None else contextlib.nullcontext()
+        self.acquired_at = None
+
+    def __enter__(self):
+        self.lock.__enter__()
+        self.acquired_at = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        return self.lock.__exit__(*exc)
 
 
 def default_tiling(spec, tile=None, overlap=None):

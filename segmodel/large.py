@@ -212,7 +212,8 @@ class BlockRun:
 
     def _predict(self, x):
         return predict_maps(self.model.predict_batch, [x], tiling=self.tiling,
-                            batch_size=self.batch_size, n_out=n_outputs(self.model.spec))[0]
+                            batch_size=self.batch_size, n_out=n_outputs(self.model.spec),
+                            exact_last=self.model.any_batch_size)[0]
 
 
 def _owned(labels, core):

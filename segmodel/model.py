@@ -187,6 +187,20 @@ class LoadedModel:
     fingerprint: str
     path: str
 
+    @property
+    def any_batch_size(self):
+        """Whether a batch smaller than the usual costs only its share of a call.
+
+        True on the TensorFlow backend: Keras traces its predict function with
+        ``reduce_retracing``, so the second batch shape gives a trace that takes every batch
+        size, and a call costs in proportion to its batch. Elsewhere (JAX compiles each shape;
+        an accelerator costs nearly the same for any batch up to its width) batches keep one
+        fixed shape.
+        """
+        import keras
+
+        return keras.backend.backend() == "tensorflow"
+
     def predict_batch(self, batch):
         """Predict a fixed-shape ``(N, T, T, C)`` float32 batch; returns ``(N, T, T, 3)``.
 

@@ -1,15 +1,21 @@
 """Tiled prediction: tiles from many images share fixed-shape batches, then are stitched back."""
 
+import contextlib
+from collections import deque
+from concurrent.futures import Future
+
 import numpy as np
 
 from segmodel.preprocess import Tiling, blend_window, extract_tile, tile_origins
 
 
-def predict_maps(predict_batch, images, *, tiling=Tiling(), batch_size=8, n_out=3):
+def predict_maps(predict_batch, images, *, tiling=Tiling(), batch_size=8, n_out=3, submit=None,
+                 lock=None, exact_last=False):
     """Predict output maps for a list of normalised images with fixed-shape batches.
 
     Tiles from all ``images`` are cut at ``tiling.tile`` size with ``tiling.overlap`` pixels of
-    overlap, grouped into batches of exactly ``batch_size`` (the last padded with zeros), passed
+    overlap, grouped into batches of exactly ``batch_size`` (the last padded with zeros, or cut
+    to its tiles with ``exact_last``), passed
     to ``predict_batch`` and stitched back keeping each tile's centre (see
     :func:`segmodel.preprocess.blend_window`).
 
@@ -24,6 +30,19 @@ def predict_maps(predict_batch, images, *, tiling=Tiling(), batch_size=8, n_out=
         Tiles per model call (default 8).
     n_out : int, optional
         Output channels of ``predict_batch``.
+    submit : callable, optional
+        ``submit(fn, batch) -> Future`` runs the model calls elsewhere (the model thread of
+        :class:`segmodel.workers.ModelThread`). The next batch is then queued behind the running
+        one, and this thread cuts the batch after it and stitches the one before it meanwhile,
+        so the model never waits for them. Default: each call runs here, in turn.
+    lock : context manager, optional
+        Held while this call submits its batches (so the batches of concurrent calls do not
+        interleave) and released before the last ones are stitched: the next call queues its
+        first batch while this one's last batch runs.
+    exact_last : bool, optional
+        Send the last batch with only its tiles instead of padding it to ``batch_size``: for
+        models whose calls cost in proportion to the batch and take any batch size without
+        compiling again (:attr:`segmodel.model.LoadedModel.any_batch_size`).
 
     Returns
     -------
@@ -39,12 +58,9 @@ def predict_maps(predict_batch, images, *, tiling=Tiling(), batch_size=8, n_out=
     channels = images[0].shape[-1] if images else 0
     windows = {}  # one stitching window per kind of tile position (at most 16 kinds)
     scratch = np.empty((t, t, n_out), np.float32)
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start : start + batch_size]
-        batch = np.zeros((batch_size, t, t, channels), np.float32)
-        for k, (i, origin) in enumerate(chunk):
-            batch[k] = extract_tile(images[i], origin, t)
-        out = predict_batch(batch)
+
+    def stitch(chunk, future):
+        out = future.result()
         for k, (i, (y, x)) in enumerate(chunk):
             h = min(t, images[i].shape[0] - y)
             w = min(t, images[i].shape[1] - x)
@@ -58,10 +74,34 @@ def predict_maps(predict_batch, images, *, tiling=Tiling(), batch_size=8, n_out=
             np.multiply(out[k, :h, :w], wk3, out=part)
             acc[i][y : y + h, x : x + w] += part
             wsum[i][y : y + h, x : x + w] += wk
+
+    queued = deque()  # (tiles, future) of submitted batches, oldest first
+    with lock if lock is not None else contextlib.nullcontext():
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start : start + batch_size]
+            size = len(chunk) if exact_last else batch_size
+            batch = np.zeros((size, t, t, channels), np.float32)
+            for k, (i, origin) in enumerate(chunk):
+                batch[k] = extract_tile(images[i], origin, t)
+            queued.append((chunk, (submit or _run_here)(predict_batch, batch)))
+            if len(queued) > 1:  # one batch stays queued behind the one the model is running
+                stitch(*queued.popleft())
+    while queued:
+        stitch(*queued.popleft())
     for a, w in zip(acc, wsum):
         np.maximum(w, 1e-6, out=w)
         a /= w[..., None]
     return acc
+
+
+def _run_here(fn, *args):
+    """``fn(*args)`` now, as a finished future (its exception, if any, comes from ``result``)."""
+    future = Future()
+    try:
+        future.set_result(fn(*args))
+    except Exception as exc:
+        future.set_exception(exc)
+    return future
 
 
 def _edge_aware_window(window, shape, origin, t, overlap):

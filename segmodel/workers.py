@@ -116,7 +116,11 @@ class ModelThread:
 
     def call(self, fn, *args, **kwargs):
         """``fn(*args, **kwargs)`` on the model thread; its result or its exception."""
-        return self._executor.submit(fn, *args, **kwargs).result()
+        return self.submit(fn, *args, **kwargs).result()
+
+    def submit(self, fn, *args, **kwargs):
+        """Queue ``fn(*args, **kwargs)`` on the model thread; a future of its result."""
+        return self._executor.submit(fn, *args, **kwargs)
 
 
 _LOWERED = threading.local()

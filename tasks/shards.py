@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -48,12 +49,27 @@ def model_lock():
 _MODEL_THREAD = []
 
 
-def start_model_thread():
+def start_model_thread(ctx=None):
     """Start this process' :class:`segmodel.workers.ModelThread` (call it from the flow's own
-    thread, before the tasks run: the model thread keeps that thread's CPU priority)."""
+    thread, before the tasks run: the model thread keeps that thread's CPU priority).
+
+    With a :class:`ShardContext`, the model thread's first job is a call on the run's batch
+    shape (and one on a single tile, the shape of a shard's last batch, where the model takes
+    any batch size): the model's one-time tracing then overlaps reading the first shard
+    instead of delaying its first batch.
+    """
     if not _MODEL_THREAD:
         _MODEL_THREAD.append(workers.ModelThread())
+    if ctx is not None:
+        _MODEL_THREAD[0].submit(_warm_up, ctx)
     return _MODEL_THREAD[0]
+
+
+def _warm_up(ctx):
+    model = load_model(ctx.model_path, trust=ctx.trust_model)
+    for size in (ctx.batch_size, 1) if model.any_batch_size else (ctx.batch_size,):
+        model.predict_batch(np.zeros((size, ctx.tile_size, ctx.tile_size, model.spec.channels),
+                                     np.float32))
 
 
 def _model_thread():

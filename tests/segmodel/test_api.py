@@ -124,3 +124,20 @@ def test_auto_scale_follows_the_magnification_of_the_image(samples):
     assert s2 == pytest.approx(s1 / 2, rel=0.25), (s1, s2)
     assert labels[1].shape == big.shape[:2]
     assert abs(int(labels[0].max()) - int(labels[1].max())) <= max(2, 0.1 * labels[0].max())
+
+
+def test_the_bundled_model_gives_the_same_maps_for_a_smaller_last_batch(samples):
+    import keras
+
+    from segmodel.model import load_model
+
+    lm = load_model()
+    assert lm.any_batch_size == (keras.backend.backend() == "tensorflow")
+    if not lm.any_batch_size:
+        pytest.skip("batches keep one shape on this Keras backend")
+    rng = np.random.default_rng(0)
+    batch = rng.random((4, 256, 256, 3), dtype=np.float32)
+    full = lm.predict_batch(batch)
+    part = lm.predict_batch(batch[:3].copy())
+    assert part.shape == (3, 256, 256, 3)
+    np.testing.assert_allclose(part, full[:3], atol=1e-4)

@@ -48,6 +48,8 @@ def test_the_model_thread_runs_calls_on_its_own_thread_and_passes_errors_back():
     assert model.call(sorted, [3, 1, 2], reverse=True) == [3, 2, 1]
     with pytest.raises(ZeroDivisionError):
         model.call(lambda: 1 / 0)
+    queued = [model.submit(pow, 2, k) for k in range(5)]  # run in the order submitted
+    assert [f.result() for f in queued] == [1, 2, 4, 8, 16]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
