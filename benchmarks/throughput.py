@@ -4,8 +4,9 @@ The same real images of the shared DSB2018 set (208 by default, in id order: flu
 histology and brightfield, 256x256 to 1040x1388) are measured two ways:
 
 - **raw**: every image decoded and prepared beforehand, its tiles cut and packed into
-  batches in memory as the pipeline packs them, then only ``predict`` timed: tiles/s, and the images/s that
-  implies for these images; measured before and after the end-to-end run, and averaged;
+  batches in memory as the pipeline packs them, then only ``predict`` timed: tiles/s, and
+  the images/s that implies for these images; measured before and after the end-to-end
+  run, and averaged;
 - **end to end**: ``python -m flows.cli run`` (the ``segflow run`` command) in a fresh process,
   from the files on disk to every mask and table written: images/s of the flow (from its start
   to the last shard written), and of the whole command (Python start, imports and Prefect's
