@@ -127,6 +127,27 @@ def test_normalisation_does_not_modify_its_input():
     image = RGB8.copy()
     apply_normalization(image, estimate_normalization(image))
     np.testing.assert_array_equal(image, RGB8)
+    floats = RGB8.astype(np.float32)
+    apply_normalization(floats, estimate_normalization(floats))
+    np.testing.assert_array_equal(floats, RGB8.astype(np.float32))
+
+
+def test_normalisation_in_place_equals_the_formula_on_real_images(dsb2018):
+    """Bit for bit ``clip((1 -) (x - low) / (high - low), -0.5, 1.5)`` in float32, on real
+    images with and without inversion."""
+    from segmodel.datasets import list_samples
+
+    inverted = 0
+    for sample in list_samples(dsb2018, "val")[::4]:
+        image = to_channels(sample.load()[0], 3)
+        stats = estimate_normalization(image)
+        x = (image.astype(np.float32) - stats.low) / (stats.high - stats.low)
+        expected = np.clip(1.0 - x if stats.invert else x, -0.5, 1.5)
+        out = apply_normalization(image, stats)
+        assert out.dtype == np.float32
+        np.testing.assert_array_equal(out, expected)
+        inverted += stats.invert
+    assert inverted  # the inverting branch was met
 
 
 def test_pyramid_halves_until_min_size_and_stops():
