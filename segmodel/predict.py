@@ -15,9 +15,8 @@ def predict_maps(predict_batch, images, *, tiling=Tiling(), batch_size=8, n_out=
 
     Tiles from all ``images`` are cut at ``tiling.tile`` size with ``tiling.overlap`` pixels of
     overlap, grouped into batches of exactly ``batch_size`` (the last padded with zeros, or cut
-    to its tiles with ``exact_last``), passed
-    to ``predict_batch`` and stitched back keeping each tile's centre (see
-    :func:`segmodel.preprocess.blend_window`).
+    to its tiles with ``exact_last``), passed to ``predict_batch`` and stitched back keeping
+    each tile's centre (see :func:`segmodel.preprocess.blend_window`).
 
     Parameters
     ----------

@@ -65,11 +65,22 @@ def start_model_thread(ctx=None):
     return _MODEL_THREAD[0]
 
 
+_WARM = set()  # (model fingerprint, batch size, tile size) already traced in this process
+
+
 def _warm_up(ctx):
+    """Call the model once on each batch shape of the run not called in this process yet;
+    returns those shapes."""
     model = load_model(ctx.model_path, trust=ctx.trust_model)
-    for size in (ctx.batch_size, 1) if model.any_batch_size else (ctx.batch_size,):
-        model.predict_batch(np.zeros((size, ctx.tile_size, ctx.tile_size, model.spec.channels),
-                                     np.float32))
+    key = (model.fingerprint, ctx.batch_size, ctx.tile_size)
+    if key in _WARM:
+        return []
+    _WARM.add(key)
+    sizes = (ctx.batch_size, 1) if model.any_batch_size else (ctx.batch_size,)
+    shapes = [(n, ctx.tile_size, ctx.tile_size, model.spec.channels) for n in sizes]
+    for shape in shapes:
+        model.predict_batch(np.zeros(shape, np.float32))
+    return shapes
 
 
 def _model_thread():

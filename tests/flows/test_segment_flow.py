@@ -177,3 +177,20 @@ def test_cpu_workers_give_the_same_outputs_as_in_thread_work(folder, tmp_path):
     for row in t0["images"].itertuples():
         np.testing.assert_array_equal(tifffile.imread(out0 / row.mask_path),
                                       tifffile.imread(out2 / row.mask_path))
+
+
+def test_the_model_warm_up_traces_each_batch_shape_of_a_run_once_per_process():
+    import types
+
+    import keras
+
+    from segmodel.model import DEFAULT_MODEL
+    from tasks.shards import _warm_up
+
+    ctx = types.SimpleNamespace(model_path=str(DEFAULT_MODEL), trust_model=False,
+                                batch_size=3, tile_size=128)
+    shapes = [(3, 128, 128, 3)]
+    if keras.backend.backend() == "tensorflow":  # a shard's last batch: any size, one trace
+        shapes.append((1, 128, 128, 3))
+    assert _warm_up(ctx) == shapes
+    assert _warm_up(ctx) == []  # already traced in this process
