@@ -114,10 +114,6 @@ class ModelThread:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segflow-model")
         self._executor.submit(int).result()  # start the thread now, from the creating thread
 
-    def call(self, fn, *args, **kwargs):
-        """``fn(*args, **kwargs)`` on the model thread; its result or its exception."""
-        return self.submit(fn, *args, **kwargs).result()
-
     def submit(self, fn, *args, **kwargs):
         """Queue ``fn(*args, **kwargs)`` on the model thread; a future of its result."""
         return self._executor.submit(fn, *args, **kwargs)

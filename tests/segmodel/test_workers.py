@@ -44,10 +44,10 @@ def test_a_bad_worker_count_is_refused_naming_the_parameter(bad):
 
 def test_the_model_thread_runs_calls_on_its_own_thread_and_passes_errors_back():
     model = ModelThread()
-    assert model.call(threading.current_thread).name.startswith("segflow-model")
-    assert model.call(sorted, [3, 1, 2], reverse=True) == [3, 2, 1]
+    assert model.submit(threading.current_thread).result().name.startswith("segflow-model")
+    assert model.submit(sorted, [3, 1, 2], reverse=True).result() == [3, 2, 1]
     with pytest.raises(ZeroDivisionError):
-        model.call(lambda: 1 / 0)
+        model.submit(lambda: 1 / 0).result()
     queued = [model.submit(pow, 2, k) for k in range(5)]  # run in the order submitted
     assert [f.result() for f in queued] == [1, 2, 4, 8, 16]
 
@@ -71,4 +71,4 @@ def test_lowering_priority_affects_only_the_calling_thread_and_only_once():
     assert nice() == base  # the calling (and every other) thread keeps its priority
     assert lower_priority() is False and nice() == base  # never the main thread
     model = ModelThread()  # created from a normal thread: it keeps that priority
-    assert model.call(nice) == base
+    assert model.submit(nice).result() == base
