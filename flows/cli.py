@@ -1,6 +1,7 @@
 """The ``segflow`` command: a thin layer that builds flow parameters and calls the flows."""
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -199,16 +200,18 @@ class _Progress:
 
 
 def _run(args, input_url):
-    from flows.runners import EarlyServer, make_task_runner
+    # first thing, before Prefect and TensorFlow are imported: the two then overlap
+    server = _flow_server() if args.task_runner == "threads" else None
+    from flows.runners import make_task_runner
 
-    server = EarlyServer() if args.task_runner == "threads" else None  # overlaps model loading
     params = _segment_params(args, input_url)
     from flows import progress
     from flows.segment import preflight, segment_images
 
     try:
         runner = make_task_runner(args.task_runner, args.dask_address, args.dask_workers)
-        preflight(params)
+        # with threads the model warms up in its thread while the server starts
+        preflight(params, warm_up=args.task_runner == "threads")
     except (ValueError, FileNotFoundError, PermissionError, TypeError) as exc:
         raise SystemExit(f"segflow: {exc}") from None
     if args.task_runner != "threads":
@@ -217,11 +220,9 @@ def _run(args, input_url):
     progress.add_listener(listener)
     from flows.report import TooManyFailures
 
-    if server is not None:
-        server.wait()
-
     try:
-        summary = segment_images(params)
+        with _on(server) if server is not None else contextlib.nullcontext():
+            summary = segment_images(params)
     except (FileNotFoundError, PermissionError) as exc:
         raise SystemExit(f"segflow: {type(exc).__name__}: {exc}") from None
     except TooManyFailures as exc:
@@ -278,7 +279,22 @@ def _serve(args):
     return 0
 
 
+def _flow_server():
+    """This process' early temporary server (see :mod:`flows.server`), started now: every
+    command runs its flows on the same server, so runs and their records stay together."""
+    from flows.server import early_server
+
+    return early_server()
+
+
+def _on(server):
+    """The settings context of a flow run on ``server`` once it answers."""
+    server.wait()
+    return server.settings()
+
+
 def _train(args):
+    server = _flow_server()
     from pydantic import ValidationError
 
     from flows.params import TrainParams
@@ -302,12 +318,14 @@ def _train(args):
             list_pairs(args.images, args.labels or args.images)
         except (FileNotFoundError, ValueError) as exc:
             raise SystemExit(f"segflow: {exc}") from None
-    path = train_model(params)
+    with _on(server):
+        path = train_model(params)
     print(f"trained model: {path}")
     return 0
 
 
 def _evaluate(args):
+    server = _flow_server()
     from flows.evaluate import EvaluateParams, evaluate_labels
 
     try:
@@ -318,7 +336,8 @@ def _evaluate(args):
         raise SystemExit(f"segflow: --storage-options must be JSON ({exc.msg}). "
                          f"Received: {args.storage_options!r}") from None
     try:
-        table = evaluate_labels(params)
+        with _on(server):
+            table = evaluate_labels(params)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"segflow: {exc}") from None
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

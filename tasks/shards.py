@@ -297,10 +297,12 @@ except (OSError, AttributeError):
 
 @task(name="finalize", task_run_name="finalize: reconcile tables, write run.json",
       cache_policy=NO_CACHE, **IO_RETRIES)
-def finalize(ctx: ShardContext, manifest: dict) -> None:
-    """Reconcile the tables once more and write the run manifest."""
+def finalize(ctx: ShardContext, manifest: dict) -> float:
+    """Reconcile the tables once more and write the run manifest; returns its seconds."""
+    t0 = time.perf_counter()
     outputs.reconcile(ctx.output)
     ctx.output.write_json("run.json", manifest)
+    return round(time.perf_counter() - t0, 3)
 
 
 __all__ = ["ShardContext", "ShardJob", "ingest", "process_shard", "read", "segment", "write",

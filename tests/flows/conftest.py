@@ -18,7 +18,9 @@ def _record(flow_run_id=None):
     )
     from prefect.client.schemas.sorting import FlowRunSort
 
-    with get_client(sync_client=True) as client:
+    from flows.server import early_settings
+
+    with early_settings(), get_client(sync_client=True) as client:
         if flow_run_id is None:
             run = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)[0]
         else:

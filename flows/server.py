@@ -1,0 +1,173 @@
+"""Prefect's temporary API server for a ``segflow run``, started before Prefect is imported.
+
+Without ``PREFECT_API_URL`` the first API call of a flow starts a temporary server and waits for
+it: Prefect imports its server package in the calling process (about 2 s on 2 cores), then starts
+a uvicorn subprocess serving ``prefect.server.api.server:create_app`` and polls its health (the
+subprocess' imports and database migrations, several seconds). :func:`early_server` starts that
+same subprocess, the way Prefect does, first thing in the run and without importing Prefect, so
+the server starts on another core while Prefect and TensorFlow are imported and the model loads
+and warms up. This module imports nothing of Prefect until :meth:`EarlyServer.wait`.
+"""
+
+import os
+import sys
+
+
+def configured_api_url():
+    """The API URL set for this process by the environment or the active Prefect profile
+    (read from its ``profiles.toml`` without importing Prefect), or None."""
+    url = os.environ.get("PREFECT_API_URL")
+    if url:
+        return url
+    from pathlib import Path
+
+    import tomllib
+
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    path = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    active = os.environ.get("PREFECT_PROFILE") or data.get("active") or "ephemeral"
+    profile = data.get("profiles", {}).get(active, {})
+    return profile.get("PREFECT_API_URL") if isinstance(profile, dict) else None
+
+
+class EarlyServer:
+    """Prefect's temporary API server, started as early as possible in its own process.
+
+    :meth:`wait` blocks until it answers; :meth:`settings` is the context under which the flow
+    must run (it points ``PREFECT_API_URL`` at this server). If the early start fails, or
+    Prefect turns out to be configured with an API URL after all (a source other than the
+    environment and the profile), :meth:`settings` changes nothing and the flow runs as it
+    would have.
+    The process is stopped when :meth:`stop` is called or this process exits. Use
+    :func:`early_server`: one server per process, like Prefect's own temporary server.
+    """
+
+    def __init__(self):
+        self.process = None
+        self.port = None
+        self.ready = False
+        self.problem = None  # why the early start failed, if it did
+        if configured_api_url():
+            return
+        self._spawn()
+        import atexit
+
+        atexit.register(self.stop)
+
+    def _spawn(self):
+        import importlib.util
+        import socket
+        import subprocess
+        from pathlib import Path
+
+        package = Path(importlib.util.find_spec("prefect").origin).parent
+        with socket.socket() as sock:  # a free loopback port (uvicorn exits 3 if taken since)
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+               "PREFECT__SERVER_FINAL": "1"}
+        if "prefect.settings" in sys.modules:  # settings made in this process, as Prefect does
+            from prefect.settings import get_current_settings
+
+            env.update(get_current_settings().to_environment_variables(exclude_unset=True))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(package.parent),
+             "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
+             "--port", str(self.port), "--log-level", "error", "--lifespan", "on"], env=env)
+
+    @property
+    def api_url(self):
+        return f"http://127.0.0.1:{self.port}/api" if self.port else None
+
+    def wait(self, timeout=None):
+        """Block until the server answers its health check; False if it could not start
+        (the flow then starts Prefect's own temporary server)."""
+        if self.process is None or self.ready:
+            return self.ready
+        import time
+
+        import httpx
+        from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+        from flows.runners import api_url
+
+        if api_url():  # configured where configured_api_url does not look
+            self.stop()
+            self.problem = f"an API URL is configured: {api_url()}"
+            return False
+
+        deadline = time.monotonic() + (timeout or
+                                       PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+        with httpx.Client(timeout=10) as client:
+            while time.monotonic() < deadline:
+                code = self.process.poll()
+                if code == 3:  # the port was taken meanwhile: another one
+                    self._spawn()
+                elif code is not None:
+                    self.problem = f"the server process exited with status {code}"
+                    break
+                try:
+                    if client.get(f"{self.api_url}/health").status_code == 200:
+                        self.ready = True
+                        return True
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.05)
+            else:
+                self.problem = "the server did not answer in time"
+        self.stop()
+        return False
+
+    def settings(self):
+        """Context under which the flow runs on this server (a no-op if it is not ready).
+
+        It also turns off flow-run heartbeats unless ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` is
+        set: they let a lasting server detect crashed runs, but this server ends with the
+        process, and a synchronous flow run waits up to a second on exit for its heartbeat
+        thread to wake.
+        """
+        import contextlib
+
+        if not self.ready:
+            return contextlib.nullcontext()
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        updates = {PREFECT_API_URL: self.api_url}
+        if "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" not in os.environ:
+            updates["flows.heartbeat_frequency"] = None
+        return temporary_settings(updates=updates)
+
+    def stop(self):
+        """Stop the server process (idempotent)."""
+        process, self.process, self.ready = self.process, None, False
+        if process is not None and process.poll() is None:
+            process.terminate()
+            import subprocess
+
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+_EARLY = []
+
+
+def early_server():
+    """This process' :class:`EarlyServer`, started on the first call (and again if it has
+    stopped); it does nothing where an API URL is configured."""
+    if not _EARLY or (_EARLY[0].process is None and not configured_api_url()):
+        _EARLY[:] = [EarlyServer()]
+    return _EARLY[0]
+
+
+def early_settings():
+    """The settings context of this process' early server if it runs (to read back what runs
+    on it recorded), else a no-op context."""
+    import contextlib
+
+    return _EARLY[0].settings() if _EARLY else contextlib.nullcontext()

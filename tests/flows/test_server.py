@@ -1,0 +1,138 @@
+"""The temporary Prefect server a ``segflow run`` starts before importing Prefect."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from prefect import flow, task
+
+from flows.server import EarlyServer, configured_api_url, early_server
+
+TEAM = "http://team.example:4200/api"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_configured_api_url_comes_from_the_environment_then_the_active_profile(
+        tmp_path, monkeypatch):
+    for name in ("PREFECT_API_URL", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    assert configured_api_url() is None  # no profiles file at all
+    (tmp_path / "profiles.toml").write_text(
+        'active = "team"\n\n[profiles.ephemeral]\nPREFECT_SERVER_ALLOW_EPHEMERAL_MODE = "true"\n'
+        f'\n[profiles.team]\nPREFECT_API_URL = "{TEAM}"\n')
+    assert configured_api_url() == TEAM
+    monkeypatch.setenv("PREFECT_PROFILE", "ephemeral")
+    assert configured_api_url() is None
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    assert configured_api_url() == "http://127.0.0.1:4200/api"
+    (tmp_path / "profiles.toml").write_text("not [ toml")
+    monkeypatch.delenv("PREFECT_API_URL")
+    assert configured_api_url() is None  # an unreadable file is Prefect's to report
+
+
+def test_with_an_api_url_configured_no_server_starts_and_settings_change_nothing(monkeypatch):
+    from prefect.settings import PREFECT_API_URL
+
+    monkeypatch.setenv("PREFECT_API_URL", TEAM)
+    server = EarlyServer()
+    assert server.process is None and server.api_url is None
+    assert server.wait() is False
+    before = PREFECT_API_URL.value()
+    with server.settings():
+        assert PREFECT_API_URL.value() == before
+
+
+@task
+def _double(x):
+    return 2 * x
+
+
+@flow
+def _tiny():
+    return _double.submit(21).result()
+
+
+@pytest.fixture
+def unconfigured(monkeypatch):
+    """No API URL in this test, whatever the session has configured (the test server of
+    other tests sets one in Prefect's settings)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    if configured_api_url():
+        pytest.skip(f"the Prefect profile here sets an API URL: {configured_api_url()}")
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        yield
+
+
+def test_the_early_server_records_the_run_without_heartbeats_and_is_shared(unconfigured):
+    from prefect.settings import PREFECT_API_URL, get_current_settings
+
+    server = early_server()
+    assert server.process is not None
+    assert server.wait() is True, server.problem
+    assert httpx.get(f"{server.api_url}/health", timeout=10).status_code == 200
+    with server.settings():
+        assert PREFECT_API_URL.value() == server.api_url
+        assert get_current_settings().flows.heartbeat_frequency is None
+        state = _tiny(return_state=True)
+    assert state.result() == 42
+    flow_run_id = str(state.state_details.flow_run_id)
+    runs = httpx.post(f"{server.api_url}/flow_runs/filter", timeout=10,
+                      json={"flow_runs": {"id": {"any_": [flow_run_id]}}}).json()
+    assert [r["state"]["type"] for r in runs] == ["COMPLETED"]
+    assert early_server() is server  # one server per process, as Prefect's own
+
+
+def test_a_server_configured_where_the_profile_does_not_say_wins(unconfigured):
+    """Prefect's settings may name a server by other means (a test harness, prefect.toml):
+    the early server then stops and the flow runs where Prefect says."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    server = EarlyServer()
+    process = server.process
+    with temporary_settings(updates={PREFECT_API_URL: TEAM}):
+        assert server.wait() is False
+    assert server.problem == f"an API URL is configured: {TEAM}"
+    assert process.wait(timeout=10) is not None and server.process is None
+
+
+def test_a_stopped_server_is_gone_and_its_settings_change_nothing(unconfigured):
+    from prefect.settings import PREFECT_API_URL
+
+    server = EarlyServer()
+    process = server.process
+    server.stop()
+    assert process.poll() is not None  # terminated
+    assert server.wait() is False
+    before = PREFECT_API_URL.value()
+    with server.settings():
+        assert PREFECT_API_URL.value() == before
+    server.stop()  # idempotent
+
+
+def test_segflow_run_in_a_fresh_process_runs_on_its_early_server(samples, tmp_path):
+    """The default path of ``segflow run``: no API URL, Prefect's INFO lines shown; Prefect
+    never starts a server of its own, and the run completes with its outputs."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="INFO", PYTHONPATH=str(REPO))
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for path, _ in samples[:2]:
+        shutil.copy(path, src / path.name)
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(src), str(out)],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          check=False)
+    printed = proc.stdout + proc.stderr
+    assert proc.returncode == 0, printed[-3000:]
+    if configured_api_url():  # (checked after the run: the run itself sees the same setting)
+        pytest.skip(f"the Prefect profile here sets an API URL: {configured_api_url()}")
+    assert "Starting temporary server" not in printed  # Prefect's own start logs that line
+    assert "Finished in state Completed()" in printed
+    assert json.loads((out / "run.json").read_text())["counts"]["images"] == 2
