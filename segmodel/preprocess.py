@@ -263,8 +263,16 @@ def apply_normalization(image, stats):
 
     One float32 copy of the image, then every step in place: the same values as computing
     each step into a new array, without three more image-sized allocations (and their page
-    faults) per image.
+    faults) per image. 8- and 16-bit images (bigger than 4 pixels per possible value) go
+    through a lookup table of the same values instead.
     """
+    image = np.asarray(image)
+    if image.dtype in (np.uint8, np.uint16) and image.size > 4 * 2 ** (8 * image.itemsize):
+        # 8/16-bit: the formula on every possible value once, then one lookup per pixel (the
+        # same float32 operations on the same values, so the same bits)
+        lut = apply_normalization(np.arange(2 ** (8 * image.itemsize), dtype=image.dtype),
+                                  stats)
+        return lut[image]
     x = np.array(image, dtype=np.float32)  # a copy: the caller's array is never changed
     if stats.flat:
         return np.zeros_like(x)

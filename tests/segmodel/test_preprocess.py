@@ -10,6 +10,7 @@ from PIL import Image
 from segmodel.preprocess import (
     ImageDecodeError,
     Normalization,
+    NormStats,
     Tiling,
     apply_normalization,
     blend_window,
@@ -148,6 +149,20 @@ def test_normalisation_in_place_equals_the_formula_on_real_images(dsb2018):
         np.testing.assert_array_equal(out, expected)
         inverted += stats.invert
     assert inverted  # the inverting branch was met
+
+
+@pytest.mark.parametrize("invert", [False, True])
+def test_16_bit_normalisation_through_its_lookup_table_equals_the_formula(invert):
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 65536, (300, 400, 3)).astype(np.uint16)  # over 4 pixels per value
+    stats = NormStats(1234.0, 50321.5, invert)
+    x = (image.astype(np.float32) - stats.low) / (stats.high - stats.low)
+    expected = np.clip(1.0 - x if invert else x, -0.5, 1.5)
+    out = apply_normalization(image, stats)
+    assert out.dtype == np.float32 and out.shape == image.shape
+    np.testing.assert_array_equal(out, expected)
+    flat = apply_normalization(image, NormStats(7.0, 7.0, invert))
+    assert flat.dtype == np.float32 and not flat.any()
 
 
 def test_pyramid_halves_until_min_size_and_stops():
