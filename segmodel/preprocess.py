@@ -241,12 +241,25 @@ def _is_small_uint(a):
     return a.dtype.kind == "u" and a.dtype.itemsize <= 2
 
 
+def _counts(values):
+    """``np.bincount(values.ravel())`` (trailing zeros aside); 8-bit arrays are counted a block
+    of rows at a time, so a strided view (an RGB view of RGBA pixels, a subsample) is never
+    copied whole."""
+    if values.dtype != np.uint8 or values.ndim < 2 or values.flags.c_contiguous:
+        return np.bincount(values.ravel())
+    rows = max(1, (1 << 16) // max(1, values[0].size))
+    counts = np.zeros(256, np.int64)
+    for i in range(0, len(values), rows):
+        counts += np.bincount(values[i:i + rows].ravel(), minlength=256)
+    return counts
+
+
 def _percentiles(values, qs):
     """``np.percentile(values, qs)`` (linear interpolation); for 8/16-bit images, and sums of
     their channels, exactly that from a histogram, which is several times faster than sorting."""
     if not (_is_small_uint(values) or values.dtype == np.uint32 and values.max() < 1 << 20):
         return [float(v) for v in np.percentile(np.asarray(values, np.float32), qs)]
-    cum = np.cumsum(np.bincount(values.ravel()))
+    cum = np.cumsum(_counts(values))
     n = int(cum[-1])
     out = []
     for q in qs:  # the k-th smallest value is the first whose cumulative count passes k

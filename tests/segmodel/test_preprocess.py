@@ -214,3 +214,17 @@ def test_channel_mean_percentiles_equal_numpy_on_real_images(dsb2018):
         for im in (image, image.astype(np.uint16) * 257, image.astype(np.float32) / 7):
             want = np.percentile(im.astype(np.float64).mean(axis=-1), qs)
             np.testing.assert_allclose(channel_mean_percentiles(im, qs), want, rtol=1e-5)
+
+
+def test_percentiles_of_strided_8_bit_views_equal_numpy():
+    """RGB views of RGBA pixels and subsamples are counted by blocks of rows, never copied."""
+    from segmodel.preprocess import _percentiles
+
+    rng = np.random.default_rng(1)
+    for shape in [(300, 400, 4), (1040, 1388, 4), (7, 5, 4), (1, 3, 4)]:
+        rgb = rng.integers(0, 256, shape, dtype=np.uint8)[..., :3]
+        assert not rgb.flags.c_contiguous
+        for view in (rgb, rgb[::3, ::2]):
+            expected = np.percentile(view.astype(np.float32), [0.5, 1, 50, 99.8])
+            np.testing.assert_allclose(_percentiles(view, [0.5, 1, 50, 99.8]), expected,
+                                       rtol=0, atol=1e-4)
