@@ -60,11 +60,13 @@ def _flood(fg, dist, markers, n):
     lut[comp_of[1:][alone]] = np.flatnonzero(alone) + 1
     orphan = np.flatnonzero(per_comp[1:] == 0) + 1
     lut[orphan] = n + 1 + np.arange(len(orphan), dtype=np.int32)
-    labels = lut[components]
     shared = per_comp >= 2
     shared[0] = False
-    if shared.any():  # one watershed over the components that hold several markers
-        mask = shared[components]
+    mask = shared[components] if shared.any() else None
+    # the component numbers become labels in place (one image-sized array less: block-wise
+    # huge images are segmented in blocks of tens of megapixels)
+    labels = np.take(lut, components, out=components, mode="clip")
+    if mask is not None:  # one watershed over the components that hold several markers
         rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
         box = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
         mask = mask[box]
