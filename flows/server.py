@@ -34,6 +34,25 @@ def configured_api_url():
     return profile.get("PREFECT_API_URL") if isinstance(profile, dict) else None
 
 
+def _ends_with_parent():
+    """For ``Popen(preexec_fn=...)`` on Linux: the child gets SIGTERM when the thread that
+    started it ends, so a killed ``segflow`` (SIGKILL, out of memory) leaves no server behind.
+    None elsewhere. (Resolved here, before the fork: the child only makes the call.)"""
+    try:
+        import ctypes
+        import signal
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    sigterm = int(signal.SIGTERM)
+
+    def parent_death_signal():
+        prctl(1, sigterm)  # PR_SET_PDEATHSIG
+
+    return parent_death_signal
+
+
 class EarlyServer:
     """Prefect's temporary API server, started as early as possible in its own process.
 
@@ -42,8 +61,9 @@ class EarlyServer:
     Prefect turns out to be configured with an API URL after all (a source other than the
     environment and the profile), :meth:`settings` changes nothing and the flow runs as it
     would have.
-    The process is stopped when :meth:`stop` is called or this process exits. Use
-    :func:`early_server`: one server per process, like Prefect's own temporary server.
+    The process is stopped when :meth:`stop` is called or this process exits; on Linux also
+    when this process is killed (start it from a thread that lives as long as the runs, the
+    main thread). Use :func:`early_server`: one server per process, like Prefect's own.
     """
 
     def __init__(self):
@@ -77,7 +97,8 @@ class EarlyServer:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--app-dir", str(package.parent),
              "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
-             "--port", str(self.port), "--log-level", "error", "--lifespan", "on"], env=env)
+             "--port", str(self.port), "--log-level", "error", "--lifespan", "on"], env=env,
+            preexec_fn=_ends_with_parent())
 
     @property
     def api_url(self):

@@ -136,3 +136,34 @@ def test_segflow_run_in_a_fresh_process_runs_on_its_early_server(samples, tmp_pa
     assert "Starting temporary server" not in printed  # Prefect's own start logs that line
     assert "Finished in state Completed()" in printed
     assert json.loads((out / "run.json").read_text())["counts"]["images"] == 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux")
+def test_a_killed_segflow_leaves_no_server_behind(tmp_path):
+    """SIGKILL gives no chance to stop the server at exit: the kernel's parent-death signal
+    must end it."""
+    import signal
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PYTHONPATH"] = str(REPO)
+    code = ("import sys, time\nfrom flows.server import early_server\ns = early_server()\n"
+            "print(s.process.pid if s.process else 0, s.wait(), flush=True)\ntime.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        pid, ready = parent.stdout.readline().split()
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+    if int(pid) == 0:
+        pytest.skip("an API URL is configured in the Prefect profile here")
+    assert ready == "True"
+    deadline = time.monotonic() + 20
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        status = open(f"/proc/{pid}/status").read() if os.path.exists(f"/proc/{pid}") else ""
+        if "State:\tZ" in status:  # ended; a zombie until init reaps it
+            break
+        time.sleep(0.2)
+    status = open(f"/proc/{pid}/status").read() if os.path.exists(f"/proc/{pid}") else ""
+    assert not status or "State:\tZ" in status, status[:200]
