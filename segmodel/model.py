@@ -89,6 +89,12 @@ class PostprocessSettings:
     marker: float = 0.5
     boundary_weight: float = 1.0
     min_area: int = 8
+    #: Markers (instances) of fewer pixels are ignored: a speck of high distance at the rim of
+    #: a large nucleus, or in textured stain, would otherwise split it (0: every marker counts).
+    min_marker_area: int = 0
+    #: Objects (instances) whose mean foreground probability is below this are dropped: the
+    #: model's doubtful detections (0: none dropped).
+    min_mean_foreground: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,11 @@ def labels_from_maps(maps, settings=PostprocessSettings()):
     """Instance labels from ``(H, W, 3)`` foreground/boundary/distance maps.
 
     Markers are the connected regions where ``distance - boundary_weight * boundary`` exceeds
-    ``settings.marker`` inside the foreground; the watershed of ``-distance`` floods from them
-    within the foreground mask. Foreground components that hold no marker keep their own label
-    (small nuclei are never dropped for lack of a marker); objects under ``min_area`` pixels go.
+    ``settings.marker`` inside the foreground, of ``min_marker_area`` pixels or more; the
+    watershed of ``-distance`` floods from them within the foreground mask. Foreground
+    components that hold no marker keep their own label (small nuclei are never dropped for
+    lack of a marker); objects under ``min_area`` pixels go, and so do those whose mean
+    foreground probability is under ``min_mean_foreground``.
 
     Parameters
     ----------
@@ -28,11 +30,20 @@ def labels_from_maps(maps, settings=PostprocessSettings()):
     """
     if maps.ndim != 3 or maps.shape[-1] != 3:
         raise ValueError(f"maps must have shape (H, W, 3). Received: shape={maps.shape}")
-    fg = maps[..., 0] > settings.foreground
-    dist = maps[..., 2]
+    prob, dist = maps[..., 0], maps[..., 2]
+    fg = prob > settings.foreground
     score = dist - settings.boundary_weight * maps[..., 1]
     markers, n = ndi.label((score > settings.marker) & fg)
-    return _drop_small(_flood(fg, dist, markers, n), settings.min_area)
+    if settings.min_marker_area > 1 and n:
+        markers, n = _sieve(markers, np.bincount(markers.ravel()) >= settings.min_marker_area)
+    labels = _flood(fg, dist, markers, n)
+    if settings.min_mean_foreground <= 0:
+        return _drop_small(labels, settings.min_area)
+    flat = labels.ravel()
+    areas = np.bincount(flat)
+    mean = np.bincount(flat, prob.ravel()) / np.maximum(areas, 1)
+    keep = (areas >= max(settings.min_area, 1)) & (mean >= settings.min_mean_foreground)
+    return _sieve(labels, keep)[0]
 
 
 def _flood(fg, dist, markers, n):
@@ -81,11 +92,17 @@ def _drop_small(labels, min_area):
     labels = labels.astype(np.int32, copy=False)
     if labels.max() == 0:
         return labels
-    areas = np.bincount(labels.ravel())
-    keep = areas >= max(min_area, 1)
+    return _sieve(labels, np.bincount(labels.ravel()) >= max(min_area, 1))[0]
+
+
+def _sieve(labels, keep):
+    """``labels`` with only the labels ``l`` where ``keep[l]``, numbered 1..N in their order,
+    and N (``keep`` indexed by label; its entry for 0 is ignored)."""
+    keep = np.asarray(keep, bool).copy()
     keep[0] = False
-    if keep[1:].all():
-        return labels
-    lut = np.zeros(len(areas), np.int32)
-    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lut[labels]
+    n = int(keep.sum())
+    if n == len(keep) - 1:
+        return labels, n
+    lut = np.zeros(len(keep), np.int32)
+    lut[keep] = np.arange(1, n + 1, dtype=np.int32)
+    return lut[labels], n

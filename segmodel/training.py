@@ -342,6 +342,9 @@ def _fit(model, sampler, config, done, epochs, ckpt, state_file, log):
 TUNING_GRID = ((0.5, 0.6, 0.7, 0.8), (0.1, 0.2, 0.3, 0.4, 0.5), (0.5, 1.0, 1.5, 2.0))
 #: Smallest object areas (pixels) tried at the best thresholds.
 TUNING_MIN_AREAS = (4, 8, 16, 24, 32, 48)
+#: Then, together: the smallest marker (pixels) and the lowest mean foreground probability of
+#: an object kept (0: no such filter).
+TUNING_OBJECT_FILTERS = ((0, 4, 8, 12, 16, 24), (0.0, 0.9, 0.93, 0.95, 0.97))
 
 
 def tune_thresholds(model, samples, *, object_diameter=0.0, log=print):
@@ -377,10 +380,19 @@ def tune_thresholds(model, samples, *, object_diameter=0.0, log=print):
         settings = replace(PostprocessSettings(), foreground=fg, marker=marker, boundary_weight=bw)
         if (trial_score := score(settings)) > best_score:
             best, best_score = settings, trial_score
-    for min_area in TUNING_MIN_AREAS:  # then the smallest object kept, at the best thresholds
-        settings = replace(best, min_area=min_area)
-        if min_area != best.min_area and (trial_score := score(settings)) > best_score:
-            best, best_score = settings, trial_score
+
+    def search(candidates):
+        nonlocal best, best_score
+        for settings in candidates:
+            if settings != best and (trial_score := score(settings)) > best_score:
+                best, best_score = settings, trial_score
+
+    # then the smallest object kept, at the best thresholds; the object filters; and the
+    # smallest object again, as the filters may have moved it
+    search([replace(best, min_area=a) for a in TUNING_MIN_AREAS])
+    search([replace(best, min_marker_area=m, min_mean_foreground=f)
+            for m, f in itertools.product(*TUNING_OBJECT_FILTERS)])
+    search([replace(best, min_area=a) for a in TUNING_MIN_AREAS])
     log(f"tuned thresholds on {len(samples)} images: {best} (mean AP {best_score:.3f})")
     return best
 

@@ -16,7 +16,12 @@ from dataclasses import replace
 
 from segmodel import datasets
 from segmodel.model import load_model, spec_path
-from segmodel.training import TUNING_GRID, TUNING_MIN_AREAS, tune_thresholds
+from segmodel.training import (
+    TUNING_GRID,
+    TUNING_MIN_AREAS,
+    TUNING_OBJECT_FILTERS,
+    tune_thresholds,
+)
 
 
 def retune(model_path, data_dir=datasets.DEFAULT_DATA, *, images=0, log=print):
@@ -32,7 +37,8 @@ def retune(model_path, data_dir=datasets.DEFAULT_DATA, *, images=0, log=print):
                                log=log)
     training = {**model.spec.training, "tune_images": len(samples),
                 "tuning_grid": [list(v) for v in TUNING_GRID],
-                "tuning_min_areas": list(TUNING_MIN_AREAS)}
+                "tuning_min_areas": list(TUNING_MIN_AREAS),
+                "tuning_object_filters": [list(v) for v in TUNING_OBJECT_FILTERS]}
     spec = replace(model.spec, postprocess=settings, training=training)
     path = spec_path(model_path)
     tmp = path.with_name(f".{path.name}.tmp")

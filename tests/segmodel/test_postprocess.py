@@ -1,5 +1,7 @@
 """Maps to instance labels: hand-made maps whose right answer is known."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -61,6 +63,33 @@ def test_min_area_bounds_and_empty_maps(min_area):
     assert labels_from_maps(np.zeros((16, 16, 3), np.float32), settings).max() == 0
 
 
+def test_a_small_marker_does_not_split_a_nucleus():
+    """A speck of high distance at a nucleus' rim (as stain texture gives) is a second marker;
+    with ``min_marker_area`` above its size it is ignored and the nucleus stays whole."""
+    maps = _maps([((32, 40), 16)])
+    maps[32:34, 51:53, 2] = 0.9  # a 4-pixel speck of high distance near the rim
+    assert labels_from_maps(maps, SETTINGS).max() == 2  # split in two
+    labels = labels_from_maps(maps, replace(SETTINGS, min_marker_area=5))
+    assert labels.max() == 1
+    assert (labels == 1).sum() == (maps[..., 0] > 0.5).sum()  # the speck's pixels rejoin it
+    # the nucleus' own marker is far larger than 5 px: kept with the speck's size as the bound
+    assert labels_from_maps(maps, replace(SETTINGS, min_marker_area=4)).max() == 2
+
+
+def test_objects_the_model_doubts_are_dropped_and_the_rest_renumbered():
+    maps = _maps([((20, 20), 10), ((20, 60), 10), ((48, 40), 10)])
+    inside = _disk((64, 96), (20, 60), 10)[0]
+    maps[..., 0][inside] = 0.7  # the middle object: foreground, but only just
+    settings = replace(SETTINGS, min_mean_foreground=0.8)
+    labels = labels_from_maps(maps, settings)
+    assert labels.max() == 2 and labels[20, 60] == 0
+    assert labels[20, 20] == 1 and labels[48, 40] == 2
+    lenient = replace(settings, min_mean_foreground=0.6)
+    np.testing.assert_array_equal(labels_from_maps(maps, lenient), labels_from_maps(maps, SETTINGS))
+    # the area bound still applies beside it
+    assert labels_from_maps(maps, replace(settings, min_area=400)).max() == 0
+
+
 def test_maps_of_the_wrong_shape_name_the_shape():
     with pytest.raises(ValueError, match=r"maps must have shape \(H, W, 3\).*\(8, 8, 2\)"):
         labels_from_maps(np.zeros((8, 8, 2), np.float32))
@@ -69,18 +98,29 @@ def test_maps_of_the_wrong_shape_name_the_shape():
 def _whole_image_watershed(maps, settings):
     """The reference: one watershed over the whole image, then orphans numbered after it."""
     from scipy import ndimage as ndi
-    from skimage.segmentation import watershed
+    from skimage.morphology import remove_small_objects
+    from skimage.segmentation import relabel_sequential, watershed
 
     from segmodel.postprocess import _drop_small
 
     fg = maps[..., 0] > settings.foreground
     score = maps[..., 2] - settings.boundary_weight * maps[..., 1]
     markers, n = ndi.label((score > settings.marker) & fg)
+    if settings.min_marker_area > 1:
+        kept = remove_small_objects(markers, max_size=settings.min_marker_area - 1)
+        markers = relabel_sequential(kept)[0]
+        n = int(markers.max())
     labels = watershed(-maps[..., 2], markers, mask=fg) if n else np.zeros(fg.shape, np.int32)
     orphans, n_orphans = ndi.label(fg & (labels == 0))
     if n_orphans:
         labels = np.where(orphans > 0, orphans + labels.max(), labels)
-    return _drop_small(labels, settings.min_area)
+    labels = _drop_small(labels, settings.min_area)
+    if settings.min_mean_foreground > 0 and labels.max():
+        ids = np.arange(1, labels.max() + 1)
+        mean = ndi.mean(maps[..., 0], labels, ids)
+        doubtful = np.isin(labels, ids[mean < settings.min_mean_foreground])
+        labels = relabel_sequential(np.where(doubtful, 0, labels))[0].astype(np.int32)
+    return labels
 
 
 def test_flooding_only_shared_components_equals_the_whole_image_watershed_on_real_maps(dsb2018):
@@ -97,14 +137,23 @@ def test_flooding_only_shared_components_equals_the_whole_image_watershed_on_rea
     prepared = [prepare(s.load()[0], model.spec) for s in samples]
     maps = predict_maps(model.predict_batch, [p.x for p in prepared],
                         tiling=default_tiling(model.spec), batch_size=8)
-    several = 0
+    several = fewer = 0
+    filtered = replace(settings, min_marker_area=12, min_mean_foreground=0.95)
+    unfiltered = replace(settings, min_marker_area=0, min_mean_foreground=0.0)
     for m in maps:
-        expected = _whole_image_watershed(m, settings)
-        got = labels_from_maps(m, settings)
-        assert got.dtype == expected.dtype == np.int32
-        np.testing.assert_array_equal(got, expected)
-        several += int(expected.max() > 1)
-    assert several >= 5  # images with several nuclei were met
+        counts = []
+        for s in (settings, filtered, unfiltered):
+            expected = _whole_image_watershed(m, s)
+            got = labels_from_maps(m, s)
+            assert got.dtype == expected.dtype == np.int32
+            np.testing.assert_array_equal(got, expected)
+            counts.append(int(got.max()))
+        several += int(counts[-1] > 1)
+        # the filters only ever take objects away (a dropped marker's region joins a
+        # neighbour's or becomes a marker-less object of its own)
+        assert counts[1] <= counts[2]
+        fewer += counts[1] < counts[2]
+    assert several >= 5 and fewer >= 2  # images with several nuclei, and filtered ones, met
 
 
 def test_shared_lone_and_markerless_components_together_equal_the_whole_image_watershed():
