@@ -86,9 +86,10 @@ def main(argv=None):
         huge = _huge(Path(tmp), args) if args.huge and args.counts else None
     table = pd.DataFrame(rows).sort_values("images")
     print(table.to_string(index=False))
-    small, large = table["peak RSS MB"].iloc[0], table["peak RSS MB"].iloc[-1]
-    print(f"\npeak RSS growth from {table['images'].iloc[0]} to {table['images'].iloc[-1]} "
-          f"images: {100 * (large - small) / small:+.1f}%")
+    if len(table) > 1:  # a growth needs two counts
+        small, large = table["peak RSS MB"].iloc[0], table["peak RSS MB"].iloc[-1]
+        print(f"\npeak RSS growth from {table['images'].iloc[0]} to {table['images'].iloc[-1]} "
+              f"images: {100 * (large - small) / small:+.1f}%")
     if huge is not None:
         print("\n" + huge.to_string(index=False))
     return 0

@@ -39,11 +39,23 @@ def labels_from_maps(maps, settings=PostprocessSettings()):
     labels = _flood(fg, dist, markers, n)
     if settings.min_mean_foreground <= 0:
         return _drop_small(labels, settings.min_area)
-    flat = labels.ravel()
-    areas = np.bincount(flat)
-    mean = np.bincount(flat, prob.ravel()) / np.maximum(areas, 1)
-    keep = (areas >= max(settings.min_area, 1)) & (mean >= settings.min_mean_foreground)
+    areas, sums = _per_label(labels, prob)
+    keep = areas >= max(settings.min_area, 1)
+    keep &= sums / np.maximum(areas, 1) >= settings.min_mean_foreground
     return _sieve(labels, keep)[0]
+
+
+def _per_label(labels, values, pixels=1 << 20):
+    """Pixel count and sum of ``values`` of every label, a band of about ``pixels`` pixels at a
+    time (the float64 weights ``bincount`` makes stay small for a block of a huge image)."""
+    n = int(labels.max()) + 1
+    areas, sums = np.zeros(n, np.int64), np.zeros(n)
+    rows = max(1, pixels // max(labels.shape[1], 1))
+    for r in range(0, labels.shape[0], rows):
+        band = labels[r : r + rows].ravel()
+        areas += np.bincount(band, minlength=n)
+        sums += np.bincount(band, values[r : r + rows].ravel(), minlength=n)
+    return areas, sums
 
 
 def _flood(fg, dist, markers, n):

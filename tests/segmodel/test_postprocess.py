@@ -165,3 +165,14 @@ def test_shared_lone_and_markerless_components_together_equal_the_whole_image_wa
     labels = labels_from_maps(maps, SETTINGS)
     np.testing.assert_array_equal(labels, _whole_image_watershed(maps, SETTINGS))
     assert labels.max() == 4 and labels[50, 20] == 4  # the orphan comes after the markers
+
+
+def test_per_label_counts_and_sums_band_by_band_as_a_whole_image_bincount():
+    from segmodel.postprocess import _per_label
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 40, (123, 77)).astype(np.int32)
+    values = rng.random((123, 77, 3), dtype=np.float32)[..., 0]  # a strided view, as maps give
+    areas, sums = _per_label(labels, values, pixels=1000)  # bands of 12 rows and a last of 3
+    np.testing.assert_array_equal(areas, np.bincount(labels.ravel()))
+    np.testing.assert_allclose(sums, np.bincount(labels.ravel(), values.ravel()), rtol=1e-12)
