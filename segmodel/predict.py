@@ -6,7 +6,7 @@ from concurrent.futures import Future
 
 import numpy as np
 
-from segmodel.preprocess import Tiling, blend_window, extract_tile, tile_origins
+from segmodel.preprocess import Tiling, extract_tile, owned_region, tile_origins
 
 
 def predict_maps(predict_batch, images, *, tiling=Tiling(), batch_size=8, n_out=3, submit=None,
@@ -15,8 +15,9 @@ def predict_maps(predict_batch, images, *, tiling=Tiling(), batch_size=8, n_out=
 
     Tiles from all ``images`` are cut at ``tiling.tile`` size with ``tiling.overlap`` pixels of
     overlap, grouped into batches of exactly ``batch_size`` (the last padded with zeros, or cut
-    to its tiles with ``exact_last``), passed to ``predict_batch`` and stitched back keeping
-    each tile's centre (see :func:`segmodel.preprocess.blend_window`).
+    to its tiles with ``exact_last``), passed to ``predict_batch`` and stitched back: each
+    pixel is taken from a tile that saw at least ``tiling.overlap`` pixels of context around
+    it (see :func:`segmodel.preprocess.owned_region`).
 
     Parameters
     ----------
@@ -51,28 +52,16 @@ def predict_maps(predict_batch, images, *, tiling=Tiling(), batch_size=8, n_out=
         raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
     t = tiling.tile
     jobs = [(i, o) for i, img in enumerate(images) for o in tile_origins(img.shape, tiling)]
-    acc = [np.zeros(img.shape[:2] + (n_out,), np.float32) for img in images]
-    wsum = [np.zeros(img.shape[:2], np.float32) for img in images]
-    window = blend_window(t, tiling.overlap)
+    # every pixel is owned by one of the image's tiles (owned_region), so every one is written
+    maps = [np.empty(img.shape[:2] + (n_out,), np.float32) for img in images]
     channels = images[0].shape[-1] if images else 0
-    windows = {}  # one stitching window per kind of tile position (at most 16 kinds)
-    scratch = np.empty((t, t, n_out), np.float32)
 
     def stitch(chunk, future):
         out = future.result()
         for k, (i, (y, x)) in enumerate(chunk):
-            h = min(t, images[i].shape[0] - y)
-            w = min(t, images[i].shape[1] - x)
-            key = (y == 0, y + t >= images[i].shape[0], x == 0, x + t >= images[i].shape[1], h, w)
-            if key not in windows:
-                wk = _edge_aware_window(window, images[i].shape, (y, x), t, tiling.overlap)
-                wk = np.ascontiguousarray(wk[:h, :w])
-                windows[key] = (wk, wk[..., None])
-            wk, wk3 = windows[key]
-            part = scratch[:h, :w]
-            np.multiply(out[k, :h, :w], wk3, out=part)
-            acc[i][y : y + h, x : x + w] += part
-            wsum[i][y : y + h, x : x + w] += wk
+            rows, cols = owned_region(images[i].shape, (y, x), tiling)
+            maps[i][rows, cols] = out[k, rows.start - y : rows.stop - y,
+                                      cols.start - x : cols.stop - x]
 
     queued = deque()  # (tiles, future) of submitted batches, oldest first
     with lock if lock is not None else contextlib.nullcontext():
@@ -87,10 +76,7 @@ def predict_maps(predict_batch, images, *, tiling=Tiling(), batch_size=8, n_out=
                 stitch(*queued.popleft())
     while queued:
         stitch(*queued.popleft())
-    for a, w in zip(acc, wsum):
-        np.maximum(w, 1e-6, out=w)
-        a /= w[..., None]
-    return acc
+    return maps
 
 
 def _run_here(fn, *args):
@@ -101,23 +87,6 @@ def _run_here(fn, *args):
     except Exception as exc:
         future.set_exception(exc)
     return future
-
-
-def _edge_aware_window(window, shape, origin, t, overlap):
-    """The stitching window, with full weight along sides that touch the image border."""
-    if overlap == 0:
-        return window
-    y, x = origin
-    ry, rx = window[:, t // 2].copy(), window[t // 2, :].copy()
-    if y == 0:
-        ry[: t // 2] = 1.0
-    if y + t >= shape[0]:
-        ry[t // 2 :] = 1.0
-    if x == 0:
-        rx[: t // 2] = 1.0
-    if x + t >= shape[1]:
-        rx[t // 2 :] = 1.0
-    return np.outer(ry, rx)
 
 
 def with_flips(predict_batch):

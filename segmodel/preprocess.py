@@ -383,15 +383,20 @@ def extract_tile(image, origin, tile):
     return out
 
 
-def blend_window(tile, overlap):
-    """A ``(tile, tile)`` stitching weight: 1 on the tile's centre, nearly 0 on its margins.
+def owned_region(shape, origin, tiling):
+    """The ``(rows, cols)`` slices of an image of ``shape`` that the tile at ``origin`` fills
+    when the tiles of :func:`tile_origins` are stitched back in their order.
 
-    Tiles step by ``tile - 2 * overlap``, so the centres of neighbouring tiles abut and every
-    pixel inside the image is taken from a tile that saw at least ``overlap`` pixels of
-    context around it; the margins only fill in where no centre reaches.
+    A tile owns its centre, all but ``tiling.overlap`` pixels on each side, and reaches out to
+    the image's borders where it touches them. Tiles step by ``tile - 2 * overlap``, so the
+    centres of neighbouring tiles abut and every pixel is owned by a tile that saw at least
+    ``overlap`` pixels of context around it (or the image's border). Where the last row or
+    column of tiles, shifted back to fit the image, overlaps the one before, the later tile's
+    pixels are taken.
     """
-    ramp = np.ones(tile, dtype=np.float32)
-    if overlap > 0:
-        ramp[:overlap] = 1e-3
-        ramp[-overlap:] = 1e-3
-    return np.outer(ramp, ramp)
+    t, ov = tiling.tile, tiling.overlap
+
+    def span(start, n):
+        return slice(0 if start == 0 else start + ov, n if start + t >= n else start + t - ov)
+
+    return span(origin[0], shape[0]), span(origin[1], shape[1])

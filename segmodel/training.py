@@ -407,6 +407,10 @@ def main(argv=None):
     parser.add_argument("--steps-per-epoch", type=int, default=defaults.steps_per_epoch)
     parser.add_argument("--data-dir", default=defaults.data_dir)
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--patch", type=int, default=defaults.patch,
+                        help="edge of the training patches, in pixels (multiple of 16)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help="patches per step")
     parser.add_argument("--object-diameter", type=float, default=defaults.object_diameter,
                         help="resize training images to this median nucleus diameter (0: as is)")
     parser.add_argument("--init", default="", help="start from this .keras model's weights")
@@ -416,7 +420,13 @@ def main(argv=None):
     parser.add_argument("--labels", default="", help="folder of their instance labels")
     parser.add_argument("--kind", default="instances", choices=list(LOSSES))
     args = parser.parse_args(argv)
+    if args.patch < 16 or args.patch % 16:
+        parser.error(f"--patch must be a multiple of 16 (the network halves it 4 times). "
+                     f"Received: --patch {args.patch}")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1. Received: --batch-size {args.batch_size}")
     config = TrainConfig(steps=args.steps, steps_per_epoch=args.steps_per_epoch,
+                         patch=args.patch, batch_size=args.batch_size,
                          data_dir=args.data_dir, learning_rate=args.learning_rate,
                          object_diameter=args.object_diameter, init=args.init, seed=args.seed,
                          images_dir=args.images, labels_dir=args.labels, kind=args.kind)

@@ -13,10 +13,10 @@ from segmodel.preprocess import (
     NormStats,
     Tiling,
     apply_normalization,
-    blend_window,
     decode_image,
     estimate_normalization,
     extract_tile,
+    owned_region,
     pyramid,
     tile_origins,
     to_channels,
@@ -196,10 +196,25 @@ def test_bad_tiling_names_the_parameter_and_value(tile, overlap, match):
     assert "Received" in str(err.value)
 
 
-def test_blend_window_keeps_the_tile_centre():
-    w = blend_window(32, 8)
-    assert (w > 0).all() and np.allclose(w, w.T)
-    assert (w[8:24, 8:24] == 1).all() and w[:8].max() < 0.01
+@pytest.mark.parametrize("shape", [(100, 77), (20, 300), (256, 256), (520, 696), (257, 1000)])
+@pytest.mark.parametrize("tile, overlap", [(32, 0), (32, 8), (64, 16), (256, 32)])
+def test_owned_regions_cover_the_image_with_context_around_every_pixel(shape, tile, overlap):
+    tiling = Tiling(tile, overlap)
+    owner = np.full(shape, -1)
+    origins = tile_origins(shape, tiling)
+    for k, origin in enumerate(origins):
+        rows, cols = owned_region(shape, origin, tiling)
+        assert rows.start < rows.stop and cols.start < cols.stop
+        owner[rows, cols] = k
+    assert (owner >= 0).all()  # every pixel is filled
+    # the tile a pixel is finally taken from saw `overlap` pixels around it, or the border
+    oy = np.array([o[0] for o in origins])[owner]
+    ox = np.array([o[1] for o in origins])[owner]
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    for pos, start, n in ((yy, oy, shape[0]), (xx, ox, shape[1])):
+        assert ((pos - start >= overlap) | (start == 0)).all()
+        assert ((start + tile - 1 - pos >= overlap) | (start + tile >= n)).all()
+        assert ((pos >= start) & (pos < start + tile)).all()  # inside the tile itself
 
 
 def test_channel_mean_percentiles_equal_numpy_on_real_images(dsb2018):
