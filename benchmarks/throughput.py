@@ -104,9 +104,8 @@ def end_to_end(input_dir, output_dir, shard_size, batch_size, extra=()):
     return wall, json.loads((Path(output_dir) / "run.json").read_text())["counts"]
 
 
-def accelerator():
+def accelerator(backend):
     """What the model runs on, in words: the GPU's name under JAX or TensorFlow, else 'no GPU'."""
-    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     try:
         if backend == "jax":
             import jax
@@ -225,7 +224,7 @@ def main(argv=None):
     header = (f"# python benchmarks/throughput.py --count {args.count} --shard-size "
               f"{args.shard_size} --batch-size {args.batch_size} --cpu-workers {workers}"
               f"{repeat}  ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores, "
-              f"{accelerator()}, Keras backend {backend})")
+              f"{accelerator(backend)}, Keras backend {backend})")
     print(header + "\n" + text)
     if args.save:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
