@@ -95,6 +95,12 @@ class PostprocessSettings:
     #: Objects (instances) whose mean foreground probability is below this are dropped: the
     #: model's doubtful detections (0: none dropped).
     min_mean_foreground: float = 0.0
+    #: Markers are split where the marker score, raised above ``marker`` in steps of
+    #: ``split_step``, breaks one of them into parts that each hold at least
+    #: ``split_fraction`` of its pixels (and ``min_marker_area``): touching nuclei whose
+    #: saddle stays above ``marker`` get a marker each (0: no splitting).
+    split_step: float = 0.0
+    split_fraction: float = 0.1
 
 
 @dataclass(frozen=True)

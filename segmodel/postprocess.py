@@ -11,11 +11,13 @@ def labels_from_maps(maps, settings=PostprocessSettings()):
     """Instance labels from ``(H, W, 3)`` foreground/boundary/distance maps.
 
     Markers are the connected regions where ``distance - boundary_weight * boundary`` exceeds
-    ``settings.marker`` inside the foreground, of ``min_marker_area`` pixels or more; the
-    watershed of ``-distance`` floods from them within the foreground mask. Foreground
-    components that hold no marker keep their own label (small nuclei are never dropped for
-    lack of a marker); objects under ``min_area`` pixels go, and so do those whose mean
-    foreground probability is under ``min_mean_foreground``.
+    ``settings.marker`` inside the foreground, of ``min_marker_area`` pixels or more, each split
+    where a higher level of the same score breaks it into large parts (``split_step``,
+    ``split_fraction``: see :func:`split_markers`); the watershed of ``-distance`` floods from
+    them within the foreground mask. Foreground components that hold no marker keep their own
+    label (small nuclei are never dropped for lack of a marker); objects under ``min_area``
+    pixels go, and so do those whose mean foreground probability is under
+    ``min_mean_foreground``.
 
     Parameters
     ----------
@@ -36,6 +38,8 @@ def labels_from_maps(maps, settings=PostprocessSettings()):
     markers, n = ndi.label((score > settings.marker) & fg)
     if settings.min_marker_area > 1 and n:
         markers, n = _sieve(markers, np.bincount(markers.ravel()) >= settings.min_marker_area)
+    if settings.split_step > 0 and n:
+        markers, n = split_markers(score, markers, n, settings)
     labels = _flood(fg, dist, markers, n)
     if settings.min_mean_foreground <= 0:
         return _drop_small(labels, settings.min_area)
@@ -43,6 +47,80 @@ def labels_from_maps(maps, settings=PostprocessSettings()):
     keep = areas >= max(settings.min_area, 1)
     keep &= sums / np.maximum(areas, 1) >= settings.min_mean_foreground
     return _sieve(labels, keep)[0]
+
+
+def split_markers(score, markers, n, settings):
+    """Split markers that a higher level of ``score`` breaks into large parts.
+
+    A marker is where ``score`` exceeds ``settings.marker``; two touching nuclei whose saddle
+    stays above that level share one, and the watershed then makes one object of both. From
+    ``marker + split_step`` upwards in steps of ``split_step``, the regions of each marker
+    above the level are found; where a marker holds two or more of at least
+    ``split_fraction`` of its pixels (and ``min_marker_area``), those parts replace it (its
+    other pixels are left to the flooding). Parts relative to the marker's own size, so the
+    specks of a textured large nucleus do not split it while two peaks of similar size do.
+
+    Returns the new ``(markers, n)``, numbered in raster order of their first pixel. Markers
+    never touch one another (each is a connected region of one level), so numbering the
+    connected regions of the new marker mask keeps every marker whole.
+    """
+    step = settings.split_step
+    if step <= 0 or not n:
+        return markers, n
+    smallest = max(settings.min_marker_area, 1)
+    # the marker pixels as flat lists (raster order): every level looks only at these
+    at = np.flatnonzero(markers)
+    values, owner = score.ravel()[at], markers.ravel()[at]
+    width, changed = markers.shape[1], False
+    level = settings.marker + step
+    while len(values) and level < values.max():
+        above = np.flatnonzero(values > level)
+        if len(above) < 2 * smallest:
+            break
+        parts, m = _components(at[above], width)
+        area = np.bincount(parts, minlength=m + 1)
+        parent = np.zeros(m + 1, np.int64)
+        parent[parts] = owner[above]
+        marker_area = np.bincount(owner, minlength=int(owner.max()) + 1)
+        large = area >= np.maximum(smallest, settings.split_fraction * marker_area[parent])
+        large[0] = False
+        split = np.bincount(parent[large], minlength=len(marker_area)) >= 2
+        split[0] = False
+        if split.any():
+            # the large parts of split markers become markers (new numbers after the others);
+            # the rest of a split marker's pixels are left to the flooding
+            new = np.flatnonzero(large & split[parent])
+            number = np.zeros(m + 1, np.int64)
+            number[new] = len(marker_area) + np.arange(len(new))
+            renamed = number[parts]
+            keep = ~split[owner]
+            keep[above] |= renamed > 0
+            owner = owner.copy()
+            owner[above] = np.where(renamed > 0, renamed, owner[above])
+            at, values, owner = at[keep], values[keep], owner[keep]
+            changed = True
+        level += step
+    if not changed:
+        return markers, n
+    # number the markers 1..N in raster order of their first pixel (``at`` is in raster order)
+    ids, first = np.unique(owner, return_index=True)
+    lut = np.zeros(int(ids[-1]) + 1, np.int32)
+    lut[ids[np.argsort(first)]] = np.arange(1, len(ids) + 1, dtype=np.int32)
+    out = np.zeros(markers.shape, np.int32)
+    out.ravel()[at] = lut[owner]
+    return out, len(ids)
+
+
+def _components(flat, width):
+    """Connected components (4-connected) of the pixels at flat indices ``flat`` of an image
+    ``width`` wide: the component number of each pixel and their count, from one labelling of
+    the pixels' bounding box."""
+    y, x = np.divmod(flat, width)
+    y0, x0 = y.min(), x.min()
+    box = np.zeros((int(y.max() - y0) + 1, int(x.max() - x0) + 1), bool)
+    box[y - y0, x - x0] = True
+    labels, m = ndi.label(box)
+    return labels[y - y0, x - x0], m
 
 
 def _per_label(labels, values, pixels=1 << 20):

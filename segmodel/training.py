@@ -345,6 +345,10 @@ TUNING_MIN_AREAS = (4, 8, 16, 24, 32, 48)
 #: Then, together: the smallest marker (pixels) and the lowest mean foreground probability of
 #: an object kept (0: no such filter).
 TUNING_OBJECT_FILTERS = ((0, 4, 8, 12, 16, 24), (0.0, 0.9, 0.93, 0.95, 0.97))
+#: Then, together: the step of the levels at which markers are split, and the smallest part
+#: (a fraction of its marker) that counts (splitting off: the best so far is kept when no
+#: pair beats it).
+TUNING_SPLITS = ((0.1, 0.15, 0.2), (0.1, 0.15, 0.2))
 
 
 def tune_thresholds(model, samples, *, object_diameter=0.0, log=print):
@@ -387,11 +391,13 @@ def tune_thresholds(model, samples, *, object_diameter=0.0, log=print):
             if settings != best and (trial_score := score(settings)) > best_score:
                 best, best_score = settings, trial_score
 
-    # then the smallest object kept, at the best thresholds; the object filters; and the
-    # smallest object again, as the filters may have moved it
+    # then the smallest object kept, at the best thresholds; the object filters; the splitting
+    # of markers; and the smallest object again, as the filters and splits may have moved it
     search([replace(best, min_area=a) for a in TUNING_MIN_AREAS])
     search([replace(best, min_marker_area=m, min_mean_foreground=f)
             for m, f in itertools.product(*TUNING_OBJECT_FILTERS)])
+    search([replace(best, split_step=st, split_fraction=fr)
+            for st, fr in itertools.product(*TUNING_SPLITS)])
     search([replace(best, min_area=a) for a in TUNING_MIN_AREAS])
     log(f"tuned thresholds on {len(samples)} images: {best} (mean AP {best_score:.3f})")
     return best

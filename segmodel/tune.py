@@ -20,6 +20,7 @@ from segmodel.training import (
     TUNING_GRID,
     TUNING_MIN_AREAS,
     TUNING_OBJECT_FILTERS,
+    TUNING_SPLITS,
     tune_thresholds,
 )
 
@@ -38,7 +39,8 @@ def retune(model_path, data_dir=datasets.DEFAULT_DATA, *, images=0, log=print):
     training = {**model.spec.training, "tune_images": len(samples),
                 "tuning_grid": [list(v) for v in TUNING_GRID],
                 "tuning_min_areas": list(TUNING_MIN_AREAS),
-                "tuning_object_filters": [list(v) for v in TUNING_OBJECT_FILTERS]}
+                "tuning_object_filters": [list(v) for v in TUNING_OBJECT_FILTERS],
+                "tuning_splits": [list(v) for v in TUNING_SPLITS]}
     spec = replace(model.spec, postprocess=settings, training=training)
     path = spec_path(model_path)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -90,6 +90,35 @@ def test_objects_the_model_doubts_are_dropped_and_the_rest_renumbered():
     assert labels_from_maps(maps, replace(settings, min_area=400)).max() == 0
 
 
+def test_touching_nuclei_whose_saddle_stays_above_the_marker_level_are_split():
+    """Two disks 20 px apart (radius 14): the distance between them dips only to 0.29, above a
+    marker level of 0.2, so they share one marker; a higher level separates them."""
+    maps = _maps([((32, 36), 14), ((32, 56), 14)])
+    settings = replace(SETTINGS, marker=0.2)
+    assert labels_from_maps(maps, settings).max() == 1
+    split = labels_from_maps(maps, replace(settings, split_step=0.1, split_fraction=0.1))
+    assert split.max() == 2 and split[32, 36] == 1 and split[32, 56] == 2
+    assert (split > 0).sum() == (maps[..., 0] > 0.5).sum()  # every foreground pixel kept
+    halves = np.bincount(split.ravel())[1:]
+    assert abs(int(halves[0]) - int(halves[1])) <= 14  # split down the middle
+    # a step too coarse to pass between the saddle (0.29) and the peaks (1.0) finds one part
+    assert labels_from_maps(maps, replace(settings, split_step=0.9)).max() == 1
+
+
+def test_a_small_peak_is_not_a_part_large_enough_to_split_its_marker():
+    """A 9-pixel peak at the rim of a large nucleus: a part of its marker at high levels, but
+    far under ``split_fraction`` of it, so the nucleus stays whole unless the fraction is tiny."""
+    maps = _maps([((32, 40), 20)])
+    maps[31:34, 53:56, 2] = 0.95
+    settings = replace(SETTINGS, marker=0.2, min_marker_area=4, split_step=0.1)
+    labels = labels_from_maps(maps, replace(settings, split_fraction=0.1))
+    assert labels.max() == 1 and (labels == 1).sum() == (maps[..., 0] > 0.5).sum()
+    assert labels_from_maps(maps, replace(settings, split_fraction=0.005)).max() == 2
+    # and min_marker_area bounds a part as it bounds a marker
+    assert labels_from_maps(maps, replace(settings, split_fraction=0.005,
+                                          min_marker_area=10)).max() == 1
+
+
 def test_maps_of_the_wrong_shape_name_the_shape():
     with pytest.raises(ValueError, match=r"maps must have shape \(H, W, 3\).*\(8, 8, 2\)"):
         labels_from_maps(np.zeros((8, 8, 2), np.float32))
@@ -110,6 +139,9 @@ def _whole_image_watershed(maps, settings):
         kept = remove_small_objects(markers, max_size=settings.min_marker_area - 1)
         markers = relabel_sequential(kept)[0]
         n = int(markers.max())
+    if settings.split_step > 0:
+        markers = _split_one_by_one(score, markers, settings)
+        n = int(markers.max())
     labels = watershed(-maps[..., 2], markers, mask=fg) if n else np.zeros(fg.shape, np.int32)
     orphans, n_orphans = ndi.label(fg & (labels == 0))
     if n_orphans:
@@ -121,6 +153,30 @@ def _whole_image_watershed(maps, settings):
         doubtful = np.isin(labels, ids[mean < settings.min_mean_foreground])
         labels = relabel_sequential(np.where(doubtful, 0, labels))[0].astype(np.int32)
     return labels
+
+
+def _split_one_by_one(score, markers, settings):
+    """The reference splitting: each marker on its own, level by level, then renumbered."""
+    from scipy import ndimage as ndi
+
+    smallest = max(settings.min_marker_area, 1)
+    level = settings.marker + settings.split_step
+    while level < score.max():
+        out = np.zeros_like(markers)
+        for i, box in enumerate(ndi.find_objects(markers), start=1):
+            if box is None:
+                continue
+            own = markers[box] == i
+            parts, m = ndi.label(own & (score[box] > level))
+            sizes = np.bincount(parts.ravel(), minlength=m + 1)[1:]
+            large = np.flatnonzero(sizes >= max(smallest, settings.split_fraction * own.sum()))
+            if len(large) >= 2:
+                out[box][np.isin(parts, large + 1)] = 1
+            else:
+                out[box][own] = 1
+        markers = ndi.label(out)[0]
+        level += settings.split_step
+    return markers
 
 
 def test_flooding_only_shared_components_equals_the_whole_image_watershed_on_real_maps(dsb2018):
@@ -137,12 +193,14 @@ def test_flooding_only_shared_components_equals_the_whole_image_watershed_on_rea
     prepared = [prepare(s.load()[0], model.spec) for s in samples]
     maps = predict_maps(model.predict_batch, [p.x for p in prepared],
                         tiling=default_tiling(model.spec), batch_size=8)
-    several = fewer = 0
+    several = fewer = split_more = 0
     filtered = replace(settings, min_marker_area=12, min_mean_foreground=0.95)
     unfiltered = replace(settings, min_marker_area=0, min_mean_foreground=0.0)
+    split = replace(settings, split_step=0.15, split_fraction=0.1)
+    unsplit = replace(split, split_step=0.0)
     for m in maps:
         counts = []
-        for s in (settings, filtered, unfiltered):
+        for s in (split, unsplit, filtered, unfiltered, settings):
             expected = _whole_image_watershed(m, s)
             got = labels_from_maps(m, s)
             assert got.dtype == expected.dtype == np.int32
@@ -151,9 +209,11 @@ def test_flooding_only_shared_components_equals_the_whole_image_watershed_on_rea
         several += int(counts[-1] > 1)
         # the filters only ever take objects away (a dropped marker's region joins a
         # neighbour's or becomes a marker-less object of its own)
-        assert counts[1] <= counts[2]
-        fewer += counts[1] < counts[2]
-    assert several >= 5 and fewer >= 2  # images with several nuclei, and filtered ones, met
+        assert counts[2] <= counts[3]
+        fewer += counts[2] < counts[3]
+        split_more += counts[0] != counts[1]
+    # images with several nuclei, filtered ones and split ones met
+    assert several >= 5 and fewer >= 2 and split_more >= 2
 
 
 def test_shared_lone_and_markerless_components_together_equal_the_whole_image_watershed():

@@ -58,7 +58,12 @@ def test_retune_rewrites_only_the_thresholds_of_the_sidecar(dsb2018, tmp_path):
     import shutil
 
     from segmodel.model import DEFAULT_MODEL, fingerprint, spec_path
-    from segmodel.training import TUNING_GRID, TUNING_MIN_AREAS, TUNING_OBJECT_FILTERS
+    from segmodel.training import (
+        TUNING_GRID,
+        TUNING_MIN_AREAS,
+        TUNING_OBJECT_FILTERS,
+        TUNING_SPLITS,
+    )
     from segmodel.tune import retune
 
     path = tmp_path / "nuclei.keras"
@@ -74,13 +79,19 @@ def test_retune_rewrites_only_the_thresholds_of_the_sidecar(dsb2018, tmp_path):
                                     "boundary_weight": settings.boundary_weight,
                                     "min_area": settings.min_area,
                                     "min_marker_area": settings.min_marker_area,
-                                    "min_mean_foreground": settings.min_mean_foreground}
+                                    "min_mean_foreground": settings.min_mean_foreground,
+                                    "split_step": settings.split_step,
+                                    "split_fraction": settings.split_fraction}
     assert settings.foreground in TUNING_GRID[0] and settings.marker in TUNING_GRID[1]
     assert settings.boundary_weight in TUNING_GRID[2]
     assert settings.min_area in TUNING_MIN_AREAS + (before["postprocess"]["min_area"],)
     assert settings.min_marker_area in TUNING_OBJECT_FILTERS[0]
     assert settings.min_mean_foreground in TUNING_OBJECT_FILTERS[1]
+    # splitting off (step 0) where no searched pair beat the best without it
+    assert settings.split_step in TUNING_SPLITS[0] + (0.0,)
+    assert settings.split_fraction in TUNING_SPLITS[1] + (before["postprocess"]["split_fraction"],)
     assert after["training"]["tuning_object_filters"] == [list(v) for v in TUNING_OBJECT_FILTERS]
+    assert after["training"]["tuning_splits"] == [list(v) for v in TUNING_SPLITS]
     assert after["training"]["tune_images"] == 3
     assert {k: v for k, v in after.items() if k not in ("postprocess", "training")} == \
         {k: v for k, v in before.items() if k not in ("postprocess", "training")}
