@@ -17,6 +17,7 @@ from dataclasses import replace
 from segmodel import datasets
 from segmodel.model import load_model, spec_path
 from segmodel.training import (
+    TUNING_AP_TOLERANCE,
     TUNING_GRID,
     TUNING_MIN_AREAS,
     TUNING_OBJECT_FILTERS,
@@ -40,7 +41,8 @@ def retune(model_path, data_dir=datasets.DEFAULT_DATA, *, images=0, log=print):
                 "tuning_grid": [list(v) for v in TUNING_GRID],
                 "tuning_min_areas": list(TUNING_MIN_AREAS),
                 "tuning_object_filters": [list(v) for v in TUNING_OBJECT_FILTERS],
-                "tuning_splits": [list(v) for v in TUNING_SPLITS]}
+                "tuning_splits": [list(v) for v in TUNING_SPLITS],
+                "tuning_ap_tolerance": TUNING_AP_TOLERANCE}
     spec = replace(model.spec, postprocess=settings, training=training)
     path = spec_path(model_path)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -1,6 +1,7 @@
 """Training on the real set: targets, patches, and a run that resumes from its checkpoint."""
 
 import json
+import re
 
 import numpy as np
 
@@ -59,6 +60,7 @@ def test_retune_rewrites_only_the_thresholds_of_the_sidecar(dsb2018, tmp_path):
 
     from segmodel.model import DEFAULT_MODEL, fingerprint, spec_path
     from segmodel.training import (
+        TUNING_AP_TOLERANCE,
         TUNING_GRID,
         TUNING_MIN_AREAS,
         TUNING_OBJECT_FILTERS,
@@ -73,7 +75,8 @@ def test_retune_rewrites_only_the_thresholds_of_the_sidecar(dsb2018, tmp_path):
 
     before = ModelSpec.from_dict(json.loads(spec_path(path).read_text())).to_dict()
     fp = fingerprint(path)
-    settings = retune(path, dsb2018, images=3, log=lambda m: None)
+    messages = []
+    settings = retune(path, dsb2018, images=3, log=messages.append)
     after = ModelSpec.from_dict(json.loads(spec_path(path).read_text())).to_dict()
     assert after["postprocess"] == {"foreground": settings.foreground, "marker": settings.marker,
                                     "boundary_weight": settings.boundary_weight,
@@ -92,6 +95,13 @@ def test_retune_rewrites_only_the_thresholds_of_the_sidecar(dsb2018, tmp_path):
     assert settings.split_fraction in TUNING_SPLITS[1] + (before["postprocess"]["split_fraction"],)
     assert after["training"]["tuning_object_filters"] == [list(v) for v in TUNING_OBJECT_FILTERS]
     assert after["training"]["tuning_splits"] == [list(v) for v in TUNING_SPLITS]
+    assert after["training"]["tuning_ap_tolerance"] == TUNING_AP_TOLERANCE
+    # the choice: within the tolerance of the best mean AP, and no worse a count than the best's
+    found = re.search(r"mean AP ([\d.]+), relative count error ([\d.]+); best mean AP "
+                      r"([\d.]+), with count error ([\d.]+)", messages[-1])
+    ap, count_error, best_ap, best_count_error = map(float, found.groups())
+    assert best_ap - TUNING_AP_TOLERANCE - 0.001 <= ap <= best_ap  # printed to 3 decimals
+    assert count_error <= best_count_error
     assert after["training"]["tune_images"] == 3
     assert {k: v for k, v in after.items() if k not in ("postprocess", "training")} == \
         {k: v for k, v in before.items() if k not in ("postprocess", "training")}
