@@ -60,9 +60,9 @@ def split_markers(score, markers, n, settings):
     other pixels are left to the flooding). Parts relative to the marker's own size, so the
     specks of a textured large nucleus do not split it while two peaks of similar size do.
 
-    Returns the new ``(markers, n)``, numbered in raster order of their first pixel. Markers
-    never touch one another (each is a connected region of one level), so numbering the
-    connected regions of the new marker mask keeps every marker whole.
+    Only the markers' own pixels are looked at (as flat lists), and each level labels the
+    bounding box of those above it. Returns the new ``(markers, n)``, numbered 1..N in raster
+    order of their first pixel, as :func:`scipy.ndimage.label` numbers the markers it is given.
     """
     step = settings.split_step
     if step <= 0 or not n:
