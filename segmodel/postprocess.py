@@ -38,8 +38,7 @@ def labels_from_maps(maps, settings=PostprocessSettings()):
     markers, n = ndi.label((score > settings.marker) & fg)
     if settings.min_marker_area > 1 and n:
         markers, n = _sieve(markers, np.bincount(markers.ravel()) >= settings.min_marker_area)
-    if settings.split_step > 0 and n:
-        markers, n = split_markers(score, markers, n, settings)
+    markers, n = split_markers(score, markers, n, settings)  # as they are when splitting is off
     labels = _flood(fg, dist, markers, n)
     if settings.min_mean_foreground <= 0:
         return _drop_small(labels, settings.min_area)

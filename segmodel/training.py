@@ -354,6 +354,15 @@ TUNING_SPLITS = ((0.1, 0.15, 0.2), (0.1, 0.15, 0.2))
 TUNING_AP_TOLERANCE = 0.003
 
 
+def tuning_record():
+    """The search space of :func:`tune_thresholds`, as recorded in a tuned model's sidecar."""
+    return {"tuning_grid": [list(v) for v in TUNING_GRID],
+            "tuning_min_areas": list(TUNING_MIN_AREAS),
+            "tuning_object_filters": [list(v) for v in TUNING_OBJECT_FILTERS],
+            "tuning_splits": [list(v) for v in TUNING_SPLITS],
+            "tuning_ap_tolerance": TUNING_AP_TOLERANCE}
+
+
 def tune_thresholds(model, samples, *, object_diameter=0.0, log=print):
     """Grid-search :class:`PostprocessSettings` for mean AP on ``samples`` (never the val split).
 

@@ -16,14 +16,7 @@ from dataclasses import replace
 
 from segmodel import datasets
 from segmodel.model import load_model, spec_path
-from segmodel.training import (
-    TUNING_AP_TOLERANCE,
-    TUNING_GRID,
-    TUNING_MIN_AREAS,
-    TUNING_OBJECT_FILTERS,
-    TUNING_SPLITS,
-    tune_thresholds,
-)
+from segmodel.training import tune_thresholds, tuning_record
 
 
 def retune(model_path, data_dir=datasets.DEFAULT_DATA, *, images=0, log=print):
@@ -37,12 +30,7 @@ def retune(model_path, data_dir=datasets.DEFAULT_DATA, *, images=0, log=print):
         raise FileNotFoundError(f"no tune-split images under data_dir={str(data_dir)!r}")
     settings = tune_thresholds(model, samples, object_diameter=model.spec.object_diameter,
                                log=log)
-    training = {**model.spec.training, "tune_images": len(samples),
-                "tuning_grid": [list(v) for v in TUNING_GRID],
-                "tuning_min_areas": list(TUNING_MIN_AREAS),
-                "tuning_object_filters": [list(v) for v in TUNING_OBJECT_FILTERS],
-                "tuning_splits": [list(v) for v in TUNING_SPLITS],
-                "tuning_ap_tolerance": TUNING_AP_TOLERANCE}
+    training = {**model.spec.training, "tune_images": len(samples), **tuning_record()}
     spec = replace(model.spec, postprocess=settings, training=training)
     path = spec_path(model_path)
     tmp = path.with_name(f".{path.name}.tmp")
