@@ -65,6 +65,10 @@ def _parser():
     train.add_argument("--kind", choices=["instances", "binary", "semantic"], default="instances",
                        help="output kind of the trained bundle (default: instances)")
     train.add_argument("--name", default="", help="the bundle's name in its spec")
+    train.add_argument("--filters", default="16,32,64,128",
+                       help="filters per U-Net level, comma-separated (default: 16,32,64,128)")
+    train.add_argument("--bottleneck", type=int, default=128,
+                       help="filters at the lowest resolution (default: 128)")
 
     model = sub.add_parser("model", help="model bundles (a .keras file and its spec)")
     model_sub = model.add_subparsers(dest="model_command", required=True)
@@ -293,7 +297,16 @@ def _on(server):
     return server.settings()
 
 
+def _int_list(text, option):
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"segflow: {option} must be integers separated by commas, e.g. "
+                         f"16,32,64,128. Received: {option} {text!r}") from None
+
+
 def _train(args):
+    filters = _int_list(args.filters, "--filters")
     server = _flow_server()
     from pydantic import ValidationError
 
@@ -306,7 +319,9 @@ def _train(args):
                              learning_rate=args.learning_rate,
                              object_diameter=args.object_diameter, init=args.init,
                              seed=args.seed, images_dir=args.images, labels_dir=args.labels,
-                             kind=args.kind, name=args.name)
+                             kind=args.kind, name=args.name,
+                             filters=filters,
+                             bottleneck=args.bottleneck)
     except ValidationError as exc:
         raise SystemExit("segflow: invalid parameters\n  " + "\n  ".join(
             f"{err['loc'][0] if err['loc'] else 'parameters'}: {err['msg']}"

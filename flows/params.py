@@ -154,6 +154,18 @@ class TrainParams(BaseModel):
     kind: Literal["instances", "binary", "semantic"] = Field(
         "instances", description="Output kind of the trained model bundle.")
     name: str = Field("", description="The bundle's name ('' = '<kind>-unet').")
+    filters: list[int] = Field(
+        [16, 32, 64, 128], min_length=1, max_length=6,
+        description="Filters per U-Net level (one level per entry; with init, the levels a "
+        "deeper network shares with that model start from its weights).")
+    bottleneck: int = Field(128, ge=1, description="Filters at the U-Net's lowest resolution.")
+
+    @field_validator("filters")
+    @classmethod
+    def _positive_filters(cls, value):
+        if min(value) < 1:
+            raise ValueError(f"every level needs at least 1 filter. Received: {value}")
+        return value
 
     @field_validator("labels_dir")
     @classmethod

@@ -16,6 +16,7 @@ def _train(params: TrainParams) -> str:
                          object_diameter=params.object_diameter, init=params.init,
                          seed=params.seed, images_dir=params.images_dir or "",
                          labels_dir=params.labels_dir or "", kind=params.kind, name=params.name,
+                         filters=tuple(params.filters), bottleneck=params.bottleneck,
                          **({"data_dir": params.data_dir} if params.data_dir else {}))
     return str(train(params.out_dir, config, log=logger.info))
 

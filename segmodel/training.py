@@ -258,8 +258,9 @@ def train(out_dir, config=TrainConfig(), log=print):
                              f"Received: kind={config.kind!r}")
         model = _build(config)
         if config.init:
-            model.set_weights(keras.saving.load_model(config.init, compile=False).get_weights())
-            log(f"starting from the weights of {config.init}")
+            copied, new = init_weights(model, keras.saving.load_model(config.init, compile=False))
+            log(f"starting from the weights of {config.init}"
+                + (f" ({copied} layers copied; new: {', '.join(new)})" if new else ""))
         optimizer = keras.optimizers.AdamW(_schedule(config), weight_decay=1e-4)
         model.compile(optimizer=optimizer, loss=LOSSES[config.kind])
     if done < epochs:
@@ -290,6 +291,34 @@ def train(out_dir, config=TrainConfig(), log=print):
     save_model(export, spec, final)
     log(f"saved {final}")
     return final
+
+
+def init_weights(model, source):
+    """Copy ``source``'s weights into ``model``, layer by layer where name and shapes match.
+
+    The same architecture copies whole; a deeper or wider one keeps what it shares with the
+    source (e.g. the outer levels of a U-Net given one more level) and starts the rest from
+    its random initialisation. Returns the number of layers copied and the names of those
+    that were not (layers without weights are not counted).
+
+    Raises ``ValueError`` when no layer matches: the source is not a relative of ``model``.
+    """
+    theirs = {layer.name: layer for layer in source.layers}
+    copied, new = 0, []
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        other = theirs.get(layer.name)
+        mine = [tuple(w.shape) for w in layer.weights]
+        if other is None or [tuple(w.shape) for w in other.weights] != mine:
+            new.append(layer.name)
+            continue
+        layer.set_weights(other.get_weights())
+        copied += 1
+    if not copied:
+        raise ValueError(f"init={source.name!r} shares no layer (by name and shape) with the "
+                         f"model being trained: pass a model of the same family or none")
+    return copied, new
 
 
 def _schedule(config):
@@ -453,7 +482,23 @@ def main(argv=None):
     parser.add_argument("--images", default="", help="folder of your own images")
     parser.add_argument("--labels", default="", help="folder of their instance labels")
     parser.add_argument("--kind", default="instances", choices=list(LOSSES))
+    parser.add_argument("--filters", default=",".join(map(str, defaults.filters)),
+                        help="filters per U-Net level, comma-separated (one level per entry)")
+    parser.add_argument("--bottleneck", type=int, default=defaults.bottleneck,
+                        help="filters at the lowest resolution")
     args = parser.parse_args(argv)
+    try:
+        filters = tuple(int(f) for f in args.filters.split(","))
+        if not filters or min(filters) < 1:
+            raise ValueError
+    except ValueError:
+        parser.error(f"--filters must be positive integers separated by commas, e.g. "
+                     f"16,32,64,128. Received: --filters {args.filters!r}")
+    if args.bottleneck < 1:
+        parser.error(f"--bottleneck must be >= 1. Received: --bottleneck {args.bottleneck}")
+    if args.patch % 2 ** len(filters):
+        parser.error(f"--patch must be a multiple of {2 ** len(filters)} with "
+                     f"{len(filters)} levels. Received: --patch {args.patch}")
     if args.patch < 16 or args.patch % 16:
         parser.error(f"--patch must be a multiple of 16 (the network halves it 4 times). "
                      f"Received: --patch {args.patch}")
@@ -463,7 +508,8 @@ def main(argv=None):
                          patch=args.patch, batch_size=args.batch_size,
                          data_dir=args.data_dir, learning_rate=args.learning_rate,
                          object_diameter=args.object_diameter, init=args.init, seed=args.seed,
-                         images_dir=args.images, labels_dir=args.labels, kind=args.kind)
+                         images_dir=args.images, labels_dir=args.labels, kind=args.kind,
+                         filters=filters, bottleneck=args.bottleneck)
     train(args.out_dir, config, log=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True))
 
 

@@ -196,6 +196,16 @@ def test_segflow_train_names_an_unpaired_folder(tmp_path):
     assert "no image of" in str(err.value) and "a01.png -> a01.png" in str(err.value)
 
 
+def test_segflow_train_names_a_bad_architecture(tmp_path):
+    with pytest.raises(SystemExit) as err:
+        main(["train", str(tmp_path / "out"), "--filters", "16,32,x"])
+    assert "--filters must be integers separated by commas" in str(err.value)
+    assert "'16,32,x'" in str(err.value)
+    with pytest.raises(SystemExit) as err:
+        main(["train", str(tmp_path / "out"), "--filters", "16,0", "--bottleneck", "0"])
+    assert "filters:" in str(err.value) and "bottleneck:" in str(err.value)
+
+
 def test_a_huge_tiff_with_a_semantic_bundle_becomes_a_failures_row(semantic_bundle, own_data,
                                                                    tmp_path):
     src = tmp_path / "in"

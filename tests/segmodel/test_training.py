@@ -106,3 +106,46 @@ def test_retune_rewrites_only_the_thresholds_of_the_sidecar(dsb2018, tmp_path):
     assert {k: v for k, v in after.items() if k not in ("postprocess", "training")} == \
         {k: v for k, v in before.items() if k not in ("postprocess", "training")}
     assert fingerprint(path) != fp  # outputs made with the old thresholds get redone
+
+
+def test_a_deeper_unet_starts_from_the_levels_it_shares_with_a_trained_one():
+    import pytest
+
+    from segmodel.model import build_unet
+    from segmodel.training import init_weights
+
+    small = build_unet(filters=(4, 8), bottleneck=8)
+    for w in small.weights:  # weights no fresh model has
+        w.assign(np.full(w.shape, 0.25, "float32"))
+    deeper = build_unet(filters=(4, 8, 16), bottleneck=16)
+    fresh = {w.path: w.numpy().copy() for w in deeper.weights}
+    copied, new = init_weights(deeper, small)
+    assert set(new) == {"enc2_conv1", "enc2_bn1", "enc2_conv2", "enc2_bn2", "bottleneck_conv1",
+                        "bottleneck_bn1", "bottleneck_conv2", "bottleneck_bn2", "dec2_up",
+                        "dec2_conv1", "dec2_bn1", "dec2_conv2", "dec2_bn2", "dec1_up"}
+    # enc0, enc1, dec0, dec1 (2 convs + 2 norms each), dec0's upsampling and the output conv
+    assert copied == 18
+    for layer in deeper.layers:
+        for w in layer.weights:
+            if layer.name in new:
+                np.testing.assert_array_equal(w.numpy(), fresh[w.path])
+            else:
+                assert (w.numpy() == 0.25).all(), w.path
+    copied, new = init_weights(build_unet(filters=(4, 8), bottleneck=8), small)
+    assert (copied, new) == (23, [])  # the same architecture copies whole
+    with pytest.raises(ValueError, match="shares no layer"):
+        init_weights(build_unet(filters=(3, 6), bottleneck=5), small)
+
+
+def test_the_training_command_names_a_bad_architecture_option(capsys):
+    import pytest
+
+    from segmodel.training import main
+
+    for argv, message in ((["--filters", "16,x"], "--filters must be positive integers"),
+                          (["--filters", "16,32,64,128,256", "--patch", "48"],
+                           "--patch must be a multiple of 32 with 5 levels"),
+                          (["--bottleneck", "0"], "--bottleneck must be >= 1")):
+        with pytest.raises(SystemExit):
+            main(["out", *argv])
+        assert message in capsys.readouterr().err
