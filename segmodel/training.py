@@ -496,11 +496,9 @@ def main(argv=None):
                      f"16,32,64,128. Received: --filters {args.filters!r}")
     if args.bottleneck < 1:
         parser.error(f"--bottleneck must be >= 1. Received: --bottleneck {args.bottleneck}")
-    if args.patch % 2 ** len(filters):
+    if args.patch < 2 ** len(filters) or args.patch % 2 ** len(filters):
         parser.error(f"--patch must be a multiple of {2 ** len(filters)} with "
-                     f"{len(filters)} levels. Received: --patch {args.patch}")
-    if args.patch < 16 or args.patch % 16:
-        parser.error(f"--patch must be a multiple of 16 (the network halves it 4 times). "
+                     f"{len(filters)} levels (the network halves it {len(filters)} times). "
                      f"Received: --patch {args.patch}")
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1. Received: --batch-size {args.batch_size}")
