@@ -297,16 +297,13 @@ def _on(server):
     return server.settings()
 
 
-def _int_list(text, option):
-    try:
-        return [int(v) for v in text.split(",")]
-    except ValueError:
-        raise SystemExit(f"segflow: {option} must be integers separated by commas, e.g. "
-                         f"16,32,64,128. Received: {option} {text!r}") from None
-
-
 def _train(args):
-    filters = _int_list(args.filters, "--filters")
+    from segmodel.training import parse_filters
+
+    try:
+        filters = list(parse_filters(args.filters))
+    except ValueError as err:
+        raise SystemExit(f"segflow: {err}") from None
     server = _flow_server()
     from pydantic import ValidationError
 

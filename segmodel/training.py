@@ -460,6 +460,22 @@ def tune_thresholds(model, samples, *, object_diameter=0.0, log=print):
     return chosen
 
 
+def parse_filters(text):
+    """The U-Net's filters per level from a comma-separated option value ("16,32,64,128").
+
+    Raises ValueError naming the option and the value received when an entry is not a
+    positive integer (the message both command lines show).
+    """
+    try:
+        filters = tuple(int(f) for f in str(text).split(","))
+    except ValueError:
+        filters = ()
+    if not filters or min(filters) < 1:
+        raise ValueError(f"--filters must be positive integers separated by commas, e.g. "
+                         f"16,32,64,128. Received: --filters {text!r}")
+    return filters
+
+
 def main(argv=None):
     import argparse
 
@@ -471,7 +487,8 @@ def main(argv=None):
     parser.add_argument("--data-dir", default=defaults.data_dir)
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     parser.add_argument("--patch", type=int, default=defaults.patch,
-                        help="edge of the training patches, in pixels (multiple of 16)")
+                        help="edge of the training patches, in pixels (a multiple of 2**levels: "
+                        "16 with the default 4 levels)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
                         help="patches per step")
     parser.add_argument("--object-diameter", type=float, default=defaults.object_diameter,
@@ -488,12 +505,9 @@ def main(argv=None):
                         help="filters at the lowest resolution")
     args = parser.parse_args(argv)
     try:
-        filters = tuple(int(f) for f in args.filters.split(","))
-        if not filters or min(filters) < 1:
-            raise ValueError
-    except ValueError:
-        parser.error(f"--filters must be positive integers separated by commas, e.g. "
-                     f"16,32,64,128. Received: --filters {args.filters!r}")
+        filters = parse_filters(args.filters)
+    except ValueError as err:
+        parser.error(str(err))
     if args.bottleneck < 1:
         parser.error(f"--bottleneck must be >= 1. Received: --bottleneck {args.bottleneck}")
     if args.patch < 2 ** len(filters) or args.patch % 2 ** len(filters):

@@ -199,11 +199,14 @@ def test_segflow_train_names_an_unpaired_folder(tmp_path):
 def test_segflow_train_names_a_bad_architecture(tmp_path):
     with pytest.raises(SystemExit) as err:
         main(["train", str(tmp_path / "out"), "--filters", "16,32,x"])
-    assert "--filters must be integers separated by commas" in str(err.value)
+    assert "--filters must be positive integers separated by commas" in str(err.value)
     assert "'16,32,x'" in str(err.value)
     with pytest.raises(SystemExit) as err:
-        main(["train", str(tmp_path / "out"), "--filters", "16,0", "--bottleneck", "0"])
-    assert "filters:" in str(err.value) and "bottleneck:" in str(err.value)
+        main(["train", str(tmp_path / "out"), "--filters", "16,0"])
+    assert "--filters must be positive integers" in str(err.value) and "'16,0'" in str(err.value)
+    with pytest.raises(SystemExit) as err:
+        main(["train", str(tmp_path / "out"), "--bottleneck", "0"])
+    assert "bottleneck:" in str(err.value) and "greater than or equal to 1" in str(err.value)
 
 
 def test_a_huge_tiff_with_a_semantic_bundle_becomes_a_failures_row(semantic_bundle, own_data,

@@ -149,3 +149,15 @@ def test_the_training_command_names_a_bad_architecture_option(capsys):
         with pytest.raises(SystemExit):
             main(["out", *argv])
         assert message in capsys.readouterr().err
+
+
+def test_filters_option_values_parse_to_positive_levels():
+    import pytest
+
+    from segmodel.training import parse_filters
+
+    assert parse_filters("16,32,64,128") == (16, 32, 64, 128)
+    assert parse_filters(" 8 , 16 ") == (8, 16)
+    for bad in ("", "16,,32", "16,0", "-8", "16.5"):
+        with pytest.raises(ValueError, match=r"--filters must be positive integers.*Received"):
+            parse_filters(bad)
