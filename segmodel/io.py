@@ -10,6 +10,7 @@ import hashlib
 import json
 import posixpath
 import random
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -22,8 +23,11 @@ DEFAULT_PATTERNS = ("*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.bmp", "*.z
 _TRANSIENT_ERRNOS = {errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.ETIMEDOUT,
                      errno.EPIPE, errno.EAGAIN}
 _TRANSIENT_WORDS = ("SlowDown", "Throttl", "RequestTimeout", "ServiceUnavailable", "InternalError",
-                    "503", "500 ", "502", "504", "Connection reset", "Connection aborted",
-                    "timed out", "Timeout", "ServerDisconnected", "IncompleteRead")
+                    "Connection reset", "Connection aborted", "timed out", "Timeout",
+                    "ServerDisconnected", "IncompleteRead")
+#: HTTP status codes of "try again" as whole numbers in a message ("503 Slow Down", "HTTP 500"),
+#: never digits inside a name such as ``plate_0503``.
+_TRANSIENT_STATUS = re.compile(r"(?<![\w./])(500|502|503|504)(?!\w|\.\w)")
 #: Error codes of object stores (S3 and the like) that say "try again".
 _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
                     "RequestLimitExceeded", "TooManyRequests", "InternalError",
@@ -69,8 +73,11 @@ def _classify(exc):
         return True
     if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
         return True
-    text = f"{type(exc).__name__}: {exc}"
-    return True if any(word in text for word in _TRANSIENT_WORDS) else None
+    detail = exc.strerror if isinstance(exc, OSError) and exc.filename and exc.strerror else exc
+    text = f"{type(exc).__name__}: {detail}"  # without the path: its digits are not a status
+    if any(word in text for word in _TRANSIENT_WORDS) or _TRANSIENT_STATUS.search(text):
+        return True
+    return None
 
 
 def retry(fn, *args, attempts=5, base_delay=0.2, max_delay=5.0, **kwargs):

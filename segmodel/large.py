@@ -25,6 +25,7 @@ from segmodel.measure import CHANNELS, empty_objects, measure_objects
 from segmodel.predict import predict_maps
 from segmodel.preprocess import (
     Normalization,
+    _check_values,
     apply_normalization,
     estimate_normalization,
     resize,
@@ -58,15 +59,42 @@ class Blocks:
 class TiffRegions:
     """Read rectangular regions of a TIFF's first image without reading the rest of it."""
 
-    def __init__(self, fh):
+    def __init__(self, fh, name="<tiff>"):
         import tifffile
         import zarr
 
+        self.name = name
         self._tif = tifffile.TiffFile(fh)
         page = self._tif.pages[0]
         self.axes = page.axes
-        self._z = zarr.open(page.aszarr(), mode="r")
+        self._page = page
+        # read_only: tifffile makes the store of an uncompressed page on a writable handle
+        # (memory://, BytesIO) writable, which zarr refuses to open with mode "r"
+        self._z = zarr.open(page.aszarr(read_only=True), mode="r")
         self.shape = (page.imagelength, page.imagewidth)
+
+    def unsupported(self, *, plane=None, channel=None, pyramid_level=0):
+        """Why this TIFF cannot be segmented block by block with these input options, or None.
+
+        The block-wise path reads the first page as one gray or RGB(A) picture: stacks,
+        channel choice, pyramid levels, palette and CMYK pages and gray + alpha go through
+        :mod:`segmodel.formats` on the whole-image path instead.
+        """
+        page, series = self._page, self._tif.series[0]
+        if pyramid_level:
+            return f"--pyramid-level {pyramid_level} was given"
+        if channel is not None:
+            return f"--channel {channel} was given"
+        if plane not in (None, 0) or len(self._tif.pages) > 1 or int(page.imagedepth) > 1 \
+                or len(series.shape) > len(page.shape):
+            return f"it holds several planes (axes {series.axes}, shape {tuple(series.shape)})"
+        samples, photometric = int(page.samplesperpixel), int(page.photometric)
+        if not ((photometric == 1 and samples == 1) or (photometric == 2 and samples in (3, 4))):
+            return (f"its pixels are {samples} samples of photometric "
+                    f"{page.photometric.name}, not one gray or RGB(A) picture")
+        if page.dtype is None or page.dtype.kind not in "buif":
+            return f"its pixel type {page.dtype} is not integer or real"
+        return None
 
     def read(self, y0, y1, x0, x1):
         """``(y1 - y0, x1 - x0, C)`` pixels of the region."""
@@ -77,6 +105,12 @@ class TiffRegions:
 
     def close(self):
         self._tif.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def estimate_scale(regions, model, *, tiling, batch_size=8, lock=None, size=2048):
@@ -119,6 +153,7 @@ def estimate_stats(regions, spec, block):
     for y0, y1 in _cores(h, block):
         for x0, x1 in _cores(w, block):
             part = regions.read(y0, y1, x0, x1)[(-y0) % step :: step, (-x0) % step :: step]
+            _check_values(part, regions.name)
             part = to_channels(part, spec.channels)
             if sample is None:
                 sample = np.zeros((-(-h // step), -(-w // step), part.shape[-1]), part.dtype)
@@ -183,6 +218,7 @@ class BlockRun:
         ey0, ey1 = max(0, cy0 - halo), min(h, cy1 + halo)
         ex0, ex1 = max(0, cx0 - halo), min(w, cx1 + halo)
         raw = self.regions.read(ey0, ey1, ex0, ex1)
+        _check_values(raw, self.image_id or self.regions.name)
         image = to_channels(raw, self.model.spec.channels)
         x = apply_normalization(image, stats)
         if self.scale != 1.0:

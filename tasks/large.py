@@ -15,7 +15,9 @@ from prefect.cache_policies import NO_CACHE
 
 from segmodel import __version__, export, large, outputs
 from segmodel.api import default_tiling
+from segmodel.io import is_transient
 from segmodel.model import load_model
+from segmodel.preprocess import ImageDecodeError
 from tasks.shards import ShardContext, ShardJob, model_lock
 
 
@@ -39,12 +41,44 @@ def find_large(ctx: ShardContext, refs):
 @task(name="segment-large", task_run_name="segment large image {job.index}/{job.total}",
       cache_policy=NO_CACHE)
 def segment_large(ctx: ShardContext, job: ShardJob) -> dict:
-    """Segment one large TIFF block by block; write its tiled label TIFF and table parts."""
+    """Segment one large TIFF block by block; write its tiled label TIFF and table parts.
+
+    A file the block-wise path cannot read, or whose pixels are bad, becomes a row of the
+    failures table (as a bad image does in a shard); storage errors worth retrying are raised
+    for the task's retries.
+    """
     t_start, t0 = time.time(), time.perf_counter()
     (ref,) = job.refs
     model = load_model(ctx.model_path, trust=ctx.trust_model)
     if model.spec.kind == "semantic" or model.spec.normalization != "percentile":
-        return _unsupported(ctx, job, ref, model, t_start)
+        return _failed(ctx, job, ref, t_start, "read", "ValueError", (
+            f"{ref.image_id} is above --tiled-above ({ctx.tiled_above} pixels) and model "
+            f"{model.spec.name!r} (kind {model.spec.kind}, normalization "
+            f"{model.spec.normalization}) cannot segment block by block: only instance and "
+            "binary models with percentile normalisation can. Raise --tiled-above above "
+            "the image's pixel count to segment it whole."))
+    try:
+        row, objects = _segment(ctx, job, ref, model)
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        stage = "decode" if isinstance(exc, ImageDecodeError) else "segment"
+        return _failed(ctx, job, ref, t_start, stage, type(exc).__name__,
+                       f"{ref.image_id}: {exc}")
+    seconds = time.perf_counter() - t0
+    row["seconds"] = seconds
+    outputs.write_shard(ctx.output, job.name, {
+        "objects": objects, "images": outputs.table("images", [row]),
+        "failures": outputs.table("failures", [])})
+    get_run_logger().info("%s: %dx%d pixels, %d objects in %.1f s", ref.image_id, row["height"],
+                          row["width"], row["n_objects"], seconds)
+    return {"shard": job.name, "index": job.index, "images": 1, "failed": 0,
+            "objects": row["n_objects"], "seconds": seconds, "timings": {},
+            "busy": [(t_start, time.time())]}
+
+
+def _segment(ctx, job, ref, model):
+    """Segment and write one large image's labels; return its images row and objects."""
     tiling = default_tiling(model.spec, ctx.tile_size, ctx.overlap)
     zarr_out = ctx.mask_format == "ome-zarr"
     relpath = job.mask_paths[ref.image_id]
@@ -53,8 +87,16 @@ def segment_large(ctx: ShardContext, job: ShardJob) -> dict:
     tmpdir = tempfile.mkdtemp()
     local = os.path.join(tmpdir, "labels.ome.zarr" if zarr_out else "labels.tif")
     try:
-        with ctx.input.fs.open(ref.path, "rb") as fh:
-            regions = large.TiffRegions(fh)
+        with ctx.input.fs.open(ref.path, "rb") as fh, \
+                large.TiffRegions(fh, name=ref.image_id) as regions:
+            why = regions.unsupported(plane=ctx.plane, channel=ctx.channel,
+                                      pyramid_level=ctx.pyramid_level)
+            if why:
+                raise ImageDecodeError(
+                    f"above --tiled-above ({ctx.tiled_above} pixels), so segmented block by "
+                    f"block, which reads one 2-D gray or RGB picture, but {why}. Convert it to "
+                    "a plain 2-D TIFF of the channel to segment, or raise --tiled-above above "
+                    "its pixel count to read it whole (memory permitting).")
             scale = ctx.scale
             if scale == "auto":
                 scale = large.estimate_scale(regions, model, tiling=tiling,
@@ -68,7 +110,6 @@ def segment_large(ctx: ShardContext, job: ShardJob) -> dict:
                                             channels=model.spec.channels, name=ref.image_id)
             else:
                 large.write_label_tiff(local, regions.shape, run.rows())
-            regions.close()
         if zarr_out:
             export.upload(ctx.output, relpath, export.local_files(local))
         else:
@@ -79,21 +120,13 @@ def segment_large(ctx: ShardContext, job: ShardJob) -> dict:
         shutil.rmtree(tmpdir, ignore_errors=True)
     objects = run.objects
     h, w = regions.shape
-    seconds = time.perf_counter() - t0
     row = {"image_id": ref.image_id, "uri": ref.uri, "height": h, "width": w,
            "n_objects": run.n, "mean_object_area": float(objects["area"].mean()) if run.n else 0.0,
            "foreground_fraction": run.foreground / (h * w), "scale": float(scale),
            "model_name": model.spec.name, "model_fingerprint": model.fingerprint,
-           "segflow_version": __version__, "seconds": seconds, "mask_path": relpath,
+           "segflow_version": __version__, "seconds": 0.0, "mask_path": relpath,
            "fingerprint": ref.fingerprint, "config_key": ctx.config_key, "shard": job.name}
-    outputs.write_shard(ctx.output, job.name, {
-        "objects": objects, "images": outputs.table("images", [row]),
-        "failures": outputs.table("failures", [])})
-    get_run_logger().info("%s: %dx%d pixels, %d objects in %.1f s", ref.image_id, h, w, run.n,
-                          seconds)
-    return {"shard": job.name, "index": job.index, "images": 1, "failed": 0,
-            "objects": run.n, "seconds": seconds, "timings": {},
-            "busy": [(t_start, time.time())]}
+    return row, objects
 
 
 def _write_outlines(ctx, relpath, local, zarr_out, objects):
@@ -105,24 +138,17 @@ def _write_outlines(ctx, relpath, local, zarr_out, objects):
         features = export.outline_features_by_region(
             lambda y0, y1, x0, x1: level0[y0:y1, x0:x1], objects)
     else:
-        with open(local, "rb") as fh:
-            regions = large.TiffRegions(fh)
+        with open(local, "rb") as fh, large.TiffRegions(fh) as regions:
             features = export.outline_features_by_region(
                 lambda y0, y1, x0, x1: regions.read(y0, y1, x0, x1)[..., 0], objects)
-            regions.close()
     ctx.output.write_bytes(export.outline_path(relpath), export.encode_geojson(features))
 
 
-def _unsupported(ctx, job, ref, model, t_start):
-    """A failures row for a large image whose model cannot run block by block."""
-    message = (f"{ref.image_id} is above --tiled-above ({ctx.tiled_above} pixels) and model "
-               f"{model.spec.name!r} (kind {model.spec.kind}, normalization "
-               f"{model.spec.normalization}) cannot segment block by block: only instance and "
-               "binary models with percentile normalisation can. Raise --tiled-above above "
-               "the image's pixel count to segment it whole.")
-    failure = {"image_id": ref.image_id, "uri": ref.uri, "stage": "read",
-               "error_type": "ValueError", "message": message, "fingerprint": ref.fingerprint,
-               "config_key": ctx.config_key, "shard": job.name}
+def _failed(ctx, job, ref, t_start, stage, error_type, message):
+    """The failures row of a large image that could not be segmented."""
+    failure = {"image_id": ref.image_id, "uri": ref.uri, "stage": stage,
+               "error_type": error_type, "message": message[:2000],
+               "fingerprint": ref.fingerprint, "config_key": ctx.config_key, "shard": job.name}
     outputs.write_shard(ctx.output, job.name, {
         "objects": outputs.table("objects", []), "images": outputs.table("images", []),
         "failures": outputs.table("failures", [failure])})

@@ -209,3 +209,20 @@ def test_large_images_write_ome_zarr_and_outlines_block_by_block(runs, tmp_path)
                 drawn |= _ring_mask(rings, mask.shape)
             obj = mask == f["id"]
             assert (drawn & obj).sum() / (drawn | obj).sum() > 0.9
+
+
+def test_a_large_tiff_the_block_reader_cannot_read_is_a_failures_row(runs, tmp_path):
+    """A 5-plane stack above --tiled-above: a row in the failures table naming why and what to
+    do, while the other image of the run is segmented; the run does not crash."""
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(runs["src"] / NAMES[0], src / NAMES[0])
+    tifffile.imwrite(src / "stack.tif", np.zeros((5, 600, 600), np.uint16), tile=(256, 256))
+    out = tmp_path / "out"
+    assert main(["run", str(src), str(out), "--tiled-above", "300000"]) == 0
+    failures = pd.read_parquet(out / "failures")
+    assert list(failures.image_id) == ["stack.tif"]
+    (row,) = failures.itertuples()
+    assert (row.stage, row.error_type) == ("decode", "ImageDecodeError")
+    assert "several planes" in row.message and "--tiled-above" in row.message
+    assert list(_images(out).index) == [NAMES[0]]

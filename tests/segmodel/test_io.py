@@ -72,7 +72,12 @@ def test_store_pickles_to_its_url_only():
     (FileNotFoundError("s3://b/k"), False),
     (ValueError("bad value"), False),
     (ZeroDivisionError(), False),
-], ids=["reset", "timeout", "slowdown", "503", "403", "missing", "valueerror", "bug"])
+    (OSError("HTTP 502."), True),
+    (OSError(errno.EINVAL, "Invalid argument", "s3://lab/plate_0503/well_A1.tif"), False),
+    (OSError("Forbidden: s3://lab/run_2504/a.tif"), False),
+    (OSError("Forbidden: s3://lab/500/503.tif"), False),
+], ids=["reset", "timeout", "slowdown", "503", "403", "missing", "valueerror", "bug", "502",
+        "digits-in-path", "digits-in-message-path", "status-like-folders"])
 def test_only_storage_hiccups_are_transient(exc, expected):
     assert is_transient(exc) is expected
 
