@@ -7,8 +7,12 @@ Two kinds of flags end up in the ``qc_flags`` column of the images table (names 
 
   ``no_objects``         no nucleus found;
   ``flat``               the image has almost no contrast (1st to 99.8th percentile spans less
-                         than 4% of its dtype's range): nothing to segment, or a blank frame;
-  ``saturated``          more than 5% of the pixels sit at the dtype's maximum (clipped);
+                         than 4% of its range): nothing to segment, or a blank frame;
+  ``saturated``          more than 5% of the pixels sit at the top of its range (clipped).
+
+  An integer image's range is that of the camera's bit depth as its values show it: the
+  smallest of 8, 10, 12, 14 or 16 bits (then the dtype's) that holds its largest value, so
+  12-bit data stored as uint16 is judged on 0-4095, not on 0-65535.
   ``sparse_foreground``  nuclei cover less than 1% of the image: the percentile normalisation
                          is then set by the background and nuclei may be missed or merged;
   ``objects_small``      median nucleus diameter at the model's working scale below 8 px;
@@ -51,10 +55,20 @@ class QCSettings:
     outlier_min_images: int = 5
 
 
-def _dtype_max(image):
-    if np.issubdtype(image.dtype, np.integer):
-        return float(np.iinfo(image.dtype).max)
-    return None
+#: Bit depths of cameras and files; an integer image's range is the smallest that holds it.
+BIT_DEPTHS = (8, 10, 12, 14, 16)
+
+
+def value_top(image):
+    """The top of an integer image's range (see the module docstring); None for floats."""
+    if not np.issubdtype(image.dtype, np.integer):
+        return None
+    dtype_top = int(np.iinfo(image.dtype).max)
+    largest = int(np.max(image)) if image.size else 0
+    for bits in BIT_DEPTHS:
+        if largest <= 2**bits - 1 <= dtype_top:
+            return float(2**bits - 1)
+    return float(dtype_top)
 
 
 def image_flags(image, labels, *, scale=1.0, settings=QCSettings()):
@@ -101,7 +115,7 @@ def _intensity_flags(image, settings):
     gray = image.reshape(image.shape[0], image.shape[1], -1)
     step = max(1, int(math.sqrt(gray.shape[0] * gray.shape[1] / 1_000_000)))
     sample = gray[::step, ::step]
-    top = _dtype_max(image)
+    top = value_top(sample)
     span = top if top is not None else float(np.nanmax(np.abs(sample))) or 1.0
     low, high = channel_mean_percentiles(sample, [1.0, 99.8])
     flags = []

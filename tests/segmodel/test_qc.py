@@ -48,11 +48,16 @@ def test_a_clipped_exposure_is_saturated(dsb2018):
     assert qc.image_flags(clipped, labels) == ["saturated"]
 
 
-def test_a_16_bit_image_is_judged_on_its_own_range(dsb2018):
+def test_a_16_bit_image_is_judged_on_the_bit_depth_its_values_show(dsb2018):
     image, labels = _pair(dsb2018, FLUOR)
-    wide = image.astype(np.uint16) * 257
-    assert qc.image_flags(wide, labels) == []
-    assert "flat" in qc.image_flags(image.astype(np.uint16), labels)  # 8-bit data in 16 bits
+    assert qc.image_flags(image.astype(np.uint16) * 257, labels) == []  # all 16 bits
+    assert qc.image_flags(image.astype(np.uint16) * 16, labels) == []  # a 12-bit camera
+    assert qc.image_flags(image.astype(np.uint16), labels) == []  # 8-bit data in 16 bits
+    assert qc.value_top(image.astype(np.uint16) * 16) == 4095
+    dim = (image.astype(np.uint16) * 100 // 255 + 1000)  # 100 levels of a 12-bit range
+    assert qc.image_flags(dim, labels) == ["flat"]
+    clipped = np.minimum(image.astype(np.uint16) * 16 * 8, 4095)  # 12-bit, over-exposed
+    assert qc.image_flags(clipped, labels) == ["saturated"]
 
 
 def test_a_single_nucleus_is_sparse_foreground(dsb2018):
