@@ -20,6 +20,7 @@ from segmodel.preprocess import (
     Normalization,
     Tiling,
     apply_normalization,
+    check_values,
     estimate_normalization,
     resize,
     scaled_shape,
@@ -239,7 +240,13 @@ def segment_many(images, model=None, *, scale=1.0, batch_size=8, tiling=None, tt
     """
     lm = resolve_model(model)
     scale = validate_scale(scale, lm.spec)
-    tiling = tiling or default_tiling(lm.spec)
+    if tiling is None:
+        tiling = default_tiling(lm.spec)
+    else:
+        tiling.validate(lm.spec.divisor)
+    images = [np.asarray(im) for im in images]
+    for i, im in enumerate(images):  # arrays, not files: nothing has checked them yet
+        check_values(im, f"images[{i}]")
     prepared = [prepare(im, lm.spec, scale) for im in images]
     labels, _ = predict_labels(lm, prepared, tiling, batch_size=batch_size,
                                auto=scale == AUTO, tta=tta)

@@ -22,7 +22,7 @@ from segmodel.measure import ObjectPixels
 from segmodel.preprocess import (
     MAX_PIXELS,
     ImageDecodeError,
-    _check_values,
+    check_values,
     decode_image,
 )
 
@@ -179,7 +179,7 @@ def _read_tiff(data, name, max_pixels, plane, level):
 
                 image = _select(zarr.open(series.aszarr(level=level), mode="r+"), axes,
                                 shape, plane, name, len(tif.pages))
-                _check_values(image, name)
+                check_values(image, name)
     except ImageDecodeError:
         raise
     except Exception as exc:  # tifffile and zarr raise many types for broken files
@@ -283,7 +283,7 @@ def read_ome_zarr(zstore, *, name="<zarr>", max_pixels=MAX_PIXELS, plane=None, p
             raise
         raise ImageDecodeError(f"{name}: pixels of the OME-Zarr cannot be read "
                                f"({type(exc).__name__}: {exc}).") from exc
-    _check_values(image, name)
+    check_values(image, name)
     channels = (ome.get("omero") or {}).get("channels") or []
     names = [str(c.get("label") or i) for i, c in enumerate(channels) if isinstance(c, dict)]
     if len(names) != image.shape[-1]:

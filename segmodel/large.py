@@ -25,8 +25,8 @@ from segmodel.measure import CHANNELS, empty_objects, measure_objects
 from segmodel.predict import predict_maps
 from segmodel.preprocess import (
     Normalization,
-    _check_values,
     apply_normalization,
+    check_values,
     estimate_normalization,
     resize,
     scaled_shape,
@@ -153,7 +153,7 @@ def estimate_stats(regions, spec, block):
     for y0, y1 in _cores(h, block):
         for x0, x1 in _cores(w, block):
             part = regions.read(y0, y1, x0, x1)[(-y0) % step :: step, (-x0) % step :: step]
-            _check_values(part, regions.name)
+            check_values(part, regions.name)
             part = to_channels(part, spec.channels)
             if sample is None:
                 sample = np.zeros((-(-h // step), -(-w // step), part.shape[-1]), part.dtype)
@@ -218,7 +218,7 @@ class BlockRun:
         ey0, ey1 = max(0, cy0 - halo), min(h, cy1 + halo)
         ex0, ex1 = max(0, cx0 - halo), min(w, cx1 + halo)
         raw = self.regions.read(ey0, ey1, ex0, ex1)
-        _check_values(raw, self.image_id or self.regions.name)
+        check_values(raw, self.image_id or self.regions.name)
         image = to_channels(raw, self.model.spec.channels)
         x = apply_normalization(image, stats)
         if self.scale != 1.0:

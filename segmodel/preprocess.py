@@ -59,11 +59,11 @@ def decode_image(data, *, name="<bytes>", max_pixels=MAX_PIXELS):
         )
     if image.shape[-1] == 2:  # gray + alpha
         image = image[..., :1]
-    _check_values(image, name)
+    check_values(image, name)
     return image
 
 
-def _check_values(image, name):
+def check_values(image, name):
     """Refuse pixel types the pipeline cannot normalise, and NaN or infinite values."""
     if image.dtype.kind not in "buif":
         raise ImageDecodeError(

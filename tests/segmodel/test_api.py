@@ -86,6 +86,17 @@ def test_segment_many_refuses_a_bad_scale(samples):
         segment_many([_load(samples[0][0])], scale="big")
 
 
+def test_segment_many_refuses_nan_pixels_and_a_tiling_that_cannot_cover(samples):
+    image = _load(samples[0][0]).astype(np.float32)
+    image[3, 4] = np.nan
+    with pytest.raises(ValueError, match=r"images\[1\]: \d+ pixel values are NaN"):
+        segment_many([_load(samples[0][0]), image])
+    for tiling, message in [(Tiling(256, 200), "overlap must be in"),
+                            (Tiling(250, 32), "tile_size must be a positive multiple of 16")]:
+        with pytest.raises(ValueError, match=message):
+            segment_many([_load(samples[0][0])], tiling=tiling)
+
+
 def test_auto_scale_brings_the_median_nucleus_to_the_model_size(dsb2018):
     from dataclasses import replace
 
