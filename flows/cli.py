@@ -132,6 +132,10 @@ def _add_run_options(p):
                    help="resolution level of OME-Zarr / pyramidal TIFF inputs (default 0: full)")
 
 
+#: Parameter fields whose option has another name.
+_OPTION_OF = {"patterns": "pattern"}
+
+
 def _segment_params(args, input_url):
     from pydantic import ValidationError
 
@@ -160,7 +164,8 @@ def _segment_params(args, input_url):
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            name = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "parameters"
+            field = str(err["loc"][0]) if err["loc"] else ""
+            name = "--" + _OPTION_OF.get(field, field).replace("_", "-") if field else "parameters"
             received = "" if name == "--storage-options" else f" (received: {err.get('input')!r})"
             lines.append(f"{name}: {err['msg']}{received}")  # options may hold credentials
         raise SystemExit("segflow: invalid parameters\n  " + "\n  ".join(lines)) from None
@@ -206,17 +211,20 @@ class _Progress:
 def _run(args, input_url):
     # first thing, before Prefect and TensorFlow are imported: the two then overlap
     server = _flow_server() if args.task_runner == "threads" else None
-    from flows.runners import make_task_runner
+    from flows.runners import api_url, check_api, make_task_runner
 
     params = _segment_params(args, input_url)
     from flows import progress
     from flows.segment import preflight, segment_images
 
     try:
+        if server is None or server.process is None:  # a server of the user's: is it up?
+            if api_url():
+                check_api(api_url())
         runner = make_task_runner(args.task_runner, args.dask_address, args.dask_workers)
         # with threads the model warms up in its thread while the server starts
         preflight(params, warm_up=args.task_runner == "threads")
-    except (ValueError, FileNotFoundError, PermissionError, TypeError) as exc:
+    except (ValueError, FileNotFoundError, PermissionError, TypeError, ConnectionError) as exc:
         raise SystemExit(f"segflow: {exc}") from None
     if args.task_runner != "threads":
         segment_images = segment_images.with_options(task_runner=runner)
@@ -269,18 +277,51 @@ def _serve(args):
 
         print(f"segflow: {NO_SERVER}", file=sys.stderr)
         return 2
+    _serve_checks(args)
     params = _segment_params(args, args.input)
+    from flows.runners import check_api
     from flows.segment import preflight
 
     try:
+        check_api(api_url())
         preflight(params)
-    except (ValueError, FileNotFoundError, TypeError) as exc:
+    except (ValueError, FileNotFoundError, TypeError, ConnectionError) as exc:
         raise SystemExit(f"segflow: {exc}") from None
+    serve_segment(params, name=args.name, cron=args.cron, interval=args.interval)
+    return 0
+
+
+def _serve_checks(args):
+    """Options ``serve`` cannot honour are refused, not dropped: its runs are the server's."""
     if args.interval is not None and args.interval <= 0:
         raise SystemExit(f"segflow: --interval must be a positive number of seconds. "
                          f"Received: {args.interval}")
-    serve_segment(params, name=args.name, cron=args.cron, interval=args.interval)
-    return 0
+    if args.cron is not None:
+        from prefect.client.schemas.schedules import CronSchedule
+        from pydantic import ValidationError
+
+        try:
+            CronSchedule(cron=args.cron)
+        except ValidationError:
+            raise SystemExit(f"segflow: --cron must be a cron expression of 5 fields, e.g. "
+                             f"\"0 * * * *\" (hourly). Received: {args.cron!r}") from None
+    ignored = [name for name, given in [
+        ("--task-runner", args.task_runner != "threads"), ("--dask-address", args.dask_address),
+        ("--dask-workers", args.dask_workers is not None), ("--fail-on-error", args.fail_on_error)]
+        if given]
+    if ignored:
+        raise SystemExit(f"segflow: segflow serve does not take {', '.join(ignored)}: its runs "
+                         "execute in the serve process on threads, and their state is shown "
+                         "by the server (use --max-failure-fraction to mark runs Failed).")
+    if args.storage_options.strip() not in ("", "{}"):
+        raise SystemExit(
+            "segflow: segflow serve does not take --storage-options: a deployment's parameters "
+            "are stored in the server's database, where segflow keeps storage options only as "
+            "keys with '***' values (they may hold credentials). Give them to the served runs "
+            "through the environment of segflow serve instead: fsspec's per-protocol defaults, "
+            "e.g. FSSPEC_S3='{\"client_kwargs\": {\"endpoint_url\": \"http://minio:9000\"}}', "
+            "and the storage's own variables or profiles (AWS_PROFILE, AWS_ACCESS_KEY_ID, "
+            "GOOGLE_APPLICATION_CREDENTIALS).")
 
 
 def _flow_server():
@@ -338,7 +379,9 @@ def _train(args):
 
 def _evaluate(args):
     server = _flow_server()
-    from flows.evaluate import EvaluateParams, evaluate_labels
+    from pydantic import ValidationError
+
+    from flows.evaluate import EvaluateParams, evaluate_labels, preflight
 
     try:
         params = EvaluateParams(pred=args.pred, truth=args.truth, groups_csv=args.groups,
@@ -347,6 +390,13 @@ def _evaluate(args):
     except json.JSONDecodeError as exc:
         raise SystemExit(f"segflow: --storage-options must be JSON ({exc.msg}). "
                          f"Received: {args.storage_options!r}") from None
+    except ValidationError:
+        raise SystemExit("segflow: --storage-options must be a JSON object like "
+                         '{"anon": true}.') from None
+    try:
+        preflight(params)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"segflow: {exc}") from None
     try:
         with _on(server):
             table = evaluate_labels(params)

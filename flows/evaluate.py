@@ -1,6 +1,7 @@
 """The ``evaluate-labels`` flow: score predicted masks against ground truth (DSB2018 metric)."""
 
 import json
+import os
 import posixpath
 from typing import Optional
 
@@ -26,6 +27,17 @@ class EvaluateParams(BaseModel):
     group_column: str = Field("modality", description="Column of groups_csv naming groups.")
     out: Optional[str] = Field(None, description="Parquet file for the per-image scores.")
     storage_options: dict = Field(default_factory=dict)
+
+
+def preflight(params: EvaluateParams):
+    """Fail before any Prefect run when a folder or the groups file is not there."""
+    for option, url in (("PRED", params.pred), ("TRUTH", params.truth)):
+        if not Store(url, params.storage_options).exists():
+            raise FileNotFoundError(f"{option} not found: {url!r}. Check the path or URL (and "
+                                    "--storage-options).")
+    if params.groups_csv and "://" not in params.groups_csv and \
+            not os.path.isfile(params.groups_csv):
+        raise FileNotFoundError(f"--groups file not found: {params.groups_csv!r}.")
 
 
 @task(name="score", cache_policy=NO_CACHE)

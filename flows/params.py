@@ -34,7 +34,7 @@ class SegmentParams(BaseModel):
         1.0, description="'auto' (resize each image so its nuclei match the model's object "
         "size) or a resize factor to the model's scale (1.0 = as is).")
     tta: bool = Field(False, description="Average the model over four flips (4x the compute).")
-    tile_size: Optional[int] = Field(None, description="Tile size (default: the model's).")
+    tile_size: Optional[int] = Field(None, ge=1, description="Tile size (default: the model's).")
     mask_format: Literal["tif", "png", "ome-zarr"] = Field(
         "tif", description="Label mask format: 'ome-zarr' writes OME-Zarr (NGFF 0.4) labels with "
         "a pyramid beside the image, for napari.")

@@ -43,6 +43,25 @@ def api_url():
     return PREFECT_API_URL.value()
 
 
+def check_api(url, timeout=10.0):
+    """Raise ``ConnectionError`` saying what to do when the Prefect server at ``url`` does not
+    answer its health check (instead of a traceback from the first API call of the flow)."""
+    import httpx
+
+    try:
+        with httpx.Client(timeout=timeout) as client:
+            answer = client.get(f"{url.rstrip('/')}/health")
+        if answer.status_code == 200:
+            return
+        problem = f"HTTP {answer.status_code}"
+    except httpx.HTTPError as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    raise ConnectionError(
+        f"the Prefect server at PREFECT_API_URL={url} does not answer ({problem}). Start it "
+        "(prefect server start), point PREFECT_API_URL at a running one, or unset it to run "
+        "on a temporary server.")
+
+
 def make_task_runner(kind="threads", address=None, n_workers=None):
     """A task runner for ``kind`` in :data:`TASK_RUNNERS`.
 
@@ -53,14 +72,23 @@ def make_task_runner(kind="threads", address=None, n_workers=None):
     """
     if kind not in TASK_RUNNERS:
         raise ValueError(f"task_runner must be one of {TASK_RUNNERS}. Received: {kind!r}")
+    if n_workers is not None and n_workers < 1:
+        raise ValueError(f"--dask-workers must be at least 1 (worker processes of a new local "
+                         f"Dask cluster). Received: {n_workers}")
     if kind == "threads":
         if address:
             raise ValueError(f"--dask-address needs --task-runner dask. Received: {address!r}")
+        if n_workers is not None:
+            raise ValueError(f"--dask-workers needs --task-runner dask. Received: {n_workers}")
         return ThreadPoolTaskRunner(max_workers=3 * IN_FLIGHT)
     if not api_url():
         raise ValueError(NEEDS_SERVER)
     from prefect_dask import DaskTaskRunner
 
+    if address and n_workers is not None:
+        raise ValueError(f"--dask-workers sizes a new local cluster, not the existing one at "
+                         f"--dask-address {address}: start its workers there. Received: "
+                         f"--dask-workers {n_workers}")
     if address:
         return DaskTaskRunner(address=address)
     n = n_workers or max(1, (os.cpu_count() or 2) // 2)

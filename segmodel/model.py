@@ -273,8 +273,16 @@ def load_model(path=None, *, trust=False):
 
 
 def _load_keras(path, trust):
+    import zipfile
+
     import keras
 
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"model {str(path)!r} is not a Keras 3 model file: a .keras file is a zip archive "
+            "(keras.Model.save('model.keras')); convert an older .h5 or SavedModel by loading "
+            "it in Keras and saving it as .keras."
+        )
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=not trust)
     except ValueError as exc:

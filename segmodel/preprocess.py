@@ -348,10 +348,14 @@ class Tiling:
                 f"Use e.g. {max(divisor, self.tile // divisor * divisor)}."
             )
         if not 0 <= self.overlap < self.tile // 2:
-            raise ValueError(
-                f"overlap must be in [0, tile_size/2). Received: overlap={self.overlap} "
-                f"with tile_size={self.tile}."
-            )
+            if self.overlap >= 0:
+                raise ValueError(
+                    f"tile_size must be more than twice the overlap of {self.overlap} "
+                    f"pixels (each tile keeps its centre). Received: tile_size={self.tile}. "
+                    f"Use {-(-(2 * self.overlap + 1) // divisor) * divisor} or more."
+                )
+            raise ValueError(f"overlap must be in [0, tile_size/2). Received: "
+                             f"overlap={self.overlap} with tile_size={self.tile}.")
 
 
 def tile_origins(shape, tiling):

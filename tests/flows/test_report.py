@@ -121,3 +121,18 @@ def test_evaluation_publishes_its_table(dsb2018, samples, tmp_path, flow_run_rec
     rows = json.loads(record["artifacts"]["segflow-evaluation"].data)
     assert rows[0]["group"] == "all" and rows[0]["images"] == 2
     assert 0.2 < rows[0]["ap50"] <= 1.0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{missing}", "{here}"], "PRED not found"),
+    (["{here}", "{missing}"], "TRUTH not found"),
+    (["{here}", "{here}", "--groups", "{missing}.csv"], "--groups file not found"),
+    (["{here}", "{here}", "--storage-options", "[1]"], "--storage-options must be a JSON object"),
+], ids=["pred", "truth", "groups", "storage-options"])
+def test_evaluate_names_a_missing_folder_or_bad_option_before_any_run(tmp_path, args, message,
+                                                                       capsys):
+    fill = {"missing": str(tmp_path / "missing"), "here": str(tmp_path)}
+    with pytest.raises(SystemExit) as err:
+        main(["evaluate", *[a.format(**fill) for a in args]])
+    assert message in str(err.value)
+    assert "Traceback" not in capsys.readouterr().err

@@ -135,16 +135,34 @@ def test_fail_on_error_exits_non_zero(folder, tmp_path):
     (["run", "{input}", "{out}", "--model", "{missing}/m.keras"], "model file not found"),
     (["run", "{input}", "{out}", "--scale", "big"], "scale must be 'auto' or a number"),
     (["run", "{input}", "{out}", "--scale", "0"], "Received: scale=0.0"),
+    (["run", "{input}", "{out}", "--tile-size", "48"], "more than twice the overlap of 32"),
+    (["run", "{input}", "{out}", "--tile-size", "0"], "--tile-size: Input should be greater"),
+    (["run", "{input}", "{out}", "--pattern", ""], "--pattern: Value error, patterns must"),
+    (["run", "{input}", "{out}", "--dask-workers", "0"], "--dask-workers must be at least 1"),
+    (["run", "{input}", "{out}", "--model", "{input}/../text.keras"], "not a Keras 3 model file"),
 ], ids=["missing-input", "unknown-scheme", "tile-size", "batch-size", "bad-json",
-        "nothing-matched", "missing-model", "scale-word", "scale-zero"])
+        "nothing-matched", "missing-model", "scale-word", "scale-zero", "tile-below-overlap",
+        "tile-zero", "empty-pattern", "dask-workers", "not-a-zip"])
 def test_wrong_parameters_fail_before_any_work_naming_the_parameter(folder, tmp_path, args,
                                                                     message):
     fill = {"missing": str(tmp_path / "missing"), "out": str(tmp_path / "out"),
             "input": str(folder)}
+    (tmp_path / "text.keras").write_text("not a model")
     with pytest.raises(SystemExit) as err:
         main([a.format(**fill) for a in args])
     assert message in str(err.value)
     assert not (tmp_path / "out" / "images").exists()
+
+
+def test_a_configured_server_that_does_not_answer_is_named_before_any_work(folder, tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # nothing listens there
+    monkeypatch.setattr("flows.server._EARLY", [])  # as in a new process: no early server
+    with pytest.raises(SystemExit) as err:
+        main(["run", str(folder), str(tmp_path / "out")])
+    assert "PREFECT_API_URL=http://127.0.0.1:9/api does not answer" in str(err.value)
+    assert "prefect server start" in str(err.value)
+    assert not (tmp_path / "out").exists()
 
 
 def test_scale_parameter_takes_auto_or_a_number():

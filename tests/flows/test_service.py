@@ -60,6 +60,24 @@ def test_serve_without_a_server_says_how_to_start_one(tmp_path, samples):
     assert "export PREFECT_API_URL=http://127.0.0.1:4200/api" in proc.stderr
 
 
+@pytest.mark.parametrize("options, message", [
+    (["--cron", "bogus"], "--cron must be a cron expression of 5 fields"),
+    (["--task-runner", "dask"], "does not take --task-runner"),
+    (["--storage-options", '{"anon": true}'], "FSSPEC_S3="),
+    (["--interval", "3600"], "does not answer"),
+], ids=["bad-cron", "dask", "storage-options", "server-down"])
+def test_serve_refuses_what_it_cannot_honour_before_any_work(tmp_path, samples, options,
+                                                             message):
+    """Nothing listens on port 9: every check before the server's own is made without it, and
+    the last one says the server does not answer instead of a connection traceback."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "serve", str(samples[0][0].parent), str(tmp_path),
+         *options], cwd=REPO, env=_env(tmp_path / "home", "http://127.0.0.1:9/api"),
+        capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1 and message in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
 @pytest.fixture(scope="module")
 def prefect_api(tmp_path_factory):
     """A real ``prefect server start`` on a free loopback port, stopped with SIGTERM."""

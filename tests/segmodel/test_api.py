@@ -91,7 +91,7 @@ def test_segment_many_refuses_nan_pixels_and_a_tiling_that_cannot_cover(samples)
     image[3, 4] = np.nan
     with pytest.raises(ValueError, match=r"images\[1\]: \d+ pixel values are NaN"):
         segment_many([_load(samples[0][0]), image])
-    for tiling, message in [(Tiling(256, 200), "overlap must be in"),
+    for tiling, message in [(Tiling(256, 200), "more than twice the overlap of 200"),
                             (Tiling(250, 32), "tile_size must be a positive multiple of 16")]:
         with pytest.raises(ValueError, match=message):
             segment_many([_load(samples[0][0])], tiling=tiling)
