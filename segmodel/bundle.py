@@ -138,15 +138,26 @@ def spec_from_dict(data, source="<spec>"):
             raise BundleError(f"spec {source!r}: field {key!r} must be one of "
                               f"{', '.join(_CHOICES[key])}. Received: {key}={value!r}")
         clean[key] = float(value) if want is float else value
-    post = {f.name for f in fields(PostprocessSettings)}
-    for key in clean.get("postprocess", {}):
+    post = {f.name: f.type for f in fields(PostprocessSettings)}
+    for key, value in clean.get("postprocess", {}).items():
         if key not in post:
             raise BundleError(f"spec {source!r}: unknown field 'postprocess.{key}'. Known: "
                               f"{', '.join(sorted(post))}.")
+        want = int if post[key] in (int, "int") else float
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (
+                want is int and value != int(value)):
+            kind = "a whole number" if want is int else "a number"
+            raise BundleError(f"spec {source!r}: field 'postprocess.{key}' must be {kind} "
+                              f">= 0. Received: {key}={value!r}")
     for key in ("channels", "divisor", "tile"):
         if key in clean and clean[key] < 1:
             raise BundleError(f"spec {source!r}: field {key!r} must be >= 1. "
                               f"Received: {key}={clean[key]}")
+    tile = clean.get("tile", known["tile"].default)
+    if "overlap" in clean and not 0 <= clean["overlap"] < tile // 2:
+        raise BundleError(f"spec {source!r}: field 'overlap' must be at least 0 and less than "
+                          f"half the tile ({tile}): each tile keeps its centre. Received: "
+                          f"overlap={clean['overlap']}")
     spec = ModelSpec.from_dict(clean)
     _check_kind(spec, source)
     return spec
@@ -296,9 +307,9 @@ def check_model(keras_model, spec, source):
     if spec.tile % spec.divisor:
         errors.append(f"{source}: field 'tile' ({spec.tile}) is not a multiple of field "
                       f"'divisor' ({spec.divisor}). Set tile to a multiple of {spec.divisor}.")
-    if not 0 <= spec.overlap < spec.tile:
+    if not 0 <= spec.overlap < spec.tile // 2:
         errors.append(f"{source}: field 'overlap' ({spec.overlap}) must be >= 0 and smaller "
-                      f"than tile ({spec.tile}).")
+                      f"than half the tile ({spec.tile}).")
     down = downsampling(keras_model)
     if down and spec.divisor % down:
         errors.append(f"{source}: field 'divisor' is {spec.divisor} but the model downsamples "

@@ -168,6 +168,8 @@ def save_model(model, spec, path):
     tmp_spec = path.with_name(f".{path.stem}.tmp.json")
     tmp_spec.write_text(json.dumps(spec.to_dict(), indent=2, sort_keys=True))
     os.replace(tmp_spec, path.with_suffix(".json"))
+    for old in (path.with_suffix(".yaml"), path.with_suffix(".yml")):  # one spec per model
+        old.unlink(missing_ok=True)
 
 
 _FINGERPRINTS = {}

@@ -15,6 +15,7 @@ marker. :func:`reconcile` removes parts of shards that never committed and rows 
 a newer shard (a changed image reprocessed), so every image has exactly one current record.
 """
 
+import hashlib
 import io
 import posixpath
 
@@ -59,7 +60,9 @@ def mask_paths(image_ids, mask_format="tif"):
     """``{image_id: relative mask path}``; ids differing only by extension keep it in the name.
 
     ``a.png`` -> ``labels/a.tif``; with both ``a.png`` and ``a.tif`` present they become
-    ``labels/a.png.tif`` and ``labels/a.tif.tif`` so neither overwrites the other. Ids are
+    ``labels/a.png.tif`` and ``labels/a.tif.tif`` so neither overwrites the other (a path
+    that still falls on another's, as ``a.png`` beside ``a.png.tif`` does, gets a hash of its
+    id: ``labels/a.png-<8 hex>.tif``). Ids are
     made safe by :func:`safe_relpath`: no id can name a path outside ``labels/``.
     """
     if mask_format not in MASK_FORMATS:
@@ -68,10 +71,18 @@ def mask_paths(image_ids, mask_format="tif"):
     for image_id in image_ids:
         stems.setdefault(posixpath.splitext(image_id)[0], []).append(image_id)
     out = {}
+    suffix = MASK_SUFFIXES[mask_format]
     for stem, ids in stems.items():
         for image_id in ids:
             base = stem if len(ids) == 1 else image_id
-            out[image_id] = f"labels/{safe_relpath(base)}.{MASK_SUFFIXES[mask_format]}"
+            out[image_id] = f"labels/{safe_relpath(base)}.{suffix}"
+    taken = {}
+    for path in out.values():
+        taken[path] = taken.get(path, 0) + 1
+    for image_id, path in out.items():  # "a.png" and "a.png.tif": add a hash of the id
+        if taken[path] > 1:
+            digest = hashlib.sha1(image_id.encode()).hexdigest()[:8]
+            out[image_id] = f"labels/{safe_relpath(image_id)}-{digest}.{suffix}"
     return out
 
 

@@ -57,6 +57,17 @@ def test_a_yaml_spec_loads_and_matches_the_same_spec_in_json(tmp_path):
     assert loaded.fingerprint != load_model(other / "seg.keras").fingerprint  # spec is hashed
 
 
+def test_saving_a_bundle_in_another_format_leaves_one_spec(tmp_path):
+    model = keras.saving.load_model(_tiny(tmp_path / "seg.keras"))
+    spec = bundle.spec_from_dict(SEMANTIC)
+    bundle.save_bundle(model, spec, tmp_path / "m.keras", fmt="yaml")
+    bundle.save_bundle(model, spec, tmp_path / "m.keras", fmt="json")
+    assert sorted(p.name for p in tmp_path.glob("m.*")) == ["m.json", "m.keras"]
+    bundle.save_bundle(model, spec, tmp_path / "m.keras", fmt="yaml")
+    assert sorted(p.name for p in tmp_path.glob("m.*")) == ["m.keras", "m.yaml"]
+    assert load_model(tmp_path / "m.keras").spec == spec
+
+
 @pytest.mark.parametrize("fields, message", [
     ({"kind": "panoptic"}, ("field 'kind' must be one of instances, binary, semantic. "
                            "Received: kind='panoptic'")),
@@ -66,8 +77,12 @@ def test_a_yaml_spec_loads_and_matches_the_same_spec_in_json(tmp_path):
     ({"tiles": 256}, "unknown field 'tiles'"),
     ({"classes": ["a", "b"]}, "'classes' and 'object_class' are for kind: semantic"),
     ({"postprocess": {"threshold": 0.5}}, "unknown field 'postprocess.threshold'"),
+    ({"postprocess": {"foreground": "0.5"}},
+     "field 'postprocess.foreground' must be a number >= 0. Received: foreground='0.5'"),
+    ({"postprocess": {"min_area": 2.5}}, "field 'postprocess.min_area' must be a whole number"),
+    ({"tile": 256, "overlap": 160}, "field 'overlap' must be at least 0 and less than half"),
 ], ids=["kind", "no-classes", "object-class", "type", "unknown", "classes-not-semantic",
-        "postprocess"])
+        "postprocess", "postprocess-type", "postprocess-int", "overlap"])
 def test_a_wrong_spec_names_the_file_field_and_value(tmp_path, fields, message):
     path = tmp_path / "m.yaml"
     path.write_text(yaml.safe_dump(fields))

@@ -20,6 +20,15 @@ def test_ids_differing_only_by_extension_get_distinct_masks():
     assert len(set(paths.values())) == 3
 
 
+def test_an_id_that_is_another_id_plus_the_mask_suffix_gets_its_own_mask():
+    ids = ["x.png", "x.jpg", "x.png.tif", "y.tif.tif", "y.tif"]
+    paths = outputs.mask_paths(ids)
+    assert len(set(paths.values())) == len(ids)
+    assert paths["x.jpg"] == "labels/x.jpg.tif"
+    assert paths["x.png"].startswith("labels/x.png-") and paths["x.png"].endswith(".tif")
+    assert paths == outputs.mask_paths(ids)  # the same on every run
+
+
 def test_unknown_mask_format_is_refused():
     with pytest.raises(ValueError, match="mask_format must be one of"):
         outputs.mask_paths(["a.png"], "jpg")
