@@ -84,16 +84,20 @@ def _add_run_options(p):
     p.add_argument("--storage-options", default="{}", help="JSON passed to fsspec")
     p.add_argument("--pattern", action="append", dest="patterns",
                    help="glob pattern of image files (repeatable; default: common image types)")
-    p.add_argument("--shard-size", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--shard-size", type=int, default=32,
+                   help="images per shard, the unit of work (default: 32)")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="tiles per model call (default: 8; 32-64 on a GPU)")
     p.add_argument("--cpu-workers", type=int, default=0,
                    help="worker processes for post-processing and measuring, overlapped with "
                         "the model (default 0: in the task's thread; use with spare cores)")
     p.add_argument("--scale", default=None,
-                   help="'auto' or a resize factor to the model's scale (default: see README)")
+                   help="resize factor to the model's scale (default: 1.0, as is), or 'auto' "
+                        "for models trained with --object-diameter")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average over flips (4x model time)")
-    p.add_argument("--tile-size", type=int, default=None)
+    p.add_argument("--tile-size", type=int, default=None,
+                   help="tile edge (default: the model's, 256; a multiple of 16, 80 or more)")
     p.add_argument("--mask-format", choices=["tif", "png", "ome-zarr"], default="tif",
                    help="label mask format (ome-zarr: NGFF labels with a pyramid, for napari)")
     p.add_argument("--outlines", choices=["none", "geojson"], default="none",
