@@ -379,6 +379,15 @@ def _empty_attrs(key, data):
     return bytes(data).strip() == b"{}"
 
 
+def remove_outputs(store, mask_path):
+    """Delete one image's mask (any format) and its outlines where they exist."""
+    if mask_path.endswith(".ome.zarr"):
+        remove_store(store, mask_path)
+    else:
+        store.remove(store.path(mask_path))
+    store.remove(store.path(outline_path(mask_path)))
+
+
 def remove_store(store, relpath):
     """Delete the OME-Zarr at ``relpath`` (its root marker first, so it never looks complete)."""
     store.remove(store.path(relpath, ROOT_MARKER))

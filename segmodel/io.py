@@ -4,6 +4,7 @@ This is the one module that calls :func:`fsspec.core.url_to_fs`; the rest of seg
 around a :class:`Store` (a file system plus a root path), which pickles cheaply.
 """
 
+import contextlib
 import errno
 import fnmatch
 import hashlib
@@ -226,11 +227,28 @@ class Store:
             pass
 
     def remove_tree(self, relpath):
-        """Delete the folder (prefix) ``relpath`` under the root and everything in it."""
+        """Delete the folder (prefix) ``relpath`` under the root and everything in it.
+
+        A path holding ``*``, ``?`` or ``[`` (an image id such as ``plate[1].png``) is removed
+        file by file: ``fs.rm`` would take it as a glob pattern and delete other folders.
+        """
         path = self.path(relpath)
         try:
-            if retry(self.fs.exists, path):
+            if not retry(self.fs.exists, path):
+                return
+            if not any(c in path for c in "*?["):
                 retry(self.fs.rm, path, recursive=True)
+                return
+            for file in retry(self.fs.find, path, withdirs=False):
+                self.remove(file)
+            protocols = self.fs.protocol
+            if {"file", "local", "memory"} & set(
+                    protocols if isinstance(protocols, tuple) else (protocols,)):  # real dirs
+                dirs = [p for p, d in retry(self.fs.find, path, withdirs=True, detail=True).items()
+                        if d["type"] == "directory"] + [path]
+                for d in sorted(dirs, key=len, reverse=True):  # innermost first
+                    with contextlib.suppress(OSError):
+                        self.fs.rmdir(d)
         except FileNotFoundError:
             pass
 

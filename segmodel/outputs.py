@@ -56,7 +56,7 @@ def table(name, rows):
     return pd.DataFrame(rows, columns=list(schema)).astype(schema)
 
 
-def mask_paths(image_ids, mask_format="tif"):
+def mask_paths(image_ids, mask_format="tif", recorded=None):
     """``{image_id: relative mask path}``; ids differing only by extension keep it in the name.
 
     ``a.png`` -> ``labels/a.tif``; with both ``a.png`` and ``a.tif`` present they become
@@ -64,23 +64,34 @@ def mask_paths(image_ids, mask_format="tif"):
     that still falls on another's, as ``a.png`` beside ``a.png.tif`` does, gets a hash of its
     id: ``labels/a.png-<8 hex>.tif``). Ids are
     made safe by :func:`safe_relpath`: no id can name a path outside ``labels/``.
+
+    ``recorded``: ``{image_id: mask path}`` of images done in earlier runs (see
+    :func:`reconcile`). An image keeps its recorded path (in this mask format), and no other
+    image is given it, so a new neighbour never takes a finished image's mask.
     """
     if mask_format not in MASK_FORMATS:
         raise ValueError(f"mask_format must be one of {MASK_FORMATS}. Received: {mask_format!r}")
     stems = {}
     for image_id in image_ids:
         stems.setdefault(posixpath.splitext(image_id)[0], []).append(image_id)
-    out = {}
     suffix = MASK_SUFFIXES[mask_format]
+    kept = {}
+    for image_id, path in (recorded or {}).items():
+        if path.endswith(f".{suffix}") and path not in kept.values():
+            kept[image_id] = path
+    out = {}
     for stem, ids in stems.items():
         for image_id in ids:
             base = stem if len(ids) == 1 else image_id
-            out[image_id] = f"labels/{safe_relpath(base)}.{suffix}"
-    taken = {}
+            out[image_id] = kept.get(image_id, f"labels/{safe_relpath(base)}.{suffix}")
+    taken = {path: image_id for image_id, path in kept.items()}
     for path in out.values():
-        taken[path] = taken.get(path, 0) + 1
-    for image_id, path in out.items():  # "a.png" and "a.png.tif": add a hash of the id
-        if taken[path] > 1:
+        taken.setdefault(path, None)
+    counts = {}
+    for path in out.values():
+        counts[path] = counts.get(path, 0) + 1
+    for image_id, path in out.items():  # "a.png" beside "a.png.tif", or a recorded path
+        if taken[path] not in (None, image_id) or (counts[path] > 1 and image_id not in kept):
             digest = hashlib.sha1(image_id.encode()).hexdigest()[:8]
             out[image_id] = f"labels/{safe_relpath(image_id)}-{digest}.{suffix}"
     return out
@@ -122,11 +133,12 @@ def _shards(store, name):
     return [posixpath.basename(p)[: -len(".parquet")] for p in store.list(name, ".parquet")]
 
 
-def reconcile(store):
+def reconcile(store, masks=None):
     """Make the tables consistent; return the current record of every image.
 
     Removes temporary files of interrupted writes and parts of uncommitted shards, then rows
-    of any image that a newer shard holds.
+    of any image that a newer shard holds. ``masks``, a dict, is filled with
+    ``{image_id: mask path}`` of the images whose current record is done.
 
     Returns
     -------
@@ -141,29 +153,39 @@ def reconcile(store):
             store.remove(store.path(name, f"{shard}.parquet"))
     latest, owner, seen = {}, {}, {}
     cols = ["image_id", "fingerprint", "config_key"]
+    paths = {}
     for shard in sorted(committed):  # names start with a UTC timestamp: sorted = oldest first
         seen[shard] = []
         for name, status in (("images", "done"), ("failures", "failed")):
-            part = _read_part(store, name, shard, cols)
-            for image_id, fp, key in part.itertuples(index=False):
+            try:
+                part = _read_part(store, name, shard, cols + ["mask_path"] * (status == "done"))
+            except FileNotFoundError:  # a committed shard's part lost (an older segflow's
+                continue  # interrupted clean-up): its rows are gone, the images are redone
+            for image_id, fp, key, *path in part.itertuples(index=False):
                 latest[image_id] = (status, fp, key)
                 owner[image_id] = shard
                 seen[shard].append(image_id)
+                paths[image_id] = path[0] if path else None
     for shard, ids in seen.items():
         stale = {i for i in ids if owner[i] != shard}
         if stale:
             _drop_rows(store, shard, stale)
+    if masks is not None:
+        masks.update({i: p for i, p in paths.items() if p and latest[i][0] == "done"})
     return latest
 
 
 def _drop_rows(store, shard, stale):
     """Rewrite ``shard``'s parts without rows of ``stale`` image ids (images part last)."""
-    names = [n for n in TABLES if n not in OPTIONAL or store.exists(n, f"{shard}.parquet")]
+    names = [n for n in TABLES if n == "images" or store.exists(n, f"{shard}.parquet")]
     ids = {name: _read_part(store, name, shard, ["image_id"])["image_id"] for name in names}
     if not any(ids[name].isin(stale).any() for name in names):
         return
-    if not (~ids["images"].isin(stale)).any() and not (~ids["failures"].isin(stale)).any():
-        for name in names:  # every row superseded: the whole shard goes, marker last
+    live = [n for n in ("images", "failures") if n in ids and (~ids[n].isin(stale)).any()]
+    if not live:
+        # every row superseded: the whole shard goes, its marker first, so an interruption
+        # leaves uncommitted parts (removed by the next reconcile), never a broken shard
+        for name in ["images"] + [n for n in names if n != "images"]:
             store.remove(store.path(name, f"{shard}.parquet"))
         return
     for name in names:

@@ -152,6 +152,7 @@ def _failed(ctx, job, ref, t_start, stage, error_type, message):
     outputs.write_shard(ctx.output, job.name, {
         "objects": outputs.table("objects", []), "images": outputs.table("images", []),
         "failures": outputs.table("failures", [failure])})
+    export.remove_outputs(ctx.output, job.mask_paths[ref.image_id])  # an earlier run's
     get_run_logger().warning("failed %s: %s", ref.image_id, message)
     return {"shard": job.name, "index": job.index, "images": 0, "failed": 1, "objects": 0,
             "seconds": 0.0, "timings": {}, "busy": [(t_start, time.time())]}

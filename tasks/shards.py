@@ -150,11 +150,12 @@ def ingest(ctx: ShardContext, patterns: tuple, shard_size: int, run_stamp: str,
     t0 = time.time()
     logger = get_run_logger()
     refs = list_images(ctx.input, patterns)
-    latest = outputs.reconcile(ctx.output)
+    recorded = {}
+    latest = outputs.reconcile(ctx.output, masks=recorded)
     if ctx.mask_format == "ome-zarr":
         export.remove_partial(ctx.output)
     todo = outputs.pending(refs, latest, ctx.config_key, retry_failed=retry_failed)
-    masks = outputs.mask_paths([r.image_id for r in refs], ctx.mask_format)
+    masks = outputs.mask_paths([r.image_id for r in refs], ctx.mask_format, recorded)
     from tasks.large import find_large
 
     todo, big = find_large(ctx, todo)
@@ -246,6 +247,8 @@ def _write_items(ctx, job, items):
         parts["classes"] = (pd.concat(classes, ignore_index=True) if classes
                             else outputs.table("classes", []))
     outputs.write_shard(ctx.output, job.name, parts)
+    for f in failures:  # committed: a mask (and outline) of an earlier run must not outlive
+        export.remove_outputs(ctx.output, job.mask_paths[f["image_id"]])  # its image's record
     timings = {**shards.stage_seconds(items), "write": time.perf_counter() - t0}
     logger = get_run_logger()
     for f in failures:

@@ -212,3 +212,39 @@ def test_the_model_warm_up_traces_each_batch_shape_of_a_run_once_per_process():
         shapes.append((1, 128, 128, 3))
     assert _warm_up(ctx) == shapes
     assert _warm_up(ctx) == []  # already traced in this process
+
+
+def test_a_new_neighbour_never_takes_a_finished_images_mask(samples, tmp_path):
+    """``a.png`` and ``a.jpg`` give ``labels/a.png.tif``; with ``a.jpg`` gone and ``a.png.png``
+    new, the new image must not be written over ``a.png``'s mask."""
+    by_name = {p.name: p for p, _ in samples}
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    shutil.copy(by_name[SMALL[0]], src / "a.png")
+    shutil.copy(by_name[SMALL[0]], src / "a.jpg")
+    assert main(["run", str(src), str(out)]) == 0
+    first = tifffile.imread(out / "labels" / "a.png.tif")
+    (src / "a.jpg").unlink()
+    shutil.copy(by_name[SMALL[1]], src / "a.png.png")
+    assert main(["run", str(src), str(out)]) == 0
+    images = pd.read_parquet(out / "images").set_index("image_id")
+    assert images.loc["a.png", "mask_path"] == "labels/a.png.tif"
+    assert images.loc["a.png.png", "mask_path"] != "labels/a.png.tif"
+    np.testing.assert_array_equal(tifffile.imread(out / "labels" / "a.png.tif"), first)
+    again = tifffile.imread(out / images.loc["a.png.png", "mask_path"])
+    assert again.max() == images.loc["a.png.png", "n_objects"] != first.max()
+
+
+def test_an_image_that_fails_on_a_rerun_loses_its_earlier_mask(samples, tmp_path):
+    by_name = {p.name: p for p, _ in samples}
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    shutil.copy(by_name[SMALL[0]], src / SMALL[0])
+    assert main(["run", str(src), str(out), "--outlines", "geojson"]) == 0
+    mask = out / pd.read_parquet(out / "images").mask_path[0]
+    assert mask.exists() and list((out / "outlines").iterdir())
+    # a smaller --max-pixels is a new configuration: the image is tried again and fails
+    assert main(["run", str(src), str(out), "--outlines", "geojson", "--max-pixels", "100"]) == 0
+    assert list(pd.read_parquet(out / "failures").image_id) == [SMALL[0]]
+    assert len(pd.read_parquet(out / "images")) == 0
+    assert not mask.exists() and not list((out / "outlines").iterdir())

@@ -1,6 +1,7 @@
 """Storage: URL checks, listing, fingerprints, atomic writes, retries (memory:// and local)."""
 
 import errno
+import posixpath
 import time
 
 import fsspec
@@ -101,3 +102,25 @@ def test_retry_recovers_from_transient_errors_but_not_from_bugs():
     with pytest.raises(PermissionError):
         retry(forbidden, base_delay=0.001)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("where", ["memory", "local", "s3"])
+def test_remove_tree_takes_a_name_with_glob_characters_literally(where, tmp_path, request):
+    """``plate[1].ome.zarr`` goes, ``plate1.ome.zarr`` (which the pattern matches) stays."""
+    if where == "s3":
+        import s3fs
+
+        options = request.getfixturevalue("s3_options")
+        s3fs.S3FileSystem(**options).mkdir("glob-bucket")
+        store = Store("s3://glob-bucket/out", options)
+    else:
+        store = Store(f"memory://glob{time.perf_counter_ns()}" if where == "memory"
+                      else str(tmp_path))
+    for folder in ("labels/plate1.ome.zarr", "labels/plate[1].ome.zarr", "labels/plate?"):
+        for name in ("zarr.json", "0/c/0/0"):
+            store.write_bytes(f"{folder}/{name}", b"x")
+    store.remove_tree("labels/plate[1].ome.zarr")
+    store.remove_tree("labels/plate?")
+    left = sorted(posixpath.relpath(p, store.root)
+                  for p in store.fs.find(store.path("labels"), withdirs=False))
+    assert left == ["labels/plate1.ome.zarr/0/c/0/0", "labels/plate1.ome.zarr/zarr.json"]

@@ -93,3 +93,50 @@ def test_pending_skips_done_images_with_the_same_fingerprint_and_config():
     assert [r.image_id for r in outputs.pending(refs, latest, "k", retry_failed=True)] == \
         ["b", "c"]
     assert len(outputs.pending(refs, latest, "other")) == 3
+
+
+def test_a_clean_up_interrupted_at_any_step_leaves_outputs_a_rerun_reads(store):
+    """Reconcile drops a wholly superseded shard; killed after any of its removals, the next
+    reconcile still reads the output and keeps the newer record."""
+    old, new = "20260101T000000Z-00000", "20260102T000000Z-00000"
+    for step in range(4):
+        root = Store(f"{store.root}-{step}")
+        _write(root, old, [_images_row("a", "f1", old)], [_object("a", 1)])
+        _write(root, new, [_images_row("a", "f2", new)], [_object("a", 1)])
+        removed, remove = [], root.remove
+
+        def dying_remove(path, step=step, removed=removed, remove=remove):
+            if len(removed) == step:
+                raise KeyboardInterrupt("killed")
+            removed.append(path)
+            remove(path)
+
+        root.remove = dying_remove
+        try:
+            outputs.reconcile(root)
+        except KeyboardInterrupt:
+            pass
+        root.remove = remove
+        assert outputs.reconcile(root) == {"a": ("done", "f2", "k")}
+        assert root.list("images", ".parquet") == [root.path("images", f"{new}.parquet")]
+
+
+def test_a_committed_shard_missing_a_part_is_read_as_without_it(store):
+    _write(store, "20260101T000000Z-00000", [_images_row("a", "f1", "s")])
+    store.remove(store.path("failures", "20260101T000000Z-00000.parquet"))
+    assert outputs.reconcile(store) == {"a": ("done", "f1", "k")}
+
+
+def test_recorded_masks_are_kept_and_never_given_to_another_image(store):
+    _write(store, "20260101T000000Z-00000", [_images_row("a.png", "f1", "s")])
+    recorded = {}
+    outputs.reconcile(store, masks=recorded)
+    assert recorded == {"a.png": "labels/x.tif"}  # the row's own mask path
+    recorded = {"a.png": "labels/a.tif"}  # a.png was alone when it was segmented
+    paths = outputs.mask_paths(["a.png", "a.png.png"], "tif", recorded)
+    assert paths["a.png"] == "labels/a.tif"
+    paths = outputs.mask_paths(["a.png", "a.jpg"], "tif", recorded)  # a new neighbour
+    assert paths["a.png"] == "labels/a.tif" and paths["a.jpg"] == "labels/a.jpg.tif"
+    paths = outputs.mask_paths(["b.png", "a.tif"], "tif", recorded)  # a.png gone, still recorded
+    assert paths["a.tif"].startswith("labels/a.tif-") and paths["b.png"] == "labels/b.tif"
+    assert outputs.mask_paths(["a.png"], "png", recorded) == {"a.png": "labels/a.png"}
