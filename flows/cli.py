@@ -51,7 +51,7 @@ def _parser():
     train = sub.add_parser("train", help="train the nuclei model (resumes an interrupted run)")
     train.add_argument("out_dir", nargs="?", default="train-runs/nuclei")
     train.add_argument("--data-dir", default=None, help="DSB2018-style dataset folder")
-    train.add_argument("--steps", type=int, default=2400)
+    train.add_argument("--steps", type=int, default=2600)
     train.add_argument("--steps-per-epoch", type=int, default=100)
     train.add_argument("--learning-rate", type=float, default=2e-3)
     train.add_argument("--object-diameter", type=float, default=24.0,
@@ -69,6 +69,11 @@ def _parser():
                        help="filters per U-Net level, comma-separated (default: 16,32,64,128)")
     train.add_argument("--bottleneck", type=int, default=128,
                        help="filters at the lowest resolution (default: 128)")
+    train.add_argument("--patch", type=int, default=128,
+                       help="edge of the training patches in pixels, a multiple of 2**levels "
+                            "(default: 128)")
+    train.add_argument("--batch-size", type=int, default=16,
+                       help="patches per step (default: 16)")
 
     model = sub.add_parser("model", help="model bundles (a .keras file and its spec)")
     model_sub = model.add_subparsers(dest="model_command", required=True)
@@ -362,8 +367,8 @@ def _train(args):
                              object_diameter=args.object_diameter, init=args.init,
                              seed=args.seed, images_dir=args.images, labels_dir=args.labels,
                              kind=args.kind, name=args.name,
-                             filters=filters,
-                             bottleneck=args.bottleneck)
+                             filters=filters, bottleneck=args.bottleneck,
+                             patch=args.patch, batch_size=args.batch_size)
     except ValidationError as exc:
         raise SystemExit("segflow: invalid parameters\n  " + "\n  ".join(
             f"{err['loc'][0] if err['loc'] else 'parameters'}: {err['msg']}"

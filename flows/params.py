@@ -6,7 +6,14 @@ Kept free of ``from __future__ import annotations``, which breaks Prefect's para
 import json
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from segmodel.io import DEFAULT_PATTERNS, check_url
 from segmodel.large import TILED_ABOVE
@@ -139,7 +146,7 @@ class TrainParams(BaseModel):
 
     out_dir: str = Field(description="Folder for checkpoints, the log and the trained model.")
     data_dir: Optional[str] = Field(None, description="DSB2018-style dataset folder.")
-    steps: int = Field(2400, ge=1, description="Training steps (batches).")
+    steps: int = Field(2600, ge=1, description="Training steps (batches).")
     steps_per_epoch: int = Field(100, ge=1, description="Steps between checkpoints.")
     learning_rate: float = Field(2e-3, gt=0, description="Peak learning rate (cosine decay).")
     object_diameter: float = Field(
@@ -159,6 +166,16 @@ class TrainParams(BaseModel):
         description="Filters per U-Net level (one level per entry; with init, the levels a "
         "deeper network shares with that model start from its weights).")
     bottleneck: int = Field(128, ge=1, description="Filters at the U-Net's lowest resolution.")
+    patch: int = Field(128, ge=1, description="Edge of the training patches in pixels (a "
+                       "multiple of 2**levels: 16 with 4 levels).")
+    batch_size: int = Field(16, ge=1, description="Patches per training step.")
+
+    @model_validator(mode="after")
+    def _patch_fits_the_levels(self):
+        from segmodel.training import check_patch
+
+        check_patch(self.patch, len(self.filters))
+        return self
 
     @field_validator("filters")
     @classmethod

@@ -17,6 +17,7 @@ def _train(params: TrainParams) -> str:
                          seed=params.seed, images_dir=params.images_dir or "",
                          labels_dir=params.labels_dir or "", kind=params.kind, name=params.name,
                          filters=tuple(params.filters), bottleneck=params.bottleneck,
+                         patch=params.patch, batch_size=params.batch_size,
                          **({"data_dir": params.data_dir} if params.data_dir else {}))
     return str(train(params.out_dir, config, log=logger.info))
 

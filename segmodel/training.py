@@ -15,16 +15,24 @@ from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
 from segmodel import datasets
-from segmodel.api import Prepared, finish, median_diameter, predict_labels, prepare
+from segmodel.api import (
+    Prepared,
+    default_tiling,
+    finish,
+    median_diameter,
+    predict_labels,
+    prepare,
+)
 from segmodel.metrics import score_image
 from segmodel.model import ModelSpec, PostprocessSettings, build_unet, save_model
 from segmodel.predict import predict_maps
-from segmodel.preprocess import Tiling, resize
+from segmodel.preprocess import resize
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training settings; the defaults reproduce the shipped model."""
+    """Training settings: the defaults are the recipe's first stage; the shipped model is six
+    stages of it (README, "The model": each a warm restart, at the images' own scale)."""
 
     data_dir: str = str(datasets.DEFAULT_DATA)
     steps: int = 2600
@@ -364,7 +372,10 @@ def _fit(model, sampler, config, done, epochs, ckpt, state_file, log):
             log(f"epoch {epoch + 1}/{epochs} loss {logs.get('loss'):.4f} "
                 f"({time.time() - self.t0:.0f}s)")
 
-    model.fit(data, epochs=epochs, initial_epoch=done, callbacks=[Checkpoint()], verbose=0)
+    # no shuffling by Keras: its order comes from Python's global random state, which a resumed
+    # run does not restore; each batch's content is drawn from (seed, epoch, index) anyway
+    model.fit(data, epochs=epochs, initial_epoch=done, callbacks=[Checkpoint()], verbose=0,
+              shuffle=False)
 
 
 #: Thresholds searched by :func:`tune_thresholds`: foreground, marker, outline weight.
@@ -403,14 +414,19 @@ def tune_thresholds(model, samples, *, object_diameter=0.0, log=print):
     """
     from segmodel.model import LoadedModel
 
-    spec = ModelSpec(object_diameter=object_diameter)
-    lm = model if isinstance(model, LoadedModel) else LoadedModel(model, spec, "", "")
+    if isinstance(model, LoadedModel):  # prepared and tiled as its own spec says, as in use
+        spec = replace(model.spec, object_diameter=object_diameter)
+        lm = replace(model, spec=spec)
+    else:
+        spec = ModelSpec(object_diameter=object_diameter)
+        lm = LoadedModel(model, spec, "", "")
+    tiling = default_tiling(spec)
     loaded = [s.load() for s in samples]
     truths = [labels for _, labels in loaded]
     prepared = [prepare(im, spec) for im, _ in loaded]
     if object_diameter:
-        _, prepared = predict_labels(lm, prepared, Tiling(), auto=True)
-    maps = predict_maps(lm.predict_batch, [p.x for p in prepared], tiling=Tiling())
+        _, prepared = predict_labels(lm, prepared, tiling, auto=True)
+    maps = predict_maps(lm.predict_batch, [p.x for p in prepared], tiling=tiling)
     # Bring downscaled maps to the image's resolution once, as finish() would for every setting.
     cases = []
     for m, p in zip(maps, prepared):
@@ -476,6 +492,14 @@ def parse_filters(text):
     return filters
 
 
+def check_patch(patch, levels):
+    """Raise ValueError naming ``--patch`` unless it is a positive multiple of ``2**levels``
+    (the U-Net halves a patch ``levels`` times)."""
+    if patch < 2 ** levels or patch % 2 ** levels:
+        raise ValueError(f"--patch must be a multiple of {2 ** levels} with {levels} levels "
+                         f"(the network halves it {levels} times). Received: --patch {patch}")
+
+
 def main(argv=None):
     import argparse
 
@@ -510,10 +534,10 @@ def main(argv=None):
         parser.error(str(err))
     if args.bottleneck < 1:
         parser.error(f"--bottleneck must be >= 1. Received: --bottleneck {args.bottleneck}")
-    if args.patch < 2 ** len(filters) or args.patch % 2 ** len(filters):
-        parser.error(f"--patch must be a multiple of {2 ** len(filters)} with "
-                     f"{len(filters)} levels (the network halves it {len(filters)} times). "
-                     f"Received: --patch {args.patch}")
+    try:
+        check_patch(args.patch, len(filters))
+    except ValueError as err:
+        parser.error(str(err))
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1. Received: --batch-size {args.batch_size}")
     config = TrainConfig(steps=args.steps, steps_per_epoch=args.steps_per_epoch,

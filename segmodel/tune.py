@@ -25,6 +25,9 @@ def retune(model_path, data_dir=datasets.DEFAULT_DATA, *, images=0, log=print):
     ``images``: use only the first that many images of the split (0: all of them).
     """
     model = load_model(model_path)
+    if model.spec.kind != "instances":
+        raise ValueError(f"{model_path}: the threshold search is for instance models (three "
+                         f"maps); this one is kind {model.spec.kind!r}.")
     samples = datasets.list_samples(data_dir, "tune")[: images or None]
     if not samples:
         raise FileNotFoundError(f"no tune-split images under data_dir={str(data_dir)!r}")
