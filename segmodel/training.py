@@ -252,7 +252,11 @@ def train(out_dir, config=TrainConfig(), log=print):
     out.mkdir(parents=True, exist_ok=True)
     ckpt, state_file = out / "checkpoint.keras", out / "state.json"
     epochs = -(-config.steps // config.steps_per_epoch)
-    done = json.loads(state_file.read_text())["epoch"] if state_file.exists() else 0
+    done = 0
+    if state_file.exists():  # epochs done, counted in this run's --steps-per-epoch
+        state = json.loads(state_file.read_text())
+        steps_done = state["epoch"] * state.get("steps_per_epoch", config.steps_per_epoch)
+        done = -(-steps_done // config.steps_per_epoch)
     if done and ckpt.exists():
         model = keras.saving.load_model(ckpt, custom_objects={
             f.__name__: f for f in LOSSES.values()})
@@ -368,7 +372,8 @@ def _fit(model, sampler, config, done, epochs, ckpt, state_file, log):
             tmp = ckpt.with_name(".checkpoint.tmp.keras")
             self.model.save(tmp)
             tmp.replace(ckpt)
-            state_file.write_text(json.dumps({"epoch": epoch + 1, "loss": logs.get("loss")}))
+            state_file.write_text(json.dumps({"epoch": epoch + 1, "loss": logs.get("loss"),
+                                              "steps_per_epoch": config.steps_per_epoch}))
             log(f"epoch {epoch + 1}/{epochs} loss {logs.get('loss'):.4f} "
                 f"({time.time() - self.t0:.0f}s)")
 

@@ -53,6 +53,12 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(dsb2018, tmp_path):
     assert json.loads((tmp_path / "state.json").read_text())["epoch"] == 2
     model = load_model(final)
     assert model.spec.training["steps"] == 2 and 0 < model.spec.postprocess.foreground < 1
+    messages.clear()  # 2 steps done, then 2 more as one epoch of 2: epochs counted in steps
+    train(tmp_path, TrainConfig(**{**config.__dict__, "steps": 4, "steps_per_epoch": 2}),
+          log=messages.append)
+    assert any("after epoch 1/2" in m for m in messages)
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert (state["epoch"], state["steps_per_epoch"]) == (2, 2)
 
 
 def test_retune_rewrites_only_the_thresholds_of_the_sidecar(dsb2018, tmp_path):
