@@ -169,9 +169,18 @@ def _read_tiff(data, name, max_pixels, plane, level):
             _check_size(name, h, w, n_channels, max_pixels)
             page = series.pages[0] if series.pages else tif.pages[0]
             photometric = int(page.photometric)
-            names, pixel_size = _tiff_metadata(tif, n_channels)
+            names, pixel_size = _tiff_metadata(tif, n_channels)  # of the full-size level
+            if pixel_size and level:
+                full = series.levels[0]
+                pixel_size *= float(np.sqrt(
+                    full.shape[full.axes.index("Y")] / h * full.shape[full.axes.index("X")] / w))
+            samples = int(page.samplesperpixel)
+            alpha = tuple(int(e) for e in page.extrasamples or ()) in ((1,), (2,))
+            # one picture: gray, gray + alpha, RGB(A), palette, CMYK; 2-4 samples of a gray
+            # page without an alpha are channels (DAPI, GFP, ...), read like a stack's
+            picture = samples == 1 or photometric in (2, 3, 5, 6) or (samples == 2 and alpha)
             simple = (level == 0 and len(tif.pages) == 1 and int(page.imagedepth) <= 1
-                      and int(page.samplesperpixel) <= 4)
+                      and samples <= 4 and picture)
             if simple:  # one 2-D page: palette, CMYK, planar RGB... as before
                 image = None
             else:
@@ -209,12 +218,21 @@ def _tiff_metadata(tif, n_channels):
         if isinstance(labels, (list, tuple)) and len(labels) == n_channels:
             names = [str(v) for v in labels]
         unit = _UM.get(str(meta.get("unit", "")).strip().lower().replace("\\u00b5", "µ"))
-        tag = tif.pages[0].tags.get("XResolution")
-        if unit and tag is not None:
-            num, den = tag.value
-            if num and den:
-                size = unit * den / num
+        edges = []
+        for name in ("XResolution", "YResolution"):
+            tag = tif.pages[0].tags.get(name)
+            num, den = tag.value if tag is not None else (0, 0)
+            edges.append(unit * den / num if unit and num and den else None)
+        size = _edge(*edges)
     return names, size
+
+
+def _edge(x, y):
+    """The pixel's edge in µm from its X and Y sizes (either may be None): where they differ,
+    the square root of the pixel's area, so areas in µm² come out right."""
+    if x and y:
+        return float(np.sqrt(x * y))
+    return x or y or None
 
 
 def _ome_xml(text):
@@ -224,13 +242,13 @@ def _ome_xml(text):
         return None, None
     names = [c.get("Name") or str(i)
              for i, c in enumerate(pixels.findall("{*}Channel"))]
-    size = None
+    edges = []
     for axis in ("X", "Y"):
         value = pixels.get(f"PhysicalSize{axis}")
         unit = _UM.get(pixels.get(f"PhysicalSize{axis}Unit", "µm"))
-        if value is not None and unit is not None and float(value) > 0:
-            size = size if size is not None else float(value) * unit
-    return (names or None), size
+        ok = value is not None and unit is not None and float(value) > 0
+        edges.append(float(value) * unit if ok else None)
+    return (names or None), _edge(*edges)
 
 
 def read_ome_zarr(zstore, *, name="<zarr>", max_pixels=MAX_PIXELS, plane=None, pyramid_level=0):
@@ -309,19 +327,19 @@ def _ngff_axis(axis):
 
 
 def _ngff_pixel_size(ms, dataset, axes_meta, axes):
-    """Micrometres per pixel along X (Y where X has none) at ``dataset``'s level, or None."""
+    """Micrometres per pixel at ``dataset``'s level (see :func:`_edge`), or None."""
     scale = np.ones(len(axes))
     for transforms in (dataset.get("coordinateTransformations"),
                        ms.get("coordinateTransformations")):
         for t in transforms or []:
             if t.get("type") == "scale" and len(t.get("scale", [])) == len(axes):
                 scale = scale * np.asarray(t["scale"], dtype=float)
+    edges = []
     for letter in ("X", "Y"):
         i = axes.index(letter)
         unit = _UM.get(str(axes_meta[i].get("unit", "")).lower())
-        if unit is not None and scale[i] > 0:
-            return float(scale[i]) * unit
-    return None
+        edges.append(float(scale[i]) * unit if unit is not None and scale[i] > 0 else None)
+    return _edge(*edges)
 
 
 def parse_channel(value):

@@ -237,7 +237,7 @@ def _moment_props(groups):
     l2 = np.clip((a + c) / 2 - root, 0, None)
     with np.errstate(divide="ignore", invalid="ignore"):
         ecc = np.where(l1 > 0, np.sqrt(1 - l2 / np.where(l1 > 0, l1, 1)), 0.0)
-    orientation = np.where(a - c == 0, np.where(b < 0, -np.pi / 4, np.pi / 4),
+    orientation = np.where(a - c == 0, np.where(b < 0, np.pi / 4, -np.pi / 4),
                            0.5 * np.arctan2(-2 * b, c - a))
     return {"eccentricity": ecc, "orientation": orientation,
             "axis_major_length": 4 * np.sqrt(l1), "axis_minor_length": 4 * np.sqrt(l2)}

@@ -233,3 +233,36 @@ def test_pyramidal_tiff_levels(gray, tmp_path):
                                   gray[::2, ::2])
     with pytest.raises(ImageDecodeError, match="--pyramid-level"):
         formats.decode(raw, name="pyramid.tif", pyramid_level=2)
+
+
+def test_a_pyramid_levels_pixel_size_is_its_own(gray, tmp_path):
+    """OME-TIFF with a 2x sub-resolution: level 1's pixels are twice as wide."""
+    path = tmp_path / "pyramid.ome.tif"
+    meta = {"axes": "YX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5,
+            "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"}
+    with tifffile.TiffWriter(path, ome=True) as tw:
+        tw.write(gray, subifds=1, tile=(64, 64), metadata=meta)
+        tw.write(gray[::2, ::2], subfiletype=1, tile=(64, 64))
+    raw = path.read_bytes()
+    assert formats.decode(raw).pixel_size_um == pytest.approx(0.5)
+    assert formats.decode(raw, pyramid_level=1).pixel_size_um == pytest.approx(1.0)
+
+
+def test_rectangular_pixels_give_the_edge_of_a_square_of_the_same_area(gray, tmp_path):
+    write = tmp_path / "rect.ome.tif"
+    tifffile.imwrite(write, gray, ome=True, photometric="minisblack", metadata={
+        "axes": "YX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.8})
+    assert formats.decode(write.read_bytes()).pixel_size_um == pytest.approx(0.4)  # 0.2 x 0.8
+
+
+def test_two_samples_without_an_alpha_are_two_channels(gray):
+    yxs = np.stack([gray, gray // 2 + 1], axis=-1)
+    data = _tiff(yxs, photometric="minisblack", planarconfig="contig")
+    image = formats.decode(data, name="two.tif")
+    assert image.image.shape == gray.shape + (2,) and not image.rgb
+    np.testing.assert_array_equal(image.image[..., 1], gray // 2 + 1)
+    with_alpha = formats.decode(_tiff(yxs, photometric="minisblack", planarconfig="contig",
+                                      extrasamples=["unassalpha"]), name="alpha.tif")
+    assert with_alpha.image.shape == gray.shape + (1,)  # gray + alpha: the alpha goes
+    np.testing.assert_array_equal(formats.model_image(image, 1, "two.tif")[..., 0],
+                                  gray // 2 + 1)
