@@ -88,26 +88,30 @@ def label_dtype(n_objects):
     return np.uint16 if n_objects <= np.iinfo(np.uint16).max else np.uint32
 
 
-def _datasets(n_levels, lead=()):
-    """NGFF datasets: level k has scale 2**k and a translation to its 2x2 block's centre."""
+def _datasets(n_levels, lead=(), pixel_size=None):
+    """NGFF datasets: level k has scale 2**k (times the pixel size in micrometres where known)
+    and a translation to its 2x2 block's centre."""
     out = []
     for k in range(n_levels):
-        f = float(2**k)
+        f = float(2**k) * (pixel_size or 1.0)
         transforms = [{"type": "scale", "scale": [1.0] * len(lead) + [f, f]}]
         if k:
-            t = (f - 1) / 2
+            t = (f - (pixel_size or 1.0)) / 2
             transforms.append({"type": "translation", "translation": [0.0] * len(lead) + [t, t]})
         out.append({"path": str(k), "coordinateTransformations": transforms})
     return out
 
 
-def multiscales(name, n_levels, *, channels=False, kind="mean"):
-    """The NGFF 0.4 ``multiscales`` list of an image (axes c, y, x) or a label image (y, x)."""
-    axes = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+def multiscales(name, n_levels, *, channels=False, kind="mean", pixel_size=None):
+    """The NGFF 0.4 ``multiscales`` list of an image (axes c, y, x) or a label image (y, x);
+    with ``pixel_size`` (µm) the spatial axes are in micrometres, else in pixels."""
+    unit = {"unit": "micrometer"} if pixel_size else {}
+    axes = [{"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit}]
     if channels:
         axes.insert(0, {"name": "c", "type": "channel"})
     return [{"version": NGFF_VERSION, "name": name, "axes": axes,
-             "datasets": _datasets(n_levels, ("c",) if channels else ()), "type": kind}]
+             "datasets": _datasets(n_levels, ("c",) if channels else (), pixel_size),
+             "type": kind}]
 
 
 def _omero(name, n_channels, dtype):
@@ -136,10 +140,11 @@ class OmeZarrBuilder:
     """
 
     def __init__(self, zstore, shape, *, label_dtype, n_channels=None, image_dtype=None,
-                 name="image", chunk=CHUNK):
+                 name="image", chunk=CHUNK, pixel_size=None):
         import zarr
 
         self.shapes, self.name, self.chunk = pyramid_shapes(shape), name, chunk
+        self.pixel_size = pixel_size
         self.group = zarr.open_group(zstore, mode="w", zarr_format=2)
         self.labels = [self._array(f"labels/{LABEL_NAME}/{k}", s, label_dtype)
                        for k, s in enumerate(self.shapes)]
@@ -182,16 +187,18 @@ class OmeZarrBuilder:
         n = len(self.shapes)
         self.group.require_group("labels").attrs.update({"labels": [LABEL_NAME]})
         self.group[f"labels/{LABEL_NAME}"].attrs.update({
-            "multiscales": multiscales(LABEL_NAME, n, kind="mode"),
+            "multiscales": multiscales(LABEL_NAME, n, kind="mode", pixel_size=self.pixel_size),
             "image-label": {"version": NGFF_VERSION, "source": {"image": "../../"}}})
-        attrs = {"multiscales": multiscales(self.name, n, channels=True)}
+        attrs = {"multiscales": multiscales(self.name, n, channels=True,
+                                            pixel_size=self.pixel_size)}
         if self.image is not None:
             attrs["omero"] = _omero(self.name, self.image[0].shape[0], self.image[0].dtype)
         self.group.attrs.update(attrs)
 
 
-def encode_ome_zarr(labels, image=None, *, name="image", chunk=CHUNK):
-    """``{key: bytes}`` of the OME-Zarr of ``labels`` ``(H, W)`` and ``image`` ``(H, W[, C])``."""
+def encode_ome_zarr(labels, image=None, *, name="image", chunk=CHUNK, pixel_size=None):
+    """``{key: bytes}`` of the OME-Zarr of ``labels`` ``(H, W)`` and ``image`` ``(H, W[, C])``
+    (axes in micrometres with ``pixel_size``, the input's µm per pixel)."""
     from zarr.storage import MemoryStore
 
     labels = np.asarray(labels)
@@ -202,6 +209,7 @@ def encode_ome_zarr(labels, image=None, *, name="image", chunk=CHUNK):
         image = image[..., None]
     builder = OmeZarrBuilder(
         zstore, labels.shape, label_dtype=label_dtype(n), name=name, chunk=chunk,
+        pixel_size=pixel_size,
         n_channels=None if image is None else image.shape[-1],
         image_dtype=None if image is None else image.dtype)
     builder.write_labels(0, labels.astype(label_dtype(n)))
@@ -211,9 +219,9 @@ def encode_ome_zarr(labels, image=None, *, name="image", chunk=CHUNK):
     return {k: v.to_bytes() for k, v in zstore._store_dict.items()}
 
 
-def write_ome_zarr(store, relpath, labels, image=None, *, name="image"):
+def write_ome_zarr(store, relpath, labels, image=None, *, name="image", pixel_size=None):
     """Encode in memory and upload to ``relpath`` under ``store`` (root ``.zattrs`` last)."""
-    upload(store, relpath, encode_ome_zarr(labels, image, name=name))
+    upload(store, relpath, encode_ome_zarr(labels, image, name=name, pixel_size=pixel_size))
 
 
 def encode_mask(labels, mask_format):
@@ -238,7 +246,7 @@ def encode_mask(labels, mask_format):
 
 
 def write_outputs(store, mask_path, labels, mask_format, outlines="none", *, image=None,
-                  name="image"):
+                  name="image", pixel_size=None):
     """Write one image's mask at ``mask_path`` and, with ``outlines='geojson'``, its outlines.
 
     Parameters
@@ -253,16 +261,19 @@ def write_outputs(store, mask_path, labels, mask_format, outlines="none", *, ima
         The image the labels belong to: written beside them in an OME-Zarr.
     name : str, optional
         The image's name in OME-Zarr metadata.
+    pixel_size : float, optional
+        Micrometres per pixel of the image: an OME-Zarr's axes are then in micrometres.
     """
     if mask_format == "ome-zarr":
-        write_ome_zarr(store, mask_path, labels, image, name=name)
+        write_ome_zarr(store, mask_path, labels, image, name=name, pixel_size=pixel_size)
     else:
         store.write_bytes(mask_path, encode_mask(labels, mask_format))
     if outlines == "geojson":
         store.write_bytes(outline_path(mask_path), encode_geojson(outline_features(labels)))
 
 
-def build_large_ome_zarr(folder, regions, bands, *, channels, name="image", chunk=CHUNK):
+def build_large_ome_zarr(folder, regions, bands, *, channels, name="image", chunk=CHUNK,
+                         pixel_size=None):
     """Build the OME-Zarr of a huge image in the local ``folder``, never holding it whole.
 
     Parameters
@@ -284,7 +295,7 @@ def build_large_ome_zarr(folder, regions, bands, *, channels, name="image", chun
     first = to_channels(regions.read(0, min(h, chunk), 0, w), channels)
     builder = OmeZarrBuilder(LocalStore(folder), (h, w), label_dtype=np.uint32,
                              n_channels=first.shape[-1], image_dtype=first.dtype, name=name,
-                             chunk=chunk)
+                             chunk=chunk, pixel_size=pixel_size)
     for y0, rows in bands:
         builder.write_labels(y0, rows)
     for y0 in range(0, h, chunk):

@@ -73,6 +73,13 @@ class TiffRegions:
         self._z = zarr.open(page.aszarr(read_only=True), mode="r")
         self.shape = (page.imagelength, page.imagewidth)
 
+    @property
+    def pixel_size_um(self):
+        """The pixel's edge in micrometres from OME-XML or ImageJ tags, or None."""
+        from segmodel.formats import _tiff_metadata
+
+        return _tiff_metadata(self._tif, int(self._page.samplesperpixel))[1]
+
     def unsupported(self, *, plane=None, channel=None, pyramid_level=0):
         """Why this TIFF cannot be segmented block by block with these input options, or None.
 

@@ -97,6 +97,7 @@ def _segment(ctx, job, ref, model):
                     f"block, which reads one 2-D gray or RGB picture, but {why}. Convert it to "
                     "a plain 2-D TIFF of the channel to segment, or raise --tiled-above above "
                     "its pixel count to read it whole (memory permitting).")
+            pixel_size = regions.pixel_size_um
             scale = ctx.scale
             if scale == "auto":
                 scale = large.estimate_scale(regions, model, tiling=tiling,
@@ -107,7 +108,8 @@ def _segment(ctx, job, ref, model):
                                  lock=model_lock())
             if zarr_out:
                 export.build_large_ome_zarr(local, regions, run.rows(),
-                                            channels=model.spec.channels, name=ref.image_id)
+                                            channels=model.spec.channels, name=ref.image_id,
+                                            pixel_size=pixel_size)
             else:
                 large.write_label_tiff(local, regions.shape, run.rows())
         if zarr_out:
@@ -119,13 +121,16 @@ def _segment(ctx, job, ref, model):
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     objects = run.objects
+    if pixel_size:
+        objects["area_um2"] = objects["area"] * pixel_size**2
     h, w = regions.shape
     row = {"image_id": ref.image_id, "uri": ref.uri, "height": h, "width": w,
            "n_objects": run.n, "mean_object_area": float(objects["area"].mean()) if run.n else 0.0,
            "foreground_fraction": run.foreground / (h * w), "scale": float(scale),
            "model_name": model.spec.name, "model_fingerprint": model.fingerprint,
            "segflow_version": __version__, "seconds": 0.0, "mask_path": relpath,
-           "fingerprint": ref.fingerprint, "config_key": ctx.config_key, "shard": job.name}
+           "fingerprint": ref.fingerprint, "config_key": ctx.config_key, "shard": job.name,
+           "pixel_size_um": float(pixel_size) if pixel_size else float("nan")}
     return row, objects
 
 

@@ -239,7 +239,8 @@ def _write_items(ctx, job, items):
     for relpath, labels in masks.items():
         it = images_by_mask[relpath]
         export.write_outputs(ctx.output, relpath, labels, ctx.mask_format, ctx.outlines,
-                             image=it.prepared.image, name=it.ref.image_id)
+                             image=it.prepared.image, name=it.ref.image_id,
+                             pixel_size=getattr(it.source, "pixel_size_um", None))
     objects_df = pd.concat(objects, ignore_index=True) if objects else outputs.table("objects", [])
     parts = {"objects": objects_df, "images": outputs.table("images", images),
              "failures": outputs.table("failures", failures)}

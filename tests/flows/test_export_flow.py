@@ -211,13 +211,18 @@ def test_large_images_write_ome_zarr_and_outlines_block_by_block(runs, tmp_path)
             assert (drawn & obj).sum() / (drawn | obj).sum() > 0.9
 
 
-def test_a_large_tiff_the_block_reader_cannot_read_is_a_failures_row(runs, tmp_path):
-    """A 5-plane stack above --tiled-above: a row in the failures table naming why and what to
-    do, while the other image of the run is segmented; the run does not crash."""
+def test_large_tiffs_block_by_block_a_stack_fails_and_a_calibrated_slide_has_its_units(
+        runs, tmp_path):
+    """Above --tiled-above: a 5-plane stack is a row in the failures table naming why and
+    what to do (the run does not crash); an OME-TIFF gives its pixel size and areas in µm²."""
+    from PIL import Image
+
     src = tmp_path / "in"
     src.mkdir()
-    shutil.copy(runs["src"] / NAMES[0], src / NAMES[0])
     tifffile.imwrite(src / "stack.tif", np.zeros((5, 600, 600), np.uint16), tile=(256, 256))
+    pixels = np.asarray(Image.open(runs["src"] / "plate" / NAMES[2]))[..., :3]  # 520x696
+    tifffile.imwrite(src / "slide.ome.tif", pixels, tile=(256, 256), ome=True,
+                     metadata={"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
     out = tmp_path / "out"
     assert main(["run", str(src), str(out), "--tiled-above", "300000"]) == 0
     failures = pd.read_parquet(out / "failures")
@@ -225,4 +230,9 @@ def test_a_large_tiff_the_block_reader_cannot_read_is_a_failures_row(runs, tmp_p
     (row,) = failures.itertuples()
     assert (row.stage, row.error_type) == ("decode", "ImageDecodeError")
     assert "several planes" in row.message and "--tiled-above" in row.message
-    assert list(_images(out).index) == [NAMES[0]]
+    images = _images(out)
+    assert list(images.index) == ["slide.ome.tif"] and images.pixel_size_um.iloc[0] == 0.5
+    assert images.shard.iloc[0].split("-")[-1].startswith("L")  # the block-wise path
+    objects = pd.read_parquet(out / "objects")
+    assert len(objects) > 10
+    np.testing.assert_allclose(objects.area_um2, objects.area * 0.25)

@@ -97,6 +97,24 @@ def test_ome_zarr_round_trip_holds_labels_image_and_pyramid(annotated, store):
                                           export.downsample_labels(labels))
 
 
+def test_ome_zarr_of_a_calibrated_image_is_in_micrometres(annotated, store):
+    """With the input's pixel size the axes are in micrometres and every level's scale and
+    translation are the pixel ones times it, on the image and the labels alike (napari then
+    overlays the labels on the source image)."""
+    image_id, image, labels = annotated[0]
+    export.write_ome_zarr(store, "labels/c.ome.zarr", labels, image[..., :3], pixel_size=0.325)
+    group = export.open_ome_zarr(store, "labels/c.ome.zarr")
+    for ms, lead in ((group.attrs["multiscales"][0], [1.0]),
+                     (group["labels/nuclei"].attrs["multiscales"][0], [])):
+        assert [a.get("unit") for a in ms["axes"] if a["type"] == "space"] == ["micrometer"] * 2
+        for k, d in enumerate(ms["datasets"]):
+            transforms = d["coordinateTransformations"]
+            np.testing.assert_allclose(transforms[0]["scale"], lead + [0.325 * 2**k] * 2)
+            if k:
+                np.testing.assert_allclose(transforms[1]["translation"],
+                                           [0.0] * len(lead) + [0.325 * (2**k - 1) / 2] * 2)
+
+
 class _DiesAfter(Store):
     """A store whose process 'dies' (raises) after ``budget`` file writes."""
 
