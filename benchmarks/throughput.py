@@ -4,9 +4,9 @@ The same real images of the shared DSB2018 set (208 by default, in id order: flu
 histology and brightfield, 256x256 to 1040x1388) are measured two ways:
 
 - **raw**: every image decoded and prepared beforehand, its tiles cut and packed into
-  batches in memory as the pipeline packs them, then only ``predict`` timed: tiles/s, and
-  the images/s that implies for these images; measured before and after the end-to-end
-  run, and averaged;
+  batches in memory as the pipeline packs them (per shard of images), then only ``predict``
+  timed: tiles/s, and the images/s that implies for these images; measured before and
+  after the end-to-end run, and averaged;
 - **end to end**: ``python -m flows.cli run`` (the ``segflow run`` command) in a fresh process,
   from the files on disk to every mask and table written: images/s of the flow (from its start
   to the last shard written), and of the whole command (Python start, imports and Prefect's
@@ -62,26 +62,28 @@ def pick_images(data_dir, count):
             for r in index.itertuples()]
 
 
-def raw_throughput(paths, batch_size, warmup=2):
+def raw_throughput(paths, batch_size, shard_size, warmup=2):
     """Tiles, seconds of ``predict`` alone on preloaded batches.
 
-    Batches are cut as the pipeline cuts them: ``batch_size`` tiles each, the last one padded,
-    or cut to its tiles where the model takes any batch size (the warm-up then traces both).
+    Batches are cut as the pipeline cuts them: the tiles of each shard of ``shard_size``
+    images in ``batch_size`` tiles each, a shard's last batch padded, or cut to its tiles where
+    the model takes any batch size (the warm-up then traces both).
     """
     model = load_model()
     tiling = default_tiling(model.spec)
-    tiles = []
-    for path in paths:
-        x = prepare(decode_image(path.read_bytes(), name=path.name), model.spec).x
-        tiles.extend(extract_tile(x, o, tiling.tile) for o in tile_origins(x.shape, tiling))
-    n = len(tiles)
-    batches = []
-    for start in range(0, n, batch_size):
-        chunk = tiles[start : start + batch_size]
-        size = len(chunk) if model.any_batch_size else batch_size
-        batch = np.zeros((size,) + tiles[0].shape, np.float32)
-        batch[: len(chunk)] = chunk
-        batches.append(batch)
+    n, batches = 0, []
+    for first in range(0, len(paths), shard_size):
+        tiles = []
+        for path in paths[first : first + shard_size]:
+            x = prepare(decode_image(path.read_bytes(), name=path.name), model.spec).x
+            tiles.extend(extract_tile(x, o, tiling.tile) for o in tile_origins(x.shape, tiling))
+        n += len(tiles)
+        for start in range(0, len(tiles), batch_size):
+            chunk = tiles[start : start + batch_size]
+            size = len(chunk) if model.any_batch_size else batch_size
+            batch = np.zeros((size,) + tiles[0].shape, np.float32)
+            batch[: len(chunk)] = chunk
+            batches.append(batch)
     del tiles
     for batch in batches[:warmup] + batches[-1:]:
         model.predict_batch(batch)
@@ -122,12 +124,20 @@ def accelerator(backend):
     return f"GPU: {gpus[0]} x{len(gpus)}" if gpus else "no GPU"
 
 
+def _model_seconds(counts):
+    """Seconds the model thread spent in model calls during the flow (the run summary's
+    ``model_seconds``; older summaries: the predict stage, which also holds cutting and
+    stitching tiles and overlaps between shards)."""
+    seconds = counts.get("model_seconds")
+    return seconds if seconds is not None else counts["stage_seconds"]["predict"]
+
+
 def repeats_table(rows):
     """The per-run table of ``--repeat``: ``rows`` of (run, raw before, raw after, wall, counts)."""
     table = pd.DataFrame([
         {"run": i, "raw before s": before, "raw after s": after,
          "flow s": counts["seconds"], "ratio flow / raw": (before + after) / 2 / counts["seconds"],
-         "model busy": counts["stage_seconds"]["predict"] / counts["seconds"],
+         "model busy": _model_seconds(counts) / counts["seconds"],
          "whole command s": wall}
         for i, before, after, wall, counts in rows])
     ratios = table["ratio flow / raw"]
@@ -153,15 +163,19 @@ def report(n_images, megapixels, tiles, raw_runs, wall, counts):
              "", table.to_string(index=False, float_format=lambda v: f"{v:.2f}"), "",
              (f"ratio end-to-end / raw: {e2e_ips / raw_ips:.3f} (flow), "
               f"{(n_images / wall) / raw_ips:.3f} (whole command)"),
-             (f"model busy (predict seconds inside the flow / flow wall, robust to the "
-              f"machine's load changing between the two measurements): "
-              f"{counts['stage_seconds']['predict'] / flow_s:.3f}"), ""]
+             (f"model busy (seconds of model calls inside the flow / flow wall, robust to "
+              f"the machine's load changing between the two measurements): "
+              f"{_model_seconds(counts) / flow_s:.3f}; model calls in the flow "
+              f"{_model_seconds(counts):.2f} s against {raw_s:.2f} s alone"), ""]
     stages = counts["stage_seconds"]
     breakdown = [(k, stages[k], 100 * stages[k] / flow_s) for k in STAGES if k in stages]
     breakdown.append(("orchestration (no task body running)", counts["idle_seconds"],
                       100 * counts["idle_seconds"] / flow_s))
-    breakdown.append(("process start, imports, Prefect server (outside the flow)",
-                      wall - flow_s, 100 * (wall - flow_s) / flow_s))
+    finish = counts.get("finish_seconds") or 0.0
+    breakdown.append(("final tasks: tables reconciled, run.json, QC, thumbnails (after the "
+                      "flow's clock)", finish, 100 * finish / flow_s))
+    breakdown.append(("process start, imports, model load, Prefect server, teardown",
+                      wall - flow_s - finish, 100 * (wall - flow_s - finish) / flow_s))
     lines.append(pd.DataFrame(breakdown, columns=["where (stages overlap)", "seconds",
                                                   "% of flow wall"])
                  .to_string(index=False, float_format=lambda v: f"{v:.1f}"))
@@ -196,13 +210,13 @@ def main(argv=None):
         paths = [src / p.name for p, _, _ in picked]
         # raw before and after each end-to-end run: their mean is the limit, their spread
         # shows how much the machine's load moved while measuring (the machine may be shared)
-        tiles, raw = raw_throughput(paths, args.batch_size)
+        tiles, raw = raw_throughput(paths, args.batch_size, args.shard_size)
         raws, runs = [raw], {n: [] for n in args.cpu_workers}
         for _ in range(args.repeat):
             done = {n: end_to_end(src, Path(tmp) / f"out{n}-{len(raws)}", args.shard_size,
                                   args.batch_size, ("--cpu-workers", str(n)))
                     for n in args.cpu_workers}
-            raws.append(raw_throughput(paths, args.batch_size)[1])
+            raws.append(raw_throughput(paths, args.batch_size, args.shard_size)[1])
             for n, (wall, counts) in done.items():
                 runs[n].append((len(raws) - 1, raws[-2], raws[-1], wall, counts))
     parts = []

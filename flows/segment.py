@@ -23,6 +23,7 @@ from tasks.shards import (
     ShardContext,
     finalize,
     ingest,
+    model_busy_seconds,
     process_shard,
     read,
     release,
@@ -98,6 +99,7 @@ def segment_images(params: SegmentParams) -> dict:
     window = deque()
     if not fused and jobs:  # threads here: the model gets its own, at this thread's priority
         start_model_thread(ctx)
+    model_busy = None if fused else model_busy_seconds()
     for job in jobs:
         if fused:  # one task per shard: its arrays never leave the worker process
             window.append((job, process_shard.submit(ctx, job)))
@@ -113,7 +115,10 @@ def segment_images(params: SegmentParams) -> dict:
         _collect(job, segment_large.submit(ctx, job), totals, clock, logger)
     progress.remove_listener(artifact)
     seconds = time.perf_counter() - t0
+    if model_busy is not None:  # the model's own calls in this flow (model thread only)
+        model_busy = round(model_busy_seconds() - model_busy, 3)
     summary = {"found": plan["found"], "skipped": plan["skipped"], **totals,
+               "model_seconds": model_busy,
                "shards": len(jobs), "large": len(large_jobs), "seconds": round(seconds, 2),
                "images_per_second": round(totals["images"] / seconds, 3) if seconds else 0.0,
                **clock.summary(seconds)}

@@ -15,6 +15,7 @@ import atexit
 import multiprocessing
 import os
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 
@@ -113,10 +114,24 @@ class ModelThread:
     def __init__(self):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segflow-model")
         self._executor.submit(int).result()  # start the thread now, from the creating thread
+        #: Seconds the thread has spent running submitted calls (they run one at a time, so
+        #: this is the time the model was busy; read it before and after a run).
+        self.busy_seconds = 0.0
 
     def submit(self, fn, *args, **kwargs):
         """Queue ``fn(*args, **kwargs)`` on the model thread; a future of its result."""
+        return self._executor.submit(self._timed, fn, args, kwargs)
+
+    def submit_uncounted(self, fn, *args, **kwargs):
+        """:meth:`submit`, not counted in :attr:`busy_seconds` (the one-time tracing)."""
         return self._executor.submit(fn, *args, **kwargs)
+
+    def _timed(self, fn, args, kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.busy_seconds += time.perf_counter() - t0
 
 
 _LOWERED = threading.local()

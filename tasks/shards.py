@@ -61,8 +61,14 @@ def start_model_thread(ctx=None):
     if not _MODEL_THREAD:
         _MODEL_THREAD.append(workers.ModelThread())
     if ctx is not None:
-        _MODEL_THREAD[0].submit(_warm_up, ctx)
+        _MODEL_THREAD[0].submit_uncounted(_warm_up, ctx)
     return _MODEL_THREAD[0]
+
+
+def model_busy_seconds():
+    """Seconds this process' model thread has spent in model calls (tracing not counted), or
+    None where no model thread runs (Dask workers)."""
+    return _MODEL_THREAD[0].busy_seconds if _MODEL_THREAD else None
 
 
 _WARM = set()  # (model fingerprint, batch size, tile size) already traced in this process
