@@ -169,7 +169,7 @@ def _read_tiff(data, name, max_pixels, plane, level):
             _check_size(name, h, w, n_channels, max_pixels)
             page = series.pages[0] if series.pages else tif.pages[0]
             photometric = int(page.photometric)
-            names, pixel_size = _tiff_metadata(tif, n_channels)  # of the full-size level
+            names, pixel_size = tiff_metadata(tif, n_channels)  # of the full-size level
             if pixel_size and level:
                 full = series.levels[0]
                 pixel_size *= float(np.sqrt(
@@ -204,7 +204,7 @@ def _read_tiff(data, name, max_pixels, plane, level):
     return ImageData(image, tuple(names), pixel_size, axes, rgb)
 
 
-def _tiff_metadata(tif, n_channels):
+def tiff_metadata(tif, n_channels):
     """``(channel names or None, pixel size in µm or None)`` from OME-XML or ImageJ tags."""
     names, size = None, None
     if tif.is_ome and tif.ome_metadata:

@@ -76,9 +76,9 @@ class TiffRegions:
     @property
     def pixel_size_um(self):
         """The pixel's edge in micrometres from OME-XML or ImageJ tags, or None."""
-        from segmodel.formats import _tiff_metadata
+        from segmodel.formats import tiff_metadata
 
-        return _tiff_metadata(self._tif, int(self._page.samplesperpixel))[1]
+        return tiff_metadata(self._tif, int(self._page.samplesperpixel))[1]
 
     def unsupported(self, *, plane=None, channel=None, pyramid_level=0):
         """Why this TIFF cannot be segmented block by block with these input options, or None.

@@ -18,6 +18,7 @@ a newer shard (a changed image reprocessed), so every image has exactly one curr
 import hashlib
 import io
 import posixpath
+from collections import Counter
 
 import pandas as pd
 
@@ -75,23 +76,19 @@ def mask_paths(image_ids, mask_format="tif", recorded=None):
     for image_id in image_ids:
         stems.setdefault(posixpath.splitext(image_id)[0], []).append(image_id)
     suffix = MASK_SUFFIXES[mask_format]
-    kept = {}
+    owner = {}  # recorded path -> its image: reserved for it
     for image_id, path in (recorded or {}).items():
-        if path.endswith(f".{suffix}") and path not in kept.values():
-            kept[image_id] = path
+        if path.endswith(f".{suffix}"):
+            owner.setdefault(path, image_id)
+    kept = {image_id: path for path, image_id in owner.items()}
     out = {}
     for stem, ids in stems.items():
         for image_id in ids:
             base = stem if len(ids) == 1 else image_id
             out[image_id] = kept.get(image_id, f"labels/{safe_relpath(base)}.{suffix}")
-    taken = {path: image_id for image_id, path in kept.items()}
-    for path in out.values():
-        taken.setdefault(path, None)
-    counts = {}
-    for path in out.values():
-        counts[path] = counts.get(path, 0) + 1
+    counts = Counter(out.values())
     for image_id, path in out.items():  # "a.png" beside "a.png.tif", or a recorded path
-        if taken[path] not in (None, image_id) or (counts[path] > 1 and image_id not in kept):
+        if owner.get(path, image_id) != image_id or (counts[path] > 1 and image_id not in kept):
             digest = hashlib.sha1(image_id.encode()).hexdigest()[:8]
             out[image_id] = f"labels/{safe_relpath(image_id)}-{digest}.{suffix}"
     return out
