@@ -31,14 +31,17 @@ from segmodel.datasets import DEFAULT_DATA, list_samples  # noqa: E402
 
 
 def make_folder(root, n, data_dir, size):
-    """``n`` images named ``img-00000.png``... cycling over same-size images of the set."""
+    """``n`` images named ``img-00000.png``... from the same-size images of the set: spread
+    evenly over them when ``n`` is fewer (so a small run sees the same kinds of images as a
+    large one), cycling over all of them when more."""
     pool = [s.image_path for s in list_samples(data_dir)
             if s.image_path.stat().st_size and _shape(s.image_path) == (size, size)]
     if not pool:
         raise SystemExit(f"no {size}x{size} images under {data_dir}")
     root.mkdir(parents=True)
     for i in range(n):
-        shutil.copyfile(pool[i % len(pool)], root / f"img-{i:05d}.png")
+        k = i * len(pool) // n if n < len(pool) else i % len(pool)
+        shutil.copyfile(pool[k], root / f"img-{i:05d}.png")
 
 
 def _shape(path):
