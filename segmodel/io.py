@@ -241,9 +241,7 @@ class Store:
                 return
             for file in retry(self.fs.find, path, withdirs=False):
                 self.remove(file)
-            protocols = self.fs.protocol
-            if {"file", "local", "memory"} & set(
-                    protocols if isinstance(protocols, tuple) else (protocols,)):  # real dirs
+            if _is_local(self.fs) or "memory" in _protocols(self.fs):  # folders of their own
                 dirs = [p for p, d in retry(self.fs.find, path, withdirs=True, detail=True).items()
                         if d["type"] == "directory"] + [path]
                 for d in sorted(dirs, key=len, reverse=True):  # innermost first
@@ -314,8 +312,12 @@ def write_atomic(fs, path, data):
         retry(fs.pipe_file, path, data)
 
 
+def _protocols(fs):
+    return fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+
+
 def _is_local(fs):
-    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+    return "file" in _protocols(fs)
 
 
 def list_images(store, patterns=DEFAULT_PATTERNS):
