@@ -239,6 +239,8 @@ def _run(args, input_url):
         segment_images = segment_images.with_options(task_runner=runner)
     listener = _Progress(sys.stdout)
     progress.add_listener(listener)
+    from prefect.exceptions import FailedRun
+
     from flows.report import TooManyFailures
 
     try:
@@ -246,6 +248,8 @@ def _run(args, input_url):
             summary = segment_images(params)
     except (FileNotFoundError, PermissionError) as exc:
         raise SystemExit(f"segflow: {type(exc).__name__}: {exc}") from None
+    except FailedRun as exc:  # the flow ended Failed with a message (nothing to segment)
+        raise SystemExit(f"segflow: {exc}") from None
     except TooManyFailures as exc:
         _print_summary(params, exc.summary)
         print(f"segflow: run failed: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
+from prefect.states import Failed
 
 from flows import progress, report, runners
 from flows.params import SegmentParams
@@ -73,18 +74,21 @@ def _input_key(params):
 
 @flow(name="segment-images", task_runner=runners.make_task_runner("threads"), log_prints=False)
 def segment_images(params: SegmentParams) -> dict:
-    """Segment every image under ``params.input``; write masks and tables to ``params.output``."""
+    """Segment every image under ``params.input``; write masks and tables to ``params.output``.
+
+    Returns the run summary. No image under the input is a Failed run whose message says so
+    (called as a function: :class:`prefect.exceptions.FailedRun`).
+    """
     logger = get_run_logger()
-    t0, t_load = time.perf_counter(), time.time()
+    t0, t_load, cpu0 = time.perf_counter(), time.time(), time.process_time()
     ctx, model = _context(params)
     t_plan = time.time()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     plan = ingest(ctx, tuple(params.patterns), params.shard_size, stamp, params.retry_failed)
-    if plan["found"] == 0:
-        raise FileNotFoundError(
+    if plan["found"] == 0:  # the run fails with the message alone, not a traceback
+        return Failed(message=(
             f"no images under input={params.input!r} match patterns={params.patterns}. "
-            "Check the path, or pass --pattern."
-        )
+            "Check the path, or pass --pattern."))
     jobs, large_jobs = plan["jobs"], plan.get("large", [])
     artifact = report.ProgressArtifact()  # UI: progress artifact, removed again below
     progress.add_listener(artifact)
@@ -115,10 +119,11 @@ def segment_images(params: SegmentParams) -> dict:
         _collect(job, segment_large.submit(ctx, job), totals, clock, logger)
     progress.remove_listener(artifact)
     seconds = time.perf_counter() - t0
+    cpu_seconds = time.process_time() - cpu0  # this process' threads, not worker processes
     if model_busy is not None:  # the model's own calls in this flow (model thread only)
         model_busy = round(model_busy_seconds() - model_busy, 3)
     summary = {"found": plan["found"], "skipped": plan["skipped"], **totals,
-               "model_seconds": model_busy,
+               "model_seconds": model_busy, "cpu_seconds": round(cpu_seconds, 2),
                "shards": len(jobs), "large": len(large_jobs), "seconds": round(seconds, 2),
                "images_per_second": round(totals["images"] / seconds, 3) if seconds else 0.0,
                **clock.summary(seconds)}

@@ -154,6 +154,24 @@ def test_wrong_parameters_fail_before_any_work_naming_the_parameter(folder, tmp_
     assert not (tmp_path / "out" / "images").exists()
 
 
+def test_an_input_without_images_ends_the_run_failed_with_the_message_alone(tmp_path, capfd,
+                                                                           caplog):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "notes.txt").write_text("not an image")
+    with pytest.raises(SystemExit) as err:
+        main(["run", str(src), str(tmp_path / "out")])
+    assert str(err.value).startswith(f"segflow: no images under input={str(src)!r}")
+    printed = capfd.readouterr()
+    run_logs = [r for r in caplog.records  # the run's logs (Prefect's console under pytest)
+                if r.name.startswith(("prefect.flow_runs", "prefect.task_runs"))]
+    assert any(r.getMessage().startswith('Finished in state Failed("no images under input')
+               for r in run_logs)
+    assert all(r.exc_info is None and "Traceback" not in r.getMessage() for r in run_logs)
+    assert "Encountered exception" not in printed.out + printed.err
+    assert not (tmp_path / "out" / "images").exists()
+
+
 def test_a_configured_server_that_does_not_answer_is_named_before_any_work(folder, tmp_path,
                                                                            monkeypatch):
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # nothing listens there
