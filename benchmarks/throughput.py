@@ -63,7 +63,7 @@ def pick_images(data_dir, count):
 
 
 def raw_throughput(paths, batch_size, shard_size, warmup=2):
-    """Tiles, seconds of ``predict`` alone on preloaded batches.
+    """Tiles, seconds and CPU seconds (this process) of ``predict`` alone on preloaded batches.
 
     Batches are cut as the pipeline cuts them: the tiles of each shard of ``shard_size``
     images in ``batch_size`` tiles each, a shard's last batch padded, or cut to its tiles where
@@ -87,10 +87,10 @@ def raw_throughput(paths, batch_size, shard_size, warmup=2):
     del tiles
     for batch in batches[:warmup] + batches[-1:]:
         model.predict_batch(batch)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for batch in batches:
         model.predict_batch(batch)
-    return n, time.perf_counter() - t0
+    return n, time.perf_counter() - t0, time.process_time() - cpu0
 
 
 def end_to_end(input_dir, output_dir, shard_size, batch_size, extra=()):
@@ -138,6 +138,7 @@ def repeats_table(rows):
         {"run": i, "raw before s": before, "raw after s": after,
          "flow s": counts["seconds"], "ratio flow / raw": (before + after) / 2 / counts["seconds"],
          "model busy": _model_seconds(counts) / counts["seconds"],
+         "cores busy": counts.get("machine_busy"),
          "whole command s": wall}
         for i, before, after, wall, counts in rows])
     ratios = table["ratio flow / raw"]
@@ -145,8 +146,26 @@ def repeats_table(rows):
                    f"range {ratios.min():.3f}-{ratios.max():.3f}")
 
 
-def report(n_images, megapixels, tiles, raw_runs, wall, counts):
-    """The tables as text (``raw_runs``: seconds of the raw measurement before and after)."""
+def cpu_line(ratio, raw_s, raw_cpu, counts):
+    """How busy the machine's cores were during the flow, and what that bounds the ratio to.
+
+    With the cores busy a share ``b`` of the flow, the same CPU work packed onto them without
+    a gap would take ``b`` of the flow's wall time, so the ratio could reach at most
+    ``ratio / b``; beyond that only less CPU work around the model helps.
+    """
+    busy, cpu = counts.get("machine_busy"), counts.get("cpu_seconds")
+    if busy is None or cpu is None:
+        return "CPU: not recorded by this run (run.json without machine_busy)"
+    return (f"CPU ({os.cpu_count()} cores): the model alone used {raw_cpu:.1f} s of CPU in "
+            f"{raw_s:.1f} s ({raw_cpu / raw_s:.2f} cores); during the flow the machine's cores "
+            f"were {busy:.1%} busy, and the flow's process used {cpu:.1f} s of CPU "
+            f"({cpu - raw_cpu:.1f} s more than the model's own calls alone). Ceiling for this "
+            f"much CPU work on these cores: ratio / busy share = {ratio / busy:.3f}")
+
+
+def report(n_images, megapixels, tiles, raw_runs, wall, counts, raw_cpu=None):
+    """The tables as text (``raw_runs``: seconds of the raw measurement before and after;
+    ``raw_cpu``: its mean CPU seconds)."""
     flow_s = counts["seconds"]
     raw_s = sum(raw_runs) / len(raw_runs)
     raw_ips = n_images / raw_s
@@ -166,7 +185,10 @@ def report(n_images, megapixels, tiles, raw_runs, wall, counts):
              (f"model busy (seconds of model calls inside the flow / flow wall, robust to "
               f"the machine's load changing between the two measurements): "
               f"{_model_seconds(counts) / flow_s:.3f}; model calls in the flow "
-              f"{_model_seconds(counts):.2f} s against {raw_s:.2f} s alone"), ""]
+              f"{_model_seconds(counts):.2f} s against {raw_s:.2f} s alone")]
+    if raw_cpu is not None:
+        lines.append(cpu_line(e2e_ips / raw_ips, raw_s, raw_cpu, counts))
+    lines.append("")
     stages = counts["stage_seconds"]
     breakdown = [(k, stages[k], 100 * stages[k] / flow_s) for k in STAGES if k in stages]
     breakdown.append(("orchestration (no task body running)", counts["idle_seconds"],
@@ -207,15 +229,18 @@ def main(argv=None):
         paths = [src / p.name for p, _, _ in picked]
         # raw before and after each end-to-end run: their mean is the limit, their spread
         # shows how much the machine's load moved while measuring (the machine may be shared)
-        tiles, raw = raw_throughput(paths, args.batch_size, args.shard_size)
-        raws, runs = [raw], {n: [] for n in args.cpu_workers}
+        tiles, raw, cpu = raw_throughput(paths, args.batch_size, args.shard_size)
+        raws, cpus, runs = [raw], [cpu], {n: [] for n in args.cpu_workers}
         for _ in range(args.repeat):
             done = {n: end_to_end(src, Path(tmp) / f"out{n}-{len(raws)}", args.shard_size,
                                   args.batch_size, ("--cpu-workers", str(n)))
                     for n in args.cpu_workers}
-            raws.append(raw_throughput(paths, args.batch_size, args.shard_size)[1])
+            _, raw, cpu = raw_throughput(paths, args.batch_size, args.shard_size)
+            raws.append(raw)
+            cpus.append(cpu)
             for n, (wall, counts) in done.items():
-                runs[n].append((len(raws) - 1, raws[-2], raws[-1], wall, counts))
+                runs[n].append((len(raws) - 1, raws[-2], raws[-1], wall,
+                                {**counts, "raw_cpu": (cpus[-2] + cpus[-1]) / 2}))
     parts = []
     for n, rows in runs.items():
         text = f"## --cpu-workers {n}\n"
@@ -227,7 +252,7 @@ def main(argv=None):
             rows = [rows[order[(len(rows) - 1) // 2]]]
         _, before, after, wall, counts = rows[0]
         parts.append(text + report(len(picked), megapixels, tiles, (before, after), wall,
-                                   counts))
+                                   counts, raw_cpu=counts["raw_cpu"]))
     text = "\n\n".join(parts)
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     workers = " ".join(map(str, args.cpu_workers))

@@ -12,7 +12,7 @@ from prefect.states import Failed
 
 from flows import progress, report, runners
 from flows.params import SegmentParams
-from flows.timing import RunClock
+from flows.timing import RunClock, busy_share, machine_cpu
 from segmodel import __version__
 from segmodel.api import default_tiling, validate_scale
 from segmodel.bundle import check_model
@@ -80,7 +80,8 @@ def segment_images(params: SegmentParams) -> dict:
     (called as a function: :class:`prefect.exceptions.FailedRun`).
     """
     logger = get_run_logger()
-    t0, t_load, cpu0 = time.perf_counter(), time.time(), time.process_time()
+    t0, t_load = time.perf_counter(), time.time()
+    cpu0, machine0 = time.process_time(), machine_cpu()
     ctx, model = _context(params)
     t_plan = time.time()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
@@ -124,6 +125,7 @@ def segment_images(params: SegmentParams) -> dict:
         model_busy = round(model_busy_seconds() - model_busy, 3)
     summary = {"found": plan["found"], "skipped": plan["skipped"], **totals,
                "model_seconds": model_busy, "cpu_seconds": round(cpu_seconds, 2),
+               "machine_busy": busy_share(machine0, machine_cpu()),
                "shards": len(jobs), "large": len(large_jobs), "seconds": round(seconds, 2),
                "images_per_second": round(totals["images"] / seconds, 3) if seconds else 0.0,
                **clock.summary(seconds)}

@@ -6,7 +6,31 @@ seconds can add up to more than the wall time; the time when no task body was ru
 is what orchestration (task-run creation, state changes, scheduling) costs the run.
 """
 
+import os
+
 STAGES = ("read", "preprocess", "predict", "postprocess", "tabulate", "write")
+
+
+def machine_cpu():
+    """``(busy, total)`` CPU seconds of the whole machine since boot, summed over its cores
+    (Linux's ``/proc/stat``), or None where that cannot be read. The busy share between two
+    readings shows whether a run had cores to spare, whichever process used them (the
+    Prefect server, worker processes, anything else running)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = sum(fields[3:5])  # idle, iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(fields[:8]) - idle) / tick, sum(fields[:8]) / tick
+
+
+def busy_share(before, after):
+    """The machine's busy share of its cores between two :func:`machine_cpu` readings."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round((after[0] - before[0]) / (after[1] - before[1]), 3)
 
 
 class RunClock:

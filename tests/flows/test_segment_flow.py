@@ -56,6 +56,8 @@ def test_run_writes_masks_and_tables_and_bad_files_become_failures(folder, tmp_p
     assert (out / "labels" / "plate2" / SMALL[2].replace(".png", ".tif")).is_file()
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["counts"]["images"] == 3 and manifest["counts"]["failed"] == 2
+    assert 0 < manifest["counts"]["cpu_seconds"]  # the flow's own CPU, and the machine's use
+    assert 0 < manifest["counts"]["machine_busy"] <= 1
     printed = capsys.readouterr().out
     assert f"5 images, 2 failed: see {out}/failures" in printed
 
