@@ -346,8 +346,11 @@ def _flow_server():
 
 
 def _on(server):
-    """The settings context of a flow run on ``server`` once it answers."""
-    server.wait()
+    """The settings context of a flow run on ``server`` once it answers; exits with the
+    server's own error where its process could not start (Prefect's fallback server would
+    fail the same way)."""
+    if not server.wait() and server.exited:
+        raise SystemExit(f"segflow: {server.problem}")
     return server.settings()
 
 

@@ -71,6 +71,10 @@ class EarlyServer:
         self.port = None
         self.ready = False
         self.problem = None  # why the early start failed, if it did
+        #: True when the server process itself exited at start (not a port taken meanwhile):
+        #: Prefect's own temporary server would fail the same way, so the run should stop.
+        self.exited = False
+        self._log = None  # the server's stderr, read back when it exits
         if configured_api_url():
             return
         self._spawn()
@@ -94,11 +98,24 @@ class EarlyServer:
             from prefect.settings import get_current_settings
 
             env.update(get_current_settings().to_environment_variables(exclude_unset=True))
+        import tempfile
+
+        if self._log is not None:
+            self._log.close()
+        self._log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--app-dir", str(package.parent),
              "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
              "--port", str(self.port), "--log-level", "error", "--lifespan", "on"], env=env,
-            preexec_fn=_ends_with_parent())
+            stderr=self._log, preexec_fn=_ends_with_parent())
+
+    def _stderr_tail(self, limit=20000):
+        """The last ``limit`` bytes the server process wrote to its stderr, as text."""
+        if self._log is None:
+            return ""
+        self._log.seek(0, os.SEEK_END)
+        self._log.seek(max(0, self._log.tell() - limit))
+        return self._log.read().decode(errors="replace")
 
     @property
     def api_url(self):
@@ -123,13 +140,19 @@ class EarlyServer:
 
         deadline = time.monotonic() + (timeout or
                                        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+        respawns = 0
         with httpx.Client(timeout=10) as client:
             while time.monotonic() < deadline:
                 code = self.process.poll()
-                if code == 3:  # the port was taken meanwhile: another one
-                    self._spawn()
-                elif code is not None:
-                    self.problem = f"the server process exited with status {code}"
+                if code is not None:
+                    log = self._stderr_tail()
+                    # uvicorn exits 3 on any failed start: only a port taken since is retried
+                    if code == 3 and "address already in use" in log.lower() and respawns < 5:
+                        respawns += 1
+                        self._spawn()
+                        continue
+                    self.problem = startup_problem(code, log)
+                    self.exited = True
                     break
                 try:
                     if client.get(f"{self.api_url}/health").status_code == 200:
@@ -173,6 +196,22 @@ class EarlyServer:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def startup_problem(code, log):
+    """Why the server process exited at start, for a user: its last error line, and what to
+    do where that is a database of another Prefect version."""
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "Error:" in ln or "Exception:" in ln]
+    last = (errors or lines or ["(it wrote nothing)"])[-1]
+    home = os.environ.get("PREFECT_HOME") or "~/.prefect"
+    text = (f"Prefect's temporary server could not start (exit status {code}): {last}. Its "
+            f"database is under PREFECT_HOME ({home}).")
+    if "revision" in last.lower():
+        text += (" That database was last used by another Prefect version (a revision this "
+                 "one does not know): install that version (pip install -U prefect), or run "
+                 "with PREFECT_HOME set to a new folder.")
+    return text
 
 
 _EARLY = []

@@ -173,3 +173,54 @@ def test_a_killed_segflow_leaves_no_server_behind(tmp_path):
         time.sleep(0.2)
     status = open(f"/proc/{pid}/status").read() if os.path.exists(f"/proc/{pid}") else ""
     assert not status or "State:\tZ" in status, status[:200]
+
+
+def _database_of_another_version(home):
+    """A Prefect home whose database records a migration this Prefect does not know, as one
+    upgraded by a newer Prefect in another environment does."""
+    import sqlite3
+
+    home.mkdir()
+    with sqlite3.connect(home / "prefect.db") as db:
+        db.execute("create table alembic_version (version_num varchar(32) primary key)")
+        db.execute("insert into alembic_version values ('ffffffffffff')")
+
+
+def test_startup_problem_names_the_servers_last_error_and_what_to_do():
+    log = ("Traceback (most recent call last):\n  File x\nalembic.util.exc.CommandError: "
+           "Can't locate revision identified by 'ffffffffffff'\n\nERROR: Application startup "
+           "failed. Exiting.\n")
+    from flows.server import startup_problem
+
+    text = startup_problem(3, log)
+    assert "CommandError: Can't locate revision identified by 'ffffffffffff'." in text
+    assert "PREFECT_HOME set to a new folder" in text
+    assert startup_problem(1, "").startswith(
+        "Prefect's temporary server could not start (exit status 1): (it wrote nothing). Its "
+        "database is under PREFECT_HOME (")
+
+
+def test_a_server_that_cannot_start_stops_the_run_with_its_reason(samples, tmp_path):
+    """uvicorn exits 3 on any failed start; only a port taken meanwhile is worth a retry. A
+    database of another Prefect version once made ``segflow run`` restart the server for
+    minutes: it now stops at once, naming the reason, and writes nothing."""
+    import time
+
+    home = tmp_path / "prefect-home"
+    _database_of_another_version(home)
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    shutil.copy(samples[0][0], src / samples[0][0].name)
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(src), str(out)],
+                          env=_fresh_env(home), cwd=REPO, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 1, (proc.stdout + proc.stderr)[-3000:]
+    assert time.monotonic() - t0 < 120  # not Prefect's own server tried after it, nor retries
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "segflow: Prefect's temporary server could not start (exit status 3): "
+        "alembic.util.exc.CommandError: Can't locate revision identified by 'ffffffffffff'. "
+        f"Its database is under PREFECT_HOME ({home}). That database was last used by another "
+        "Prefect version (a revision this one does not know): install that version (pip "
+        "install -U prefect), or run with PREFECT_HOME set to a new folder.")
+    assert not out.exists()
