@@ -17,6 +17,7 @@ from segmodel import __version__
 from segmodel.api import default_tiling, validate_scale
 from segmodel.bundle import check_model
 from segmodel.io import Store
+from segmodel.lease import Lease, OutputBusy
 from segmodel.model import load_model, spec_path
 from tasks.large import segment_large
 from tasks.report import publish
@@ -76,15 +77,29 @@ def _input_key(params):
 def segment_images(params: SegmentParams) -> dict:
     """Segment every image under ``params.input``; write masks and tables to ``params.output``.
 
-    Returns the run summary. No image under the input is a Failed run whose message says so
-    (called as a function: :class:`prefect.exceptions.FailedRun`).
+    Returns the run summary. No image under the input, or another run writing to the same
+    output (see :mod:`segmodel.lease`), is a Failed run whose message says so (called as a
+    function: :class:`prefect.exceptions.FailedRun`).
     """
-    logger = get_run_logger()
-    t0, t_load = time.perf_counter(), time.time()
-    cpu0, machine0 = time.process_time(), machine_cpu()
+    start = time.perf_counter(), time.time(), time.process_time(), machine_cpu()
     ctx, model = _context(params)
-    t_plan = time.time()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    lease = Lease(ctx.output, stamp)
+    try:
+        lease.acquire()
+    except OutputBusy as exc:
+        return Failed(message=str(exc))
+    try:
+        return _segment(params, ctx, model, stamp, start)
+    finally:
+        lease.release()
+
+
+def _segment(params, ctx, model, stamp, start):
+    """The body of :func:`segment_images`, run while it holds the output's lease."""
+    logger = get_run_logger()
+    t0, t_load, cpu0, machine0 = start
+    t_plan = time.time()
     plan = ingest(ctx, tuple(params.patterns), params.shard_size, stamp, params.retry_failed)
     if plan["found"] == 0:  # the run fails with the message alone, not a traceback
         return Failed(message=(

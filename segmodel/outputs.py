@@ -9,6 +9,7 @@ Layout under OUTPUT::
     failures/<shard>.parquet                    one row per image that failed
     classes/<shard>.parquet                     semantic models: one row per image and class
     run.json                                    the last run's parameters, model and counts
+    run.lock                                    while a run writes here (segmodel.lease)
 
 A shard's parts are written objects, failures, then images: the images part is the commit
 marker. :func:`reconcile` removes parts of shards that never committed and rows superseded by

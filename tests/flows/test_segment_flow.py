@@ -174,6 +174,33 @@ def test_an_input_without_images_ends_the_run_failed_with_the_message_alone(tmp_
     assert not (tmp_path / "out" / "images").exists()
 
 
+def test_a_run_while_another_writes_to_the_same_output_stops_and_touches_nothing(folder,
+                                                                                tmp_path):
+    import os
+    import socket
+    import time
+
+    from segmodel.lease import LEASE
+
+    out = tmp_path / "out"
+    out.mkdir()
+    other = {"run": "20261203T000000000000Z", "host": socket.gethostname(),
+             "pid": os.getpid(), "started": time.time(), "renewed": time.time()}
+    (out / LEASE).write_text(json.dumps(other))  # a live run: this very process
+    with pytest.raises(SystemExit) as err:
+        main(["run", str(folder), str(out)])
+    assert str(err.value).startswith(
+        f"segflow: another segflow run is writing to output={str(out)!r}: run "
+        f"'20261203T000000000000Z', process {os.getpid()}")
+    assert sorted(p.name for p in out.iterdir()) == [LEASE]
+    assert json.loads((out / LEASE).read_text()) == other
+    other["renewed"] = time.time() - 3600  # abandoned an hour ago: taken over
+    (out / LEASE).write_text(json.dumps(other))
+    assert main(["run", str(folder), str(out)]) == 0
+    assert len(pd.read_parquet(out / "images")) == 3
+    assert not (out / LEASE).exists()  # released at the end
+
+
 def test_a_configured_server_that_does_not_answer_is_named_before_any_work(folder, tmp_path,
                                                                            monkeypatch):
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # nothing listens there
