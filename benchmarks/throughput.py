@@ -186,6 +186,12 @@ def report(n_images, megapixels, tiles, raw_runs, wall, counts, raw_cpu=None):
               f"the machine's load changing between the two measurements): "
               f"{_model_seconds(counts) / flow_s:.3f}; model calls in the flow "
               f"{_model_seconds(counts):.2f} s against {raw_s:.2f} s alone")]
+    waits = counts.get("model_waits")
+    if waits:
+        between = flow_s - _model_seconds(counts) - sum(waits.values())
+        lines.append(f"model idle in the flow: {waits['before_first_call']:.2f} s before its "
+                     f"first call, {between:.2f} s between calls, "
+                     f"{waits['after_last_call']:.2f} s after its last")
     if raw_cpu is not None:
         lines.append(cpu_line(e2e_ips / raw_ips, raw_s, raw_cpu, counts))
     lines.append("")

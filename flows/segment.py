@@ -26,6 +26,7 @@ from tasks.shards import (
     finalize,
     ingest,
     model_busy_seconds,
+    model_window,
     process_shard,
     read,
     release,
@@ -136,10 +137,16 @@ def _segment(params, ctx, model, stamp, start):
     progress.remove_listener(artifact)
     seconds = time.perf_counter() - t0
     cpu_seconds = time.process_time() - cpu0  # this process' threads, not worker processes
+    waits = None
     if model_busy is not None:  # the model's own calls in this flow (model thread only)
         model_busy = round(model_busy_seconds() - model_busy, 3)
+        window = model_window() if jobs else None
+        if window is not None:  # the model's idle time before its first call, after its last
+            waits = {"before_first_call": round(window[0] - t0, 3),
+                     "after_last_call": round(t0 + seconds - window[1], 3)}
     summary = {"found": plan["found"], "skipped": plan["skipped"], **totals,
-               "model_seconds": model_busy, "cpu_seconds": round(cpu_seconds, 2),
+               "model_seconds": model_busy, "model_waits": waits,
+               "cpu_seconds": round(cpu_seconds, 2),
                "machine_busy": busy_share(machine0, machine_cpu()),
                "shards": len(jobs), "large": len(large_jobs), "seconds": round(seconds, 2),
                "images_per_second": round(totals["images"] / seconds, 3) if seconds else 0.0,

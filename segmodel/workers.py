@@ -117,6 +117,13 @@ class ModelThread:
         #: Seconds the thread has spent running submitted calls (they run one at a time, so
         #: this is the time the model was busy; read it before and after a run).
         self.busy_seconds = 0.0
+        #: ``time.perf_counter()`` at the start of the first counted call since :meth:`mark`,
+        #: and at the end of the last one (None before any).
+        self.first_start = self.last_end = None
+
+    def mark(self):
+        """Start a new window for :attr:`first_start` and :attr:`last_end` (a run's start)."""
+        self.first_start = self.last_end = None
 
     def submit(self, fn, *args, **kwargs):
         """Queue ``fn(*args, **kwargs)`` on the model thread; a future of its result."""
@@ -128,10 +135,13 @@ class ModelThread:
 
     def _timed(self, fn, args, kwargs):
         t0 = time.perf_counter()
+        if self.first_start is None:
+            self.first_start = t0
         try:
             return fn(*args, **kwargs)
         finally:
-            self.busy_seconds += time.perf_counter() - t0
+            self.last_end = time.perf_counter()
+            self.busy_seconds += self.last_end - t0
 
 
 _LOWERED = threading.local()

@@ -60,6 +60,7 @@ def start_model_thread(ctx=None):
     """
     if not _MODEL_THREAD:
         _MODEL_THREAD.append(workers.ModelThread())
+    _MODEL_THREAD[0].mark()  # a new run: model_window describes its calls
     if ctx is not None:
         _MODEL_THREAD[0].submit_uncounted(_warm_up, ctx)
     return _MODEL_THREAD[0]
@@ -69,6 +70,14 @@ def model_busy_seconds():
     """Seconds this process' model thread has spent in model calls (tracing not counted), or
     None where no model thread runs (Dask workers)."""
     return _MODEL_THREAD[0].busy_seconds if _MODEL_THREAD else None
+
+
+def model_window():
+    """``(first call's start, last call's end)`` of this process' model thread since its last
+    :meth:`~segmodel.workers.ModelThread.mark` (``time.perf_counter`` values), or None."""
+    if not _MODEL_THREAD or _MODEL_THREAD[0].first_start is None:
+        return None
+    return _MODEL_THREAD[0].first_start, _MODEL_THREAD[0].last_end
 
 
 _WARM = set()  # (model fingerprint, batch size, tile size) already traced in this process

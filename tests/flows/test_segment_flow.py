@@ -58,6 +58,10 @@ def test_run_writes_masks_and_tables_and_bad_files_become_failures(folder, tmp_p
     assert manifest["counts"]["images"] == 3 and manifest["counts"]["failed"] == 2
     assert 0 < manifest["counts"]["cpu_seconds"]  # the flow's own CPU, and the machine's use
     assert 0 < manifest["counts"]["machine_busy"] <= 1
+    waits = manifest["counts"]["model_waits"]  # the model's idle time at the run's two ends
+    assert 0 < waits["before_first_call"] and 0 < waits["after_last_call"]
+    assert (waits["before_first_call"] + waits["after_last_call"]
+            + manifest["counts"]["model_seconds"] <= manifest["counts"]["seconds"])
     printed = capsys.readouterr().out
     assert f"5 images, 2 failed: see {out}/failures" in printed
 

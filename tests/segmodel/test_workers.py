@@ -52,6 +52,22 @@ def test_the_model_thread_runs_calls_on_its_own_thread_and_passes_errors_back():
     assert [f.result() for f in queued] == [1, 2, 4, 8, 16]
 
 
+def test_the_model_thread_notes_its_first_and_last_counted_call_since_a_mark():
+    import time
+
+    model = ModelThread()
+    model.submit_uncounted(time.sleep, 0.05).result()  # tracing: not a call of the window
+    assert model.first_start is None and model.last_end is None
+    before = time.perf_counter()
+    model.submit(time.sleep, 0.05).result()
+    model.submit(time.sleep, 0.05).result()
+    after = time.perf_counter()
+    assert before <= model.first_start < model.last_end <= after
+    assert model.last_end - model.first_start >= 0.1 and model.busy_seconds >= 0.1
+    model.mark()
+    assert model.first_start is None and model.last_end is None
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
 def test_lowering_priority_affects_only_the_calling_thread_and_only_once():
     def nice():
