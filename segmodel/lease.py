@@ -19,8 +19,6 @@ import socket
 import threading
 import time
 
-from segmodel.io import retry
-
 LEASE = "run.lock"
 #: Seconds without renewal after which a lease counts as abandoned.
 STALE_AFTER = 300.0
@@ -36,10 +34,8 @@ def read_holder(store):
     """The lease's content as a dict, or None where there is none (or it is unreadable)."""
     try:
         data = json.loads(store.read_text(LEASE))
-    except FileNotFoundError:
+    except (FileNotFoundError, ValueError, UnicodeDecodeError):  # none, or not ours to read
         return None
-    except (ValueError, UnicodeDecodeError):
-        return None  # not ours to read: written over below
     return data if isinstance(data, dict) and "run" in data else None
 
 
@@ -118,7 +114,7 @@ class Lease:
             self._thread = None
         holder = read_holder(self.store)
         if holder is not None and holder["run"] == self.run:
-            retry(self.store.remove, self.store.path(LEASE))
+            self.store.remove(self.store.path(LEASE))  # retried inside on transient errors
 
     def __enter__(self):
         return self.acquire()
