@@ -1,7 +1,7 @@
 """Choosing the task runner of a ``segment-images`` run: threads in this process, or Dask.
 
-- ``threads`` (default): Prefect's ``ThreadPoolTaskRunner``; each shard goes through the read,
-  segment and write tasks, whose arrays stay in this process between stages.
+- ``threads`` (default): Prefect's ``ThreadPoolTaskRunner``; each shard is one task that reads,
+  segments and writes it in this process, with :data:`IN_FLIGHT` shards overlapping.
 - ``dask``: prefect-dask's ``DaskTaskRunner`` on a new ``distributed.LocalCluster`` (one
   single-threaded worker process per core pair by default) or an existing scheduler
   (``--dask-address tcp://host:8786``). Arrays cannot be handed between processes, so each
@@ -80,7 +80,7 @@ def make_task_runner(kind="threads", address=None, n_workers=None):
             raise ValueError(f"--dask-address needs --task-runner dask. Received: {address!r}")
         if n_workers is not None:
             raise ValueError(f"--dask-workers needs --task-runner dask. Received: {n_workers}")
-        return ThreadPoolTaskRunner(max_workers=3 * IN_FLIGHT)
+        return ThreadPoolTaskRunner(max_workers=IN_FLIGHT)
     if not api_url():
         raise ValueError(NEEDS_SERVER)
     from prefect_dask import DaskTaskRunner
@@ -97,7 +97,7 @@ def make_task_runner(kind="threads", address=None, n_workers=None):
 
 
 def is_distributed(task_runner):
-    """True when tasks may run in other processes (each shard then is one fused task)."""
+    """True when tasks may run in other processes (the model thread is then not started)."""
     return not isinstance(task_runner, ThreadPoolTaskRunner)
 
 

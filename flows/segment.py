@@ -1,4 +1,4 @@
-"""The ``segment-images`` flow: ingest -> read -> segment -> write over shards, pipelined."""
+"""The ``segment-images`` flow: ingest, then shards (read -> segment -> write) pipelined."""
 
 import hashlib
 import json
@@ -28,11 +28,7 @@ from tasks.shards import (
     model_busy_seconds,
     model_window,
     process_shard,
-    read,
-    release,
-    segment,
     start_model_thread,
-    write,
 )
 
 IN_FLIGHT = runners.IN_FLIGHT
@@ -113,21 +109,16 @@ def _segment(params, ctx, model, stamp, start):
                    skipped=plan["skipped"])
     totals = {"images": 0, "failed": 0, "objects": 0}
     task_runner = FlowRunContext.get().task_runner
-    fused, depth = runners.is_distributed(task_runner), runners.in_flight(task_runner)
+    distributed, depth = runners.is_distributed(task_runner), runners.in_flight(task_runner)
     clock = RunClock()
     clock.add({"busy": [(t_load, t_plan)]})  # loading the model is the engine's, not Prefect's
     clock.add(plan)
     window = deque()
-    if not fused and jobs:  # threads here: the model gets its own, at this thread's priority
+    if not distributed and jobs:  # threads: the model gets its own, at this thread's priority
         start_model_thread(ctx)
-    model_busy = None if fused else model_busy_seconds()
-    for job in jobs:
-        if fused:  # one task per shard: its arrays never leave the worker process
-            window.append((job, process_shard.submit(ctx, job)))
-        else:
-            key = read.submit(ctx, job)
-            key = segment.submit(ctx, job, key)
-            window.append((job, write.submit(ctx, job, key)))
+    model_busy = None if distributed else model_busy_seconds()
+    for job in jobs:  # one task per shard: its arrays never leave the process that reads it
+        window.append((job, process_shard.submit(ctx, job)))
         while len(window) >= depth:
             _collect(*window.popleft(), totals, clock, logger)
     while window:
@@ -167,10 +158,7 @@ def _segment(params, ctx, model, stamp, start):
 
 
 def _collect(job, future, totals, clock, logger):
-    try:
-        result = future.result()
-    finally:
-        release(job.name)
+    result = future.result()
     for k in totals:
         totals[k] += result[k]
     clock.add(result)

@@ -1,10 +1,16 @@
-"""Prefect tasks for the stages of a shard: ingest, read, segment, write, finalize.
+"""Prefect tasks of a run: ingest, one task per shard (read, segment, write), finalize.
 
-Pixel arrays never travel through Prefect: the read task leaves a shard's prepared images in
-this process' :data:`_HANDOFF` under the shard's name and returns the name; the segment and
-write tasks pick them up from there, and the write task removes them. Task inputs and results
-are therefore a few hundred bytes, so Prefect's input hashing and in-memory result cache cost
-nothing, and only the shards the flow has in flight hold memory.
+A shard is one task run whatever the runner: it reads, segments and writes its images, so
+pixel arrays never travel through Prefect. Task inputs and results are a few hundred bytes,
+so Prefect's input hashing and in-memory result cache cost nothing, and only the shards the
+flow has in flight hold memory. With threads, the shards in flight overlap: while one is on
+the model (one model thread per process, at the flow thread's priority), the one before it is
+written and the one after it read, both at a lower priority.
+
+One task per shard, not one per stage: each task run costs the API server CPU to record (its
+states are events the server writes to its database), about 60 ms of a core per task run on
+the 2-core machine (``benchmarks/orchestration.py``), taken from the model there. Three
+stage tasks per shard (read, segment, write) gained no throughput over one.
 """
 
 import ctypes
@@ -25,24 +31,17 @@ from segmodel.api import default_tiling
 from segmodel.io import Store, is_transient, list_images
 from segmodel.model import load_model
 
-_HANDOFF = {}
-_SPANS = {}  # shard name -> [(start, end)] wall-clock spans of its task bodies
 _MODEL_LOCK = threading.Lock()
 
 
-def _handoff():
-    """This process' hand-over dict, looked up by reference.
+def model_lock():
+    """This process' lock around model calls (a lock cannot be pickled; a function can).
 
     Prefect pickles a flow's function by value when it runs it in a subprocess (``serve``,
-    process work pools, Dask), and with it copies of the module globals the tasks name; a
-    copied dict is not the one :func:`release` empties. Module-level functions pickle by
-    reference, so the tasks reach the real objects through this one and :func:`model_lock`.
+    process work pools, Dask), and with it copies of the module globals the tasks name;
+    module-level functions pickle by reference, so the tasks reach the real objects through
+    them.
     """
-    return _HANDOFF
-
-
-def model_lock():
-    """This process' lock around model calls (a lock cannot be pickled; a function can)."""
     return _MODEL_LOCK
 
 
@@ -99,15 +98,12 @@ def _warm_up(ctx):
 
 
 def _model_thread():
-    """The model thread if the flow started one; the task thread then yields the CPU to it."""
+    """The model thread if the flow started one in this process (not on Dask workers); the
+    calling task thread then yields the CPU to it."""
     if not _MODEL_THREAD:
         return None
     workers.lower_priority()
     return _MODEL_THREAD[0]
-
-
-def _span(key, t0):
-    _SPANS.setdefault(key, []).append((t0, time.time()))
 
 
 @dataclass(frozen=True)
@@ -189,20 +185,6 @@ def ingest(ctx: ShardContext, patterns: tuple, shard_size: int, run_stamp: str,
             "busy": [(t0, time.time())]}
 
 
-@task(name="read", task_run_name="read shard {job.index}/{job.total}", cache_policy=NO_CACHE,
-      **IO_RETRIES)
-def read(ctx: ShardContext, job: ShardJob) -> str:
-    """Read, decode and prepare the shard's images."""
-    t0 = time.time()
-    _model_thread()  # reading yields the CPU to the model
-    model = load_model(ctx.model_path, trust=ctx.trust_model)
-    _handoff()[job.name] = shards.read_shard(ctx.input, list(job.refs), model.spec,
-                                           scale=ctx.scale, max_pixels=ctx.max_pixels,
-                                           **_input_choices(ctx))
-    _span(job.name, t0)
-    return job.name
-
-
 def _pool(ctx):
     """This process' CPU worker pool for the run's ``cpu_workers`` (None: work in-thread).
 
@@ -216,31 +198,6 @@ def _pool(ctx):
 
 def _input_choices(ctx):
     return {"channel": ctx.channel, "plane": ctx.plane, "pyramid_level": ctx.pyramid_level}
-
-
-@task(name="segment", task_run_name="segment shard {job.index}/{job.total}",
-      cache_policy=NO_CACHE)
-def segment(ctx: ShardContext, job: ShardJob, key: str) -> str:
-    """Predict the shard's tiles in shared batches and post-process them into labels."""
-    t0 = time.time()
-    model = load_model(ctx.model_path, trust=ctx.trust_model)
-    tiling = default_tiling(model.spec, ctx.tile_size, ctx.overlap)
-    shards.segment_shard(model, _handoff()[key], tiling, batch_size=ctx.batch_size,
-                         lock=model_lock(), auto=ctx.scale == "auto", tta=ctx.tta,
-                         pool=_pool(ctx), model_thread=_model_thread())
-    _span(key, t0)
-    return key
-
-
-@task(name="write", task_run_name="write shard {job.index}/{job.total}", cache_policy=NO_CACHE)
-def write(ctx: ShardContext, job: ShardJob, key: str) -> dict:
-    """Measure objects and write masks then table parts (images part last: the commit)."""
-    t0 = time.time()
-    _model_thread()  # measuring and writing yield the CPU to the model
-    items = _handoff().pop(key)
-    result = _write_items(ctx, job, items)
-    _span(key, t0)
-    return {**result, "busy": _SPANS.pop(key, [])}
 
 
 def _write_items(ctx, job, items):
@@ -278,26 +235,29 @@ def _write_items(ctx, job, items):
 @task(name="shard", task_run_name="shard {job.index}/{job.total}", cache_policy=NO_CACHE,
       **IO_RETRIES)
 def process_shard(ctx: ShardContext, job: ShardJob) -> dict:
-    """Read, segment and write one shard in one task (for runners that use other processes)."""
+    """Read, decode and prepare the shard's images; predict their tiles in shared batches and
+    post-process them into labels; measure the objects and write masks then table parts
+    (images part last: the commit).
+
+    In the flow's process the model calls go to its model thread, and this thread, reading
+    and writing, yields the CPU to it. A retry (transient storage errors that outlast the
+    storage layer's own retries) starts the shard again; its uncommitted parts are replaced.
+    """
     t0 = time.time()
-    model = load_model(ctx.model_path, trust=ctx.trust_model)
-    items = shards.read_shard(ctx.input, list(job.refs), model.spec, scale=ctx.scale,
-                              max_pixels=ctx.max_pixels, **_input_choices(ctx))
-    tiling = default_tiling(model.spec, ctx.tile_size, ctx.overlap)
-    shards.segment_shard(model, items, tiling, batch_size=ctx.batch_size,
-                         lock=model_lock(), auto=ctx.scale == "auto", tta=ctx.tta,
-                         pool=_pool(ctx))
-    result = _write_items(ctx, job, items)
-    del items
-    _trim()
+    try:
+        model_thread = _model_thread()
+        model = load_model(ctx.model_path, trust=ctx.trust_model)
+        items = shards.read_shard(ctx.input, list(job.refs), model.spec, scale=ctx.scale,
+                                  max_pixels=ctx.max_pixels, **_input_choices(ctx))
+        tiling = default_tiling(model.spec, ctx.tile_size, ctx.overlap)
+        shards.segment_shard(model, items, tiling, batch_size=ctx.batch_size,
+                             lock=model_lock(), auto=ctx.scale == "auto", tta=ctx.tta,
+                             pool=_pool(ctx), model_thread=model_thread)
+        result = _write_items(ctx, job, items)
+        del items
+    finally:
+        _trim()  # the shard's arrays are gone (or going with this frame): give pages back
     return {**result, "busy": [(t0, time.time())]}
-
-
-def release(key: str) -> None:
-    """Drop a shard's hand-over data (after a failed stage) and give freed memory back."""
-    _HANDOFF.pop(key, None)
-    _SPANS.pop(key, None)
-    _trim()
 
 
 def _trim():
@@ -324,5 +284,4 @@ def finalize(ctx: ShardContext, manifest: dict) -> float:
     return round(time.perf_counter() - t0, 3)
 
 
-__all__ = ["ShardContext", "ShardJob", "ingest", "process_shard", "read", "segment", "write",
-           "finalize", "release"]
+__all__ = ["ShardContext", "ShardJob", "ingest", "process_shard", "finalize"]

@@ -196,8 +196,7 @@ def test_serve_registers_a_scheduled_deployment(served):
 def test_a_triggered_run_completes_with_named_tasks_artifacts_and_logs(served):
     record = served["records"][0]
     assert record["state"] == "COMPLETED"
-    assert [t for t in record["task_runs"] if t.startswith("segment ")] == [
-        "segment shard 1/2", "segment shard 2/2"]
+    assert [t for t in record["task_runs"] if t.startswith("shard ")] == ["shard 1/2", "shard 2/2"]
     assert {"ingest: list input, plan shards", "report and QC gallery"} <= set(
         record["task_runs"])
     assert set(record["artifacts"]) == {PROGRESS_KEY, SUMMARY_KEY, GALLERY_KEY}
@@ -221,7 +220,7 @@ def test_the_next_run_segments_only_the_new_image(served):
     assert record["state"] == "COMPLETED"
     summary = _summary(record)
     assert (summary["images segmented"], summary["skipped (already done)"]) == (1, 2)
-    assert [t for t in record["task_runs"] if t.startswith("segment ")] == ["segment shard 1/1"]
+    assert [t for t in record["task_runs"] if t.startswith("shard ")] == ["shard 1/1"]
     gallery = record["artifacts"][GALLERY_KEY].data
     assert f"`{LATER}`" in gallery and f"`{FIRST[0]}`" not in gallery
     images = pd.read_parquet(served["out"] / "images")
