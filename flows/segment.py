@@ -31,8 +31,6 @@ from tasks.shards import (
     start_model_thread,
 )
 
-IN_FLIGHT = runners.IN_FLIGHT
-
 
 def _context(params):
     """Check everything that can be checked before any work, and build the shared context."""
