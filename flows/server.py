@@ -34,23 +34,43 @@ def configured_api_url():
     return profile.get("PREFECT_API_URL") if isinstance(profile, dict) else None
 
 
-def _ends_with_parent():
-    """For ``Popen(preexec_fn=...)`` on Linux: the child gets SIGTERM when the thread that
-    started it ends, so a killed ``segflow`` (SIGKILL, out of memory) leaves no server behind.
-    None elsewhere. (Resolved here, before the fork: the child only makes the call.)"""
-    try:
-        import ctypes
-        import signal
+#: Nice levels the temporary server runs below this process (Linux and macOS): like the task
+#: threads around the model (:func:`segmodel.workers.lower_priority`), its work (recording task
+#: runs, logs and artifacts) then fills the moments the model leaves a core idle instead of
+#: taking cores from it. Its callers never wait on it in the middle of a run: task-run states
+#: travel as events, logs in batches, from Prefect's background threads.
+SERVER_NICE = 10
 
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
+
+def _child_setup(nice=SERVER_NICE):
+    """For ``Popen(preexec_fn=...)``: the server process runs ``nice`` levels lower; on Linux
+    it also gets SIGTERM when the thread that started it ends, so a killed ``segflow``
+    (SIGKILL, out of memory) leaves no server behind. Resolved here, before the fork: the
+    child only makes the calls, and a refusal changes nothing. None on Windows (no fork)."""
+    if os.name == "nt":
         return None
+    prctl = None
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            prctl = None
+    import signal
+
     sigterm = int(signal.SIGTERM)
 
-    def parent_death_signal():
-        prctl(1, sigterm)  # PR_SET_PDEATHSIG
+    def setup():
+        if prctl is not None:
+            prctl(1, sigterm)  # PR_SET_PDEATHSIG
+        if nice:
+            try:
+                os.nice(nice)
+            except OSError:
+                pass
 
-    return parent_death_signal
+    return setup
 
 
 class EarlyServer:
@@ -107,7 +127,7 @@ class EarlyServer:
             [sys.executable, "-m", "uvicorn", "--app-dir", str(package.parent),
              "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
              "--port", str(self.port), "--log-level", "error", "--lifespan", "on"], env=env,
-            stderr=self._log, preexec_fn=_ends_with_parent())
+            stderr=self._log, preexec_fn=_child_setup())
 
     def _stderr_tail(self, limit=20000):
         """The last ``limit`` bytes the server process wrote to its stderr, as text."""

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from prefect import flow, task
 
-from flows.server import EarlyServer, configured_api_url, early_server
+from flows.server import SERVER_NICE, EarlyServer, configured_api_url, early_server
 
 TEAM = "http://team.example:4200/api"
 REPO = Path(__file__).resolve().parents[2]
@@ -87,6 +87,9 @@ def test_the_early_server_records_the_run_without_heartbeats_and_is_shared(uncon
     assert server.process is not None
     assert server.wait() is True, server.problem
     assert httpx.get(f"{server.api_url}/health", timeout=10).status_code == 200
+    if hasattr(os, "getpriority"):  # it runs below this process, like the task threads
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, server.process.pid) == min(19, ours + SERVER_NICE)
     with server.settings():
         assert PREFECT_API_URL.value() == server.api_url
         assert get_current_settings().flows.heartbeat_frequency is None
