@@ -57,7 +57,7 @@ def _child_setup(nice=SERVER_NICE):
 
             prctl = ctypes.CDLL(None, use_errno=True).prctl
         except (OSError, AttributeError):
-            prctl = None
+            pass
     import signal
 
     sigterm = int(signal.SIGTERM)
