@@ -43,10 +43,10 @@ def configured_api_url():
 SERVER_NICE = 10
 
 
-def _child_setup(nice=SERVER_NICE):
-    """For ``Popen(preexec_fn=...)``: the server process runs ``nice`` levels lower; on Linux
-    it also gets SIGTERM when the thread that started it ends, so a killed ``segflow``
-    (SIGKILL, out of memory) leaves no server behind. Resolved here, before the fork: the
+def _child_setup():
+    """For ``Popen(preexec_fn=...)``: the server process runs :data:`SERVER_NICE` levels
+    lower; on Linux it also gets SIGTERM when the thread that started it ends, so a killed
+    ``segflow`` (SIGKILL, out of memory) leaves no server behind. Resolved here, before the fork: the
     child only makes the calls, and a refusal changes nothing. None on Windows (no fork)."""
     if os.name == "nt":
         return None
@@ -65,9 +65,9 @@ def _child_setup(nice=SERVER_NICE):
     def setup():
         if prctl is not None:
             prctl(1, sigterm)  # PR_SET_PDEATHSIG
-        if nice:
+        if SERVER_NICE:
             try:
-                os.nice(nice)
+                os.nice(SERVER_NICE)
             except OSError:
                 pass
 
