@@ -46,8 +46,9 @@ SERVER_NICE = 10
 def _child_setup():
     """For ``Popen(preexec_fn=...)``: the server process runs :data:`SERVER_NICE` levels
     lower; on Linux it also gets SIGTERM when the thread that started it ends, so a killed
-    ``segflow`` (SIGKILL, out of memory) leaves no server behind. Resolved here, before the fork: the
-    child only makes the calls, and a refusal changes nothing. None on Windows (no fork)."""
+    ``segflow`` (SIGKILL, out of memory) leaves no server behind. Resolved here, before the
+    fork: the child only makes the calls, and a refusal changes nothing. None on Windows (no
+    fork)."""
     if os.name == "nt":
         return None
     prctl = None
