@@ -74,6 +74,8 @@ def _parser():
                             "(default: 128)")
     train.add_argument("--batch-size", type=int, default=16,
                        help="patches per step (default: 16)")
+    train.add_argument("--contact-weight", type=float, default=0.0,
+                       help="extra loss weight where two nuclei touch (default: 0, none)")
 
     model = sub.add_parser("model", help="model bundles (a .keras file and its spec)")
     model_sub = model.add_subparsers(dest="model_command", required=True)
@@ -375,7 +377,8 @@ def _train(args):
                              seed=args.seed, images_dir=args.images, labels_dir=args.labels,
                              kind=args.kind, name=args.name,
                              filters=filters, bottleneck=args.bottleneck,
-                             patch=args.patch, batch_size=args.batch_size)
+                             patch=args.patch, batch_size=args.batch_size,
+                             contact_weight=args.contact_weight)
     except ValidationError as exc:
         raise SystemExit("segflow: invalid parameters\n  " + "\n  ".join(
             f"{err['loc'][0] if err['loc'] else 'parameters'}: {err['msg']}"

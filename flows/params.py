@@ -169,6 +169,9 @@ class TrainParams(BaseModel):
     patch: int = Field(128, ge=1, description="Edge of the training patches in pixels (a "
                        "multiple of 2**levels: 16 with 4 levels).")
     batch_size: int = Field(16, ge=1, description="Patches per training step.")
+    contact_weight: float = Field(
+        0.0, ge=0, description="Extra loss weight on pixels where two nuclei touch, where "
+        "merges start (0: every pixel alike; instance models only).")
 
     @model_validator(mode="after")
     def _patch_fits_the_levels(self):

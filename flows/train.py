@@ -18,6 +18,7 @@ def _train(params: TrainParams) -> str:
                          labels_dir=params.labels_dir or "", kind=params.kind, name=params.name,
                          filters=tuple(params.filters), bottleneck=params.bottleneck,
                          patch=params.patch, batch_size=params.batch_size,
+                         contact_weight=params.contact_weight,
                          **({"data_dir": params.data_dir} if params.data_dir else {}))
     return str(train(params.out_dir, config, log=logger.info))
 

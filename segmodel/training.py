@@ -65,6 +65,11 @@ class TrainConfig:
     labels_dir: str = ""
     #: The bundle's name in its spec ("" = "<kind>-unet").
     name: str = ""
+    #: Extra loss weight on pixels where two nuclei touch (within ``contact_radius`` pixels of
+    #: two different labels), where merges start: each such pixel counts ``1 + contact_weight``
+    #: times (0: every pixel alike). Instance models only.
+    contact_weight: float = 0.0
+    contact_radius: int = 2
 
 
 #: Classes of a semantic model trained from instance labels, in output-channel order.
@@ -85,6 +90,17 @@ def make_targets(labels):
         if d.max() > 0:
             dist[sl][obj] = (d / d.max())[obj]
     return np.stack([fg, boundary, dist], axis=-1).astype(np.float32)
+
+
+def contact_map(labels, radius=2):
+    """``(H, W)`` bool: pixels within ``radius`` (a square window) of two different objects,
+    gaps between them included."""
+    size = 2 * radius + 1
+    labels = np.asarray(labels)
+    top = ndi.maximum_filter(labels, size=size)
+    big = np.iinfo(labels.dtype).max if labels.dtype.kind in "iu" else np.inf
+    bottom = ndi.minimum_filter(np.where(labels > 0, labels, big), size=size)
+    return (top > 0) & (bottom != big) & (top != bottom)
 
 
 def kind_targets(labels, kind="instances"):
@@ -168,16 +184,25 @@ def _jitter_intensity(x, modality, rng):
 
 
 def _loss(y_true, y_pred):
+    """BCE on the three maps (outline weighted 2) + Dice on the foreground + L1 on the distance.
+
+    A fourth channel of ``y_true``, when present, weights each pixel's BCE and L1 terms
+    (:attr:`TrainConfig.contact_weight`).
+    """
     from keras import ops
 
     eps = 1e-6
+    weight = y_true[..., 3:4] if y_true.shape[-1] == 4 else None
+    y_true = y_true[..., :3]
     y_pred = ops.clip(y_pred, eps, 1 - eps)
     bce = -(y_true * ops.log(y_pred) + (1 - y_true) * ops.log(1 - y_pred))
-    bce = ops.mean(bce * ops.convert_to_tensor([1.0, 2.0, 1.0]))
+    bce = bce * ops.convert_to_tensor([1.0, 2.0, 1.0])
+    dist_err = ops.abs(y_true[..., 2] - y_pred[..., 2])
+    if weight is not None:
+        bce, dist_err = bce * weight, dist_err * weight[..., 0]
     fg_t, fg_p = y_true[..., 0], y_pred[..., 0]
     dice = 1 - (2 * ops.sum(fg_t * fg_p) + 1) / (ops.sum(fg_t) + ops.sum(fg_p) + 1)
-    dist_mae = ops.mean(ops.abs(y_true[..., 2] - y_pred[..., 2]))
-    return bce + 0.5 * dice + dist_mae
+    return ops.mean(bce) + 0.5 * dice + ops.mean(dist_err)
 
 
 def _binary_loss(y_true, y_pred):
@@ -229,11 +254,14 @@ def _samples(config, split, log=print):
     return (train if split == "train" else tune)[:limit]
 
 
-def _load_items(samples, log, kind="instances"):
+def _load_items(samples, log, kind="instances", contact_weight=0.0, contact_radius=2):
     items = []
     for s in samples:
         image, labels = s.load()
         targets = kind_targets(labels, kind)
+        if contact_weight and kind == "instances":
+            weight = 1.0 + contact_weight * contact_map(labels, contact_radius)
+            targets = np.concatenate([targets, weight[..., None].astype(np.float32)], axis=-1)
         coords = np.argwhere(labels > 0)[::7]
         items.append((s.modality, prepare_image(image), targets, coords, median_diameter(labels)))
     log(f"loaded {len(items)} training images")
@@ -277,7 +305,8 @@ def train(out_dir, config=TrainConfig(), log=print):
         model.compile(optimizer=optimizer, loss=LOSSES[config.kind])
     if done < epochs:
         samples = _samples(config, "train", log)
-        sampler = PatchSampler(_load_items(samples, log, config.kind), config)
+        sampler = PatchSampler(_load_items(samples, log, config.kind, config.contact_weight,
+                                           config.contact_radius), config)
         _fit(model, sampler, config, done, epochs, ckpt, state_file, log)
     tune = _samples(config, "tune", log)
     settings = PostprocessSettings()
@@ -532,7 +561,12 @@ def main(argv=None):
                         help="filters per U-Net level, comma-separated (one level per entry)")
     parser.add_argument("--bottleneck", type=int, default=defaults.bottleneck,
                         help="filters at the lowest resolution")
+    parser.add_argument("--contact-weight", type=float, default=defaults.contact_weight,
+                        help="extra loss weight where two nuclei touch (0: none)")
     args = parser.parse_args(argv)
+    if args.contact_weight < 0:
+        parser.error(f"--contact-weight must be >= 0. Received: --contact-weight "
+                     f"{args.contact_weight}")
     try:
         filters = parse_filters(args.filters)
     except ValueError as err:
@@ -550,7 +584,8 @@ def main(argv=None):
                          data_dir=args.data_dir, learning_rate=args.learning_rate,
                          object_diameter=args.object_diameter, init=args.init, seed=args.seed,
                          images_dir=args.images, labels_dir=args.labels, kind=args.kind,
-                         filters=filters, bottleneck=args.bottleneck)
+                         filters=filters, bottleneck=args.bottleneck,
+                         contact_weight=args.contact_weight)
     train(args.out_dir, config, log=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True))
 
 

@@ -4,6 +4,7 @@ import json
 import re
 
 import numpy as np
+import pytest
 
 from segmodel import datasets
 from segmodel.model import load_model
@@ -20,6 +21,41 @@ def test_targets_separate_touching_nuclei():
     assert t[10, 14, 1] == 1 and t[10, 15, 1] == 1  # both sides of the contact are boundary
     assert t[10, 8, 2] == 1.0 and t[10, 20, 2] == 1.0 and t[10, 14, 2] < 0.5
     assert (t[labels == 0] == 0).all()
+
+
+def test_contact_map_marks_only_where_two_nuclei_meet():
+    from segmodel.training import contact_map
+
+    labels = np.zeros((20, 40), np.int32)
+    labels[5:15, 3:15] = 1
+    labels[5:15, 16:27] = 2  # one background column between 1 and 2
+    labels[5:15, 32:38] = 3  # alone: 5 columns from 2
+    c = contact_map(labels, radius=2)
+    assert c[5:15, 14:17].all()  # both sides and the gap between them
+    assert not c[10, 13] and not c[10, 17]  # 3 pixels from the other nucleus
+    assert not c[:, 28:].any() and not c[:3].any() and not c[17:].any()  # a square window
+    assert not contact_map(np.zeros((5, 5), np.uint16)).any()
+
+
+def test_contact_weight_weights_the_loss_where_nuclei_touch(dsb2018):
+    from keras import ops
+
+    from segmodel.training import _load_items, _loss
+
+    samples = [s for s in datasets.list_samples(dsb2018, "train") if s.modality == "histology"]
+    plain = _load_items(samples[:1], log=lambda m: None)[0][2]
+    items = _load_items(samples[:1], log=lambda m: None, contact_weight=4.0)
+    targets = items[0][2]
+    assert targets.shape[-1] == 4 and np.array_equal(targets[..., :3], plain)
+    assert set(np.unique(targets[..., 3])) == {1.0, 5.0}
+    y = targets[None, :64, :64]
+    pred = np.full(y.shape[:-1] + (3,), 0.5, np.float32)
+    unweighted = float(ops.convert_to_numpy(_loss(y[..., :3], pred)))
+    ones = np.concatenate([y[..., :3], np.ones_like(y[..., :1])], axis=-1)
+    assert float(ops.convert_to_numpy(_loss(ones, pred))) == pytest.approx(unweighted, rel=1e-6)
+    heavy = y.copy()
+    heavy[..., 3] = 3.0
+    assert float(ops.convert_to_numpy(_loss(heavy, pred))) > unweighted * 2
 
 
 def test_every_split_is_a_fixed_function_of_the_id(dsb2018):
