@@ -134,6 +134,7 @@ def test_segflow_run_in_a_fresh_process_runs_on_its_early_server(samples, tmp_pa
     never starts a server of its own, and the run completes with its outputs."""
     env = _fresh_env(tmp_path / "prefect-home")
     env["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "INFO"
+    env.pop("PYTHONUNBUFFERED", None)  # stdout to a pipe is then block-buffered, as usual
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     for path, _ in samples[:2]:
@@ -146,6 +147,18 @@ def test_segflow_run_in_a_fresh_process_runs_on_its_early_server(samples, tmp_pa
     assert "Starting temporary server" not in printed  # Prefect's own start logs that line
     assert "Finished in state Completed()" in printed
     assert json.loads((out / "run.json").read_text())["counts"]["images"] == 2
+    # the quick exit (flows.cli.console) flushed the piped, block-buffered summary first
+    assert "2 images, 0 failed" in proc.stdout and proc.stdout.rstrip().endswith("run.json")
+
+
+def test_segflow_exits_with_its_status_and_message(tmp_path):
+    """A refused run exits 1 with its message; the quick exit keeps both."""
+    env = _fresh_env(tmp_path / "prefect-home")
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(tmp_path / "nowhere"),
+                           str(tmp_path / "out")], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=600, check=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "segflow: input not found:" in proc.stderr and "nowhere" in proc.stderr
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux")
