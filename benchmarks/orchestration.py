@@ -23,9 +23,10 @@ those seconds over the process' wall time (Python start to the server having rec
 Two costs that share leaves out are printed beside it: the CPU seconds of the server process
 from its being ready to the run being recorded (it runs on another core, which on a machine
 the model keeps busy is taken from the model), and the seconds from the run's last timing to
-the process' exit (stopping the server, flushing Prefect's events, and TensorFlow's own exit,
-which is not Prefect's). "share counting both" adds them to the orchestration seconds: a bound
-from above, where the share is one from below.
+the process' exit (stopping the server and flushing Prefect's events; it exits as ``segflow``
+does, without the interpreter's teardown of TensorFlow and every other module). "share
+counting both" adds them to the orchestration seconds: a bound from above, where the share is
+one from below.
 
 Usage::
 
@@ -169,9 +170,10 @@ def main(argv=None):
     p.add_argument("--child", nargs=3, metavar=("INPUT", "OUTPUT", "SHARD"),
                    help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.child:
-        child(args.child[0], args.child[1], int(args.child[2]))
-        return 0
+    if args.child:  # exits as ``segflow`` does (flows.cli.console)
+        from flows.cli import console
+
+        return console(lambda: child(args.child[0], args.child[1], int(args.child[2])))
     from segmodel.datasets import DEFAULT_DATA
 
     data_dir = args.data_dir or DEFAULT_DATA

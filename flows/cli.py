@@ -457,8 +457,8 @@ def main(argv=None):
     return 2
 
 
-def console():
-    """The ``segflow`` console script: :func:`main`, then a quick exit.
+def console(entry=None):
+    """The ``segflow`` console script: :func:`main` (or ``entry``), then a quick exit.
 
     Once :func:`main` has returned (or exited with a status), every output is written and
     closed, and Prefect's exit handlers (log and event flushing, the temporary server's stop)
@@ -469,7 +469,7 @@ def console():
     status = {}
     atexit.register(_quick_exit, status)  # registered first, so it runs after every other
     try:
-        status["code"] = main()
+        status["code"] = (entry or main)()
     except SystemExit as exc:  # its message, if any, is printed before the exit handlers
         status["code"] = exc.code
         raise
