@@ -136,3 +136,31 @@ def test_evaluate_names_a_missing_folder_or_bad_option_before_any_run(tmp_path, 
         main(["evaluate", *[a.format(**fill) for a in args]])
     assert message in str(err.value)
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_progress_is_sent_at_most_once_a_second_and_always_at_the_end():
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterId
+
+    from flows.report import ProgressArtifact
+
+    def shown(progress):
+        with get_client(sync_client=True) as client:
+            (artifact,) = client.read_artifacts(
+                artifact_filter=ArtifactFilter(id=ArtifactFilterId(any_=[progress.artifact])))
+        return float(artifact.data)
+
+    @flow(name="progress-throttle")
+    def shards(interval):
+        progress = ProgressArtifact()
+        progress.min_interval = interval
+        progress.start(4, 0)
+        seen = []
+        for _ in range(4):
+            progress.update({"images": 1, "failed": 0})
+            seen.append(shown(progress))
+        return seen
+
+    assert shards(60.0) == [0.0, 0.0, 0.0, 100.0]  # within the interval: only the last one
+    assert shards(0.0) == [25.0, 50.0, 75.0, 100.0]
