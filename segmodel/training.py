@@ -96,9 +96,9 @@ def contact_map(labels, radius=2):
     """``(H, W)`` bool: pixels within ``radius`` (a square window) of two different objects,
     gaps between them included."""
     size = 2 * radius + 1
-    labels = np.asarray(labels)
+    labels = np.asarray(labels, np.int64)
+    big = labels.max(initial=0) + 1  # larger than every label: background in the minimum
     top = ndi.maximum_filter(labels, size=size)
-    big = np.iinfo(labels.dtype).max if labels.dtype.kind in "iu" else np.inf
     bottom = ndi.minimum_filter(np.where(labels > 0, labels, big), size=size)
     return (top > 0) & (bottom != big) & (top != bottom)
 

@@ -35,6 +35,8 @@ def test_contact_map_marks_only_where_two_nuclei_meet():
     assert not c[10, 13] and not c[10, 17]  # 3 pixels from the other nucleus
     assert not c[:, 28:].any() and not c[:3].any() and not c[17:].any()  # a square window
     assert not contact_map(np.zeros((5, 5), np.uint16)).any()
+    touching = np.array([[254, 255]], np.uint8)  # the dtype's largest value is a label too
+    assert contact_map(touching, radius=1).all()
 
 
 def test_contact_weight_weights_the_loss_where_nuclei_touch(dsb2018):
