@@ -127,6 +127,27 @@ def _read_part(store, name, shard, columns=None):
     return pd.read_parquet(io.BytesIO(data), columns=columns)
 
 
+def read_parts(store, names, shards, columns=None):
+    """``(shard, name, pyarrow.Table or None)`` for each shard, then each table name, in that
+    order; None where the part does not exist.
+
+    The parts are fetched in chunks (concurrently from object stores, see
+    :meth:`segmodel.io.Store.read_many`): a rerun over a million images reads tens of
+    thousands of parts. ``columns``: the columns to decode, or a function of the table name
+    that gives them.
+    """
+    import pyarrow.parquet as pq
+
+    keys = [(shard, name) for shard in shards for name in names]
+    data = store.read_many(store.path(name, f"{shard}.parquet") for shard, name in keys)
+    for (shard, name), (_, raw) in zip(keys, data):
+        if raw is None:
+            yield shard, name, None
+            continue
+        cols = columns(name) if callable(columns) else columns
+        yield shard, name, pq.ParquetFile(io.BytesIO(raw)).read(columns=cols)
+
+
 def _shards(store, name):
     return [posixpath.basename(p)[: -len(".parquet")] for p in store.list(name, ".parquet")]
 
@@ -152,18 +173,22 @@ def reconcile(store, masks=None):
     latest, owner, seen = {}, {}, {}
     cols = ["image_id", "fingerprint", "config_key"]
     paths = {}
-    for shard in sorted(committed):  # names start with a UTC timestamp: sorted = oldest first
-        seen[shard] = []
-        for name, status in (("images", "done"), ("failures", "failed")):
-            try:
-                part = _read_part(store, name, shard, cols + ["mask_path"] * (status == "done"))
-            except FileNotFoundError:  # a committed shard's part lost (an older segflow's
-                continue  # interrupted clean-up): its rows are gone, the images are redone
-            for image_id, fp, key, *path in part.itertuples(index=False):
-                latest[image_id] = (status, fp, key)
-                owner[image_id] = shard
-                seen[shard].append(image_id)
-                paths[image_id] = path[0] if path else None
+    status_of = {"images": "done", "failures": "failed"}
+    # names start with a UTC timestamp: sorted = oldest first
+    parts = read_parts(store, ("images", "failures"), sorted(committed),
+                       lambda name: cols + ["mask_path"] * (name == "images"))
+    for shard, name, part in parts:
+        ids = seen.setdefault(shard, [])
+        if part is None:  # a committed shard's part lost (an older segflow's interrupted
+            continue  # clean-up): its rows are gone, the images are redone
+        status, columns = status_of[name], part.to_pydict()
+        masks_of = columns.get("mask_path") or [None] * part.num_rows
+        for image_id, fp, key, path in zip(columns["image_id"], columns["fingerprint"],
+                                           columns["config_key"], masks_of):
+            latest[image_id] = (status, fp, key)
+            owner[image_id] = shard
+            ids.append(image_id)
+            paths[image_id] = path
     for shard, ids in seen.items():
         stale = {i for i in ids if owner[i] != shard}
         if stale:

@@ -198,31 +198,34 @@ def flag_run_outliers(store, shards, *, settings=QCSettings()):
     """
     import pandas as pd
 
-    from segmodel.outputs import encode_parquet
+    from segmodel.outputs import IMAGE_SCHEMA, encode_parquet, read_parts
 
-    parts = {}
-    for path in store.list("images", ".parquet"):
-        df = pd.read_parquet(io.BytesIO(store.read_bytes(path)))
+    names = [p.rsplit("/", 1)[-1][: -len(".parquet")] for p in store.list("images", ".parquet")]
+    if not names:
+        return pd.DataFrame()
+    ids, counts = [], []  # every image's count, for the reference: two columns of each part
+    for _, _, part in read_parts(store, ("images",), names, ["image_id", "n_objects"]):
+        if part is not None:
+            ids += part.column("image_id").to_pylist()
+            counts += part.column("n_objects").to_pylist()
+    run = dict(zip(ids, outlier_flags(np.asarray(counts, np.int64), settings=settings)))
+    mine = []
+    committed = set(names)
+    for name, _, part in read_parts(store, ("images",), [n for n in shards if n in committed]):
+        if part is None:
+            continue
+        df = part.to_pandas()  # the dtypes the part was written with (pandas metadata)
         if "qc_flags" not in df.columns:  # written before QC flags existed
             df["qc_flags"] = pd.Series([""] * len(df), dtype="string")
-        parts[path.rsplit("/", 1)[-1][: -len(".parquet")]] = df
-    if not parts:
-        return pd.DataFrame()
-    everything = pd.concat(parts.values(), ignore_index=True)
-    run = dict(zip(everything["image_id"], outlier_flags(everything["n_objects"],
-                                                         settings=settings)))
-    mine = []
-    for name in shards:
-        df = parts.get(name)
-        if df is None:
-            continue
         new = [join_flags([f for f in split_flags(old) if f not in RUN_FLAGS] + [run[i]])
                for i, old in zip(df["image_id"], df["qc_flags"].fillna(""))]
         if new != list(df["qc_flags"].fillna("")):
             df = df.assign(qc_flags=pd.Series(new, index=df.index, dtype="string"))
             store.write_bytes(f"images/{name}.parquet", encode_parquet(df))
         mine.append(df)
-    return pd.concat(mine, ignore_index=True) if mine else everything.iloc[:0]
+    if mine:
+        return pd.concat(mine, ignore_index=True)
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in IMAGE_SCHEMA.items()})
 
 
 def read_thumbnail(input_store, output_store, image_id, mask_path, *, max_size=256,

@@ -124,3 +124,26 @@ def test_remove_tree_takes_a_name_with_glob_characters_literally(where, tmp_path
     left = sorted(posixpath.relpath(p, store.root)
                   for p in store.fs.find(store.path("labels"), withdirs=False))
     assert left == ["labels/plate1.ome.zarr/0/c/0/0", "labels/plate1.ome.zarr/zarr.json"]
+
+
+@pytest.mark.parametrize("where", ["memory", "local", "s3"])
+def test_read_many_gives_every_file_in_order_and_none_for_a_missing_one(where, tmp_path,
+                                                                        request):
+    if where == "s3":
+        import s3fs
+
+        options = request.getfixturevalue("s3_options")
+        s3fs.S3FileSystem(**options).mkdir("many-bucket")
+        store = Store("s3://many-bucket/out", options)
+    else:
+        store = Store(f"memory://many{time.perf_counter_ns()}" if where == "memory"
+                      else str(tmp_path))
+    names = [f"images/part-{i:02d}.parquet" for i in range(8)]
+    for i, name in enumerate(names):
+        if i != 5:
+            store.write_bytes(name, f"content {i}".encode() * (i + 1))
+    paths = [store.path(n) for n in reversed(names)]  # any order, chunks of 3 files
+    got = list(store.read_many(paths, chunk=3))
+    assert [p for p, _ in got] == paths
+    assert [d for _, d in got] == [None if i == 5 else f"content {i}".encode() * (i + 1)
+                                   for i in reversed(range(8))]
