@@ -9,11 +9,15 @@ Layout under OUTPUT::
     failures/<shard>.parquet                    one row per image that failed
     classes/<shard>.parquet                     semantic models: one row per image and class
     run.json                                    the last run's parameters, model and counts
+    _index.parquet                              current record of every image (derived: see
+                                                INDEX; removing it only costs a slower rerun)
     run.lock                                    while a run writes here (segmodel.lease)
 
 A shard's parts are written objects, failures, then images: the images part is the commit
 marker. :func:`reconcile` removes parts of shards that never committed and rows superseded by
-a newer shard (a changed image reprocessed), so every image has exactly one current record.
+a newer shard (a changed image reprocessed), so every image has exactly one current record,
+and keeps the index of those records, so that a rerun reads one file plus the parts of the
+shards committed since, not two parts of every shard.
 """
 
 import hashlib
@@ -170,32 +174,97 @@ def reconcile(store, masks=None):
     for name in ("objects", "classes", "failures"):
         for shard in set(_shards(store, name)) - set(committed):
             store.remove(store.path(name, f"{shard}.parquet"))
-    latest, owner, seen = {}, {}, {}
-    cols = ["image_id", "fingerprint", "config_key"]
-    paths = {}
-    status_of = {"images": "done", "failures": "failed"}
+    latest, owner, seen, paths, counts = {}, {}, {}, {}, {}
+    index = read_index(store)
+    covered = index or {}
+    # rewritten when shards were added or removed since, or rows superseded
+    changed = index is None or bool(set(covered) - set(committed))
     # names start with a UTC timestamp: sorted = oldest first
-    parts = read_parts(store, ("images", "failures"), sorted(committed),
-                       lambda name: cols + ["mask_path"] * (name == "images"))
-    for shard, name, part in parts:
+    committed = sorted(committed)
+    parts = read_parts(store, ("images", "failures"), [s for s in committed if s not in covered],
+                       lambda name: _INDEX_COLUMNS[:3] + _PART_EXTRA * (name == "images"))
+    for shard in committed:
         ids = seen.setdefault(shard, [])
-        if part is None:  # a committed shard's part lost (an older segflow's interrupted
-            continue  # clean-up): its rows are gone, the images are redone
-        status, columns = status_of[name], part.to_pydict()
-        masks_of = columns.get("mask_path") or [None] * part.num_rows
-        for image_id, fp, key, path in zip(columns["image_id"], columns["fingerprint"],
-                                           columns["config_key"], masks_of):
-            latest[image_id] = (status, fp, key)
-            owner[image_id] = shard
-            ids.append(image_id)
-            paths[image_id] = path
+        if shard in covered:  # the index holds this shard's current records
+            records = [covered[shard]]
+        else:  # a shard committed since the index was written: read from its parts
+            records = [_records(next(parts), status) for status in ("done", "failed")]
+            changed = changed or any(columns[0] for columns in records)
+        for columns in records:
+            for image_id, status, fp, key, path, n in zip(*columns):
+                latest[image_id] = (status, fp, key)
+                owner[image_id] = shard
+                ids.append(image_id)
+                paths[image_id], counts[image_id] = path, n
     for shard, ids in seen.items():
         stale = {i for i in ids if owner[i] != shard}
         if stale:
             _drop_rows(store, shard, stale)
+            changed = True
+    if changed and latest:  # after the stale rows are gone: it never lists a row that is not
+        _write_index(store, latest, owner, paths, counts)
+    elif changed and index is not None:
+        store.remove(store.path(INDEX))
     if masks is not None:
         masks.update({i: p for i, p in paths.items() if p and latest[i][0] == "done"})
     return latest
+
+
+#: The index of current records: one row per image (its status, fingerprint, configuration,
+#: mask, object count and shard), rewritten by :func:`reconcile` whenever shards were added or
+#: rows superseded. A rerun reads it and only the parts of shards committed since, instead of
+#: two parts of every shard. It is derived data: without it (or unreadable) the parts are read.
+INDEX = "_index.parquet"
+_INDEX_COLUMNS = ["image_id", "fingerprint", "config_key"]
+_PART_EXTRA = ["mask_path", "n_objects"]
+
+
+def _records(item, status):
+    """Columns ``(ids, statuses, fingerprints, keys, mask paths, counts)`` of one part."""
+    _, name, part = item
+    if part is None:  # a committed shard's part lost (an older segflow's interrupted
+        return [], [], [], [], [], []  # clean-up): its rows are gone, the images are redone
+    cols = part.to_pydict()
+    none = [None] * part.num_rows
+    return (cols["image_id"], [status] * part.num_rows, cols["fingerprint"],
+            cols["config_key"], cols.get("mask_path", none), cols.get("n_objects", none))
+
+
+def read_index(store):
+    """The index of current records (see :data:`INDEX`) as
+    ``{shard: (ids, statuses, fingerprints, keys, mask paths, counts)}``, or None where there
+    is none or it cannot be read."""
+    import pyarrow.parquet as pq
+
+    try:
+        data = store.read_bytes(store.path(INDEX))
+    except FileNotFoundError:
+        return None
+    names = ("image_id", "status", "fingerprint", "config_key", "mask_path", "n_objects")
+    try:
+        table = pq.ParquetFile(io.BytesIO(data)).read(columns=[*names, "shard"]).to_pydict()
+    except Exception:  # damaged, or of another layout: rebuilt from the parts, never trusted
+        return None
+    out = {}
+    for row, shard in enumerate(table["shard"]):
+        if shard not in out:
+            out[shard] = tuple([] for _ in names)
+        for column, name in zip(out[shard], names):
+            column.append(table[name][row])
+    return out
+
+
+def _write_index(store, latest, owner, paths, counts):
+    ids = list(latest)
+    df = pd.DataFrame({
+        "image_id": pd.array(ids, dtype="string"),
+        "status": pd.array([latest[i][0] for i in ids], dtype="string"),
+        "fingerprint": pd.array([latest[i][1] for i in ids], dtype="string"),
+        "config_key": pd.array([latest[i][2] for i in ids], dtype="string"),
+        "mask_path": pd.array([paths[i] for i in ids], dtype="string"),
+        "n_objects": pd.array([counts[i] for i in ids], dtype="Int64"),
+        "shard": pd.array([owner[i] for i in ids], dtype="string")})
+    store.write_bytes(INDEX, encode_parquet(df))
 
 
 def _drop_rows(store, shard, stale):

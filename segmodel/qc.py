@@ -198,13 +198,21 @@ def flag_run_outliers(store, shards, *, settings=QCSettings()):
     """
     import pandas as pd
 
-    from segmodel.outputs import IMAGE_SCHEMA, encode_parquet, read_parts
+    from segmodel.outputs import IMAGE_SCHEMA, encode_parquet, read_index, read_parts
 
     names = [p.rsplit("/", 1)[-1][: -len(".parquet")] for p in store.list("images", ".parquet")]
     if not names:
         return pd.DataFrame()
-    ids, counts = [], []  # every image's count, for the reference: two columns of each part
-    for _, _, part in read_parts(store, ("images",), names, ["image_id", "n_objects"]):
+    ids, counts = [], []  # every image's count, for the reference
+    index = read_index(store) or {}  # written by the reconcile at the end of the run
+    for shard in names:
+        if shard in index:
+            image_ids, statuses, *_, n_objects = index[shard]
+            done = [k for k, status in enumerate(statuses) if status == "done"]
+            ids += [image_ids[k] for k in done]
+            counts += [n_objects[k] for k in done]
+    uncovered = [n for n in names if n not in index]  # only where no reconcile ran since
+    for _, _, part in read_parts(store, ("images",), uncovered, ["image_id", "n_objects"]):
         if part is not None:
             ids += part.column("image_id").to_pylist()
             counts += part.column("n_objects").to_pylist()

@@ -3,7 +3,8 @@
 On a chosen fraction of requests it resets the connection (before or after the request
 reached the server), answers 500 InternalError or 503 SlowDown, or stalls (bounded) before
 forwarding. Every other request is forwarded unchanged. ``deny=True`` answers every request
-with 403 AccessDenied instead (a permanent error).
+with 403 AccessDenied instead (a permanent error). ``latency`` delays every request by that
+many seconds, like a store across a network (benchmarks/rerun.py).
 """
 
 import http.client
@@ -26,9 +27,9 @@ _ERROR_XML = ('<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
 class FlakyProxy:
     """Start with ``with FlakyProxy(upstream, rate=0.1) as proxy: proxy.url ...``."""
 
-    def __init__(self, upstream, *, rate=0.0, stall=2.5, seed=0, deny=False):
+    def __init__(self, upstream, *, rate=0.0, stall=2.5, seed=0, deny=False, latency=0.0):
         self.upstream = urlsplit(upstream).netloc
-        self.rate, self.stall, self.deny = rate, stall, deny
+        self.rate, self.stall, self.deny, self.latency = rate, stall, deny, latency
         self.rng, self.lock = random.Random(seed), threading.Lock()
         self.injected, self.requests = Counter(), 0
         proxy = self
@@ -75,6 +76,8 @@ class FlakyProxy:
 
     def _handle(self, h):
         body = _read_body(h)
+        if self.latency:
+            time.sleep(self.latency)
         fault = self._choose()
         if fault == "reset":
             return _reset(h)

@@ -140,3 +140,66 @@ def test_recorded_masks_are_kept_and_never_given_to_another_image(store):
     paths = outputs.mask_paths(["b.png", "a.tif"], "tif", recorded)  # a.png gone, still recorded
     assert paths["a.tif"].startswith("labels/a.tif-") and paths["b.png"] == "labels/b.tif"
     assert outputs.mask_paths(["a.png"], "png", recorded) == {"a.png": "labels/a.png"}
+
+
+def _shards_read(store):
+    """Reconcile, and the shards whose parts it read (the store's reads of table parts)."""
+    read, many = [], store.read_many
+
+    def counting(paths, chunk=256):
+        for path, data in many(paths, chunk):
+            read.append(path.rsplit("/", 1)[-1][: -len(".parquet")])
+            yield path, data
+
+    store.read_many = counting
+    try:
+        latest = outputs.reconcile(store)
+    finally:
+        store.read_many = many
+    return latest, sorted(set(read))
+
+
+def test_a_rerun_reads_the_index_and_only_the_shards_committed_since(store):
+    s1, s2, s3 = "20260101T000000Z-00000", "20260102T000000Z-00000", "20260103T000000Z-00000"
+    _write(store, s1, [_images_row("a", "f1", s1), _images_row("b", "f1", s1)])
+    _write(store, s2, [_images_row("c", "f1", s2)])
+    first, read = _shards_read(store)
+    assert read == [s1, s2] and store.exists(outputs.INDEX)
+    stamp = store.fs.info(store.path(outputs.INDEX))
+    again, read = _shards_read(store)
+    assert again == first and read == []  # nothing new: no part read, the index as it was
+    assert store.fs.info(store.path(outputs.INDEX)) == stamp
+    _write(store, s3, [_images_row("b", "f2", s3), _images_row("d", "f1", s3)])
+    latest, read = _shards_read(store)
+    assert read == [s3]
+    expected = {"a": ("done", "f1", "k"), "b": ("done", "f2", "k"), "c": ("done", "f1", "k"),
+                "d": ("done", "f1", "k")}
+    assert latest == expected
+    import pandas as pd
+
+    images = pd.read_parquet(store.path("images"), filesystem=store.fs)  # b's old row gone
+    assert sorted(zip(images["image_id"], images["fingerprint"])) == \
+        [("a", "f1"), ("b", "f2"), ("c", "f1"), ("d", "f1")]
+    store.remove(store.path(outputs.INDEX))
+    assert outputs.reconcile(store) == expected  # the same from the parts alone
+
+
+def test_a_damaged_index_is_rebuilt_from_the_parts(store):
+    s1 = "20260101T000000Z-00000"
+    _write(store, s1, [_images_row("a", "f1", s1)])
+    store.write_bytes(outputs.INDEX, b"not parquet")
+    latest, read = _shards_read(store)
+    assert latest == {"a": ("done", "f1", "k")} and read == [s1]
+    assert _shards_read(store) == (latest, [])  # rewritten, and read the next time
+
+
+def test_a_shard_removed_by_hand_is_redone_despite_the_index(store):
+    s1, s2 = "20260101T000000Z-00000", "20260102T000000Z-00000"
+    _write(store, s1, [_images_row("a", "f1", s1)])
+    _write(store, s2, [_images_row("b", "f1", s2)])
+    outputs.reconcile(store)
+    store.remove(store.path("images", f"{s2}.parquet"))  # its commit marker: b is redone
+    assert outputs.reconcile(store) == {"a": ("done", "f1", "k")}
+    assert store.list("objects", ".parquet") == [store.path("objects", f"{s1}.parquet")]
+    store.remove(store.path("images", f"{s1}.parquet"))
+    assert outputs.reconcile(store) == {} and not store.exists(outputs.INDEX)

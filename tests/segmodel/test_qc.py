@@ -121,12 +121,21 @@ def _images_part(ids, counts, flags):
     return encode_parquet(table("images", rows))
 
 
-def test_run_outliers_are_written_into_this_runs_images_only(tmp_path):
+@pytest.mark.parametrize("indexed", [False, True], ids=["parts", "index"])
+def test_run_outliers_are_written_into_this_runs_images_only(tmp_path, indexed):
+    """The reference counts come from the parts, or from the index of current records that
+    the run's last reconcile wrote: the same flags either way."""
     store = Store(str(tmp_path))
     store.write_bytes("images/old.parquet",
                       _images_part(["a", "b", "c", "d", "e"], [20, 22, 25, 18, 1], [""] * 5))
     store.write_bytes("images/new.parquet",
                       _images_part(["f", "g"], [300, 21], ["saturated", "many_objects"]))
+    if indexed:
+        from segmodel import outputs
+
+        outputs.reconcile(store)
+        assert outputs.read_index(store) is not None
+        store.write_bytes("images/zzz.parquet", _images_part(["h"], [23], [""]))  # unindexed
     rows = qc.flag_run_outliers(store, ["new"])
     assert dict(zip(rows["image_id"], rows["qc_flags"])) == {
         "f": "saturated;many_objects", "g": ""}
