@@ -182,7 +182,7 @@ def reconcile(store, masks=None):
     # names start with a UTC timestamp: sorted = oldest first
     committed = sorted(committed)
     parts = read_parts(store, ("images", "failures"), [s for s in committed if s not in covered],
-                       lambda name: _INDEX_COLUMNS[:3] + _PART_EXTRA * (name == "images"))
+                       lambda name: _KEY_COLUMNS + _PART_EXTRA * (name == "images"))
     for shard in committed:
         ids = seen.setdefault(shard, [])
         if shard in covered:  # the index holds this shard's current records
@@ -215,13 +215,13 @@ def reconcile(store, masks=None):
 #: rows superseded. A rerun reads it and only the parts of shards committed since, instead of
 #: two parts of every shard. It is derived data: without it (or unreadable) the parts are read.
 INDEX = "_index.parquet"
-_INDEX_COLUMNS = ["image_id", "fingerprint", "config_key"]
+_KEY_COLUMNS = ["image_id", "fingerprint", "config_key"]
 _PART_EXTRA = ["mask_path", "n_objects"]
 
 
 def _records(item, status):
     """Columns ``(ids, statuses, fingerprints, keys, mask paths, counts)`` of one part."""
-    _, name, part = item
+    part = item[2]
     if part is None:  # a committed shard's part lost (an older segflow's interrupted
         return [], [], [], [], [], []  # clean-up): its rows are gone, the images are redone
     cols = part.to_pydict()
