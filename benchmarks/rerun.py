@@ -31,8 +31,6 @@ Usage::
 import argparse
 import io
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -132,24 +130,6 @@ def measure(label, store, n_images):
     return row
 
 
-def _moto():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("moto server did not start") from None
-            time.sleep(0.2)
-
-
 def _s3_store(endpoint, bucket):
     options = {"key": "k", "secret": "s", "skip_instance_cache": True,
                "client_kwargs": {"endpoint_url": endpoint, "region_name": "eu-west-1"}}
@@ -174,9 +154,11 @@ def main(argv=None):
         for n in args.counts:
             rows.append(measure("local", Store(os.path.join(tmp, f"out{n}")), n))
     if args.s3_count:
+        from export import moto  # benchmarks/export.py: a moto server on loopback
         from flaky_proxy import FlakyProxy
 
-        proc, endpoint = _moto()
+        proc, options = moto()
+        endpoint = options["client_kwargs"]["endpoint_url"]
         try:
             rows.append(measure("S3 (loopback)", _s3_store(endpoint, "rerun"), args.s3_count))
             with FlakyProxy(endpoint, latency=args.latency) as proxy:

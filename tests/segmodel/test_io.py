@@ -104,18 +104,22 @@ def test_retry_recovers_from_transient_errors_but_not_from_bugs():
     assert len(calls) == 1
 
 
-@pytest.mark.parametrize("where", ["memory", "local", "s3"])
-def test_remove_tree_takes_a_name_with_glob_characters_literally(where, tmp_path, request):
-    """``plate[1].ome.zarr`` goes, ``plate1.ome.zarr`` (which the pattern matches) stays."""
+def _store(where, name, tmp_path, request):
+    """An empty store on ``memory``, ``local`` disk or ``s3`` (the loopback moto server)."""
     if where == "s3":
         import s3fs
 
         options = request.getfixturevalue("s3_options")
-        s3fs.S3FileSystem(**options).mkdir("glob-bucket")
-        store = Store("s3://glob-bucket/out", options)
-    else:
-        store = Store(f"memory://glob{time.perf_counter_ns()}" if where == "memory"
-                      else str(tmp_path))
+        s3fs.S3FileSystem(**options).mkdir(f"{name}-bucket")
+        return Store(f"s3://{name}-bucket/out", options)
+    return Store(f"memory://{name}{time.perf_counter_ns()}" if where == "memory"
+                 else str(tmp_path))
+
+
+@pytest.mark.parametrize("where", ["memory", "local", "s3"])
+def test_remove_tree_takes_a_name_with_glob_characters_literally(where, tmp_path, request):
+    """``plate[1].ome.zarr`` goes, ``plate1.ome.zarr`` (which the pattern matches) stays."""
+    store = _store(where, "glob", tmp_path, request)
     for folder in ("labels/plate1.ome.zarr", "labels/plate[1].ome.zarr", "labels/plate?"):
         for name in ("zarr.json", "0/c/0/0"):
             store.write_bytes(f"{folder}/{name}", b"x")
@@ -129,15 +133,7 @@ def test_remove_tree_takes_a_name_with_glob_characters_literally(where, tmp_path
 @pytest.mark.parametrize("where", ["memory", "local", "s3"])
 def test_read_many_gives_every_file_in_order_and_none_for_a_missing_one(where, tmp_path,
                                                                         request):
-    if where == "s3":
-        import s3fs
-
-        options = request.getfixturevalue("s3_options")
-        s3fs.S3FileSystem(**options).mkdir("many-bucket")
-        store = Store("s3://many-bucket/out", options)
-    else:
-        store = Store(f"memory://many{time.perf_counter_ns()}" if where == "memory"
-                      else str(tmp_path))
+    store = _store(where, "many", tmp_path, request)
     names = [f"images/part-{i:02d}.parquet" for i in range(8)]
     for i, name in enumerate(names):
         if i != 5:
