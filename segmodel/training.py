@@ -325,6 +325,7 @@ def train(out_dir, config=TrainConfig(), log=print):
                if k not in ("data_dir", "images_dir", "labels_dir")},
             "train_images": len(_samples(replace(config, train_images=0), "train", log=None)),
             "tune_images": len(tune),
+            **(tuning_record() if config.kind == "instances" and tune else {}),
         })
     final = out / ("model.keras" if config.images_dir else "nuclei.keras")
     export = _build(config)

@@ -226,7 +226,7 @@ def test_scale_parameter_takes_auto_or_a_number():
     assert SegmentParams(input=".", output="o", scale=2).scale == 2.0
 
 
-def test_cpu_workers_give_the_same_outputs_as_in_thread_work(folder, tmp_path):
+def test_cpu_workers_give_the_same_outputs_as_in_thread_work(folder, samples, tmp_path):
     """Post-processing and measuring in 2 worker processes: identical masks and table rows,
     and the bad files still become failure rows."""
     runs = {}
@@ -242,8 +242,9 @@ def test_cpu_workers_give_the_same_outputs_as_in_thread_work(folder, tmp_path):
         b = t2[name].sort_values(cols).reset_index(drop=True)
         same = [c for c in a.columns if c not in ("seconds", "shard")]
         pd.testing.assert_frame_equal(a[same], b[same])
-    assert len(t2["objects"]) > 50 and sorted(t2["failures"]["image_id"]) == ["corrupt.png",
-                                                                              "empty.tif"]
+    hand_count = sum(int(row["nuclei"]) for path, row in samples if path.name in SMALL)  # 51
+    assert abs(len(t2["objects"]) - hand_count) <= 0.2 * hand_count
+    assert sorted(t2["failures"]["image_id"]) == ["corrupt.png", "empty.tif"]
     for row in t0["images"].itertuples():
         np.testing.assert_array_equal(tifffile.imread(out0 / row.mask_path),
                                       tifffile.imread(out2 / row.mask_path))
