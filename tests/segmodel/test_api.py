@@ -10,8 +10,7 @@ from segmodel.preprocess import Tiling, tile_origins
 
 #: Allowed |predicted - annotated| / annotated nucleus count per sample kind (hand counts); the
 #: shipped model's mean relative count error on the validation split is 0.104, on its
-#: histology images 0.216 (README, "The model"), hence the wider
-#: histology tolerance.
+#: histology images 0.216 (README, "The model"), hence the wider histology tolerance.
 COUNT_TOLERANCE = {"fluorescence": 0.3, "histology": 0.6, "brightfield": 0.3}
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from segmodel import datasets
 from segmodel.model import load_model
-from segmodel.training import PatchSampler, TrainConfig, make_targets, train
+from segmodel.training import PatchSampler, TrainConfig, make_targets, train, tuning_record
 
 
 def test_targets_separate_touching_nuclei():
@@ -91,7 +91,6 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(dsb2018, tmp_path):
     assert json.loads((tmp_path / "state.json").read_text())["epoch"] == 2
     model = load_model(final)
     assert model.spec.training["steps"] == 2 and 0 < model.spec.postprocess.foreground < 1
-    from segmodel.training import tuning_record
     assert {k: model.spec.training[k] for k in tuning_record()} == tuning_record()
     messages.clear()  # 2 steps done, then 2 more as one epoch of 2: epochs counted in steps
     train(tmp_path, TrainConfig(**{**config.__dict__, "steps": 4, "steps_per_epoch": 2}),
