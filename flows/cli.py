@@ -100,8 +100,9 @@ def _add_run_options(p):
                    help="worker processes for post-processing and measuring, overlapped with "
                         "the model (default 0: in the task's thread; use with spare cores)")
     p.add_argument("--scale", default=None,
-                   help="resize factor to the model's scale (default: 1.0, as is), or 'auto' "
-                        "for models trained with --object-diameter")
+                   help="'auto' (default: each image's nucleus size is estimated and images "
+                        "whose nuclei the model does not work at are resized), or a resize "
+                        "factor (1.0: the image as is)")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average over flips (4x model time)")
     p.add_argument("--tile-size", type=int, default=None,

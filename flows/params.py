@@ -38,8 +38,9 @@ class SegmentParams(BaseModel):
         "Worker processes for post-processing and measuring, overlapped with the model "
         "(0: in the task's thread). Worth it with spare cores, e.g. beside a GPU."))
     scale: Union[Literal["auto"], float] = Field(
-        1.0, description="'auto' (resize each image so its nuclei match the model's object "
-        "size) or a resize factor to the model's scale (1.0 = as is).")
+        "auto", description="'auto' (default: estimate each image's nucleus size and resize "
+        "images whose nuclei lie outside the model's working range) or a resize factor to the "
+        "model's scale (1.0 = as is).")
     tta: bool = Field(False, description="Average the model over four flips (4x the compute).")
     tile_size: Optional[int] = Field(None, ge=1, description="Tile size (default: the model's).")
     mask_format: Literal["tif", "png", "ome-zarr"] = Field(

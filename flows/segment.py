@@ -39,7 +39,7 @@ def _context(params):
     if problems:  # a bundle whose spec does not fit its model: say so before any work
         raise ValueError("; ".join(problems) + f" (check with: segflow model inspect {model.path})")
     tiling = default_tiling(model.spec, params.tile_size)
-    validate_scale(params.scale, model.spec)
+    validate_scale(params.scale)
     key = json.dumps([model.fingerprint, params.scale, tiling.tile, tiling.overlap,
                       params.mask_format, params.max_pixels] + ([True] if params.tta else [])
                      + _input_key(params)

@@ -7,10 +7,12 @@
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from segmodel import autoscale
+from segmodel.autoscale import Estimate
 from segmodel.bundle import n_outputs, normalize
 from segmodel.heads import mask_from_maps, object_labels
 from segmodel.measure import CHANNELS, measure_objects
@@ -31,11 +33,16 @@ from segmodel.workers import CpuPool
 
 @dataclass(frozen=True)
 class Prepared:
-    """An image ready for the model: ``x`` normalised at the working scale, ``image`` as read."""
+    """An image ready for the model: ``x`` normalised at the working scale, ``image`` as read.
+
+    ``estimate``: with automatic scale, the nucleus size the scale was chosen from
+    (:class:`segmodel.autoscale.Estimate`); None when the scale was given.
+    """
 
     image: np.ndarray
     x: np.ndarray
     scale: float
+    estimate: Estimate = None
 
 
 def resolve_model(model):
@@ -43,22 +50,15 @@ def resolve_model(model):
     return model if isinstance(model, LoadedModel) else load_model(model)
 
 
-#: ``scale="auto"``: each image is resized so its nuclei come out at the model's object size.
+#: ``scale="auto"`` (the default): each image's nucleus size is estimated and images whose
+#: nuclei lie outside the model's working range are resized (see :mod:`segmodel.autoscale`).
 AUTO = "auto"
-#: Automatic scales are clipped to this range, and factors closer to 1 than ``AUTO_KEEP`` keep
-#: the first pass's result.
-AUTO_RANGE = (0.25, 4.0)
-AUTO_KEEP = 1.2
 
 
-def validate_scale(scale, spec=None):
-    """``"auto"`` or a float in [0.05, 20]; ``"auto"`` needs a model that knows its object size."""
+def validate_scale(scale):
+    """``"auto"`` or a float in [0.05, 20]. With ``"auto"``, a model whose spec gives no
+    ``object_diameter`` segments every image at its own resolution."""
     if scale == AUTO:
-        if spec is not None and not spec.object_diameter:
-            raise ValueError(
-                f"scale='auto' needs a model whose spec gives object_diameter; model "
-                f"{spec.name!r} has none. Pass a number instead (1.0 = the image's own resolution)."
-            )
         return AUTO
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.05 <= scale <= 20:
         raise ValueError(
@@ -111,83 +111,123 @@ def finish_at(maps, shape, scale, spec):
     return labels
 
 
-def median_diameter(labels):
-    """Median equivalent diameter (pixels) of the objects in ``labels``; 0.0 when there are none."""
-    areas = np.bincount(np.asarray(labels).ravel())[1:]
-    areas = areas[areas > 0]
-    return float(np.sqrt(4 * np.median(areas) / np.pi)) if len(areas) else 0.0
-
-
-def auto_scale(labels, spec, min_objects=3):
-    """Scale bringing the median object of ``labels`` (at the image's resolution) to the
-    model's size.
-
-    1.0 where the labels hold fewer than ``min_objects`` objects (nothing to measure).
-    """
-    if int(labels.max()) < min_objects:
-        return 1.0
-    d = median_diameter(labels)
-    return float(np.clip(spec.object_diameter / d, *AUTO_RANGE)) if d else 1.0
-
-
 def predict_labels(lm, prepared, tiling, *, batch_size=8, auto=False, tta=False, lock=None,
                    on_error=None, timings=None, pool=None, model_thread=None):
     """Labels for prepared images, predicting tiles of all images in shared batches.
 
-    With ``auto``, a first pass at the prepared scale measures each image's objects
-    (:func:`auto_scale`); images whose factor is further from 1 than :data:`AUTO_KEEP` are
-    predicted again at that scale. ``tta`` averages the maps over the four flips of each tile.
+    With ``auto`` (images prepared at scale 1), each image's nucleus size is estimated from its
+    pyramid levels and the image segmented at the scale it calls for (:func:`estimate_scales`).
+    ``tta`` averages the maps over the four flips of each tile.
     Returns ``(labels, prepared)`` lists, ``prepared`` holding the scale each image was finally
-    segmented at. ``on_error(i, exc)`` receives a failed post-processing of image ``i``
-    (default: raise); its labels are then None. ``timings``, a dict, accumulates the seconds
-    spent in ``"predict"`` (from taking the lock to the last tile stitched) and
-    ``"postprocess"``. ``pool``, a :class:`segmodel.workers.CpuPool`, post-processes the
-    images in its worker processes.
+    segmented at (and, with ``auto``, its estimate). ``on_error(i, exc)`` receives a failed
+    post-processing of image ``i`` (default: raise); its labels are then None. ``timings``, a
+    dict, accumulates the seconds spent in ``"predict"`` (from taking the lock to the last tile
+    stitched) and ``"postprocess"``. ``pool``, a :class:`segmodel.workers.CpuPool`,
+    post-processes the images in its worker processes.
     ``model_thread``, a :class:`segmodel.workers.ModelThread`, makes the model calls.
     """
-    spent = timings if timings is not None else {}
+    passes = _Passes(lm, list(prepared), tiling, batch_size=batch_size, tta=tta, lock=lock,
+                     on_error=on_error, timings=timings, pool=pool, model_thread=model_thread)
+    if not auto:
+        return passes.run(range(len(passes.prepared))), passes.prepared
+    labels, redo = _estimate(passes)
+    for i, lab in zip(redo, passes.run(redo)):
+        labels[i] = lab
+    return labels, passes.prepared
 
-    def tick(stage, t0):
+
+def estimate_scales(lm, prepared, tiling, *, batch_size=8, lock=None):
+    """The automatic scale of each prepared image (at scale 1), without segmenting it there.
+
+    Returns a list of :class:`segmodel.autoscale.Estimate`; see :mod:`segmodel.autoscale`.
+    """
+    passes = _Passes(lm, list(prepared), tiling, batch_size=batch_size, lock=lock)
+    _estimate(passes)
+    return [p.estimate for p in passes.prepared]
+
+
+def _estimate(passes, rule=autoscale.DEFAULT):
+    """Segment each image's pyramid levels, coarsest first, until one measures its nuclei;
+    set each prepared image to its chosen scale. Returns ``(labels, redo)``: labels of the
+    images whose last pass was already at their chosen scale, and the indices still to run."""
+    spec, base = passes.lm.spec, list(passes.prepared)
+    labels = [None] * len(base)
+    if not spec.object_diameter:  # a model that does not know its working size: scale 1
+        return labels, list(range(len(base)))
+    found, failed = {}, set()
+    pending = list(range(len(base)))
+    for level in rule.levels:
+        last = level == rule.levels[-1]
+        for i in pending:
+            passes.prepared[i] = rescale(base[i], base[i].scale * level)
+        for i, lab in zip(pending, passes.run(pending, at_level=not last)):
+            labels[i] = lab
+            if lab is None:
+                failed.add(i)
+                continue
+            d = autoscale.level_diameter(object_labels(lab, spec), level, rule, last=last)
+            if d is not None or last:
+                found[i] = (d, level)
+        pending = [i for i in pending if i not in found and i not in failed]
+    redo = []
+    for i, p in enumerate(base):
+        if i in failed:
+            continue
+        d, level = found[i]
+        scale = autoscale.choose_scale(d, spec, rule)
+        estimate = autoscale.Estimate(scale, math.nan if d is None else d, level)
+        passes.prepared[i] = replace(rescale(p, scale), estimate=estimate)
+        if scale != 1.0 or level != 1.0:
+            labels[i] = None
+            redo.append(i)
+    return labels, redo
+
+
+class _Passes:
+    """Model passes over prepared images: tiles of all images in shared batches, then the
+    post-processing of each (see :func:`predict_labels` for the arguments)."""
+
+    def __init__(self, lm, prepared, tiling, *, batch_size=8, tta=False, lock=None,
+                 on_error=None, timings=None, pool=None, model_thread=None):
+        self.lm, self.prepared, self.tiling, self.batch_size = lm, prepared, tiling, batch_size
+        self.predict = with_flips(lm.predict_batch) if tta else lm.predict_batch
+        self.guard = _NotedLock(lock)
+        self.submit = model_thread.submit if model_thread is not None else None
+        self.on_error, self.pool = on_error, pool or CpuPool(0)
+        self.spent = timings if timings is not None else {}
+
+    def _tick(self, stage, t0):
         t1 = time.perf_counter()
-        spent[stage] = spent.get(stage, 0.0) + t1 - t0
+        self.spent[stage] = self.spent.get(stage, 0.0) + t1 - t0
         return t1
 
-    guard = _NotedLock(lock)
-    submit = model_thread.submit if model_thread is not None else None
-    predict = with_flips(lm.predict_batch) if tta else lm.predict_batch
-    prepared = list(prepared)
-    labels = [None] * len(prepared)
-
-    def run(indices):
-        maps = predict_maps(predict, [prepared[i].x for i in indices], tiling=tiling,
-                            batch_size=batch_size, n_out=n_outputs(lm.spec), submit=submit,
-                            lock=guard, exact_last=lm.any_batch_size)
-        t0 = tick("predict", guard.acquired_at)
-        shapes = [prepared[i].image.shape[:2] for i in indices]
-        scales = [prepared[i].scale for i in indices]
-        done = (pool or CpuPool(0)).map(finish_at, maps, shapes, scales, [lm.spec] * len(maps))
+    def run(self, indices, *, at_level=False):
+        """Labels of images ``indices`` at their own resolution (``at_level``: at the
+        resolution they were prepared at); None for an image whose post-processing failed."""
+        indices = list(indices)
+        if not indices:
+            return []
+        xs = [self.prepared[i].x for i in indices]
+        maps = predict_maps(self.predict, xs, tiling=self.tiling, batch_size=self.batch_size,
+                            n_out=n_outputs(self.lm.spec), submit=self.submit, lock=self.guard,
+                            exact_last=self.lm.any_batch_size)
+        t0 = self._tick("predict", self.guard.acquired_at)
+        if at_level:
+            shapes, scales = [x.shape[:2] for x in xs], [1.0] * len(xs)
+        else:
+            shapes = [self.prepared[i].image.shape[:2] for i in indices]
+            scales = [self.prepared[i].scale for i in indices]
+        done = self.pool.map(finish_at, maps, shapes, scales, [self.lm.spec] * len(maps))
         del maps
+        labels = []
         for i, (lab, exc) in zip(indices, done):
-            if exc is not None and on_error is None:
+            if exc is not None and self.on_error is None:
                 raise exc
-            labels[i] = lab
+            labels.append(lab)
             if exc is not None:
-                on_error(i, exc)
-        tick("postprocess", t0)
-
-    run(range(len(prepared)))
-    if auto:
-        redo = []
-        for i, lab in enumerate(labels):
-            if lab is None:
-                continue
-            factor = auto_scale(object_labels(lab, lm.spec), lm.spec)
-            if abs(math.log(factor)) > math.log(AUTO_KEEP):
-                prepared[i] = rescale(prepared[i], prepared[i].scale * factor)
-                redo.append(i)
-        if redo:
-            run(redo)
-    return labels, prepared
+                self.on_error(i, exc)
+        self._tick("postprocess", t0)
+        return labels
 
 
 class _NotedLock:
@@ -213,7 +253,7 @@ def default_tiling(spec, tile=None, overlap=None):
     return tiling
 
 
-def segment_many(images, model=None, *, scale=1.0, batch_size=8, tiling=None, tta=False):
+def segment_many(images, model=None, *, scale=AUTO, batch_size=8, tiling=None, tta=False):
     """Instance labels for a list of ``(H, W[, C])`` images, tiles batched across images.
 
     Parameters
@@ -223,8 +263,10 @@ def segment_many(images, model=None, *, scale=1.0, batch_size=8, tiling=None, tt
     model : str, Path or LoadedModel, optional
         Default: the bundled nuclei model.
     scale : float or "auto", optional
-        Resize factor to the model's working scale (1.0 = as is); ``"auto"`` measures each
-        image's nuclei in a first pass and resizes them to the model's object size.
+        Resize factor to the model's working scale (1.0 = as is). Default ``"auto"``: each
+        image's nucleus size is estimated from its pyramid levels, and images whose nuclei lie
+        outside the model's working range are resized to its nucleus size (labels are
+        returned at the image's own resolution; see :mod:`segmodel.autoscale`).
     batch_size : int, optional
         Tiles per model call.
     tiling : Tiling, optional
@@ -239,7 +281,7 @@ def segment_many(images, model=None, *, scale=1.0, batch_size=8, tiling=None, tt
         Instance labels; for a semantic model, class maps (see :mod:`segmodel.heads`).
     """
     lm = resolve_model(model)
-    scale = validate_scale(scale, lm.spec)
+    scale = validate_scale(scale)
     if tiling is None:
         tiling = default_tiling(lm.spec)
     else:
@@ -253,7 +295,7 @@ def segment_many(images, model=None, *, scale=1.0, batch_size=8, tiling=None, tt
     return labels
 
 
-def segment(image, model=None, *, scale=1.0, tta=False, image_id=""):
+def segment(image, model=None, *, scale=AUTO, tta=False, image_id=""):
     """Segment one image: ``(labels (H, W) int32, objects table)``."""
     lm = resolve_model(model)
     labels = segment_many([image], lm, scale=scale, tta=tta)[0]

@@ -17,7 +17,8 @@ shipped model's behaviour, so the shipped ``nuclei.json`` is a bundle spec too::
     normalization: percentile     # percentile (p_low, p_high, invert) | range | none
     p_low: 1.0
     p_high: 99.8
-    object_diameter: 0            # pixels; enables --scale auto
+    object_diameter: 0            # pixels the model works best at; enables automatic scale
+    object_diameter_range: []     # [low, high] pixels segmented as they are (default: +-20%)
     pixel_size: 0                 # micrometres per pixel the model was trained at (0: unknown)
     postprocess: {foreground: 0.5, min_area: 8}
 
@@ -86,6 +87,7 @@ def _spec_fields():
 
 _TYPES = {"name": str, "channels": int, "divisor": int, "tile": int, "overlap": int,
           "p_low": float, "p_high": float, "invert": str, "object_diameter": float,
+          "object_diameter_range": list,
           "postprocess": dict, "training": dict, "kind": str, "classes": list,
           "object_class": str, "split": str, "axes": str, "normalization": str,
           "pixel_size": float}
@@ -129,7 +131,7 @@ def spec_from_dict(data, source="<spec>"):
         want = _TYPES[key]
         ok = (isinstance(value, want) and not isinstance(value, bool)) or (
             want is float and isinstance(value, int) and not isinstance(value, bool))
-        if key == "classes" and isinstance(value, tuple):
+        if key in ("classes", "object_diameter_range") and isinstance(value, tuple):
             ok, value = True, list(value)
         if not ok:
             raise BundleError(f"spec {source!r}: field {key!r} must be a {want.__name__}. "
@@ -158,9 +160,27 @@ def spec_from_dict(data, source="<spec>"):
         raise BundleError(f"spec {source!r}: field 'overlap' must be at least 0 and less than "
                           f"half the tile ({tile}): each tile keeps its centre. Received: "
                           f"overlap={clean['overlap']}")
+    _check_diameters(clean, source)
     spec = ModelSpec.from_dict(clean)
     _check_kind(spec, source)
     return spec
+
+
+def _check_diameters(clean, source):
+    diameter = clean.get("object_diameter", 0.0)
+    if diameter < 0:
+        raise BundleError(f"spec {source!r}: field 'object_diameter' must be >= 0 (0: unknown). "
+                          f"Received: object_diameter={diameter}")
+    span = clean.get("object_diameter_range", [])
+    if not span:
+        return
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in span)
+    if len(span) != 2 or not numbers or not 0 < span[0] <= diameter <= span[1]:
+        raise BundleError(
+            f"spec {source!r}: field 'object_diameter_range' must be [low, high] pixels with "
+            f"0 < low <= object_diameter <= high (object_diameter is {diameter}). Received: "
+            f"object_diameter_range={list(span)!r}")
+    clean["object_diameter_range"] = [float(v) for v in span]
 
 
 def _check_kind(spec, source):
@@ -351,7 +371,7 @@ def inspect(path, *, trust=False):
     data.pop("training", None)
     for key in ("name", "kind", "classes", "object_class", "split", "channels", "axes",
                 "divisor", "tile", "overlap", "normalization", "p_low", "p_high", "invert",
-                "object_diameter", "pixel_size", "postprocess"):
+                "object_diameter", "object_diameter_range", "pixel_size", "postprocess"):
         value = data[key]
         if key == "classes" and spec.kind != "semantic":
             continue

@@ -37,8 +37,11 @@ class Sample:
     def load(self):
         """``(image (H, W, C) uint8, labels (H, W) int32)``."""
         image = np.asarray(Image.open(self.image_path))
-        labels = np.asarray(Image.open(self.label_path)).astype(np.int32)
-        return image, labels
+        return image, self.load_labels()
+
+    def load_labels(self):
+        """The instance labels alone, ``(H, W)`` int32."""
+        return np.asarray(Image.open(self.label_path)).astype(np.int32)
 
 
 def list_samples(root=DEFAULT_DATA, split=None):
@@ -90,6 +93,10 @@ class PairedSample:
                 "they must match.")
         return image, labels[..., 0].astype(np.int32)
 
+    def load_labels(self):
+        """The instance labels alone, ``(H, W)`` int32."""
+        return self.load()[1]
+
 
 def list_pairs(images_dir, labels_dir):
     """Images of ``images_dir`` paired with the label image of the same stem in ``labels_dir``.
@@ -122,3 +129,33 @@ def list_pairs(images_dir, labels_dir):
             f"{str(labels_dir)!r} ({len(images)} images, {len(labels)} label files). Name each "
             "label image like its image (a01.png -> a01.png or a01.tif).")
     return samples, sorted(set(images) - set(labels))
+
+
+def magnify(image, labels, factor):
+    """``image`` and its instance ``labels`` as a microscope ``factor`` times the magnification
+    would have recorded them: the image resampled by area averaging (``factor < 1``) or bicubic
+    interpolation, the labels by nearest neighbour. Returns ``(image, labels)`` of the same
+    dtypes; ``factor == 1`` returns them unchanged.
+    """
+    if factor == 1:
+        return image, labels
+    h, w = labels.shape[:2]
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    method = Image.Resampling.BOX if factor < 1 else Image.Resampling.BICUBIC
+    image = np.asarray(image)
+    planes = image[..., None] if image.ndim == 2 else image
+    out = np.stack([_resize_plane(planes[..., c], size, method)
+                    for c in range(planes.shape[-1])], axis=-1)
+    out = out[..., 0] if image.ndim == 2 else out
+    lab = Image.fromarray(np.asarray(labels, dtype=np.int32)).resize(
+        size, Image.Resampling.NEAREST)
+    return out, np.asarray(lab, dtype=np.int32)
+
+
+def _resize_plane(plane, size, method):
+    """One 2-D plane resized in float (no rounding between steps), cast back to its dtype."""
+    out = np.asarray(Image.fromarray(plane.astype(np.float32), mode="F").resize(size, method))
+    if np.issubdtype(plane.dtype, np.integer):
+        info = np.iinfo(plane.dtype)
+        out = np.clip(np.rint(out), info.min, info.max)
+    return out.astype(plane.dtype)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from segmodel.api import Prepared, auto_scale, finish, predict_labels, prepare
+from segmodel.api import Prepared, estimate_scales, finish, prepare
 from segmodel.bundle import n_outputs
 from segmodel.measure import CHANNELS, empty_objects, measure_objects
 from segmodel.predict import predict_maps
@@ -121,17 +121,16 @@ class TiffRegions:
 
 
 def estimate_scale(regions, model, *, tiling, batch_size=8, lock=None, size=2048):
-    """``scale="auto"`` for a huge image: measure the nuclei of its central ``size`` square.
+    """Automatic scale of a huge image, from the nuclei of its central ``size`` square.
 
-    One pass at the image's own resolution over that region, then
-    :func:`segmodel.api.auto_scale` of its labels (1.0 where it holds too few nuclei).
+    Returns a :class:`segmodel.autoscale.Estimate` (see :func:`segmodel.api.estimate_scales`).
     """
     h, w = regions.shape
     y0, x0 = max(0, (h - size) // 2), max(0, (w - size) // 2)
     crop = regions.read(y0, min(h, y0 + size), x0, min(w, x0 + size))
-    (labels,), _ = predict_labels(model, [prepare(crop, model.spec)], tiling,
+    (estimate,) = estimate_scales(model, [prepare(crop, model.spec)], tiling,
                                   batch_size=batch_size, lock=lock)
-    return auto_scale(labels, model.spec)
+    return estimate
 
 
 def tiff_shape(fh):

@@ -115,9 +115,14 @@ class ModelSpec:
     p_low: float = 1.0
     p_high: float = 99.8
     invert: str = "auto"
-    #: Typical nucleus diameter (pixels) in the images the model was trained on; ``--scale auto``
-    #: resizes each image so its objects come out this size. 0: unknown (no automatic scale).
+    #: The nucleus diameter (pixels) the model works best at: automatic scale (the default)
+    #: resizes an image whose nuclei lie outside ``object_diameter_range`` so they come out
+    #: this size (see :mod:`segmodel.autoscale`). 0: unknown (images keep their own scale).
     object_diameter: float = 0.0
+    #: ``(low, high)``: median nucleus diameters (pixels) the model segments as they are, so
+    #: automatic scale leaves such images at their own resolution. Empty: within 20% of
+    #: ``object_diameter``.
+    object_diameter_range: tuple = ()
     postprocess: PostprocessSettings = field(default_factory=PostprocessSettings)
     training: dict = field(default_factory=dict)
     # Model bundles (see segmodel.bundle); the defaults describe the shipped instance model.
@@ -143,8 +148,9 @@ class ModelSpec:
     def from_dict(cls, d):
         d = dict(d)
         d["postprocess"] = PostprocessSettings(**d.get("postprocess", {}))
-        if "classes" in d:
-            d["classes"] = tuple(d["classes"])
+        for key in ("classes", "object_diameter_range"):
+            if key in d:
+                d[key] = tuple(d[key])
         return cls(**d)
 
     def to_dict(self):

@@ -37,7 +37,8 @@ OPTIONAL = ("classes",)
 IMAGE_SCHEMA = {
     "image_id": "string", "uri": "string", "height": "int64", "width": "int64",
     "n_objects": "int64", "mean_object_area": "float64", "foreground_fraction": "float64",
-    "scale": "float64", "model_name": "string", "model_fingerprint": "string",
+    "scale": "float64", "nucleus_diameter": "float64", "model_name": "string",
+    "model_fingerprint": "string",
     "segflow_version": "string", "seconds": "float64", "mask_path": "string",
     "fingerprint": "string", "config_key": "string", "shard": "string",
     "qc_flags": "string",

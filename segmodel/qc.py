@@ -17,7 +17,10 @@ Two kinds of flags end up in the ``qc_flags`` column of the images table (names 
                          is then set by the background and nuclei may be missed or merged;
   ``objects_small``      median nucleus diameter at the model's working scale below 8 px;
   ``objects_large``      median nucleus diameter at the model's working scale above 100 px
-                         (the model saw nuclei of ~8 to ~100 px: use ``scale``).
+                         (the model saw nuclei of ~8 to ~100 px: use ``scale``);
+  ``scale_fallback``     automatic scale found too few nuclei to measure their size at any
+                         pyramid level, so the image kept its own resolution (see
+                         :mod:`segmodel.autoscale`).
 
 * per run, once all images of a run are written (:func:`outlier_flags`): ``few_objects`` and
   ``many_objects`` for object counts that are robust outliers against the median count of all

@@ -11,6 +11,7 @@ import numpy as np
 
 from segmodel import __version__, formats, qc
 from segmodel.api import predict_labels, prepare
+from segmodel.autoscale import FALLBACK_FLAG
 from segmodel.heads import class_rows, object_labels
 from segmodel.io import ImageRef, is_transient, retry
 from segmodel.measure import CHANNELS, ObjectPixels, measure_objects
@@ -183,14 +184,29 @@ def _image_row(it, table, flags, shard, config_key, mask_paths, model):
         "n_objects": n,
         "mean_object_area": float(table["area"].mean()) if n else 0.0,
         "foreground_fraction": float((it.labels > 0).mean()),
-        "scale": float(it.prepared.scale), "model_name": model.spec.name,
+        "scale": float(it.prepared.scale),
+        "nucleus_diameter": nucleus_diameter(it.prepared.estimate),
+        "model_name": model.spec.name,
         "model_fingerprint": model.fingerprint,
         "segflow_version": __version__, "seconds": it.seconds,
         "mask_path": mask_paths[it.ref.image_id], "fingerprint": it.ref.fingerprint,
         "config_key": config_key, "shard": shard,
-        "qc_flags": flags,
+        "qc_flags": with_scale_flag(flags, it.prepared.estimate),
         "pixel_size_um": _pixel_size(it.source),
     }
+
+
+def nucleus_diameter(estimate):
+    """The images table's ``nucleus_diameter``: the automatic estimate (nan without one)."""
+    return float("nan") if estimate is None else float(estimate.diameter)
+
+
+def with_scale_flag(flags, estimate):
+    """``flags`` (joined) plus ``scale_fallback`` where automatic scale could not measure the
+    nuclei and kept the image at its own resolution."""
+    if estimate is None or not estimate.fallback:
+        return flags
+    return qc.join_flags(qc.split_flags(flags) + [FALLBACK_FLAG])
 
 
 def _pixel_size(source):

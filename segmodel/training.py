@@ -15,14 +15,8 @@ from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
 from segmodel import datasets
-from segmodel.api import (
-    Prepared,
-    default_tiling,
-    finish,
-    median_diameter,
-    predict_labels,
-    prepare,
-)
+from segmodel.api import Prepared, default_tiling, finish, predict_labels, prepare
+from segmodel.autoscale import median_diameter, working_sizes
 from segmodel.metrics import score_image
 from segmodel.model import ModelSpec, PostprocessSettings, build_unet, save_model
 from segmodel.predict import predict_maps
@@ -254,6 +248,12 @@ def _samples(config, split, log=print):
     return (train if split == "train" else tune)[:limit]
 
 
+def _working_sizes(samples):
+    """The sidecar's working nucleus size and range from the training images' labels
+    (:func:`segmodel.autoscale.working_sizes`)."""
+    return working_sizes(median_diameter(s.load_labels()) for s in samples)
+
+
 def _load_items(samples, log, kind="instances", contact_weight=0.0, contact_radius=2):
     items = []
     for s in samples:
@@ -315,12 +315,15 @@ def train(out_dir, config=TrainConfig(), log=print):
     elif config.kind == "instances":
         log("no images in the tune split: default post-processing thresholds")
     semantic = config.kind == "semantic"
+    diameter, span = config.object_diameter, ()
+    if not diameter and config.kind == "instances":  # trained at the images' own scale
+        diameter, span = _working_sizes(_samples(replace(config, train_images=0), "train", None))
     spec = ModelSpec(
         name=config.name or ("nuclei-unet" if config.kind == "instances" and not config.images_dir
                              else f"{config.kind}-unet"),
         kind=config.kind, classes=SEMANTIC_CLASSES if semantic else (),
         object_class="interior" if semantic else "", divisor=2 ** len(config.filters),
-        object_diameter=config.object_diameter, postprocess=settings, training={
+        object_diameter=diameter, object_diameter_range=span, postprocess=settings, training={
             **{k: v for k, v in asdict(config).items()
                if k not in ("data_dir", "images_dir", "labels_dir")},
             "train_images": len(_samples(replace(config, train_images=0), "train", log=None)),

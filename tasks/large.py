@@ -13,7 +13,7 @@ import time
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from segmodel import __version__, export, large, outputs
+from segmodel import __version__, export, large, outputs, shards
 from segmodel.api import default_tiling
 from segmodel.io import is_transient
 from segmodel.model import load_model
@@ -98,10 +98,11 @@ def _segment(ctx, job, ref, model):
                     "a plain 2-D TIFF of the channel to segment, or raise --tiled-above above "
                     "its pixel count to read it whole (memory permitting).")
             pixel_size = regions.pixel_size_um
-            scale = ctx.scale
+            scale, estimate = ctx.scale, None
             if scale == "auto":
-                scale = large.estimate_scale(regions, model, tiling=tiling,
-                                             batch_size=ctx.batch_size, lock=model_lock())
+                estimate = large.estimate_scale(regions, model, tiling=tiling,
+                                                batch_size=ctx.batch_size, lock=model_lock())
+                scale = estimate.scale if estimate is not None else 1.0
             run = large.BlockRun(regions, model, image_id=ref.image_id, scale=scale,
                                  tiling=tiling, batch_size=ctx.batch_size,
                                  blocks=large.Blocks(block=ctx.block_size),
@@ -127,6 +128,8 @@ def _segment(ctx, job, ref, model):
     row = {"image_id": ref.image_id, "uri": ref.uri, "height": h, "width": w,
            "n_objects": run.n, "mean_object_area": float(objects["area"].mean()) if run.n else 0.0,
            "foreground_fraction": run.foreground / (h * w), "scale": float(scale),
+           "nucleus_diameter": shards.nucleus_diameter(estimate),
+           "qc_flags": shards.with_scale_flag("", estimate),
            "model_name": model.spec.name, "model_fingerprint": model.fingerprint,
            "segflow_version": __version__, "seconds": 0.0, "mask_path": relpath,
            "fingerprint": ref.fingerprint, "config_key": ctx.config_key, "shard": job.name,

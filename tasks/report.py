@@ -100,8 +100,10 @@ def _gallery(ctx, rows, flagged, summary, logger):
         lines.append("")
     lines.append("QC flags: `no_objects`, `flat`, `saturated`, `sparse_foreground` (nuclei under "
                  "1% of the image), `objects_small`/`objects_large` (median nucleus under 8 px "
-                 "or over 100 px at the working scale), `few_objects`/`many_objects` (robust "
-                 "outliers against the median count of all images in the output).")
+                 "or over 100 px at the working scale), `scale_fallback` (too few nuclei to "
+                 "measure their size: kept at the image's own scale), `few_objects`/"
+                 "`many_objects` (robust outliers against the median count of all images in "
+                 "the output).")
     return "\n".join(lines)
 
 
