@@ -152,7 +152,8 @@ class TrainParams(BaseModel):
     learning_rate: float = Field(2e-3, gt=0, description="Peak learning rate (cosine decay).")
     object_diameter: float = Field(
         24.0, ge=0, description="Resize training images to this median nucleus diameter in "
-        "pixels; --scale auto does the same at inference (0: train at the images' own scale).")
+        "pixels; automatic scale does the same at inference (0: train at the images' own "
+        "scale, and record the training images' range of sizes as the working range).")
     init: str = Field("", description="Start from this .keras model's weights ('' = random).")
     seed: int = Field(0, description="Seed of patch sampling and augmentation.")
     images_dir: Optional[str] = Field(

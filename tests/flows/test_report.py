@@ -47,7 +47,7 @@ def test_a_run_publishes_progress_summary_and_qc_gallery(folder, tmp_path, flow_
     assert "report and QC gallery" in record["task_runs"]
 
     images = pd.read_parquet(out / "images").set_index("image_id")
-    assert images.loc["blank.png", "qc_flags"] == "no_objects;flat"
+    assert images.loc["blank.png", "qc_flags"] == "no_objects;flat;scale_fallback"
     assert images.loc[SMALL[0], "qc_flags"] == ""
 
     artifacts = record["artifacts"]

@@ -96,44 +96,107 @@ def test_segment_many_refuses_nan_pixels_and_a_tiling_that_cannot_cover(samples)
             segment_many([_load(samples[0][0])], tiling=tiling)
 
 
-def test_auto_scale_brings_the_median_nucleus_to_the_model_size(dsb2018):
-    from dataclasses import replace
+def test_automatic_scale_is_the_default_and_the_shipped_model_knows_its_working_size():
+    import inspect
 
-    from segmodel.api import AUTO_RANGE, auto_scale, median_diameter
+    from segmodel.api import AUTO, segment, segment_many
+    from segmodel.model import load_model
+
+    spec = load_model().spec
+    assert spec.object_diameter == 18.0 and spec.object_diameter_range == (10.0, 50.0)
+    for fn in (segment, segment_many):
+        assert inspect.signature(fn).parameters["scale"].default == AUTO
+
+
+def test_the_working_range_comes_from_the_training_images(dsb2018):
+    """The shipped sidecar's size and range are what training records for its train split."""
+    from segmodel.autoscale import median_diameter, working_sizes
     from segmodel.datasets import list_samples
+
+    train = list_samples(dsb2018, "train")
+    assert working_sizes(median_diameter(s.load_labels()) for s in train) == (18.0, (10.0, 50.0))
+
+
+@pytest.mark.parametrize("diameter, scale", [
+    (30.0, 1.0), (10.0, 1.0), (50.0, 1.0),  # inside the working range: as it is
+    (100.0, 0.3846), (5.0, 2.6),  # brought 1.3x inside the range's nearer edge
+    (1000.0, 0.25), (1.0, 4.0),  # within the clip
+    (None, 1.0), (float("nan"), 1.0),  # not measured
+], ids=["inside", "low-edge", "high-edge", "large", "small", "huge", "tiny", "none", "nan"])
+def test_choose_scale_keeps_the_working_range_and_brings_the_rest_inside(diameter, scale):
+    from segmodel.autoscale import choose_scale
     from segmodel.model import ModelSpec
 
-    spec = replace(ModelSpec(), object_diameter=24.0)
-    for sample in list_samples(dsb2018, "train")[:5]:
-        _, labels = sample.load()
-        areas = np.bincount(labels.ravel())[1:]
-        d = np.sqrt(4 * np.median(areas[areas > 0]) / np.pi)
-        assert median_diameter(labels) == pytest.approx(d)
-        assert auto_scale(labels, spec) == pytest.approx(np.clip(24.0 / d, *AUTO_RANGE))
-    two = np.zeros((50, 50), np.int32)
-    two[5:15, 5:15], two[30:40, 30:40] = 1, 2
-    assert auto_scale(two, spec) == 1.0  # too few objects to measure
+    spec = ModelSpec(object_diameter=18.0, object_diameter_range=(10.0, 50.0))
+    assert choose_scale(diameter, spec) == pytest.approx(scale)
+    assert choose_scale(diameter, ModelSpec()) == 1.0  # no working size: as it is
 
 
-def test_auto_scale_follows_the_magnification_of_the_image(samples):
-    """The same image at 2x magnification gets half the scale, and the same nuclei."""
-    from dataclasses import replace
+def test_level_diameter_trusts_a_coarse_level_only_where_its_nuclei_are_resolved(dsb2018):
+    from segmodel.autoscale import DEFAULT, level_diameter, median_diameter
+    from segmodel.datasets import list_samples
 
+    labels = list_samples(dsb2018, "train")[0].load_labels()
+    d = median_diameter(labels)
+    assert level_diameter(labels, 0.5) == pytest.approx(d / 0.5)
+    small = labels * (labels <= 4)  # four objects: too few to measure
+    assert level_diameter(small, 1.0, last=True) is None
+    tiny = np.zeros((64, 64), np.int32)
+    for k in range(6):
+        tiny[10 * k:10 * k + 3, 5:8] = k + 1  # six objects 3 px across
+    assert median_diameter(tiny) < DEFAULT.min_level_diameter
+    assert level_diameter(tiny, 0.25) is None  # unresolved at a coarse level: look finer
+    assert level_diameter(tiny, 1.0, last=True) == pytest.approx(median_diameter(tiny))
+
+
+def _magnified(dsb2018, image_id, factors):
     from segmodel.api import default_tiling, predict_labels, prepare, resolve_model
-    from segmodel.preprocess import resize
+    from segmodel.datasets import list_samples, magnify
 
     lm = resolve_model(None)
-    if not lm.spec.object_diameter:  # the bundled model works at the images' own scale
-        lm = replace(lm, spec=replace(lm.spec, object_diameter=20.0))
-    path, row = next((p, r) for p, r in samples if r["modality"] == "fluorescence")
-    image = _load(path)[..., :3]
-    big = resize(image, (image.shape[0] * 2, image.shape[1] * 2), order=1).astype(image.dtype)
-    labels, prepared = predict_labels(lm, [prepare(im, lm.spec) for im in (image, big)],
+    sample = next(s for s in list_samples(dsb2018) if s.id.startswith(image_id))
+    image, truth = sample.load()
+    images = [magnify(image, truth, f)[0] for f in factors]
+    labels, prepared = predict_labels(lm, [prepare(im, lm.spec) for im in images],
                                       default_tiling(lm.spec), auto=True)
-    s1, s2 = prepared[0].scale, prepared[1].scale
-    assert s2 == pytest.approx(s1 / 2, rel=0.25), (s1, s2)
-    assert labels[1].shape == big.shape[:2]
-    assert abs(int(labels[0].max()) - int(labels[1].max())) <= max(2, 0.1 * labels[0].max())
+    return int(truth.max()), images, labels, prepared
+
+
+def test_automatic_scale_follows_the_magnification_of_the_image(dsb2018):
+    """A fluorescence image (22 nuclei about 35 px across) at 1x, 2x and 4x: the estimate
+    grows with the magnification, 2x and 4x are brought to the same working size, and every
+    version gives the same nuclei within 10%, labelled at its own resolution."""
+    n_true, images, labels, prepared = _magnified(dsb2018, "2869fad5", (1, 2, 4))
+    one, two, four = (p.estimate for p in prepared)
+    assert one.scale == 1.0 and 30 < one.diameter < 50  # inside the working range
+    assert two.diameter / one.diameter == pytest.approx(2, rel=0.2)
+    assert four.diameter / one.diameter == pytest.approx(4, rel=0.2)
+    assert two.scale < 0.6 and four.scale < 0.3  # nuclei over 50 px are brought down ...
+    assert two.diameter * two.scale == pytest.approx(four.diameter * four.scale, rel=0.05)
+    assert [p.scale for p in prepared] == [one.scale, two.scale, four.scale]
+    counts = [int(lab.max()) for lab in labels]
+    assert all(abs(c - counts[0]) <= 0.1 * counts[0] for c in counts), counts
+    assert abs(counts[0] - n_true) <= 0.2 * n_true
+    assert [lab.shape for lab in labels] == [im.shape[:2] for im in images]
+
+
+def test_an_empty_or_single_nucleus_image_keeps_its_scale_and_says_so(samples):
+    """Too few nuclei to measure: scale 1, no diameter, the scale_fallback QC flag; the one
+    nucleus is still found."""
+    from segmodel.api import default_tiling, predict_labels, prepare, resolve_model
+    from segmodel.shards import nucleus_diameter, with_scale_flag
+
+    lm = resolve_model(None)
+    path = next(p for p, r in samples if r["nuclei"] == "1")
+    single = _load(path)
+    empty = np.zeros((300, 200), np.uint8)
+    labels, prepared = predict_labels(lm, [prepare(im, lm.spec) for im in (single, empty)],
+                                      default_tiling(lm.spec), auto=True)
+    assert [int(lab.max()) for lab in labels] == [1, 0]
+    for p in prepared:
+        assert p.scale == 1.0 and p.estimate.fallback
+        assert np.isnan(nucleus_diameter(p.estimate))
+        assert with_scale_flag("flat", p.estimate) == "flat;scale_fallback"
 
 
 def test_the_bundled_model_gives_the_same_maps_for_a_smaller_last_batch(samples):
