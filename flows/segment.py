@@ -13,7 +13,7 @@ from prefect.states import Failed
 from flows import progress, report, runners
 from flows.params import SegmentParams
 from flows.timing import RunClock, busy_share, machine_cpu
-from segmodel import __version__
+from segmodel import __version__, autoscale
 from segmodel.api import default_tiling, validate_scale
 from segmodel.bundle import check_model
 from segmodel.io import Store
@@ -40,7 +40,8 @@ def _context(params):
         raise ValueError("; ".join(problems) + f" (check with: segflow model inspect {model.path})")
     tiling = default_tiling(model.spec, params.tile_size)
     validate_scale(params.scale)
-    key = json.dumps([model.fingerprint, params.scale, tiling.tile, tiling.overlap,
+    scale = [params.scale, repr(autoscale.DEFAULT)] if params.scale == "auto" else [params.scale]
+    key = json.dumps([model.fingerprint, *scale, tiling.tile, tiling.overlap,
                       params.mask_format, params.max_pixels] + ([True] if params.tta else [])
                      + _input_key(params)
                      + ([params.outlines] if params.outlines != "none" else []))

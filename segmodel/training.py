@@ -317,7 +317,7 @@ def train(out_dir, config=TrainConfig(), log=print):
     semantic = config.kind == "semantic"
     diameter, span = config.object_diameter, ()
     if not diameter and config.kind == "instances":  # trained at the images' own scale
-        diameter, span = _working_sizes(_samples(replace(config, train_images=0), "train", None))
+        diameter, span = _working_sizes(_samples(config, "train", None))
     spec = ModelSpec(
         name=config.name or ("nuclei-unet" if config.kind == "instances" and not config.images_dir
                              else f"{config.kind}-unet"),

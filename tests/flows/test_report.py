@@ -49,6 +49,9 @@ def test_a_run_publishes_progress_summary_and_qc_gallery(folder, tmp_path, flow_
     images = pd.read_parquet(out / "images").set_index("image_id")
     assert images.loc["blank.png", "qc_flags"] == "no_objects;flat;scale_fallback"
     assert images.loc[SMALL[0], "qc_flags"] == ""
+    # automatic scale: the estimate beside the scale used; none for the blank image
+    assert np.isnan(images.loc["blank.png", "nucleus_diameter"])
+    assert images.loc[SMALL[0], "nucleus_diameter"] > 5 and images.loc[SMALL[0], "scale"] > 0
 
     artifacts = record["artifacts"]
     assert set(artifacts) == {PROGRESS_KEY, SUMMARY_KEY, GALLERY_KEY}

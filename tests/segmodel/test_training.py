@@ -91,6 +91,8 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(dsb2018, tmp_path):
     assert json.loads((tmp_path / "state.json").read_text())["epoch"] == 2
     model = load_model(final)
     assert model.spec.training["steps"] == 2 and 0 < model.spec.postprocess.foreground < 1
+    # size-normalised: automatic scale brings every image to the training diameter
+    assert (model.spec.object_diameter, model.spec.object_diameter_range) == (24.0, ())
     assert {k: model.spec.training[k] for k in tuning_record()} == tuning_record()
     messages.clear()  # 2 steps done, then 2 more as one epoch of 2: epochs counted in steps
     train(tmp_path, TrainConfig(**{**config.__dict__, "steps": 4, "steps_per_epoch": 2}),
@@ -98,6 +100,21 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(dsb2018, tmp_path):
     assert any("after epoch 1/2" in m for m in messages)
     state = json.loads((tmp_path / "state.json").read_text())
     assert (state["epoch"], state["steps_per_epoch"]) == (2, 2)
+
+
+def test_a_model_trained_at_the_images_own_scale_records_their_range_of_sizes(dsb2018, tmp_path):
+    """The sidecar's working size and range are the median and 5th-95th percentiles of the
+    training images' median nucleus diameters: automatic scale leaves such images as they are."""
+    from segmodel.autoscale import median_diameter, working_sizes
+    from segmodel.datasets import list_samples
+
+    config = TrainConfig(data_dir=str(dsb2018), steps=1, steps_per_epoch=1, batch_size=2,
+                         patch=64, tune_images=2, train_images=12, object_diameter=0.0)
+    spec = load_model(train(tmp_path, config, log=lambda m: None)).spec
+    train_set = list_samples(dsb2018, "train")[:12]
+    size, span = working_sizes(median_diameter(s.load_labels()) for s in train_set)
+    assert spec.object_diameter == size > 0 and spec.object_diameter_range == span
+    assert span[0] < size < span[1]
 
 
 def test_retune_rewrites_only_the_thresholds_of_the_sidecar(dsb2018, tmp_path):
