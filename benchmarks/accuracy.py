@@ -7,7 +7,7 @@ and the relative count error (mean of per-image ``|n_pred - n_true| / n_true``).
 Usage::
 
     python benchmarks/accuracy.py                   # model + baseline, full val split
-    python benchmarks/accuracy.py --model M --scales auto,1   # compare automatic scale
+    python benchmarks/accuracy.py --scales auto,1   # automatic scale (the default) and scale 1
     python benchmarks/accuracy.py --tta             # also the model with flip averaging
     python benchmarks/accuracy.py --skip-model      # baseline only
     python benchmarks/accuracy.py --limit 10 --out scores.csv
@@ -48,8 +48,9 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=int, default=None, help="only the first N validation images")
     p.add_argument("--out", type=Path, default=None, help="also write per-image scores to this CSV")
     p.add_argument("--skip-model", action="store_true", help="score the classical baseline only")
-    p.add_argument("--scales", default="1",
-                   help="comma-separated model scales to compare, e.g. auto,1 (default: 1)")
+    p.add_argument("--scales", default="auto",
+                   help="comma-separated model scales to compare, e.g. auto,1 (default: auto, "
+                        "the pipeline's default)")
     p.add_argument("--tta", action="store_true",
                    help="also score the model with test-time flips at the first scale")
     args = p.parse_args(argv)
