@@ -281,9 +281,10 @@ def _demo_table(output):
     import pandas as pd
 
     images = pd.read_parquet(f"{output}/images")
-    cols = ["image_id", "height", "width", "n_objects", "mean_object_area"]
-    print(images[cols].sort_values("image_id").to_string(index=False,
-                                                        float_format=lambda v: f"{v:.1f}"))
+    cols = ["image_id", "height", "width", "n_objects", "mean_object_area", "nucleus_diameter",
+            "scale"]
+    print(images[cols].sort_values("image_id").to_string(
+        index=False, na_rep="-", float_format=lambda v: f"{v:.2f}" if v < 10 else f"{v:.1f}"))
 
 
 def _serve(args):
