@@ -115,9 +115,9 @@ class ModelSpec:
     p_low: float = 1.0
     p_high: float = 99.8
     invert: str = "auto"
-    #: The nucleus diameter (pixels) the model works best at: automatic scale (the default)
-    #: resizes an image whose nuclei lie outside ``object_diameter_range`` so they come out
-    #: this size (see :mod:`segmodel.autoscale`). 0: unknown (images keep their own scale).
+    #: The typical nucleus diameter (pixels) the model works at: automatic scale (the default)
+    #: resizes an image whose nuclei lie outside ``object_diameter_range`` towards it (see
+    #: :mod:`segmodel.autoscale`). 0: unknown (images keep their own scale).
     object_diameter: float = 0.0
     #: ``(low, high)``: median nucleus diameters (pixels) the model segments as they are, so
     #: automatic scale leaves such images at their own resolution. Empty: within 20% of
