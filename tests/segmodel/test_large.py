@@ -117,6 +117,9 @@ def test_flow_routes_tiffs_above_the_threshold_to_the_blockwise_path(mosaic, sam
     images = pd.read_parquet(out / "images").set_index("image_id")
     assert set(images.index) == {"slide.tif", small.name}
     assert images.loc["slide.tif", "shard"].split("-")[-1].startswith("L")
+    # automatic scale measured the slide's central square: nuclei in range, kept as they are
+    assert images.loc["slide.tif", "scale"] == 1.0
+    assert 10 <= images.loc["slide.tif", "nucleus_diameter"] <= 50
     with tifffile.TiffFile(out / images.loc["slide.tif", "mask_path"]) as tif:
         assert tif.pages[0].is_tiled and tif.pages[0].dtype == np.uint32
         labels = tif.pages[0].asarray()
@@ -184,3 +187,25 @@ def test_block_run_refuses_nan_pixels_naming_the_image():
                        blocks=Blocks(block=256))
         with pytest.raises(ImageDecodeError, match="nan.tif: 1 pixel values are NaN"):
             list(run.rows())
+
+
+def test_a_huge_image_gets_its_scale_from_its_central_square(mosaic, tmp_path):
+    """Automatic scale on the block-wise path: measured on the central square, so the
+    mosaic at 4x magnification gets the 4x diameter and a scale bringing it back in range."""
+    from segmodel.datasets import magnify
+    from segmodel.large import estimate_scale
+
+    model = load_model()
+    tiling = default_tiling(model.spec)
+    image = tifffile.imread(mosaic)[:512, :512]
+    big = magnify(image, np.zeros(image.shape[:2], np.int32), 4)[0]
+    estimates = []
+    for name, array in (("one", image), ("four", big)):
+        tifffile.imwrite(tmp_path / f"{name}.tif", array, tile=(256, 256))
+        with open(tmp_path / f"{name}.tif", "rb") as fh, TiffRegions(fh) as regions:
+            estimates.append(estimate_scale(regions, model, tiling=tiling, size=1024))
+    one, four = estimates
+    assert one.scale == 1.0 and 10 <= one.diameter <= 50
+    assert four.diameter / one.diameter == pytest.approx(4, rel=0.25)
+    assert four.scale < 1.0 and not four.fallback
+    assert 10 <= four.diameter * four.scale <= 50
