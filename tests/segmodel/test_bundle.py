@@ -57,6 +57,13 @@ def test_a_yaml_spec_loads_and_matches_the_same_spec_in_json(tmp_path):
     assert loaded.fingerprint != load_model(other / "seg.keras").fingerprint  # spec is hashed
 
 
+def test_a_spec_gives_the_working_range_of_automatic_scale(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump({"object_diameter": 30, "object_diameter_range": [15, 80]}))
+    spec = bundle.read_spec(path)
+    assert (spec.object_diameter, spec.object_diameter_range) == (30.0, (15.0, 80.0))
+
+
 def test_saving_a_bundle_in_another_format_leaves_one_spec(tmp_path):
     model = keras.saving.load_model(_tiny(tmp_path / "seg.keras"))
     spec = bundle.spec_from_dict(SEMANTIC)
@@ -81,8 +88,16 @@ def test_saving_a_bundle_in_another_format_leaves_one_spec(tmp_path):
      "field 'postprocess.foreground' must be a number >= 0. Received: foreground='0.5'"),
     ({"postprocess": {"min_area": 2.5}}, "field 'postprocess.min_area' must be a whole number"),
     ({"tile": 256, "overlap": 160}, "field 'overlap' must be at least 0 and less than half"),
+    ({"object_diameter": -3}, "field 'object_diameter' must be >= 0"),
+    ({"object_diameter": 18, "object_diameter_range": [20, 50]},
+     "field 'object_diameter_range' must be [low, high] pixels with 0 < low <= object_diameter "
+     "<= high (object_diameter is 18.0). Received: object_diameter_range=[20, 50]"),
+    ({"object_diameter": 18, "object_diameter_range": [10]},
+     "field 'object_diameter_range' must be [low, high]"),
+    ({"object_diameter_range": "10-50"}, "field 'object_diameter_range' must be a list"),
 ], ids=["kind", "no-classes", "object-class", "type", "unknown", "classes-not-semantic",
-        "postprocess", "postprocess-type", "postprocess-int", "overlap"])
+        "postprocess", "postprocess-type", "postprocess-int", "overlap", "diameter",
+        "range-order", "range-length", "range-type"])
 def test_a_wrong_spec_names_the_file_field_and_value(tmp_path, fields, message):
     path = tmp_path / "m.yaml"
     path.write_text(yaml.safe_dump(fields))
