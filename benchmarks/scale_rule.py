@@ -70,11 +70,12 @@ def replay(grid, rule, spec, factor):
         diameter, level, cost = None, 1.0, 0.0
         for lv in rule.levels:  # as segmodel.api._estimate, from the table's level columns
             j = grid.nearest(factor * lv)
-            n, d = grid.cols["level_n"][k, j], grid.cols["level_diameter"][k, j]
             cost += lv * lv
-            last = lv == rule.levels[-1]
-            if n >= rule.min_objects and (last or d >= rule.min_level_diameter):
-                diameter, level = d / lv, lv
+            diameter = autoscale.trusted_diameter(
+                grid.cols["level_diameter"][k, j], grid.cols["level_n"][k, j], lv, rule,
+                last=lv == rule.levels[-1])
+            if diameter is not None:
+                level = lv
                 break
         scale = autoscale.choose_scale(diameter, spec, rule)
         if scale != 1.0 or level != 1.0:

@@ -66,27 +66,34 @@ class Estimate:
 
 def median_diameter(labels):
     """Median equivalent diameter (pixels) of the objects in ``labels``; 0.0 when there are none."""
-    areas = _areas(labels)
-    return float(np.sqrt(4 * np.median(areas) / np.pi)) if len(areas) else 0.0
+    return _median_and_count(labels)[0]
 
 
-def _areas(labels):
+def _median_and_count(labels):
     areas = np.bincount(np.asarray(labels).ravel())[1:]
-    return areas[areas > 0]
+    areas = areas[areas > 0]
+    if not len(areas):
+        return 0.0, 0
+    return float(np.sqrt(4 * np.median(areas) / np.pi)), len(areas)
 
 
 def level_diameter(labels, level, rule=DEFAULT, *, last=False):
     """The image's median nucleus diameter (its own pixels) from ``labels`` of pyramid level
-    ``level``, or None when that level cannot be trusted (fewer than ``rule.min_objects``
-    objects; nuclei smaller than ``rule.min_level_diameter`` at a level other than the
-    ``last``, whose small nuclei are measured as they are)."""
-    areas = _areas(labels)
-    if len(areas) < rule.min_objects:
+    ``level``, or None when that level cannot be trusted (see :func:`trusted_diameter`)."""
+    diameter, n_objects = _median_and_count(labels)
+    return trusted_diameter(diameter, n_objects, level, rule, last=last)
+
+
+def trusted_diameter(diameter, n_objects, level, rule=DEFAULT, *, last=False):
+    """``diameter`` (median, pixels at pyramid ``level``) of ``n_objects`` objects, in the
+    image's own pixels; None when the level cannot be trusted: fewer than
+    ``rule.min_objects`` objects, or nuclei smaller than ``rule.min_level_diameter`` at a level
+    other than the ``last``, whose small nuclei are measured as they are."""
+    if n_objects < rule.min_objects or not diameter:
         return None
-    d = float(np.sqrt(4 * np.median(areas) / np.pi))
-    if not last and d < rule.min_level_diameter:
+    if not last and diameter < rule.min_level_diameter:
         return None
-    return d / level
+    return diameter / level
 
 
 def working_sizes(diameters):
