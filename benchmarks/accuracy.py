@@ -1,6 +1,7 @@
 """Accuracy of the segflow model and of the classical baseline on the fixed validation split.
 
-Scores each validation image with the DSB2018 metric (:func:`segmodel.metrics.score_image`)
+Scores each validation image with the DSB2018 metric
+(:func:`segmodel.evaluation.metrics.score_image`)
 and prints, per modality and for all images, the mean AP over IoU 0.5:0.95, AP@0.5, AP@0.75
 and the relative count error (mean of per-image ``|n_pred - n_true| / n_true``).
 
@@ -25,9 +26,9 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from segmodel.classical import segment_classical  # noqa: E402
-from segmodel.datasets import list_samples  # noqa: E402
-from segmodel.metrics import score_image  # noqa: E402
+from segmodel.evaluation.classical import segment_classical  # noqa: E402
+from segmodel.evaluation.metrics import score_image  # noqa: E402
+from segmodel.training.datasets import list_samples  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "dsb2018"
 COLUMNS = {
@@ -121,7 +122,7 @@ def main(argv=None):
     print(f"{len(samples)} validation images from {args.data_dir}")
     methods, model = [], None
     if not args.skip_model:
-        from segmodel.model import load_model
+        from segmodel.model.loading import load_model
 
         model = load_model(args.model)  # once, outside the timings
         model_method(1.0, args.tta)(images[:1], model)  # the one-time tracing, outside too

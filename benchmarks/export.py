@@ -26,9 +26,9 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from segmodel import export
-from segmodel.datasets import DEFAULT_DATA, list_samples
-from segmodel.io import Store
+from segmodel.storage import export
+from segmodel.storage.io import Store
+from segmodel.training.datasets import DEFAULT_DATA, list_samples
 
 SIZES = [(256, 256), (520, 696), (1024, 1024)]
 

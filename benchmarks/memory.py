@@ -27,7 +27,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from segmodel.datasets import DEFAULT_DATA, list_samples  # noqa: E402
+from segmodel.training.datasets import DEFAULT_DATA, list_samples  # noqa: E402
 
 
 def make_folder(root, n, data_dir, size):
@@ -103,7 +103,7 @@ def _huge(tmp, args):
     the set, each enlarged ``1 / huge_scale`` times, segmented at ``--scale huge_scale``."""
     from PIL import Image
 
-    from segmodel.large import write_mosaic_tiff
+    from segmodel.inference.blockwise import write_mosaic_tiff
 
     index = pd.read_csv(args.data_dir / "index.csv").sort_values("id")
     ids = index[(index.height == 256) & (index.width == 256)

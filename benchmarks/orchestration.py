@@ -174,7 +174,7 @@ def main(argv=None):
         from flows.cli import console
 
         return console(lambda: child(args.child[0], args.child[1], int(args.child[2])))
-    from segmodel.datasets import DEFAULT_DATA
+    from segmodel.training.datasets import DEFAULT_DATA
 
     data_dir = args.data_dir or DEFAULT_DATA
     if not (data_dir / "index.csv").is_file():

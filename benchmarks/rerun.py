@@ -1,8 +1,8 @@
 """What a rerun pays to find out what is already done, as the output grows.
 
 Every run reads the current record of every image from the output's tables before it starts
-(``segmodel.outputs.reconcile``), reconciles them again at its end, and reads every image's
-object count for the QC reference (``segmodel.qc.flag_run_outliers``). The tables are one
+(``segmodel.pipeline.outputs.reconcile``), reconciles them again at its end, and reads every image's
+object count for the QC reference (``segmodel.pipeline.qc.flag_run_outliers``). The tables are one
 Parquet part per shard and table, so an output of a million images in shards of 32 holds
 about 31,000 images parts and as many failures parts. This benchmark writes outputs of N
 images (shards of 32; the parts are the real tables' schemas, rows as a run writes them) and
@@ -10,12 +10,13 @@ times, on each store:
 
 - ``one at a time``: each part read and decoded in turn with pandas (what segflow did
   before 2026-12-06);
-- ``parts in chunks``: :func:`segmodel.outputs.reconcile` on an output without its index
+- ``parts in chunks``: :func:`segmodel.pipeline.outputs.reconcile` on an output without its index
   (the first run after an upgrade): the parts are fetched in chunks, concurrently from object
   stores, decoded with pyarrow, only the columns it needs; it then writes the index;
 - ``index + new shard``: ``reconcile`` again after one more shard was committed, as every
   later run does: the index and the new shard's parts;
-- ``QC reference``: :func:`segmodel.qc.flag_run_outliers` for that new shard (from the index).
+- ``QC reference``: :func:`segmodel.pipeline.qc.flag_run_outliers` for that new shard (from the
+index).
 
 Stores: a local folder; S3 (moto's server on loopback); the same S3 behind a proxy that
 delays every request by ``--latency`` seconds (20 ms by default, a request to a cloud bucket
@@ -43,8 +44,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "faults"))
 
-from segmodel import outputs, qc  # noqa: E402
-from segmodel.io import Store  # noqa: E402
+from segmodel.pipeline import outputs, qc  # noqa: E402
+from segmodel.storage.io import Store  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "rerun.txt"
 SHARD = 32

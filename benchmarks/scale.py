@@ -2,7 +2,8 @@
 the default settings (automatic scale) and with ``--scale 1``.
 
 Every validation image (fixed split, never trained or tuned on) is resampled by each factor
-(:func:`segmodel.datasets.magnify`: area averaging to shrink, bicubic to enlarge; its labels
+(:func:`segmodel.training.datasets.magnify`: area averaging to shrink, bicubic to enlarge; its
+labels
 by nearest neighbour) and segmented in chunks of images with tiles batched across them. Prints,
 per factor, setting and modality: mean AP over IoU 0.5..0.95, AP@0.5, relative count error,
 seconds per image and the scales chosen, then each factor's mean AP against the same images'
@@ -24,8 +25,8 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from segmodel.datasets import DEFAULT_DATA, list_samples, magnify  # noqa: E402
-from segmodel.metrics import score_image  # noqa: E402
+from segmodel.evaluation.metrics import score_image  # noqa: E402
+from segmodel.training.datasets import DEFAULT_DATA, list_samples, magnify  # noqa: E402
 
 FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 SETTINGS = {"auto": "auto", "scale 1": 1.0}
@@ -56,8 +57,8 @@ def parse_args(argv=None):
 
 def score(samples, lm, factor, scale):
     """Per-image rows of one factor and one scale setting."""
-    from segmodel.api import default_tiling, predict_labels, prepare
-    from segmodel.heads import object_labels
+    from segmodel.inference.heads import object_labels
+    from segmodel.inference.passes import default_tiling, predict_labels, prepare
 
     tiling, rows = default_tiling(lm.spec), []
     for start in range(0, len(samples), CHUNK):
@@ -101,7 +102,7 @@ def ratios(df):
 
 def main(argv=None):
     args = parse_args(argv)
-    from segmodel.api import resolve_model
+    from segmodel.inference.passes import resolve_model
 
     lm = resolve_model(args.model)
     samples = list_samples(args.data_dir, "val")[:args.limit]

@@ -21,8 +21,8 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from segmodel.datasets import DEFAULT_DATA, list_samples  # noqa: E402
-from segmodel.metrics import score_image  # noqa: E402
+from segmodel.evaluation.metrics import score_image  # noqa: E402
+from segmodel.training.datasets import DEFAULT_DATA, list_samples  # noqa: E402
 
 SCALES = (0.0625, 0.09375, 0.125, 0.1875, 0.25, 0.375, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
@@ -36,10 +36,10 @@ def main(argv=None):
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
 
-    from segmodel.api import default_tiling, finish_at, prepare, rescale, resolve_model
-    from segmodel.autoscale import median_diameter
-    from segmodel.heads import object_labels
-    from segmodel.predict import predict_maps
+    from segmodel.inference.autoscale import median_diameter
+    from segmodel.inference.heads import object_labels
+    from segmodel.inference.passes import default_tiling, finish_at, prepare, rescale, resolve_model
+    from segmodel.inference.predict import predict_maps
 
     lm = resolve_model(args.model)
     tiling = default_tiling(lm.spec)

@@ -26,8 +26,8 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from segmodel import autoscale  # noqa: E402
-from segmodel.model import ModelSpec  # noqa: E402
+from segmodel.inference import autoscale  # noqa: E402
+from segmodel.model.spec import ModelSpec  # noqa: E402
 
 FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 #: Mean AP differences within this are noise on 58 images (as in threshold tuning).
@@ -68,7 +68,8 @@ def replay(grid, rule, spec, factor):
     aps, errors, passes = [], [], []
     for k in range(len(grid.ids)):
         diameter, level, cost = None, 1.0, 0.0
-        for lv in rule.levels:  # as segmodel.api._estimate, from the table's level columns
+        # as segmodel.inference.passes._estimate, from the table's level columns
+        for lv in rule.levels:
             j = grid.nearest(factor * lv)
             cost += lv * lv
             diameter = autoscale.trusted_diameter(

@@ -2,7 +2,7 @@
 
 Images that normalisation inverts (nuclei dark on a light background: stained histology and
 brightfield) and the others each get the threshold search of
-:func:`segmodel.training.tune_thresholds` on their part of the tune split; the grouped and the
+:func:`segmodel.training.train.tune_thresholds` on their part of the tune split; the grouped and the
 single settings are then scored on the tune and validation splits, per modality. The
 validation split only scores: it chooses nothing.
 
@@ -21,13 +21,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from segmodel import datasets
-from segmodel.api import finish, prepare
-from segmodel.metrics import score_image
-from segmodel.model import load_model
-from segmodel.predict import predict_maps
-from segmodel.preprocess import Normalization, Tiling, estimate_normalization
-from segmodel.training import TUNING_GRID, TUNING_MIN_AREAS
+from segmodel.evaluation.metrics import score_image
+from segmodel.inference.passes import finish, prepare
+from segmodel.inference.predict import predict_maps
+from segmodel.inference.preprocess import Normalization, Tiling, estimate_normalization
+from segmodel.model.loading import load_model
+from segmodel.training import datasets
+from segmodel.training.train import TUNING_GRID, TUNING_MIN_AREAS
 
 
 def load_split(lm, split):

@@ -46,11 +46,11 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from flows.timing import STAGES
-from segmodel.api import default_tiling, prepare
-from segmodel.datasets import DEFAULT_DATA
-from segmodel.model import load_model
-from segmodel.preprocess import decode_image, extract_tile, tile_origins
+from segmodel.inference.passes import default_tiling, prepare
+from segmodel.inference.preprocess import decode_image, extract_tile, tile_origins
+from segmodel.model.loading import load_model
+from segmodel.pipeline.clock import STAGES
+from segmodel.training.datasets import DEFAULT_DATA
 
 RESULTS = REPO / "benchmarks" / "results" / "throughput.txt"
 

@@ -360,7 +360,7 @@ def _on(server):
 
 
 def _train(args):
-    from segmodel.training import parse_filters
+    from segmodel.training.train import parse_filters
 
     try:
         filters = list(parse_filters(args.filters))
@@ -387,7 +387,7 @@ def _train(args):
             f"{err['loc'][0] if err['loc'] else 'parameters'}: {err['msg']}"
             for err in exc.errors())) from None
     if args.images:  # a missing or unpaired folder fails here, not inside the flow
-        from segmodel.datasets import list_pairs
+        from segmodel.training.datasets import list_pairs
 
         try:
             list_pairs(args.images, args.labels or args.images)
@@ -429,7 +429,7 @@ def _evaluate(args):
 
 
 def _inspect(args):
-    from segmodel.bundle import inspect
+    from segmodel.model.bundle import inspect
 
     lines, errors = inspect(args.bundle, trust=args.trust_model)
     for line in lines:

@@ -11,9 +11,9 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
-from segmodel.evaluate import evaluate_folders, summarize
-from segmodel.io import Store
-from segmodel.outputs import encode_parquet
+from segmodel.evaluation.evaluate import evaluate_folders, summarize
+from segmodel.pipeline.outputs import encode_parquet
+from segmodel.storage.io import Store
 
 
 class EvaluateParams(BaseModel):

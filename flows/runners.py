@@ -6,7 +6,7 @@
   single-threaded worker process per core pair by default) or an existing scheduler
   (``--dask-address tcp://host:8786``). The same shard task runs in the worker processes, so
   pixels never cross processes; every worker process loads the model once (the module-level
-  cache of :func:`segmodel.model.load_model`).
+  cache of :func:`segmodel.model.loading.load_model`).
 
 Dask runs need a Prefect server every worker can reach (``PREFECT_API_URL``): without one each
 worker process would start its own temporary server on the same sqlite database.

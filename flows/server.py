@@ -35,7 +35,8 @@ def configured_api_url():
 
 
 #: Nice levels the temporary server runs below this process (Linux and macOS): like the task
-#: threads around the model (:func:`segmodel.workers.lower_priority`), its work (recording task
+#: threads around the model (:func:`segmodel.inference.workers.lower_priority`), its work
+#: (recording task
 #: runs, logs and artifacts) then fills the moments the model leaves a core idle instead of
 #: taking cores from it. A run hardly waits on it: task-run states travel as events, logs in
 #: batches, from Prefect's background threads; the flow's progress update after each shard

@@ -1,10 +1,10 @@
-"""The ``train-model`` flow: a thin wrapper running :func:`segmodel.training.train`."""
+"""The ``train-model`` flow: a thin wrapper running :func:`segmodel.training.train.train`."""
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.params import TrainParams
-from segmodel.training import TrainConfig, train
+from segmodel.training.train import TrainConfig, train
 
 
 @task(name="train", cache_policy=NO_CACHE)

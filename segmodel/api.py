@@ -1,256 +1,24 @@
-"""Segmenting numpy images: the engine behind the pipeline, usable from a notebook.
+"""segflow from a notebook, without Prefect: one image, a list of images, or a whole folder.
 
->>> from segmodel.api import segment
->>> labels, table = segment(image)            # doctest: +SKIP
+>>> from segmodel.api import segment, run, read_table
+>>> labels, objects = segment(image)                  # doctest: +SKIP
+>>> summary = run("images/", "out/")                   # doctest: +SKIP
+>>> objects = read_table("out/", "objects")           # doctest: +SKIP
 """
-
-import contextlib
-import math
-import time
-from dataclasses import dataclass, replace
 
 import numpy as np
 
-from segmodel import autoscale
-from segmodel.autoscale import Estimate
-from segmodel.bundle import n_outputs, normalize
-from segmodel.heads import mask_from_maps, object_labels
-from segmodel.measure import CHANNELS, measure_objects
-from segmodel.model import LoadedModel, load_model
-from segmodel.predict import predict_maps, with_flips
-from segmodel.preprocess import (
-    Normalization,
-    Tiling,
-    apply_normalization,
-    check_values,
-    estimate_normalization,
-    resize,
-    scaled_shape,
-    to_channels,
+from segmodel.inference.heads import object_labels
+from segmodel.inference.measure import CHANNELS, measure_objects
+from segmodel.inference.passes import (
+    AUTO,
+    default_tiling,
+    predict_labels,
+    prepare,
+    resolve_model,
+    validate_scale,
 )
-from segmodel.workers import CpuPool
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """An image ready for the model: ``x`` normalised at the working scale, ``image`` as read.
-
-    ``estimate``: with automatic scale, the nucleus size the scale was chosen from
-    (:class:`segmodel.autoscale.Estimate`); None when the scale was given.
-    """
-
-    image: np.ndarray
-    x: np.ndarray
-    scale: float
-    estimate: Estimate = None
-
-
-def resolve_model(model):
-    """A :class:`LoadedModel` from a path, a loaded model, or None (the bundled model)."""
-    return model if isinstance(model, LoadedModel) else load_model(model)
-
-
-#: ``scale="auto"`` (the default): each image's nucleus size is estimated and images whose
-#: nuclei lie outside the model's working range are resized (see :mod:`segmodel.autoscale`).
-AUTO = "auto"
-
-
-def validate_scale(scale):
-    """``"auto"`` or a float in [0.05, 20]. With ``"auto"``, a model whose spec gives no
-    ``object_diameter`` segments every image at its own resolution."""
-    if scale == AUTO:
-        return AUTO
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.05 <= scale <= 20:
-        raise ValueError(
-            f"scale must be 'auto' or a number between 0.05 and 20 (1.0 = the image's own "
-            f"resolution). Received: scale={scale!r}"
-        )
-    return float(scale)
-
-
-def prepare(image, spec, scale=1.0):
-    """Convert, normalise (statistics of the whole image) and resize one image for the model.
-
-    With ``scale="auto"`` the image is prepared at its own resolution; :func:`predict_labels`
-    picks the scale.
-    """
-    image = to_channels(np.asarray(image), spec.channels)
-    if spec.normalization != "percentile":
-        prepared = Prepared(image, normalize(image, spec), 1.0)
-        return rescale(prepared, 1.0 if scale == AUTO else scale)
-    stats = estimate_normalization(image, Normalization(spec.p_low, spec.p_high, spec.invert))
-    x = apply_normalization(image, stats)
-    return rescale(Prepared(image, x, 1.0), 1.0 if scale == AUTO else scale)
-
-
-def rescale(prepared, scale):
-    """The same prepared image at another working scale (resized from the normalised image)."""
-    if scale == prepared.scale:
-        return prepared
-    shape = scaled_shape(prepared.image.shape, scale)
-    return Prepared(prepared.image, resize(prepared.x, shape, order=1), scale)
-
-
-def finish(maps, prepared, spec):
-    """Instance labels at the image's own resolution from the maps of a prepared image.
-
-    Upscaled images are labelled at the working scale and the labels downsampled; downscaled
-    images have their maps upsampled first, so outlines keep the image's own resolution.
-    """
-    return finish_at(maps, prepared.image.shape[:2], prepared.scale, spec)
-
-
-def finish_at(maps, shape, scale, spec):
-    """:func:`finish` for an image of ``shape`` prepared at ``scale`` (what a worker process
-    is sent: the maps and two numbers, not the image)."""
-    if scale < 1.0:
-        maps = resize(maps, shape, order=1)
-    labels = mask_from_maps(maps, spec)  # class map of a semantic model
-    if labels.shape != shape:
-        labels = resize(labels, shape, order=0)
-    return labels
-
-
-def predict_labels(lm, prepared, tiling, *, batch_size=8, auto=False, tta=False, lock=None,
-                   on_error=None, timings=None, pool=None, model_thread=None):
-    """Labels for prepared images, predicting tiles of all images in shared batches.
-
-    With ``auto`` (images prepared at scale 1), each image's nucleus size is estimated from its
-    pyramid levels and the image segmented at the scale it calls for (:func:`estimate_scales`).
-    ``tta`` averages the maps over the four flips of each tile.
-    Returns ``(labels, prepared)`` lists, ``prepared`` holding the scale each image was finally
-    segmented at (and, with ``auto``, its estimate). ``on_error(i, exc)`` receives a failed
-    post-processing of image ``i`` (default: raise); its labels are then None. ``timings``, a
-    dict, accumulates the seconds spent in ``"predict"`` (from taking the lock to the last tile
-    stitched) and ``"postprocess"``. ``pool``, a :class:`segmodel.workers.CpuPool`,
-    post-processes the images in its worker processes.
-    ``model_thread``, a :class:`segmodel.workers.ModelThread`, makes the model calls.
-    """
-    passes = _Passes(lm, list(prepared), tiling, batch_size=batch_size, tta=tta, lock=lock,
-                     on_error=on_error, timings=timings, pool=pool, model_thread=model_thread)
-    if not auto:
-        return passes.run(range(len(passes.prepared))), passes.prepared
-    labels, redo = _estimate(passes)
-    for i, lab in zip(redo, passes.run(redo)):
-        labels[i] = lab
-    return labels, passes.prepared
-
-
-def estimate_scales(lm, prepared, tiling, *, batch_size=8, lock=None):
-    """The automatic scale of each prepared image (at scale 1), without segmenting it there.
-
-    Returns a list of :class:`segmodel.autoscale.Estimate`; see :mod:`segmodel.autoscale`.
-    """
-    passes = _Passes(lm, list(prepared), tiling, batch_size=batch_size, lock=lock)
-    _estimate(passes)
-    return [p.estimate for p in passes.prepared]
-
-
-def _estimate(passes, rule=autoscale.DEFAULT):
-    """Segment each image's pyramid levels, coarsest first, until one measures its nuclei;
-    set each prepared image to its chosen scale. Returns ``(labels, redo)``: labels of the
-    images whose last pass was already at their chosen scale, and the indices still to run."""
-    spec, base = passes.lm.spec, list(passes.prepared)
-    labels = [None] * len(base)
-    if not spec.object_diameter:  # a model that does not know its working size: scale 1
-        return labels, list(range(len(base)))
-    found, failed = {}, set()
-    pending = list(range(len(base)))
-    for level in rule.levels:
-        last = level == rule.levels[-1]
-        for i in pending:
-            passes.prepared[i] = rescale(base[i], base[i].scale * level)
-        for i, lab in zip(pending, passes.run(pending, at_level=not last)):
-            labels[i] = lab
-            if lab is None:
-                failed.add(i)
-                continue
-            d = autoscale.level_diameter(object_labels(lab, spec), level, rule, last=last)
-            if d is not None or last:
-                found[i] = (d, level)
-        pending = [i for i in pending if i not in found and i not in failed]
-    redo = []
-    for i, p in enumerate(base):
-        if i in failed:
-            continue
-        d, level = found[i]
-        scale = autoscale.choose_scale(d, spec, rule)
-        estimate = autoscale.Estimate(scale, math.nan if d is None else d, level)
-        passes.prepared[i] = replace(rescale(p, scale), estimate=estimate)
-        if scale != 1.0 or level != 1.0:
-            labels[i] = None
-            redo.append(i)
-    return labels, redo
-
-
-class _Passes:
-    """Model passes over prepared images: tiles of all images in shared batches, then the
-    post-processing of each (see :func:`predict_labels` for the arguments)."""
-
-    def __init__(self, lm, prepared, tiling, *, batch_size=8, tta=False, lock=None,
-                 on_error=None, timings=None, pool=None, model_thread=None):
-        self.lm, self.prepared, self.tiling, self.batch_size = lm, prepared, tiling, batch_size
-        self.predict = with_flips(lm.predict_batch) if tta else lm.predict_batch
-        self.guard = _NotedLock(lock)
-        self.submit = model_thread.submit if model_thread is not None else None
-        self.on_error, self.pool = on_error, pool or CpuPool(0)
-        self.spent = timings if timings is not None else {}
-
-    def _tick(self, stage, t0):
-        t1 = time.perf_counter()
-        self.spent[stage] = self.spent.get(stage, 0.0) + t1 - t0
-        return t1
-
-    def run(self, indices, *, at_level=False):
-        """Labels of images ``indices`` at their own resolution (``at_level``: at the
-        resolution they were prepared at); None for an image whose post-processing failed."""
-        indices = list(indices)
-        if not indices:
-            return []
-        xs = [self.prepared[i].x for i in indices]
-        maps = predict_maps(self.predict, xs, tiling=self.tiling, batch_size=self.batch_size,
-                            n_out=n_outputs(self.lm.spec), submit=self.submit, lock=self.guard,
-                            exact_last=self.lm.any_batch_size)
-        t0 = self._tick("predict", self.guard.acquired_at)
-        if at_level:
-            shapes, scales = [x.shape[:2] for x in xs], [1.0] * len(xs)
-        else:
-            shapes = [self.prepared[i].image.shape[:2] for i in indices]
-            scales = [self.prepared[i].scale for i in indices]
-        done = self.pool.map(finish_at, maps, shapes, scales, [self.lm.spec] * len(maps))
-        del maps
-        labels = []
-        for i, (lab, exc) in zip(indices, done):
-            if exc is not None and self.on_error is None:
-                raise exc
-            labels.append(lab)
-            if exc is not None:
-                self.on_error(i, exc)
-        self._tick("postprocess", t0)
-        return labels
-
-
-class _NotedLock:
-    """A lock (or none) that notes when it was last acquired: waiting for it is not predicting."""
-
-    def __init__(self, lock=None):
-        self.lock = lock if lock is not None else contextlib.nullcontext()
-        self.acquired_at = None
-
-    def __enter__(self):
-        self.lock.__enter__()
-        self.acquired_at = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        return self.lock.__exit__(*exc)
-
-
-def default_tiling(spec, tile=None, overlap=None):
-    """The model's tiling, with optional overrides, validated against the model's divisor."""
-    tiling = Tiling(tile or spec.tile, spec.overlap if overlap is None else overlap)
-    tiling.validate(spec.divisor)
-    return tiling
+from segmodel.inference.preprocess import check_values, to_channels
 
 
 def segment_many(images, model=None, *, scale=AUTO, batch_size=8, tiling=None, tta=False):
@@ -301,3 +69,56 @@ def segment(image, model=None, *, scale=AUTO, tta=False, image_id=""):
     labels = segment_many([image], lm, scale=scale, tta=tta)[0]
     intensity = to_channels(np.asarray(image), CHANNELS)
     return labels, measure_objects(object_labels(labels, lm.spec), intensity, image_id)
+
+
+def run(input, output, **options):
+    """Segment every image under ``input`` into ``output``: masks and tables, no Prefect.
+
+    The same work as ``segflow run INPUT OUTPUT`` (the same outputs, safe to repeat: a rerun
+    skips images already done), done shard after shard in this process.
+
+    Parameters
+    ----------
+    input, output : str
+        Folder or fsspec URL (``s3://``, ``gs://``, ``memory://``...).
+    **options
+        Any option of :class:`segmodel.pipeline.options.RunOptions` (``scale``, ``patterns``,
+        ``mask_format``, ``model``, ``storage_options``...), with the same defaults as the CLI.
+
+    Returns
+    -------
+    dict
+        The run's summary: ``found``, ``skipped``, ``images``, ``failed``, ``objects``,
+        ``seconds`` and timings (see :meth:`segmodel.pipeline.clock.RunMeter.summary`).
+
+    Raises
+    ------
+    pydantic.ValidationError
+        An option is unknown or has a wrong value.
+    FileNotFoundError
+        No image under ``input`` matches the patterns.
+    """
+    from segmodel.pipeline.options import RunOptions
+    from segmodel.pipeline.run import run as run_pipeline
+
+    return run_pipeline(RunOptions(input=input, output=output, **options))
+
+
+def read_table(output, name, storage_options=None):
+    """One of a run's tables as a DataFrame.
+
+    Parameters
+    ----------
+    output : str
+        The run's output folder or URL.
+    name : {'objects', 'images', 'failures', 'classes'}
+    storage_options : dict, optional
+        Passed to fsspec.
+
+    Returns
+    -------
+    pandas.DataFrame
+    """
+    from segmodel.pipeline.outputs import read_table as read
+
+    return read(output, name, storage_options)

@@ -13,7 +13,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from segmodel import qc
+from segmodel.pipeline import qc
+from segmodel.pipeline.config import RunConfig
+from segmodel.pipeline.run import flag_outliers
 
 PROGRESS_KEY = "segflow-progress"
 SUMMARY_KEY = "segflow-run-summary"
@@ -25,18 +27,16 @@ LISTED = 50  # flagged images and failures listed by name
 
 
 @task(name="report", task_run_name="report and QC gallery", cache_policy=NO_CACHE)
-def publish(ctx, shards: list, summary: dict) -> dict:
-    """Flag run outliers, then publish the summary table and the QC gallery; QC counts back,
-    and ``engine_seconds``: the task's own work (QC flags, thumbnails) without the API calls."""
+def publish(config: RunConfig, shards: list, summary: dict) -> dict:
+    """Flag run outliers, then publish the summary table and the QC gallery.
+
+    Returns the QC counts, and ``engine_seconds``: the task's own work (QC flags, thumbnails)
+    without the API calls.
+    """
     logger = get_run_logger()
-    t0 = time.perf_counter()
-    rows = qc.flag_run_outliers(ctx.output, shards)
-    flagged = rows[rows["qc_flags"].fillna("") != ""] if len(rows) else rows
-    counts = {}
-    for text in flagged["qc_flags"] if len(flagged) else []:
-        for f in qc.split_flags(text):
-            counts[f] = counts.get(f, 0) + 1
-    out = ctx.output.url.rstrip("/")
+    found = flag_outliers(config, shards)
+    rows, flagged, counts = found.rows, found.flagged, found.counts
+    out = config.output.url.rstrip("/")
     table = [{"metric": k, "value": v} for k, v in (
         ("run", flow_run.get_name() or ""), ("images segmented", summary["images"]),
         ("objects", summary["objects"]), ("failures", summary["failed"]),
@@ -44,10 +44,10 @@ def publish(ctx, shards: list, summary: dict) -> dict:
         ("seconds", summary["seconds"]), ("images/s", summary["images_per_second"]),
         ("output", out))]
     table += [{"metric": f"qc: {f}", "value": n} for f, n in sorted(counts.items())]
-    work = time.perf_counter() - t0
+    work = found.seconds
     create_table_artifact(table, key=SUMMARY_KEY, description=f"segment-images run into {out}")
     t0 = time.perf_counter()
-    markdown = _gallery(ctx, rows, flagged, summary, logger)
+    markdown = _gallery(config, rows, flagged, summary, logger)
     work += time.perf_counter() - t0
     create_markdown_artifact(markdown, key=GALLERY_KEY, description=f"QC gallery of {out}")
     if flagged is not None and len(flagged):
@@ -64,8 +64,8 @@ def _choose(rows):
     return order.head(GALLERY_IMAGES)
 
 
-def _gallery(ctx, rows, flagged, summary, logger):
-    out = ctx.output.url.rstrip("/")
+def _gallery(config, rows, flagged, summary, logger):
+    out = config.output.url.rstrip("/")
     lines = [f"# QC gallery: {flow_run.get_name() or 'segment-images'}", "",
              (f"{summary['images']} images segmented, {summary['failed']} failed, "
               f"{len(flagged)} flagged by QC, {summary['skipped']} already done."), "",
@@ -74,9 +74,8 @@ def _gallery(ctx, rows, flagged, summary, logger):
     cells, used = [], 0
     for row in _choose(rows).itertuples():
         try:
-            png = qc.read_thumbnail(ctx.input, ctx.output, row.image_id, row.mask_path,
-                                    max_size=THUMBNAIL_SIZE, channel=ctx.channel,
-                                    plane=ctx.plane, pyramid_level=ctx.pyramid_level)
+            png = qc.read_thumbnail(config.input, config.output, row.image_id, row.mask_path,
+                                    max_size=THUMBNAIL_SIZE, **config.choices())
         except (OSError, ValueError) as exc:  # moved or deleted since: leave it out
             logger.warning("no thumbnail for %s: %s", row.image_id, exc)
             continue

@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # whichever tests run first (``prefect.flow`` loads ``prefect.main``, which sets up logging).
 from prefect import flow  # noqa: E402,F401
 
-from segmodel.datasets import DEFAULT_DATA  # noqa: E402
+from segmodel.training.datasets import DEFAULT_DATA  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[1] / "segmodel" / "samples"
 

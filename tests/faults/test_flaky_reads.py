@@ -5,7 +5,7 @@ missing one as None, and a permanent error (403) is raised, not taken for a miss
 import pytest
 from flaky_proxy import FlakyProxy
 
-from segmodel.io import Store
+from segmodel.storage.io import Store
 
 pytestmark = pytest.mark.slow
 

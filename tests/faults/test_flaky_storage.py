@@ -12,7 +12,7 @@ import pytest
 from flaky_proxy import FlakyProxy
 from runs import compare, read_tables, record, run, segflow_env, small_png
 
-from segmodel.datasets import list_samples
+from segmodel.training.datasets import list_samples
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from segmodel.api import prepare
-from segmodel.model import ModelSpec
-from segmodel.preprocess import ImageDecodeError, decode_image
+from segmodel.inference.passes import prepare
+from segmodel.inference.preprocess import ImageDecodeError, decode_image
+from segmodel.model.spec import ModelSpec
 
 SPEC = ModelSpec()
 LIMIT = 1_000_000  # small max_pixels so a mutated header cannot make an example slow

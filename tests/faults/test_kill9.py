@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from runs import compare, read_tables, record, run, segflow_env, small_png, start
 
-from segmodel.datasets import list_samples
+from segmodel.training.datasets import list_samples
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 

@@ -18,9 +18,9 @@ from odd_images import cases, png_bomb, tiff_bomb
 from PIL import Image
 
 from flows.cli import main
-from segmodel.io import Store
-from segmodel.outputs import mask_paths, safe_relpath
-from segmodel.preprocess import ImageDecodeError, decode_image
+from segmodel.inference.preprocess import ImageDecodeError, decode_image
+from segmodel.pipeline.outputs import mask_paths, safe_relpath
+from segmodel.storage.io import Store
 
 SOURCE = "fluor-3bfd6bb1.png"  # 256 x 256 fluorescence, 38 nuclei
 
@@ -103,7 +103,8 @@ def test_a_decompression_bomb_is_refused_from_its_header_without_allocating(bomb
 def test_a_bomb_under_a_raised_limit_still_fails_cleanly_in_bounded_memory(tmp_path):
     """Even with --max-pixels above the declared size, the broken data fails, not the machine."""
     code = ("import resource, sys; sys.path.insert(0, 'tests/faults');"
-            "from odd_images import tiff_bomb; from segmodel.preprocess import decode_image;"
+            "from odd_images import tiff_bomb;"
+            "from segmodel.inference.preprocess import decode_image;"
             "resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30));"
             "exec('try:\\n decode_image(tiff_bomb(20000), name=\"b\", max_pixels=10**9)\\n"
             "except Exception as e: print(type(e).__name__)');"

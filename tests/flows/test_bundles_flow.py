@@ -13,10 +13,10 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from flows.cli import main
-from segmodel import datasets
-from segmodel.heads import CLASS_SCHEMA
-from segmodel.model import load_model
-from segmodel.training import TrainConfig, train
+from segmodel.inference.heads import CLASS_SCHEMA
+from segmodel.model.loading import load_model
+from segmodel.training import datasets
+from segmodel.training.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

@@ -11,8 +11,8 @@ import zarr
 from skimage.draw import polygon as fill_polygon
 
 from flows.cli import main
-from segmodel import export
-from segmodel.io import Store
+from segmodel.storage import export
+from segmodel.storage.io import Store
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

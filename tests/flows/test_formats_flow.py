@@ -17,8 +17,8 @@ from PIL import Image
 
 from flows.cli import main
 from flows.report import GALLERY_KEY
-from segmodel.measure import OBJECT_SCHEMA
-from segmodel.outputs import IMAGE_SCHEMA, read_table
+from segmodel.inference.measure import OBJECT_SCHEMA
+from segmodel.pipeline.outputs import IMAGE_SCHEMA, read_table
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

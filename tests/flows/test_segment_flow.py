@@ -9,8 +9,8 @@ import pytest
 import tifffile
 
 from flows.cli import main
-from segmodel.measure import OBJECT_SCHEMA
-from segmodel.outputs import FAILURE_SCHEMA, IMAGE_SCHEMA, read_table
+from segmodel.inference.measure import OBJECT_SCHEMA
+from segmodel.pipeline.outputs import FAILURE_SCHEMA, IMAGE_SCHEMA, read_table
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -185,7 +185,7 @@ def test_a_run_while_another_writes_to_the_same_output_stops_and_touches_nothing
     import socket
     import time
 
-    from segmodel.lease import LEASE
+    from segmodel.storage.lease import LEASE
 
     out = tmp_path / "out"
     out.mkdir()
@@ -248,23 +248,6 @@ def test_cpu_workers_give_the_same_outputs_as_in_thread_work(folder, samples, tm
     for row in t0["images"].itertuples():
         np.testing.assert_array_equal(tifffile.imread(out0 / row.mask_path),
                                       tifffile.imread(out2 / row.mask_path))
-
-
-def test_the_model_warm_up_traces_each_batch_shape_of_a_run_once_per_process():
-    import types
-
-    import keras
-
-    from segmodel.model import DEFAULT_MODEL
-    from tasks.shards import _warm_up
-
-    ctx = types.SimpleNamespace(model_path=str(DEFAULT_MODEL), trust_model=False,
-                                batch_size=3, tile_size=128)
-    shapes = [(3, 128, 128, 3)]
-    if keras.backend.backend() == "tensorflow":  # a shard's last batch: any size, one trace
-        shapes.append((1, 128, 128, 3))
-    assert _warm_up(ctx) == shapes
-    assert _warm_up(ctx) == []  # already traced in this process
 
 
 def test_a_new_neighbour_never_takes_a_finished_images_mask(samples, tmp_path):

@@ -3,9 +3,9 @@
 import numpy as np
 
 from segmodel.api import segment_many
-from segmodel.classical import segment_classical
-from segmodel.datasets import list_samples
-from segmodel.metrics import score_image
+from segmodel.evaluation.classical import segment_classical
+from segmodel.evaluation.metrics import score_image
+from segmodel.training.datasets import list_samples
 
 
 def test_shipped_model_beats_the_classical_baseline_on_validation_images(dsb2018):

@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 from segmodel.api import segment, segment_many
-from segmodel.metrics import iou_matrix
-from segmodel.preprocess import Tiling, tile_origins
+from segmodel.evaluation.metrics import iou_matrix
+from segmodel.inference.preprocess import Tiling, tile_origins
 
 #: Allowed |predicted - annotated| / annotated nucleus count per sample kind (hand counts); the
 #: shipped model's mean relative count error on the validation split is 0.104, on its
@@ -99,8 +99,9 @@ def test_segment_many_refuses_nan_pixels_and_a_tiling_that_cannot_cover(samples)
 def test_automatic_scale_is_the_default_and_the_shipped_model_knows_its_working_size():
     import inspect
 
-    from segmodel.api import AUTO, segment, segment_many
-    from segmodel.model import load_model
+    from segmodel.api import segment, segment_many
+    from segmodel.inference.passes import AUTO
+    from segmodel.model.loading import load_model
 
     spec = load_model().spec
     assert spec.object_diameter == 18.0 and spec.object_diameter_range == (10.0, 50.0)
@@ -110,8 +111,8 @@ def test_automatic_scale_is_the_default_and_the_shipped_model_knows_its_working_
 
 def test_the_working_range_comes_from_the_training_images(dsb2018):
     """The shipped sidecar's size and range are what training records for its train split."""
-    from segmodel.autoscale import median_diameter, working_sizes
-    from segmodel.datasets import list_samples
+    from segmodel.inference.autoscale import median_diameter, working_sizes
+    from segmodel.training.datasets import list_samples
 
     train = list_samples(dsb2018, "train")
     assert working_sizes(median_diameter(s.load_labels()) for s in train) == (18.0, (10.0, 50.0))
@@ -124,8 +125,8 @@ def test_the_working_range_comes_from_the_training_images(dsb2018):
     (None, 1.0), (float("nan"), 1.0),  # not measured
 ], ids=["inside", "low-edge", "high-edge", "large", "small", "huge", "tiny", "none", "nan"])
 def test_choose_scale_keeps_the_working_range_and_brings_the_rest_inside(diameter, scale):
-    from segmodel.autoscale import choose_scale
-    from segmodel.model import ModelSpec
+    from segmodel.inference.autoscale import choose_scale
+    from segmodel.model.spec import ModelSpec
 
     spec = ModelSpec(object_diameter=18.0, object_diameter_range=(10.0, 50.0))
     assert choose_scale(diameter, spec) == pytest.approx(scale)
@@ -133,8 +134,8 @@ def test_choose_scale_keeps_the_working_range_and_brings_the_rest_inside(diamete
 
 
 def test_level_diameter_trusts_a_coarse_level_only_where_its_nuclei_are_resolved(dsb2018):
-    from segmodel.autoscale import DEFAULT, level_diameter, median_diameter
-    from segmodel.datasets import list_samples
+    from segmodel.inference.autoscale import DEFAULT, level_diameter, median_diameter
+    from segmodel.training.datasets import list_samples
 
     labels = list_samples(dsb2018, "train")[0].load_labels()
     d = median_diameter(labels)
@@ -150,8 +151,8 @@ def test_level_diameter_trusts_a_coarse_level_only_where_its_nuclei_are_resolved
 
 
 def _magnified(dsb2018, image_id, factors):
-    from segmodel.api import default_tiling, predict_labels, prepare, resolve_model
-    from segmodel.datasets import list_samples, magnify
+    from segmodel.inference.passes import default_tiling, predict_labels, prepare, resolve_model
+    from segmodel.training.datasets import list_samples, magnify
 
     lm = resolve_model(None)
     sample = next(s for s in list_samples(dsb2018) if s.id.startswith(image_id))
@@ -183,8 +184,8 @@ def test_automatic_scale_follows_the_magnification_of_the_image(dsb2018):
 def test_an_empty_or_single_nucleus_image_keeps_its_scale_and_says_so(samples):
     """Too few nuclei to measure: scale 1, no diameter, the scale_fallback QC flag; the one
     nucleus is still found."""
-    from segmodel.api import default_tiling, predict_labels, prepare, resolve_model
-    from segmodel.shards import nucleus_diameter, with_scale_flag
+    from segmodel.inference.passes import default_tiling, predict_labels, prepare, resolve_model
+    from segmodel.pipeline.rows import nucleus_diameter, with_scale_flag
 
     lm = resolve_model(None)
     path = next(p for p, r in samples if r["nuclei"] == "1")
@@ -202,7 +203,7 @@ def test_an_empty_or_single_nucleus_image_keeps_its_scale_and_says_so(samples):
 def test_the_bundled_model_gives_the_same_maps_for_a_smaller_last_batch(samples):
     import keras
 
-    from segmodel.model import load_model
+    from segmodel.model.loading import load_model
 
     lm = load_model()
     assert lm.any_batch_size == (keras.backend.backend() == "tensorflow")

@@ -10,8 +10,10 @@ import pytest
 import yaml
 
 from flows.cli import main
-from segmodel import bundle, heads
-from segmodel.model import DEFAULT_MODEL, ModelSpec, load_model
+from segmodel.inference import heads
+from segmodel.model import bundle
+from segmodel.model.loading import DEFAULT_MODEL, load_model
+from segmodel.model.spec import ModelSpec
 
 SEMANTIC = {"name": "three-class", "kind": "semantic",
             "classes": ["background", "interior", "boundary"], "object_class": "interior",

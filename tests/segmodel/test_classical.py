@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from segmodel.classical import segment_classical
-from segmodel.datasets import DEFAULT_DATA, list_samples
+from segmodel.evaluation.classical import segment_classical
+from segmodel.training.datasets import DEFAULT_DATA, list_samples
 
 MODALITIES = ("fluorescence", "histology", "brightfield")
 

@@ -6,7 +6,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from segmodel.evaluate import evaluate_folders, summarize
+from segmodel.evaluation.evaluate import evaluate_folders, summarize
 
 
 def _square(labels, value, y, x, size=10):

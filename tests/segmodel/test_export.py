@@ -8,9 +8,9 @@ import pytest
 import zarr
 from skimage.draw import polygon as fill_polygon
 
-from segmodel import export
-from segmodel.datasets import list_samples
-from segmodel.io import Store
+from segmodel.storage import export
+from segmodel.storage.io import Store
+from segmodel.training.datasets import list_samples
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ import tifffile
 from microscopy import fluorescence_gray, write_ngff, write_ome_tiff
 from PIL import Image
 
-from segmodel import formats
-from segmodel.io import Store, list_images
-from segmodel.measure import measure_objects
-from segmodel.preprocess import ImageDecodeError
+from segmodel.inference.measure import measure_objects
+from segmodel.inference.preprocess import ImageDecodeError
+from segmodel.storage import formats
+from segmodel.storage.io import Store, list_images
 
 
 @pytest.fixture(scope="module")

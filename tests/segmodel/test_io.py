@@ -7,7 +7,7 @@ import time
 import fsspec
 import pytest
 
-from segmodel.io import Store, check_url, is_transient, list_images, retry
+from segmodel.storage.io import Store, check_url, is_transient, list_images, retry
 
 
 @pytest.fixture

@@ -8,15 +8,16 @@ from PIL import Image
 from skimage.measure import label as connected
 from skimage.measure import regionprops, regionprops_table
 
-from segmodel.api import default_tiling, segment_many
-from segmodel.large import (
+from segmodel.api import segment_many
+from segmodel.inference.blockwise import (
     BlockRun,
     Blocks,
     TiffRegions,
     write_label_tiff,
     write_mosaic_tiff,
 )
-from segmodel.model import load_model
+from segmodel.inference.passes import default_tiling
+from segmodel.model.loading import load_model
 
 SIZE, BLOCK = 1536, 768  # 2x2 blocks; the seams cross the middle of mosaic cells
 
@@ -177,7 +178,7 @@ def test_block_reader_reads_gray_and_rgb_from_a_writable_handle(array):
 def test_block_run_refuses_nan_pixels_naming_the_image():
     import io
 
-    from segmodel.preprocess import ImageDecodeError
+    from segmodel.inference.preprocess import ImageDecodeError
 
     array = np.ones((512, 512), np.float32)
     array[300, 301] = np.nan  # off the statistics' sampling grid: found when its block is read
@@ -192,8 +193,8 @@ def test_block_run_refuses_nan_pixels_naming_the_image():
 def test_a_huge_image_gets_its_scale_from_its_central_square(mosaic, tmp_path):
     """Automatic scale on the block-wise path: measured on the central square, so the
     mosaic at 4x magnification gets the 4x diameter and a scale bringing it back in range."""
-    from segmodel.datasets import magnify
-    from segmodel.large import estimate_scale
+    from segmodel.inference.blockwise import estimate_scale
+    from segmodel.training.datasets import magnify
 
     model = load_model()
     tiling = default_tiling(model.spec)

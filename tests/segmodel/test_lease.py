@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from segmodel.io import Store
-from segmodel.lease import LEASE, Lease, OutputBusy, is_live, read_holder
+from segmodel.storage.io import Store
+from segmodel.storage.lease import LEASE, Lease, OutputBusy, is_live, read_holder
 
 
 @pytest.fixture(params=["local", "memory"])

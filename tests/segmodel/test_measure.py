@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from segmodel.measure import OBJECT_SCHEMA, measure_objects
+from segmodel.inference.measure import OBJECT_SCHEMA, measure_objects
 
 
 def test_no_objects_gives_every_column_and_zero_rows():
@@ -45,9 +45,9 @@ def test_every_column_equals_regionprops_on_real_labels(dsb2018):
     real images, object by object."""
     from skimage.measure import regionprops_table
 
-    from segmodel.datasets import list_samples
-    from segmodel.measure import _PROPS, measure_objects
-    from segmodel.preprocess import to_channels
+    from segmodel.inference.measure import _PROPS, measure_objects
+    from segmodel.inference.preprocess import to_channels
+    from segmodel.training.datasets import list_samples
 
     checked = 0
     for sample in list_samples(dsb2018, "val")[:12]:
@@ -76,7 +76,7 @@ def test_orientation_of_objects_with_equal_second_moments_is_regionprops():
     regionprops answers +-pi/4 by a special case; the sign must be its own."""
     from skimage.measure import regionprops_table
 
-    from segmodel.measure import measure_objects
+    from segmodel.inference.measure import measure_objects
 
     labels = np.zeros((40, 60), np.int32)
     yy, xx = np.mgrid[:40, :60]
@@ -95,7 +95,7 @@ def test_convex_areas_equal_regionprops_on_awkward_shapes():
     on the image border: the vectorised hull counts the same pixels as regionprops."""
     from skimage.measure import regionprops_table
 
-    from segmodel.measure import convex_areas
+    from segmodel.inference.measure import convex_areas
 
     s = np.zeros((40, 40), np.int32)
     s[1, 1] = 1

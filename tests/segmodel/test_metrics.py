@@ -7,7 +7,7 @@ object match when their IoU is strictly above ``t``; thresholds are 0.50, 0.55, 
 import numpy as np
 import pytest
 
-from segmodel.metrics import THRESHOLDS, average_precision, iou_matrix, score_image
+from segmodel.evaluation.metrics import THRESHOLDS, average_precision, iou_matrix, score_image
 
 
 def squares(shape, boxes):

@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from segmodel import outputs
-from segmodel.io import Store
+from segmodel.pipeline import outputs
+from segmodel.storage.io import Store
 
 
 def test_mask_paths_replace_the_extension():
@@ -84,7 +84,7 @@ def test_reconcile_removes_parts_of_shards_that_never_committed(store):
 
 
 def test_pending_skips_done_images_with_the_same_fingerprint_and_config():
-    from segmodel.io import ImageRef
+    from segmodel.storage.io import ImageRef
 
     refs = [ImageRef("a", "a", "a", 1, "f1"), ImageRef("b", "b", "b", 1, "f2"),
             ImageRef("c", "c", "c", 1, "f3")]

@@ -5,8 +5,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from segmodel.model import PostprocessSettings
-from segmodel.postprocess import labels_from_maps
+from segmodel.inference.postprocess import labels_from_maps
+from segmodel.model.spec import PostprocessSettings
 
 SETTINGS = PostprocessSettings(foreground=0.5, marker=0.5, boundary_weight=1.0, min_area=20)
 
@@ -130,7 +130,7 @@ def _whole_image_watershed(maps, settings):
     from skimage.morphology import remove_small_objects
     from skimage.segmentation import relabel_sequential, watershed
 
-    from segmodel.postprocess import _drop_small
+    from segmodel.inference.postprocess import _drop_small
 
     fg = maps[..., 0] > settings.foreground
     score = maps[..., 2] - settings.boundary_weight * maps[..., 1]
@@ -182,10 +182,10 @@ def _split_one_by_one(score, markers, settings):
 def test_flooding_only_shared_components_equals_the_whole_image_watershed_on_real_maps(dsb2018):
     """Touching, lone and marker-less nuclei of real images, as the bundled model maps them:
     the same labels, numbers included, as flooding the whole image."""
-    from segmodel.api import default_tiling, prepare
-    from segmodel.datasets import list_samples
-    from segmodel.model import DEFAULT_MODEL, load_model
-    from segmodel.predict import predict_maps
+    from segmodel.inference.passes import default_tiling, prepare
+    from segmodel.inference.predict import predict_maps
+    from segmodel.model.loading import DEFAULT_MODEL, load_model
+    from segmodel.training.datasets import list_samples
 
     model = load_model(str(DEFAULT_MODEL))
     settings = model.spec.postprocess
@@ -228,7 +228,7 @@ def test_shared_lone_and_markerless_components_together_equal_the_whole_image_wa
 
 
 def test_per_label_counts_and_sums_band_by_band_as_a_whole_image_bincount():
-    from segmodel.postprocess import _per_label
+    from segmodel.inference.postprocess import _per_label
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 40, (123, 77)).astype(np.int32)

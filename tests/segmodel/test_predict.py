@@ -7,9 +7,9 @@ from concurrent.futures import Future
 import numpy as np
 import pytest
 
-from segmodel.predict import predict_maps
-from segmodel.preprocess import Tiling, tile_origins
-from segmodel.workers import ModelThread
+from segmodel.inference.predict import predict_maps
+from segmodel.inference.preprocess import Tiling, tile_origins
+from segmodel.inference.workers import ModelThread
 
 
 class Doubler:

@@ -7,7 +7,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from segmodel.preprocess import (
+from segmodel.inference.preprocess import (
     ImageDecodeError,
     Normalization,
     NormStats,
@@ -108,8 +108,8 @@ def test_bright_background_is_inverted_so_nuclei_are_bright():
 def test_normalisation_statistics_equal_numpy_percentiles_on_real_images(dsb2018):
     """The histogram percentiles of 8/16-bit images are exactly numpy's, and the inversion
     decision is the one the sorted median gives, on real images of every modality."""
-    from segmodel.datasets import list_samples
-    from segmodel.preprocess import estimate_normalization
+    from segmodel.inference.preprocess import estimate_normalization
+    from segmodel.training.datasets import list_samples
 
     inverted = 0
     for sample in list_samples(dsb2018, "val")[::3]:
@@ -136,7 +136,7 @@ def test_normalisation_does_not_modify_its_input():
 def test_normalisation_in_place_equals_the_formula_on_real_images(dsb2018):
     """Bit for bit ``clip((1 -) (x - low) / (high - low), -0.5, 1.5)`` in float32, on real
     images with and without inversion."""
-    from segmodel.datasets import list_samples
+    from segmodel.training.datasets import list_samples
 
     inverted = 0
     for sample in list_samples(dsb2018, "val")[::4]:
@@ -219,8 +219,8 @@ def test_owned_regions_cover_the_image_with_context_around_every_pixel(shape, ti
 
 def test_channel_mean_percentiles_equal_numpy_on_real_images(dsb2018):
     """The histogram path (8/16-bit) gives numpy's percentiles of the float channel mean."""
-    from segmodel.datasets import list_samples
-    from segmodel.preprocess import channel_mean_percentiles
+    from segmodel.inference.preprocess import channel_mean_percentiles
+    from segmodel.training.datasets import list_samples
 
     qs = [1.0, 50.0, 99.8]
     for sample in list_samples(dsb2018, "val")[::7]:
@@ -233,7 +233,7 @@ def test_channel_mean_percentiles_equal_numpy_on_real_images(dsb2018):
 
 def test_percentiles_of_strided_8_bit_views_equal_numpy():
     """RGB views of RGBA pixels and subsamples are counted by blocks of rows, never copied."""
-    from segmodel.preprocess import _percentiles
+    from segmodel.inference.preprocess import _percentiles
 
     rng = np.random.default_rng(1)
     for shape in [(300, 400, 4), (1040, 1388, 4), (7, 5, 4), (1, 3, 4)]:

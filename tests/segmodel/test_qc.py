@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from segmodel import qc
-from segmodel.io import Store
-from segmodel.outputs import encode_parquet, table
+from segmodel.pipeline import qc
+from segmodel.pipeline.outputs import encode_parquet, table
+from segmodel.storage.io import Store
 
 FLUOR = "3bfd6bb152310f93daa6f4e1867c10572946e874b3a30c9ba8e0fcdeb590300b"  # 32 nuclei
 BRIGHT = "1a11552569160f0b1ea10bedbd628ce6c14f29edec5092034c2309c556df833e"  # 1024 x 1024
@@ -131,7 +131,7 @@ def test_run_outliers_are_written_into_this_runs_images_only(tmp_path, indexed):
     store.write_bytes("images/new.parquet",
                       _images_part(["f", "g"], [300, 21], ["saturated", "many_objects"]))
     if indexed:
-        from segmodel import outputs
+        from segmodel.pipeline import outputs
 
         outputs.reconcile(store)
         assert outputs.read_index(store) is not None

@@ -7,7 +7,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from segmodel.export import encode_mask
+from segmodel.storage.export import encode_mask
 
 
 def test_masks_with_more_than_65535_objects_are_uint32_tiffs():

@@ -6,9 +6,9 @@ import re
 import numpy as np
 import pytest
 
-from segmodel import datasets
-from segmodel.model import load_model
-from segmodel.training import PatchSampler, TrainConfig, make_targets, train, tuning_record
+from segmodel.model.loading import load_model
+from segmodel.training import datasets
+from segmodel.training.train import PatchSampler, TrainConfig, make_targets, train, tuning_record
 
 
 def test_targets_separate_touching_nuclei():
@@ -24,7 +24,7 @@ def test_targets_separate_touching_nuclei():
 
 
 def test_contact_map_marks_only_where_two_nuclei_meet():
-    from segmodel.training import contact_map
+    from segmodel.training.train import contact_map
 
     labels = np.zeros((20, 40), np.int32)
     labels[5:15, 3:15] = 1
@@ -42,7 +42,7 @@ def test_contact_map_marks_only_where_two_nuclei_meet():
 def test_contact_weight_weights_the_loss_where_nuclei_touch(dsb2018):
     from keras import ops
 
-    from segmodel.training import _load_items, _loss
+    from segmodel.training.train import _load_items, _loss
 
     samples = [s for s in datasets.list_samples(dsb2018, "train") if s.modality == "histology"]
     plain = _load_items(samples[:1], log=lambda m: None)[0][2]
@@ -70,7 +70,7 @@ def test_every_split_is_a_fixed_function_of_the_id(dsb2018):
 
 def test_patches_have_fixed_shape_and_nuclei(dsb2018):
     samples = datasets.list_samples(dsb2018, "train")[:6]
-    from segmodel.training import _load_items
+    from segmodel.training.train import _load_items
 
     sampler = PatchSampler(_load_items(samples, log=lambda m: None), TrainConfig(batch_size=4))
     x, y = sampler.batch(np.random.default_rng(0))
@@ -105,8 +105,8 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(dsb2018, tmp_path):
 def test_a_model_trained_at_the_images_own_scale_records_their_range_of_sizes(dsb2018, tmp_path):
     """The sidecar's working size and range are the median and 5th-95th percentiles of the
     training images' median nucleus diameters: automatic scale leaves such images as they are."""
-    from segmodel.autoscale import median_diameter, working_sizes
-    from segmodel.datasets import list_samples
+    from segmodel.inference.autoscale import median_diameter, working_sizes
+    from segmodel.training.datasets import list_samples
 
     config = TrainConfig(data_dir=str(dsb2018), steps=1, steps_per_epoch=1, batch_size=2,
                          patch=64, tune_images=2, train_images=12, object_diameter=0.0)
@@ -120,20 +120,20 @@ def test_a_model_trained_at_the_images_own_scale_records_their_range_of_sizes(ds
 def test_retune_rewrites_only_the_thresholds_of_the_sidecar(dsb2018, tmp_path):
     import shutil
 
-    from segmodel.model import DEFAULT_MODEL, fingerprint, spec_path
-    from segmodel.training import (
+    from segmodel.model.loading import DEFAULT_MODEL, fingerprint, spec_path
+    from segmodel.training.train import (
         TUNING_AP_TOLERANCE,
         TUNING_GRID,
         TUNING_MIN_AREAS,
         TUNING_OBJECT_FILTERS,
         TUNING_SPLITS,
     )
-    from segmodel.tune import retune
+    from segmodel.training.tune import retune
 
     path = tmp_path / "nuclei.keras"
     shutil.copyfile(DEFAULT_MODEL, path)
     shutil.copyfile(spec_path(DEFAULT_MODEL), spec_path(path))
-    from segmodel.model import ModelSpec
+    from segmodel.model.spec import ModelSpec
 
     before = ModelSpec.from_dict(json.loads(spec_path(path).read_text())).to_dict()
     fp = fingerprint(path)
@@ -173,8 +173,8 @@ def test_retune_rewrites_only_the_thresholds_of_the_sidecar(dsb2018, tmp_path):
 def test_a_deeper_unet_starts_from_the_levels_it_shares_with_a_trained_one():
     import pytest
 
-    from segmodel.model import build_unet
-    from segmodel.training import init_weights
+    from segmodel.model.unet import build_unet
+    from segmodel.training.train import init_weights
 
     small = build_unet(filters=(4, 8), bottleneck=8)
     for w in small.weights:  # weights no fresh model has
@@ -202,7 +202,7 @@ def test_a_deeper_unet_starts_from_the_levels_it_shares_with_a_trained_one():
 def test_the_training_command_names_a_bad_architecture_option(capsys):
     import pytest
 
-    from segmodel.training import main
+    from segmodel.training.train import main
 
     for argv, message in ((["--filters", "16,x"], "--filters must be positive integers"),
                           (["--filters", "16,32,64,128,256", "--patch", "48"],
@@ -216,7 +216,7 @@ def test_the_training_command_names_a_bad_architecture_option(capsys):
 def test_filters_option_values_parse_to_positive_levels():
     import pytest
 
-    from segmodel.training import parse_filters
+    from segmodel.training.train import parse_filters
 
     assert parse_filters("16,32,64,128") == (16, 32, 64, 128)
     assert parse_filters(" 8 , 16 ") == (8, 16)

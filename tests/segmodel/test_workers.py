@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from segmodel.workers import CpuPool, ImageError, ModelThread, lower_priority
+from segmodel.inference.workers import CpuPool, ImageError, ModelThread, lower_priority
 
 
 def _area_or_fail(labels):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dsb2018"
+DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "dsb2018"
 
 #: Percent of ids (by hash) in the validation split; never used for training or tuning.
 VAL_PERCENT = 15
@@ -77,7 +77,7 @@ class PairedSample:
 
     def load(self):
         """``(image (H, W, C), labels (H, W) int32)``; labels must be one 2-D integer plane."""
-        from segmodel.preprocess import decode_image
+        from segmodel.inference.preprocess import decode_image
 
         image = decode_image(self.image_path.read_bytes(), name=str(self.image_path))
         labels = decode_image(self.label_path.read_bytes(), name=str(self.label_path))

@@ -20,7 +20,7 @@ Two kinds of flags end up in the ``qc_flags`` column of the images table (names 
                          (the model saw nuclei of ~8 to ~100 px: use ``scale``);
   ``scale_fallback``     automatic scale found too few nuclei to measure their size at any
                          pyramid level, so the image kept its own resolution (see
-                         :mod:`segmodel.autoscale`).
+                         :mod:`segmodel.inference.autoscale`).
 
 * per run, once all images of a run are written (:func:`outlier_flags`): ``few_objects`` and
   ``many_objects`` for object counts that are robust outliers against the median count of all
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from segmodel.preprocess import channel_mean_percentiles
+from segmodel.inference.preprocess import channel_mean_percentiles
 
 FLAG_SEPARATOR = ";"
 RUN_FLAGS = ("few_objects", "many_objects")
@@ -187,7 +187,7 @@ def flag_run_outliers(store, shards, *, settings=QCSettings()):
 
     Parameters
     ----------
-    store : segmodel.io.Store
+    store : segmodel.storage.io.Store
         The output.
     shards : sequence of str
         Names of this run's shards.
@@ -201,7 +201,7 @@ def flag_run_outliers(store, shards, *, settings=QCSettings()):
     """
     import pandas as pd
 
-    from segmodel.outputs import IMAGE_SCHEMA, encode_parquet, read_index, read_parts
+    from segmodel.pipeline.outputs import IMAGE_SCHEMA, encode_parquet, read_index, read_parts
 
     names = [p.rsplit("/", 1)[-1][: -len(".parquet")] for p in store.list("images", ".parquet")]
     if not names:
@@ -245,7 +245,7 @@ def read_thumbnail(input_store, output_store, image_id, mask_path, *, max_size=2
 
     Parameters
     ----------
-    input_store, output_store : segmodel.io.Store
+    input_store, output_store : segmodel.storage.io.Store
         The run's input and output.
     image_id : str
         The image's path relative to the input.
@@ -254,7 +254,7 @@ def read_thumbnail(input_store, output_store, image_id, mask_path, *, max_size=2
     max_size : int, optional
         Longest side of the thumbnail (default 256).
     channel, plane, pyramid_level : optional
-        The run's input choices (see :mod:`segmodel.formats`): the thumbnail shows what was
+        The run's input choices (see :mod:`segmodel.storage.formats`): the thumbnail shows what was
         segmented.
 
     Returns
@@ -264,13 +264,13 @@ def read_thumbnail(input_store, output_store, image_id, mask_path, *, max_size=2
     """
     from PIL import Image
 
-    from segmodel import formats
+    from segmodel.storage import formats
 
     source = formats.read_image(input_store, input_store.path(image_id), name=image_id,
                                 plane=plane, pyramid_level=pyramid_level)
     image = formats.model_image(source, channel, image_id)
     if mask_path.endswith(".zarr"):
-        from segmodel.export import read_labels
+        from segmodel.storage.export import read_labels
 
         return outline_thumbnail(image, read_labels(output_store, mask_path), max_size=max_size)
     data = output_store.read_bytes(output_store.path(mask_path))

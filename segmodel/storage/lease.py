@@ -63,7 +63,7 @@ def _process_exists(pid):
 
 
 class Lease:
-    """The lease of ``store`` (an OUTPUT :class:`segmodel.io.Store`) for run ``run``.
+    """The lease of ``store`` (an OUTPUT :class:`segmodel.storage.io.Store`) for run ``run``.
 
     Use as a context manager, or :meth:`acquire` then :meth:`release`. :meth:`acquire` raises
     :class:`OutputBusy` while another live run holds it.

@@ -6,7 +6,7 @@ from concurrent.futures import Future
 
 import numpy as np
 
-from segmodel.preprocess import Tiling, extract_tile, owned_region, tile_origins
+from segmodel.inference.preprocess import Tiling, extract_tile, owned_region, tile_origins
 
 
 def predict_maps(predict_batch, images, *, tiling=Tiling(), batch_size=8, n_out=3, submit=None,
@@ -17,7 +17,7 @@ def predict_maps(predict_batch, images, *, tiling=Tiling(), batch_size=8, n_out=
     overlap, grouped into batches of exactly ``batch_size`` (the last padded with zeros, or cut
     to its tiles with ``exact_last``), passed to ``predict_batch`` and stitched back: each
     pixel is taken from a tile that saw at least ``tiling.overlap`` pixels of context around
-    it (see :func:`segmodel.preprocess.owned_region`).
+    it (see :func:`segmodel.inference.preprocess.owned_region`).
 
     Parameters
     ----------
@@ -32,7 +32,8 @@ def predict_maps(predict_batch, images, *, tiling=Tiling(), batch_size=8, n_out=
         Output channels of ``predict_batch``.
     submit : callable, optional
         ``submit(fn, batch) -> Future`` runs the model calls elsewhere (the model thread of
-        :class:`segmodel.workers.ModelThread`). The next batch is then queued behind the running
+        :class:`segmodel.inference.workers.ModelThread`). The next batch is then queued behind the
+        running
         one, and this thread cuts the batch after it and stitches the one before it meanwhile,
         so the model never waits for them. Default: each call runs here, in turn.
     lock : context manager, optional
@@ -42,7 +43,7 @@ def predict_maps(predict_batch, images, *, tiling=Tiling(), batch_size=8, n_out=
     exact_last : bool, optional
         Send the last batch with only its tiles instead of padding it to ``batch_size``: for
         models whose calls cost in proportion to the batch and take any batch size without
-        compiling again (:attr:`segmodel.model.LoadedModel.any_batch_size`).
+        compiling again (:attr:`segmodel.model.loading.LoadedModel.any_batch_size`).
 
     Returns
     -------

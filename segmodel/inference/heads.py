@@ -1,7 +1,7 @@
 """Turning a model's output maps into masks, by the spec's output kind.
 
 - ``instances``: foreground/boundary/distance maps -> instance labels by marker-controlled
-  watershed (:func:`segmodel.postprocess.labels_from_maps`).
+  watershed (:func:`segmodel.inference.postprocess.labels_from_maps`).
 - ``binary``: one sigmoid foreground map -> instance labels, by connected components or, with
   ``split: watershed``, by a watershed on the foreground's distance transform that splits
   touching objects.
@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from segmodel.bundle import n_outputs
-from segmodel.postprocess import _drop_small, labels_from_maps
+from segmodel.inference.postprocess import _drop_small, labels_from_maps
+from segmodel.model.bundle import n_outputs
 
 CLASS_SCHEMA = {"image_id": "string", "class_index": "int64", "class": "string",
                 "pixels": "int64", "fraction": "float64", "components": "int64"}

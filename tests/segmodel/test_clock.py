@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from flows.timing import busy_share, machine_cpu
+from segmodel.pipeline.clock import busy_share, machine_cpu
 
 
 def test_busy_share_is_the_busy_part_of_the_cores_time_between_two_readings():

@@ -2,7 +2,8 @@
 
 The pyramid stage of the pipeline. A network learns nuclei over a range of sizes; outside it,
 large nuclei are cut into pieces and small ones merged or missed. For each image the engine
-(:func:`segmodel.api.predict_labels` with ``auto``) segments its coarse pyramid levels first,
+(:func:`segmodel.inference.passes.predict_labels` with ``auto``) segments its coarse pyramid levels
+first,
 coarsest first, and takes the first level whose nuclei the model resolves (a median diameter of
 at least :attr:`AutoScale.min_level_diameter` pixels at that level, from at least
 :attr:`AutoScale.min_objects` objects): at a coarse level a large nucleus is small enough to be
@@ -115,7 +116,7 @@ def choose_scale(diameter, spec, rule=DEFAULT):
     (:func:`working_range`); otherwise the factor bringing it ``rule.margin`` inside the
     range's nearer edge (but not past ``spec.object_diameter``), within ``rule.clip``.
 
-    >>> from segmodel.model import ModelSpec
+    >>> from segmodel.model.loading import ModelSpec
     >>> spec = ModelSpec(object_diameter=18.0, object_diameter_range=(10.0, 50.0))
     >>> choose_scale(30.0, spec), choose_scale(100.0, spec), choose_scale(5.0, spec)
     (1.0, 0.3846, 2.6)

@@ -18,13 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from segmodel.measure import ObjectPixels
-from segmodel.preprocess import (
-    MAX_PIXELS,
-    ImageDecodeError,
-    check_values,
-    decode_image,
-)
+from segmodel.inference.measure import ObjectPixels
+from segmodel.inference.preprocess import MAX_PIXELS, ImageDecodeError, check_values, decode_image
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 #: Axes (tifffile letters, NGFF types) that hold channels; every other non-YX axis holds planes.
@@ -311,7 +306,7 @@ def read_ome_zarr(zstore, *, name="<zarr>", max_pixels=MAX_PIXELS, plane=None, p
 
 
 def _transient(exc):
-    from segmodel.io import is_transient
+    from segmodel.storage.io import is_transient
 
     return is_transient(exc)
 
@@ -419,7 +414,7 @@ def channel_measurements(labels, data, groups=None):
 
     Returns ``{column: values}`` with columns ``channel_<name>_mean``, ``_min``, ``_max``;
     the alpha channel of an RGBA picture is left out. ``groups``: the
-    :class:`segmodel.measure.ObjectPixels` of ``labels`` when the caller has it already.
+    :class:`segmodel.inference.measure.ObjectPixels` of ``labels`` when the caller has it already.
     """
     image = data.image
     n = image.shape[-1] - (1 if data.rgb and image.shape[-1] in (2, 4) else 0)
@@ -433,7 +428,8 @@ def channel_measurements(labels, data, groups=None):
 
 
 def add_measurements(table, labels, data, groups=None):
-    """``table`` (from :func:`segmodel.measure.measure_objects`) with ``area_um2`` filled and
+    """``table`` (from :func:`segmodel.inference.measure.measure_objects`) with ``area_um2`` filled
+    and
     the ``channel_*`` columns of :func:`channel_measurements` appended (``groups`` as there)."""
     size = data.pixel_size_um if data is not None else None
     if size:

@@ -30,7 +30,8 @@ OBJECT_SCHEMA.update({c: "float64" for cols in _PROPS.values() for c in cols
                       if c not in OBJECT_SCHEMA})
 OBJECT_SCHEMA.update({c: "int64" for c in _PROPS["bbox"]})
 #: Area in square micrometres where the image gives its pixel size, else NaN (see
-#: :func:`segmodel.formats.add_measurements`, which also appends ``channel_<name>_*`` columns).
+#: :func:`segmodel.storage.formats.add_measurements`, which also appends ``channel_<name>_*``
+#: columns).
 OBJECT_SCHEMA["area_um2"] = "float64"
 
 
@@ -87,7 +88,7 @@ def measure_objects(labels, intensity, image_id="", groups=None):
 
 class ObjectPixels:
     """The pixels of every object of ``labels``, sorted by label once, so each per-object
-    statistic (here and in :func:`segmodel.formats.channel_measurements`) is one
+    statistic (here and in :func:`segmodel.storage.formats.channel_measurements`) is one
     vectorised reduction (regionprops loops over objects in Python, which was most of the
     measuring time). Definitions and values are regionprops'."""
 

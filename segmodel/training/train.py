@@ -1,7 +1,7 @@
 """Training the nuclei model: targets, augmentation, a resumable training loop, threshold tuning.
 
 Run ``segflow train`` (a Prefect flow around :func:`train`) or, without Prefect,
-``python -m segmodel.training OUT_DIR``.
+``python -m segmodel.training.train OUT_DIR``.
 """
 
 import itertools
@@ -14,13 +14,15 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
-from segmodel import datasets
-from segmodel.api import Prepared, default_tiling, finish, predict_labels, prepare
-from segmodel.autoscale import median_diameter, working_sizes
-from segmodel.metrics import score_image
-from segmodel.model import ModelSpec, PostprocessSettings, build_unet, save_model
-from segmodel.predict import predict_maps
-from segmodel.preprocess import resize
+from segmodel.evaluation.metrics import score_image
+from segmodel.inference.autoscale import median_diameter, working_sizes
+from segmodel.inference.passes import Prepared, default_tiling, finish, predict_labels, prepare
+from segmodel.inference.predict import predict_maps
+from segmodel.inference.preprocess import resize
+from segmodel.model.loading import save_model
+from segmodel.model.spec import ModelSpec, PostprocessSettings
+from segmodel.model.unet import build_unet
+from segmodel.training import datasets
 
 
 @dataclass(frozen=True)
@@ -250,7 +252,7 @@ def _samples(config, split, log=print):
 
 def _working_sizes(samples):
     """The sidecar's working nucleus size and range from the training images' labels
-    (:func:`segmodel.autoscale.working_sizes`)."""
+    (:func:`segmodel.inference.autoscale.working_sizes`)."""
     return working_sizes(median_diameter(s.load_labels()) for s in samples)
 
 
@@ -450,7 +452,7 @@ def tune_thresholds(model, samples, *, object_diameter=0.0, log=print):
     probability). With ``object_diameter``, each image is first brought to its automatic scale (as
     ``--scale auto`` does), so the thresholds are tuned for the way the model is used.
     """
-    from segmodel.model import LoadedModel
+    from segmodel.model.loading import LoadedModel
 
     if isinstance(model, LoadedModel):  # prepared and tiled as its own spec says, as in use
         spec = replace(model.spec, object_diameter=object_diameter)

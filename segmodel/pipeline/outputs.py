@@ -11,7 +11,7 @@ Layout under OUTPUT::
     run.json                                    the last run's parameters, model and counts
     _index.parquet                              current record of every image (derived: see
                                                 INDEX; removing it only costs a slower rerun)
-    run.lock                                    while a run writes here (segmodel.lease)
+    run.lock                                    while a run writes here (segmodel.storage.lease)
 
 A shard's parts are written objects, failures, then images: the images part is the commit
 marker. :func:`reconcile` removes parts of shards that never committed and rows superseded by
@@ -27,8 +27,8 @@ from collections import Counter
 
 import pandas as pd
 
-from segmodel.heads import CLASS_SCHEMA
-from segmodel.measure import OBJECT_SCHEMA
+from segmodel.inference.heads import CLASS_SCHEMA
+from segmodel.inference.measure import OBJECT_SCHEMA
 
 TABLES = ("objects", "classes", "failures", "images")  # write order: images last (commit marker)
 #: Tables whose parts only some runs write (``classes``: semantic models).
@@ -137,7 +137,7 @@ def read_parts(store, names, shards, columns=None):
     order; None where the part does not exist.
 
     The parts are fetched in chunks (concurrently from object stores, see
-    :meth:`segmodel.io.Store.read_many`): a rerun over a million images reads tens of
+    :meth:`segmodel.storage.io.Store.read_many`): a rerun over a million images reads tens of
     thousands of parts. ``columns``: the columns to decode, or a function of the table name
     that gives them.
     """
@@ -311,7 +311,7 @@ def read_table(url, name, storage_options=None):
     import pyarrow.dataset as ds
     import pyarrow.parquet as pq
 
-    from segmodel.io import Store
+    from segmodel.storage.io import Store
 
     store = Store(url, storage_options or {})
     parts = store.list(name, ".parquet")

@@ -10,7 +10,7 @@ OME-Zarr layout of one image (``mask_format='ome-zarr'``, path ``labels/<id>.ome
 
 Zarr format 2 with ``/`` chunk keys, as NGFF 0.4 asks. A store is encoded in memory (or in a
 local temporary folder for the block-wise path), then uploaded file by file through
-:class:`segmodel.io.Store` with every chunk and array first and the root ``.zattrs`` last: a
+:class:`segmodel.storage.io.Store` with every chunk and array first and the root ``.zattrs`` last: a
 store without its root ``.zattrs`` is incomplete, never shown by a reader as an image, and
 removed by :func:`remove_partial` (or replaced when its image is segmented again).
 
@@ -251,9 +251,9 @@ def write_outputs(store, mask_path, labels, mask_format, outlines="none", *, ima
 
     Parameters
     ----------
-    store : segmodel.io.Store
+    store : segmodel.storage.io.Store
     mask_path : str
-        From :func:`segmodel.outputs.mask_paths`.
+        From :func:`segmodel.pipeline.outputs.mask_paths`.
     labels : (H, W) ndarray of int
     mask_format : {'tif', 'png', 'ome-zarr'}
     outlines : {'none', 'geojson'}, optional
@@ -280,16 +280,16 @@ def build_large_ome_zarr(folder, regions, bands, *, channels, name="image", chun
     ----------
     folder : str
         An empty local folder (upload it with :func:`upload` of :func:`local_files`).
-    regions : segmodel.large.TiffRegions
+    regions : segmodel.inference.blockwise.TiffRegions
         The input image, read in full-width bands of ``chunk`` rows for the image levels.
     bands : iterable of (int, (n, W) ndarray of uint32)
-        The label rows in order (:meth:`segmodel.large.BlockRun.rows`).
+        The label rows in order (:meth:`segmodel.inference.blockwise.BlockRun.rows`).
     channels : int
         Channels the image is converted to (the model's), as for a whole image.
     """
     from zarr.storage import LocalStore
 
-    from segmodel.preprocess import to_channels
+    from segmodel.inference.preprocess import to_channels
 
     h, w = regions.shape
     first = to_channels(regions.read(0, min(h, chunk), 0, w), channels)

@@ -1,6 +1,6 @@
 """Decoding, normalisation, resizing, pyramids and tiling.
 
-Everything here works on numpy arrays in memory; storage lives in :mod:`segmodel.io`.
+Everything here works on numpy arrays in memory; storage lives in :mod:`segmodel.storage.io`.
 Axes are ``(H, W, C)`` for images and ``(H, W)`` for label images throughout.
 """
 

@@ -13,7 +13,7 @@ from skimage.feature import peak_local_max
 from skimage.filters import gaussian, threshold_otsu
 from skimage.segmentation import relabel_sequential, watershed
 
-from segmodel.preprocess import apply_normalization, estimate_normalization, to_channels
+from segmodel.inference.preprocess import apply_normalization, estimate_normalization, to_channels
 
 #: Standard deviation (pixels) of the Gaussian smoothing before thresholding.
 SIGMA = 1.0

@@ -5,9 +5,9 @@ import posixpath
 import numpy as np
 import pandas as pd
 
-from segmodel.io import Store, list_images
-from segmodel.metrics import score_image
-from segmodel.preprocess import decode_image
+from segmodel.evaluation.metrics import score_image
+from segmodel.inference.preprocess import decode_image
+from segmodel.storage.io import Store, list_images
 
 LABEL_PATTERNS = ("*.tif", "*.tiff", "*.png")
 

@@ -3,7 +3,7 @@
 Training tunes the thresholds once, at its end; this re-runs that search (for instance after
 the search grid changed) and rewrites the model's ``.json`` sidecar in place::
 
-    python -m segmodel.tune segmodel/weights/nuclei.keras
+    python -m segmodel.training.tune segmodel/weights/nuclei.keras
 
 The validation split is never used. The model's fingerprint changes with its sidecar, so
 outputs segmented with the old thresholds are redone by the next run.
@@ -14,9 +14,9 @@ import os
 import time
 from dataclasses import replace
 
-from segmodel import datasets
-from segmodel.model import load_model, spec_path
-from segmodel.training import tune_thresholds, tuning_record
+from segmodel.model.loading import load_model, spec_path
+from segmodel.training import datasets
+from segmodel.training.train import tune_thresholds, tuning_record
 
 
 def retune(model_path, data_dir=datasets.DEFAULT_DATA, *, images=0, log=print):

@@ -1,7 +1,8 @@
 """Images too big for memory: segmented block by block from a TIFF into a tiled, pyramidal TIFF.
 
 The image is never held whole. Pass 1 reads it block by block for the normalisation statistics
-(the same pixels :func:`segmodel.preprocess.estimate_normalization` samples from a whole image).
+(the same pixels :func:`segmodel.inference.preprocess.estimate_normalization` samples from a whole
+image).
 Pass 2 reads each block with a ``halo`` of context around it, predicts and post-processes the
 expanded block exactly like a whole image, and keeps the objects whose centroid lies in the
 block's core: an object crossing a block border is therefore segmented whole by the block that
@@ -19,11 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from segmodel.api import Prepared, estimate_scales, finish, prepare
-from segmodel.bundle import n_outputs
-from segmodel.measure import CHANNELS, empty_objects, measure_objects
-from segmodel.predict import predict_maps
-from segmodel.preprocess import (
+from segmodel.inference.measure import CHANNELS, empty_objects, measure_objects
+from segmodel.inference.passes import Prepared, estimate_scales, finish, prepare
+from segmodel.inference.predict import predict_maps
+from segmodel.inference.preprocess import (
     Normalization,
     apply_normalization,
     check_values,
@@ -32,6 +32,7 @@ from segmodel.preprocess import (
     scaled_shape,
     to_channels,
 )
+from segmodel.model.bundle import n_outputs
 
 #: Images with more pixels than this go to the block-wise path in the pipeline.
 TILED_ABOVE = 36_000_000
@@ -76,7 +77,7 @@ class TiffRegions:
     @property
     def pixel_size_um(self):
         """The pixel's edge in micrometres from OME-XML or ImageJ tags, or None."""
-        from segmodel.formats import tiff_metadata
+        from segmodel.storage.formats import tiff_metadata
 
         return tiff_metadata(self._tif, int(self._page.samplesperpixel))[1]
 
@@ -85,7 +86,7 @@ class TiffRegions:
 
         The block-wise path reads the first page as one gray or RGB(A) picture: stacks,
         channel choice, pyramid levels, palette and CMYK pages and gray + alpha go through
-        :mod:`segmodel.formats` on the whole-image path instead.
+        :mod:`segmodel.storage.formats` on the whole-image path instead.
         """
         page, series = self._page, self._tif.series[0]
         if pyramid_level:
@@ -123,7 +124,9 @@ class TiffRegions:
 def estimate_scale(regions, model, *, tiling, batch_size=8, lock=None, size=2048):
     """Automatic scale of a huge image, from the nuclei of its central ``size`` square.
 
-    Returns a :class:`segmodel.autoscale.Estimate` (see :func:`segmodel.api.estimate_scales`).
+
+    Returns a :class:`segmodel.inference.autoscale.Estimate` (see
+    :func:`segmodel.inference.passes.estimate_scales`).
     """
     h, w = regions.shape
     y0, x0 = max(0, (h - size) // 2), max(0, (w - size) // 2)

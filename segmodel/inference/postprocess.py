@@ -4,7 +4,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
-from segmodel.model import PostprocessSettings
+from segmodel.model.spec import PostprocessSettings
 
 
 def labels_from_maps(maps, settings=PostprocessSettings()):
@@ -22,7 +22,7 @@ def labels_from_maps(maps, settings=PostprocessSettings()):
     Parameters
     ----------
     maps : (H, W, 3) ndarray
-        Model output, ordered as :data:`segmodel.model.OUTPUTS`.
+        Model output, ordered as :data:`segmodel.model.spec.OUTPUTS`.
     settings : PostprocessSettings, optional
 
     Returns

@@ -2,7 +2,7 @@
 
 A bundle is a ``.keras`` file with a spec beside it, ``<stem>.json`` or ``<stem>.yaml``
 (``.yml``), given either as the ``.keras`` path or as the folder holding both. The spec holds
-the fields of :class:`segmodel.model.ModelSpec`; every field is optional and defaults to the
+the fields of :class:`segmodel.model.spec.ModelSpec`; every field is optional and defaults to the
 shipped model's behaviour, so the shipped ``nuclei.json`` is a bundle spec too::
 
     name: dsb-semantic
@@ -26,197 +26,17 @@ shipped model's behaviour, so the shipped ``nuclei.json`` is a bundle spec too::
 """
 
 import json
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 
-KINDS = ("instances", "binary", "semantic")
-AXES = ("YXC", "CYX")
-NORMALIZATIONS = ("percentile", "range", "none")
-SPLITS = ("components", "watershed")
-SPEC_SUFFIXES = (".json", ".yaml", ".yml")
-
-
-class BundleError(ValueError):
-    """A bundle or its spec is wrong; the message names the file, the field and the fix."""
-
-
-def find_spec(model_path):
-    """The spec file beside ``model_path`` (``.json``, ``.yaml`` or ``.yml``), or None."""
-    model_path = Path(str(model_path))
-    found = [model_path.with_suffix(s) for s in SPEC_SUFFIXES
-             if model_path.with_suffix(s).is_file()]
-    if len(found) > 1:
-        raise BundleError(
-            f"model {str(model_path)!r} has {len(found)} specs beside it "
-            f"({', '.join(p.name for p in found)}): keep one of them.")
-    return found[0] if found else None
-
-
-def resolve_bundle(path):
-    """The ``.keras`` file of a bundle given as that file or as the folder holding it.
-
-    In a folder, the ``.keras`` file with a spec beside it is the model (a training run's
-    ``checkpoint.keras`` has none); a folder with a single ``.keras`` file needs no spec.
-    """
-    path = Path(str(path))
-    if not path.is_dir():
-        return path
-    models = sorted(path.glob("*.keras"))
-    with_spec = [m for m in models if find_spec(m) is not None]
-    if len(with_spec) == 1:
-        return with_spec[0]
-    if not with_spec and len(models) == 1:
-        return models[0]
-    if not models:
-        raise FileNotFoundError(
-            f"no .keras model in bundle folder {str(path)!r}. A bundle folder holds the model "
-            "(NAME.keras) and its spec (NAME.json or NAME.yaml).")
-    names = ", ".join(m.name for m in (with_spec or models))
-    raise BundleError(
-        f"bundle folder {str(path)!r} holds several models ({names}) and no single one with a "
-        "spec beside it: pass the path of the .keras file itself.")
-
-
-def _spec_fields():
-    from segmodel.model import ModelSpec
-
-    return {f.name: f for f in fields(ModelSpec)}
-
-
-_TYPES = {"name": str, "channels": int, "divisor": int, "tile": int, "overlap": int,
-          "p_low": float, "p_high": float, "invert": str, "object_diameter": float,
-          "object_diameter_range": list,
-          "postprocess": dict, "training": dict, "kind": str, "classes": list,
-          "object_class": str, "split": str, "axes": str, "normalization": str,
-          "pixel_size": float}
-_CHOICES = {"kind": KINDS, "axes": AXES, "normalization": NORMALIZATIONS, "split": SPLITS,
-            "invert": ("auto", "never")}
-
-
-def _load_text(path):
-    text = Path(path).read_text()
-    kind = "YAML" if Path(path).suffix in (".yaml", ".yml") else "JSON"
-    if kind == "YAML":
-        import yaml
-
-        errors = (yaml.YAMLError,)
-    else:
-        errors = (json.JSONDecodeError,)
-    try:
-        data = yaml.safe_load(text) if kind == "YAML" else json.loads(text)
-    except errors as exc:  # the parsers' messages name the line
-        raise BundleError(f"spec {str(path)!r} is not valid {kind}: {exc}. Fix the file "
-                          "(see README, 'Using your own Keras model').") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise BundleError(f"spec {str(path)!r} must hold a mapping of fields (name: value). "
-                          f"Received: a {type(data).__name__}")
-    return data
-
-
-def spec_from_dict(data, source="<spec>"):
-    """A validated :class:`ModelSpec` from a spec's fields; ``source`` names it in errors."""
-    from segmodel.model import ModelSpec, PostprocessSettings
-
-    known = _spec_fields()
-    for key in data:
-        if key not in known:
-            raise BundleError(f"spec {source!r}: unknown field {key!r}. Known fields: "
-                              f"{', '.join(sorted(known))}.")
-    clean = {}
-    for key, value in data.items():
-        want = _TYPES[key]
-        ok = (isinstance(value, want) and not isinstance(value, bool)) or (
-            want is float and isinstance(value, int) and not isinstance(value, bool))
-        if key in ("classes", "object_diameter_range") and isinstance(value, tuple):
-            ok, value = True, list(value)
-        if not ok:
-            raise BundleError(f"spec {source!r}: field {key!r} must be a {want.__name__}. "
-                              f"Received: {key}={value!r}")
-        if key in _CHOICES and value not in _CHOICES[key]:
-            raise BundleError(f"spec {source!r}: field {key!r} must be one of "
-                              f"{', '.join(_CHOICES[key])}. Received: {key}={value!r}")
-        clean[key] = float(value) if want is float else value
-    post = {f.name: f.type for f in fields(PostprocessSettings)}
-    for key, value in clean.get("postprocess", {}).items():
-        if key not in post:
-            raise BundleError(f"spec {source!r}: unknown field 'postprocess.{key}'. Known: "
-                              f"{', '.join(sorted(post))}.")
-        want = int if post[key] in (int, "int") else float
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (
-                want is int and value != int(value)):
-            kind = "a whole number" if want is int else "a number"
-            raise BundleError(f"spec {source!r}: field 'postprocess.{key}' must be {kind} "
-                              f">= 0. Received: {key}={value!r}")
-    for key in ("channels", "divisor", "tile"):
-        if key in clean and clean[key] < 1:
-            raise BundleError(f"spec {source!r}: field {key!r} must be >= 1. "
-                              f"Received: {key}={clean[key]}")
-    tile = clean.get("tile", known["tile"].default)
-    if "overlap" in clean and not 0 <= clean["overlap"] < tile // 2:
-        raise BundleError(f"spec {source!r}: field 'overlap' must be at least 0 and less than "
-                          f"half the tile ({tile}): each tile keeps its centre. Received: "
-                          f"overlap={clean['overlap']}")
-    _check_diameters(clean, source)
-    spec = ModelSpec.from_dict(clean)
-    _check_kind(spec, source)
-    return spec
-
-
-def _check_diameters(clean, source):
-    diameter = clean.get("object_diameter", 0.0)
-    if diameter < 0:
-        raise BundleError(f"spec {source!r}: field 'object_diameter' must be >= 0 (0: unknown). "
-                          f"Received: object_diameter={diameter}")
-    span = clean.get("object_diameter_range", [])
-    if not span:
-        return
-    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in span)
-    if len(span) != 2 or not numbers or not 0 < span[0] <= diameter <= span[1]:
-        raise BundleError(
-            f"spec {source!r}: field 'object_diameter_range' must be [low, high] pixels with "
-            f"0 < low <= object_diameter <= high (object_diameter is {diameter}). Received: "
-            f"object_diameter_range={list(span)!r}")
-    clean["object_diameter_range"] = [float(v) for v in span]
-
-
-def _check_kind(spec, source):
-    if spec.kind == "semantic":
-        if len(spec.classes) < 2 or not all(isinstance(c, str) and c for c in spec.classes):
-            raise BundleError(
-                f"spec {source!r}: a semantic model needs 'classes', the names of its output "
-                f"channels in order (at least 2, class 0 = background). Received: "
-                f"classes={list(spec.classes)!r}")
-        if len(set(spec.classes)) != len(spec.classes):
-            raise BundleError(f"spec {source!r}: field 'classes' repeats a name. Received: "
-                              f"classes={list(spec.classes)!r}")
-        if spec.object_class and spec.object_class not in spec.classes:
-            raise BundleError(
-                f"spec {source!r}: field 'object_class' must be one of the classes "
-                f"{list(spec.classes)} or \"\" (no objects). Received: "
-                f"object_class={spec.object_class!r}")
-        if spec.object_class == spec.classes[0]:
-            raise BundleError(f"spec {source!r}: 'object_class' cannot be class 0 "
-                              f"({spec.classes[0]!r}, the background).")
-    elif spec.classes or spec.object_class:
-        raise BundleError(f"spec {source!r}: 'classes' and 'object_class' are for "
-                          f"kind: semantic; this spec has kind: {spec.kind}. Remove them or "
-                          "set kind: semantic.")
-
-
-def read_spec(path):
-    """Read and validate a spec file (JSON, or YAML for ``.yaml``/``.yml``)."""
-    return spec_from_dict(_load_text(path), str(path))
+from segmodel.model.loading import load_keras, save_model
+from segmodel.model.spec import BundleError, ModelSpec, find_spec, read_spec, resolve_bundle
 
 
 def save_bundle(model, spec, path, *, fmt="json"):
     """Save ``model`` as ``path`` (``.keras``) with its spec beside it (``json`` or ``yaml``)."""
     import os
-
-    from segmodel.model import save_model
 
     path = Path(path)
     save_model(model, spec, path)
@@ -340,8 +160,6 @@ def check_model(keras_model, spec, source):
 
 def inspect(path, *, trust=False):
     """Describe a bundle and check it: ``(lines, errors)``, errors empty when all is well."""
-    from segmodel.model import ModelSpec, _load_keras
-
     lines, errors = [], []
     path = Path(str(path))
     if not path.exists():
@@ -383,7 +201,7 @@ def inspect(path, *, trust=False):
             continue
         lines.append(f"  {key}: {list(value) if isinstance(value, tuple) else value}")
     try:
-        kmodel = _load_keras(model_path, trust)
+        kmodel = load_keras(model_path, trust)
     except Exception as exc:  # noqa: BLE001 (any Keras error is the report's)
         errors.append(f"{str(model_path)!r} could not be loaded by Keras: {exc}")
         return lines, errors

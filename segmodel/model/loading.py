@@ -1,0 +1,163 @@
+"""Loading and saving models: a ``.keras`` file with its spec beside it.
+
+A shipped model is a ``.keras`` file plus a ``.json`` sidecar (:class:`~segmodel.model.spec.
+ModelSpec`: tile size, normalisation, post-processing thresholds) so the thresholds travel with
+the weights. Other Keras models (binary and semantic heads too) come as bundles: see
+:mod:`segmodel.model.bundle`. Loaded models are cached per process (:func:`load_model`).
+"""
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from segmodel.model.spec import ModelSpec, find_spec, read_spec, resolve_bundle
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "weights" / "nuclei.keras"
+
+
+def spec_path(model_path):
+    """The spec beside a ``.keras`` file: ``.json``, else ``.yaml``/``.yml`` (``.json`` if none)."""
+    return find_spec(model_path) or Path(str(model_path)).with_suffix(".json")
+
+
+def save_model(model, spec, path):
+    """Save ``model`` and its :class:`ModelSpec` sidecar to ``path`` (``.keras``) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+    tmp_spec = path.with_name(f".{path.stem}.tmp.json")
+    tmp_spec.write_text(json.dumps(spec.to_dict(), indent=2, sort_keys=True))
+    os.replace(tmp_spec, path.with_suffix(".json"))
+    for old in (path.with_suffix(".yaml"), path.with_suffix(".yml")):  # one spec per model
+        old.unlink(missing_ok=True)
+
+
+_FINGERPRINTS = {}
+
+
+def fingerprint(path):
+    """Content hash (first 16 hex digits of sha256) of a model file and its sidecar.
+
+    Memoised by the files' size and mtime, so asking again (every task asks) costs two
+    ``stat`` calls, not a read of the model.
+    """
+    files = (Path(path), spec_path(path))
+    stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files if p.exists())
+    if stamp not in _FINGERPRINTS:
+        h = hashlib.sha256()
+        for p in files:
+            if p.exists():
+                h.update(p.read_bytes())
+        _FINGERPRINTS[stamp] = h.hexdigest()[:16]
+    return _FINGERPRINTS[stamp]
+
+
+@dataclass
+class LoadedModel:
+    """A Keras model with its spec and fingerprint; see :func:`load_model`."""
+
+    keras_model: object
+    spec: ModelSpec
+    fingerprint: str
+    path: str
+
+    @property
+    def any_batch_size(self):
+        """Whether a batch smaller than the usual costs only its share of a call.
+
+        True on the TensorFlow backend: Keras traces its predict function with
+        ``reduce_retracing``, so the second batch shape gives a trace that takes every batch
+        size, and a call costs in proportion to its batch. Elsewhere (JAX compiles each shape;
+        an accelerator costs nearly the same for any batch up to its width) batches keep one
+        fixed shape.
+        """
+        import keras
+
+        return keras.backend.backend() == "tensorflow"
+
+    def predict_batch(self, batch):
+        """Predict a fixed-shape ``(N, T, T, C)`` float32 batch; returns ``(N, T, T, 3)``.
+
+        Uses Keras' compiled predict step, traced once per batch shape (the pipeline only ever
+        sends one shape).
+        """
+        if self.spec.axes == "CYX":  # a channels-first model: same batch, axes moved
+            channels_first = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+            out = self.keras_model.predict_on_batch(channels_first)
+            return np.asarray(out).transpose(0, 2, 3, 1)
+        return self.keras_model.predict_on_batch(batch)
+
+
+_CACHE = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_model(path=None, *, trust=False):
+    """Load a model once per process, cached by its file's fingerprint.
+
+    Models load in Keras' safe mode: a file carrying Python code (a ``Lambda`` layer's
+    function, ...) is refused, because loading it would run that code.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        A ``.keras`` file with a ``.json`` sidecar. Default: the bundled nuclei model.
+    trust : bool, optional
+        Load with safe mode off. Only for files from a source you trust.
+
+    Returns
+    -------
+    LoadedModel
+
+    Raises
+    ------
+    FileNotFoundError
+        The file does not exist.
+    ValueError
+        The file carries Python code and ``trust`` is False.
+    """
+    path = resolve_bundle(path) if path is not None else DEFAULT_MODEL
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model file not found: {str(path)!r}. Pass the path of a .keras file, or omit it "
+            "to use the bundled nuclei model."
+        )
+    key = (fingerprint(path), bool(trust))
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            sp = spec_path(path)
+            spec = read_spec(sp) if sp.exists() else ModelSpec()
+            kmodel = load_keras(path, trust)
+            _CACHE[key] = LoadedModel(kmodel, spec, key[0], str(path))
+        return _CACHE[key]
+
+
+def load_keras(path, trust):
+    import zipfile
+
+    import keras
+
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"model {str(path)!r} is not a Keras 3 model file: a .keras file is a zip archive "
+            "(keras.Model.save('model.keras')); convert an older .h5 or SavedModel by loading "
+            "it in Keras and saving it as .keras."
+        )
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=not trust)
+    except ValueError as exc:
+        if trust or "safe_mode" not in str(exc):
+            raise
+        raise ValueError(
+            f"model {str(path)!r} refused: it carries Python code (e.g. a Lambda layer's "
+            "function) that would run when it is loaded, and models load in Keras' safe mode. "
+            "Only if you trust where the file came from, pass --trust-model "
+            f"(SegmentParams.trust_model=True). Keras said: {exc}"
+        ) from None

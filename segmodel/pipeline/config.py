@@ -1,0 +1,104 @@
+"""A run's frozen configuration: its options, resolved once before any work.
+
+:func:`configure` loads and checks the model, validates the tiling and the scale, opens the
+input and output stores and computes the configuration key that decides which images a rerun
+redoes. Everything downstream (planning, shards, huge images, finalizing) takes the resulting
+:class:`RunConfig`: small, picklable, the same in every process of a run.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from segmodel.inference import autoscale
+from segmodel.inference.passes import default_tiling
+from segmodel.model.bundle import check_model
+from segmodel.model.loading import load_model, spec_path
+from segmodel.storage.io import Store
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The resolved configuration of one run.
+
+    Attributes
+    ----------
+    options : RunOptions
+        The options as given (or a flow's parameters, which extend them).
+    input, output : Store
+        Where images are read and masks and tables written.
+    model_path : str
+        The resolved ``.keras`` file of the model.
+    tile, overlap : int
+        The tiling, checked against the model's divisor.
+    config_key : str
+        16 hex digits over everything that changes an image's result (model fingerprint, scale
+        rule, tiling, mask format, input choices); an image recorded under another key is redone.
+    """
+
+    options: object
+    input: Store
+    output: Store
+    model_path: str
+    tile: int
+    overlap: int
+    config_key: str
+
+    def choices(self):
+        """The input choices a reader needs: ``{'channel', 'plane', 'pyramid_level'}``."""
+        o = self.options
+        return {"channel": o.channel, "plane": o.plane, "pyramid_level": o.pyramid_level}
+
+
+def configure(options):
+    """Check the options against the model and resolve them into a :class:`RunConfig`.
+
+    Parameters
+    ----------
+    options : RunOptions
+        Validated options (:class:`segmodel.pipeline.options.RunOptions` or a subclass).
+
+    Returns
+    -------
+    config : RunConfig
+    model : segmodel.model.loading.LoadedModel
+        The loaded model (cached in this process).
+
+    Raises
+    ------
+    ValueError
+        The model's spec does not fit the model, or the tile size does not fit the model.
+    FileNotFoundError
+        The model file does not exist.
+    """
+    model = load_model(options.model, trust=options.trust_model)
+    problems = check_model(model.keras_model, model.spec, str(spec_path(model.path)))
+    if problems:  # a bundle whose spec does not fit its model: say so before any work
+        raise ValueError("; ".join(problems) + f" (check with: segflow model inspect {model.path})")
+    tiling = default_tiling(model.spec, options.tile_size)
+    config = RunConfig(
+        options=options, input=Store(options.input, options.storage_options),
+        output=Store(options.output, options.storage_options), model_path=model.path,
+        tile=tiling.tile, overlap=tiling.overlap,
+        config_key=config_key(options, model.fingerprint, tiling))
+    return config, model
+
+
+def config_key(options, fingerprint, tiling):
+    """The configuration key of ``options`` with a model and tiling (see :class:`RunConfig`)."""
+    scale = [options.scale, repr(autoscale.DEFAULT)] if options.scale == "auto" else [
+        options.scale]
+    key = json.dumps([fingerprint, *scale, tiling.tile, tiling.overlap,
+                      options.mask_format, options.max_pixels]
+                     + ([True] if options.tta else []) + _input_key(options)
+                     + ([options.outlines] if options.outlines != "none" else []))
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def _input_key(options):
+    """The input choices in the key, only when set (keys of runs without them stay as were)."""
+    chosen = {k: getattr(options, k) for k in ("channel", "plane")
+              if getattr(options, k) is not None}
+    if options.pyramid_level:
+        chosen["pyramid_level"] = options.pyramid_level
+    return [chosen] if chosen else []

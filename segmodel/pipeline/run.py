@@ -1,0 +1,128 @@
+"""A whole run in the engine: plan, every shard, every huge image, finalize; no Prefect.
+
+The flow (``flows/segment.py``) composes the same steps as Prefect tasks, with retries, logging,
+concurrency and the UI; :func:`run` does them in order in the calling process, for a notebook or
+a script. Both write the same masks and tables.
+"""
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from segmodel import __version__
+from segmodel.pipeline import outputs, qc
+from segmodel.pipeline.clock import RunMeter
+from segmodel.pipeline.config import configure
+from segmodel.pipeline.large import process_large
+from segmodel.pipeline.plan import plan_run, run_stamp
+from segmodel.pipeline.shard import process_shard
+from segmodel.storage.lease import Lease
+
+
+def run(options):
+    """Segment every image under ``options.input`` into ``options.output``.
+
+    Parameters
+    ----------
+    options : RunOptions
+
+    Returns
+    -------
+    dict
+        The run's summary (see :meth:`segmodel.pipeline.clock.RunMeter.summary`), plus
+        ``flagged`` and ``qc`` (see :func:`flag_outliers`).
+
+    Raises
+    ------
+    FileNotFoundError
+        No image under the input matches the patterns.
+    segmodel.storage.lease.OutputBusy
+        Another run is writing to the same output.
+    """
+    meter = RunMeter()
+    config, model = configure(options)
+    stamp = run_stamp()
+    with Lease(config.output, stamp):
+        plan = plan_run(config, stamp)
+        if plan.found == 0:
+            raise FileNotFoundError(no_images_message(options))
+        meter.add_span(meter.start, plan.span[1])
+        for job in plan.jobs:
+            meter.add(process_shard(config, job))
+        for job in plan.large_jobs:
+            meter.add(process_large(config, job))
+        summary = meter.summary(plan)
+        seconds = finalize(config, manifest(config, model, summary))
+        found = flag_outliers(config, [j.name for j in plan.jobs])
+    return {**summary, "finish_seconds": round(seconds + found.seconds, 3),
+            "flagged": len(found.flagged), "qc": found.counts}
+
+
+def no_images_message(options):
+    """The message of a run that found no image."""
+    return (f"no images under input={options.input!r} match patterns={list(options.patterns)}. "
+            "Check the path, or pass --pattern.")
+
+
+def manifest(config, model, summary):
+    """The run manifest written as ``run.json``: parameters, model, version, key and counts."""
+    return {"parameters": config.options.model_dump(mode="json", exclude={"storage_options"}),
+            "model": {"name": model.spec.name, "path": model.path,
+                      "fingerprint": model.fingerprint},
+            "segflow_version": __version__, "config_key": config.config_key,
+            "finished_at": datetime.now(timezone.utc).isoformat(), "counts": summary}
+
+
+def finalize(config, manifest):
+    """Reconcile the tables once more and write ``run.json``; returns its seconds."""
+    t0 = time.perf_counter()
+    outputs.reconcile(config.output)
+    config.output.write_json("run.json", manifest)
+    return round(time.perf_counter() - t0, 3)
+
+
+@dataclass(frozen=True)
+class Outliers:
+    """What :func:`flag_outliers` found.
+
+    Attributes
+    ----------
+    rows : pandas.DataFrame
+        This run's images rows, with their QC flags.
+    counts : dict
+        ``{flag: images}``.
+    seconds : float
+    """
+
+    rows: object
+    counts: dict
+    seconds: float
+
+    @property
+    def flagged(self):
+        """The rows with any QC flag."""
+        if not len(self.rows):
+            return self.rows
+        return self.rows[self.rows["qc_flags"].fillna("") != ""]
+
+
+def flag_outliers(config, shards):
+    """Flag this run's images whose object count is an outlier among all the output's images.
+
+    Parameters
+    ----------
+    config : RunConfig
+    shards : list of str
+        This run's shard names.
+
+    Returns
+    -------
+    Outliers
+    """
+    t0 = time.perf_counter()
+    rows = qc.flag_run_outliers(config.output, shards)
+    found = Outliers(rows=rows, counts={}, seconds=0.0)
+    for text in found.flagged["qc_flags"] if len(found.flagged) else []:
+        for f in qc.split_flags(text):
+            found.counts[f] = found.counts.get(f, 0) + 1
+    return Outliers(rows=rows, counts=found.counts, seconds=round(time.perf_counter() - t0, 3))

@@ -1,0 +1,272 @@
+"""One shard, end to end: read and prepare, segment in shared batches, measure, write.
+
+:func:`process_shard` is the unit of work of every runner (the flow's tasks, Dask workers,
+:func:`segmodel.pipeline.run.run`): its pixel arrays never leave the process that reads them.
+A bad image never stops a shard: its error becomes a failures row with the stage it failed in.
+Errors that are not about one image (the model, storage that stays down) propagate, for the
+caller's retries; a shard run again replaces its uncommitted parts.
+"""
+
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+
+from segmodel.inference.heads import class_rows, object_labels
+from segmodel.inference.measure import CHANNELS, ObjectPixels, measure_objects
+from segmodel.inference.passes import predict_labels, prepare
+from segmodel.inference.preprocess import MAX_PIXELS, ImageDecodeError, Tiling, to_channels
+from segmodel.inference.workers import CpuPool
+from segmodel.model.loading import load_model
+from segmodel.pipeline import outputs, qc, runtime
+from segmodel.pipeline.plan import ShardResult
+from segmodel.pipeline.rows import Segmented, failure_row, image_row
+from segmodel.storage import export, formats
+from segmodel.storage.io import ImageRef, is_transient, retry
+
+
+@dataclass
+class Item:
+    """One image on its way through a shard's stages."""
+
+    ref: ImageRef
+    prepared: object = None
+    labels: np.ndarray = None
+    failure: dict = None
+    seconds: float = 0.0
+    timings: dict = field(default_factory=dict)
+    source: object = None  # segmodel.storage.formats.ImageData: every channel, names, pixel size
+
+
+def _fail(item, stage, exc):
+    kind = getattr(exc, "error_type", type(exc).__name__)  # a worker's ImageError names it
+    item.failure = {"stage": stage, "error_type": kind, "message": str(exc)[:2000]}
+    item.prepared = item.labels = item.source = None
+
+
+#: Stages whose seconds :func:`stage_seconds` reports (``write`` is timed apart).
+STAGES = ("read", "preprocess", "predict", "postprocess", "tabulate")
+
+
+def _tick(item, stage, t0):
+    """Add the seconds since ``t0`` to ``item``'s ``stage``; return the current time."""
+    t1 = time.perf_counter()
+    item.timings[stage] = item.timings.get(stage, 0.0) + (t1 - t0)
+    item.seconds += t1 - t0
+    return t1
+
+
+def stage_seconds(items):
+    """Seconds spent per stage over ``items``: ``{stage: seconds}`` for :data:`STAGES`."""
+    return {s: sum(it.timings.get(s, 0.0) for it in items) for s in STAGES}
+
+
+def read_shard(store, refs, spec, *, scale=1.0, max_pixels=MAX_PIXELS, channel=None, plane=None,
+               pyramid_level=0):
+    """Read, decode and prepare every image of a shard; return a list of :class:`Item`.
+
+    ``channel`` (index or name) picks the channel the model segments, ``plane`` the plane of a
+    3-D or time stack, ``pyramid_level`` the resolution level of a pyramid (0 = full size);
+    see :mod:`segmodel.storage.formats`.
+    """
+    items = []
+    for ref in refs:
+        item, t0 = Item(ref), time.perf_counter()
+        try:
+            if formats.is_zarr(ref.path):
+                source = retry(formats.read_image, store, ref.path, name=ref.image_id,
+                               max_pixels=max_pixels, plane=plane, pyramid_level=pyramid_level)
+            else:
+                data = store.read_bytes(ref.path)
+        except ImageDecodeError as exc:
+            _fail(item, "decode", exc)
+        except Exception as exc:
+            if is_transient(exc) or not isinstance(exc, (FileNotFoundError, PermissionError)):
+                raise  # storage trouble is the task's to retry, not a bad image
+            _fail(item, "read", exc)
+        else:
+            try:
+                if not formats.is_zarr(ref.path):
+                    source = formats.decode(data, name=ref.image_id, max_pixels=max_pixels,
+                                            plane=plane, pyramid_level=pyramid_level)
+                    del data
+                image = formats.model_image(source, channel, ref.image_id)
+                t0 = _tick(item, "read", t0)
+                item.prepared = prepare(image, spec, scale)
+                item.source = source
+            except Exception as exc:
+                _fail(item, "decode", exc)
+        _tick(item, "preprocess" if item.timings else "read", t0)
+        items.append(item)
+    return items
+
+
+def segment_shard(model, items, config, *, pool=None, model_thread=None):
+    """Predict all prepared items in shared fixed-shape batches, then post-process each.
+
+    Parameters
+    ----------
+    model : LoadedModel
+    items : list of Item
+        From :func:`read_shard`; failed ones are left as they are.
+    config : RunConfig
+        Tiling, batch size, scale (``"auto"``: each image's scale from a first pass, see
+        :func:`segmodel.inference.passes.predict_labels`) and test-time augmentation.
+    pool : segmodel.inference.workers.CpuPool, optional
+        Post-processes in worker processes.
+    model_thread : segmodel.inference.workers.ModelThread, optional
+        Makes the model calls.
+
+    Returns
+    -------
+    list of Item
+        ``items``, with labels (or a failure) set.
+    """
+    live = [it for it in items if it.prepared is not None]
+    if not live:
+        return items
+    spent = {}
+    labels, prepared = predict_labels(
+        model, [it.prepared for it in live], Tiling(config.tile, config.overlap),
+        batch_size=config.options.batch_size, auto=config.options.scale == "auto",
+        tta=config.options.tta, lock=runtime.model_lock(),
+        on_error=lambda i, exc: _fail(live[i], "postprocess", exc), timings=spent,
+        pool=pool, model_thread=model_thread,
+    )
+    for it, lab, p in zip(live, labels, prepared):
+        if it.failure is None:  # the model's input is not needed again: free it now
+            it.labels, it.prepared = lab, replace(p, x=None)
+        for stage in ("predict", "postprocess"):
+            share = spent.get(stage, 0.0) / len(live)
+            it.timings[stage] = it.timings.get(stage, 0.0) + share
+            it.seconds += share
+    return items
+
+
+def tabulate_shard(items, *, shard, config_key, mask_paths, model, classes=None, pool=None):
+    """Rows of the objects, images and failures tables, and the masks to write.
+
+    A semantic model's mask is its class map; its objects are the components of the spec's
+    ``object_class``, and ``classes`` (a list) receives each image's per-class
+    table.
+    ``pool`` (a :class:`segmodel.inference.workers.CpuPool`) measures the images in worker
+    processes.
+    """
+    live = [it for it in items if it.failure is None]
+    t0 = time.perf_counter()
+    done = (pool or CpuPool(0)).map(
+        measure_item, [it.labels for it in live], [it.prepared.image for it in live],
+        [it.source for it in live], [model.spec] * len(live), [it.ref.image_id for it in live],
+        [it.prepared.scale for it in live])
+    share = (time.perf_counter() - t0) / max(len(live), 1)
+    measured = {}
+    for it, (result, exc) in zip(live, done):
+        if exc is not None:
+            _fail(it, "measure", exc)
+        else:
+            it.timings["tabulate"] = it.timings.get("tabulate", 0.0) + share
+            it.seconds += share
+            measured[id(it)] = result
+    objects, images, failures, masks = [], [], [], {}
+    for it in items:
+        if it.failure is None:
+            table, class_table, flags = measured[id(it)]
+            if classes is not None and class_table is not None:
+                classes.append(class_table)
+            objects.append(table)
+            masks[mask_paths[it.ref.image_id]] = it.labels
+            images.append(image_row(it.ref, _segmented(it, table, flags, mask_paths), model=model,
+                                    config_key=config_key, shard=shard))
+        else:
+            failures.append(failure_row(it.ref, it.failure, config_key=config_key, shard=shard))
+    return objects, images, failures, masks
+
+
+def measure_item(labels, image, source, spec, image_id, scale):
+    """One image's objects table, per-class table (semantic models, else None) and QC flags.
+
+    Module-level and free of Keras, so a worker process can run it.
+    """
+    objects_of = object_labels(labels, spec)
+    groups = ObjectPixels(objects_of)  # sorted once for the shape and every channel
+    table = measure_objects(objects_of, to_channels(image, CHANNELS), image_id, groups)
+    table = formats.add_measurements(table, objects_of, source, groups)
+    class_table = class_rows(labels, spec, image_id) if spec.kind == "semantic" else None
+    flags = qc.join_flags(qc.image_flags(image, objects_of if spec.object_class else labels,
+                                         scale=scale))
+    return table, class_table, flags
+
+
+def _segmented(it, table, flags, mask_paths):
+    n = len(table)
+    h, w = it.labels.shape
+    return Segmented(
+        height=h, width=w, n_objects=n,
+        mean_object_area=float(table["area"].mean()) if n else 0.0,
+        foreground_fraction=float((it.labels > 0).mean()), scale=float(it.prepared.scale),
+        estimate=it.prepared.estimate, qc_flags=flags,
+        pixel_size_um=getattr(it.source, "pixel_size_um", None),
+        mask_path=mask_paths[it.ref.image_id], seconds=it.seconds)
+
+
+def process_shard(config, job):
+    """Read, segment, measure and write one shard; the images part is written last (the commit).
+
+    Parameters
+    ----------
+    config : RunConfig
+    job : ShardJob
+
+    Returns
+    -------
+    ShardResult
+
+    Notes
+    -----
+    Where this process runs a model thread (:func:`segmodel.pipeline.runtime.start_model_thread`)
+    the model calls go to it, and this thread, reading and writing, yields the CPU to it.
+    """
+    t0 = time.time()
+    try:
+        model_thread = runtime.model_thread()
+        model = load_model(config.model_path, trust=config.options.trust_model)
+        pool = runtime.cpu_pool(config.options.cpu_workers)
+        items = read_shard(config.input, list(job.refs), model.spec, scale=config.options.scale,
+                           max_pixels=config.options.max_pixels, **config.choices())
+        segment_shard(model, items, config, pool=pool, model_thread=model_thread)
+        counts, timings = _write(config, job, model, items, pool)
+        del items
+    finally:
+        runtime.trim()  # the shard's arrays are gone (or going with this frame): pages back
+    return ShardResult(shard=job.name, index=job.index, timings=timings,
+                       span=(t0, time.time()), **counts)
+
+
+def _write(config, job, model, items, pool):
+    """Measure the items, write masks then table parts; ``(counts, timings)``."""
+    classes = [] if model.spec.kind == "semantic" else None
+    objects, images, failures, masks = tabulate_shard(
+        items, shard=job.name, config_key=config.config_key, mask_paths=job.mask_paths,
+        model=model, classes=classes, pool=pool)
+    t0 = time.perf_counter()
+    by_mask = {job.mask_paths[it.ref.image_id]: it for it in items if it.failure is None}
+    o = config.options
+    for relpath, labels in masks.items():
+        it = by_mask[relpath]
+        export.write_outputs(config.output, relpath, labels, o.mask_format, o.outlines,
+                             image=it.prepared.image, name=it.ref.image_id,
+                             pixel_size=getattr(it.source, "pixel_size_um", None))
+    objects_df = pd.concat(objects, ignore_index=True) if objects else outputs.table("objects", [])
+    parts = {"objects": objects_df, "images": outputs.table("images", images),
+             "failures": outputs.table("failures", failures)}
+    if classes is not None:  # semantic models: the per-class table
+        parts["classes"] = (pd.concat(classes, ignore_index=True) if classes
+                            else outputs.table("classes", []))
+    outputs.write_shard(config.output, job.name, parts)
+    for f in failures:  # committed: a mask (and outline) of an earlier run must not outlive
+        export.remove_outputs(config.output, job.mask_paths[f["image_id"]])  # its image's record
+    timings = {**stage_seconds(items), "write": time.perf_counter() - t0}
+    counts = {"images": len(images), "failed": len(failures), "objects": len(objects_df),
+              "seconds": sum(it.seconds for it in items), "failures": tuple(failures)}
+    return counts, timings

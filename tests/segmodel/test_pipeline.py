@@ -1,0 +1,80 @@
+"""The pipeline in the engine, without Prefect: configuration, planning, a whole run."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from conftest import SAMPLES
+
+from segmodel.api import read_table, run
+from segmodel.pipeline import runtime
+from segmodel.pipeline.config import configure
+from segmodel.pipeline.options import RunOptions
+from segmodel.pipeline.plan import plan_run
+
+
+def test_the_model_warm_up_traces_each_batch_shape_of_a_run_once_per_process(tmp_path):
+    import keras
+
+    config, _ = configure(RunOptions(input=str(tmp_path), output=str(tmp_path / "out"),
+                                     batch_size=3, tile_size=128))
+    shapes = [(3, 128, 128, 3)]
+    if keras.backend.backend() == "tensorflow":  # a shard's last batch: any size, one trace
+        shapes.append((1, 128, 128, 3))
+    assert runtime.warm_up(config) == shapes
+    assert runtime.warm_up(config) == []  # already traced in this process
+
+
+def test_the_config_key_changes_with_what_changes_results_and_only_with_that(tmp_path):
+    def key(**options):
+        config, _ = configure(RunOptions(input=str(tmp_path), output=str(tmp_path / "o"),
+                                         **options))
+        return config.config_key
+
+    base = key()
+    assert key(shard_size=7, batch_size=2, cpu_workers=1, retry_failed=True) == base
+    assert len({base, key(scale=1.0), key(tile_size=128), key(mask_format="png"),
+                key(tta=True), key(channel=0), key(outlines="geojson")}) == 7
+
+
+def test_a_plan_cuts_the_images_into_shards_of_the_chosen_size(tmp_path):
+    config, _ = configure(RunOptions(input=str(SAMPLES), output=str(tmp_path / "o"),
+                                     shard_size=3))
+    plan = plan_run(config, "stamp")
+    n = len(list(SAMPLES.glob("*.png")))
+    assert (plan.found, plan.skipped, plan.to_segment) == (n, 0, n)
+    assert [len(j.refs) for j in plan.jobs] == [3] * (n // 3) + ([n % 3] if n % 3 else [])
+    assert [j.index for j in plan.jobs] == list(range(1, len(plan.jobs) + 1))
+    assert plan.jobs[0].name == "stamp-00000" and not plan.large_jobs
+
+
+def test_a_folder_runs_end_to_end_without_prefect_and_a_rerun_skips_it(tmp_path):
+    out = tmp_path / "out"
+    summary = run(str(SAMPLES), str(out), shard_size=4)
+    n = len(list(SAMPLES.glob("*.png")))
+    assert (summary["found"], summary["images"], summary["failed"]) == (n, n, 0)
+    images, objects = read_table(str(out), "images"), read_table(str(out), "objects")
+    assert len(images) == n and images["n_objects"].sum() == len(objects) > 0
+    mask = tifffile.imread(out / images["mask_path"].iloc[0])
+    assert mask.max() == images["n_objects"].iloc[0]
+    assert json.loads((out / "run.json").read_text())["counts"]["images"] == n
+    again = run(str(SAMPLES), str(out), shard_size=4)
+    assert (again["skipped"], again["images"]) == (n, 0)
+    pd.testing.assert_frame_equal(read_table(str(out), "objects"), objects)
+
+
+def test_a_run_with_a_bad_option_fails_before_any_work_naming_it(tmp_path):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="shard_size"):
+        run(str(tmp_path), str(tmp_path / "out"), shard_size=0)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_folder_is_an_error_naming_the_input(tmp_path):
+    (tmp_path / "in").mkdir()
+    with pytest.raises(FileNotFoundError, match="no images under input="):
+        run(str(tmp_path / "in"), str(tmp_path / "out"))
+    assert np.all([not p.name.endswith(".parquet") for p in tmp_path.rglob("*")])
