@@ -1,4 +1,4 @@
-"""The README and the reference pages under docs/: relative links resolve, the README stays short."""
+"""README.md and the reference pages under docs/: relative links resolve, the README is short."""
 
 import re
 from pathlib import Path
@@ -9,8 +9,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 README_MAX_LINES = 250
 
-#: [text](target) or [text](target "title"); images (![alt](target)) match too.
-LINK = re.compile(r"\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+#: [text](target), [text](target "title") or [text](target 'title'); images match too.
+LINK = re.compile(r"""\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+(?:"[^"]*"|'[^']*'))?\s*\)""")
 FENCE = re.compile(r"^\s*(```|~~~)")
 
 
