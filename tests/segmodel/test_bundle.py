@@ -12,6 +12,7 @@ import yaml
 from flows.cli import main
 from segmodel.inference import heads
 from segmodel.model import bundle
+from segmodel.model import spec as specs
 from segmodel.model.loading import DEFAULT_MODEL, load_model
 from segmodel.model.spec import ModelSpec
 
@@ -35,7 +36,7 @@ def _tiny(path, *, channels=3, outputs=3, activation="softmax", pools=2):
 
 
 def test_the_shipped_sidecar_reads_as_a_bundle_spec_with_todays_defaults():
-    spec = bundle.read_spec(DEFAULT_MODEL.with_suffix(".json"))
+    spec = specs.read_spec(DEFAULT_MODEL.with_suffix(".json"))
     assert spec.kind == "instances" and spec.classes == () and spec.axes == "YXC"
     raw = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())
     assert spec.normalization == "percentile"
@@ -62,13 +63,13 @@ def test_a_yaml_spec_loads_and_matches_the_same_spec_in_json(tmp_path):
 def test_a_spec_gives_the_working_range_of_automatic_scale(tmp_path):
     path = tmp_path / "m.yaml"
     path.write_text(yaml.safe_dump({"object_diameter": 30, "object_diameter_range": [15, 80]}))
-    spec = bundle.read_spec(path)
+    spec = specs.read_spec(path)
     assert (spec.object_diameter, spec.object_diameter_range) == (30.0, (15.0, 80.0))
 
 
 def test_saving_a_bundle_in_another_format_leaves_one_spec(tmp_path):
     model = keras.saving.load_model(_tiny(tmp_path / "seg.keras"))
-    spec = bundle.spec_from_dict(SEMANTIC)
+    spec = specs.spec_from_dict(SEMANTIC)
     bundle.save_bundle(model, spec, tmp_path / "m.keras", fmt="yaml")
     bundle.save_bundle(model, spec, tmp_path / "m.keras", fmt="json")
     assert sorted(p.name for p in tmp_path.glob("m.*")) == ["m.json", "m.keras"]
@@ -103,8 +104,8 @@ def test_saving_a_bundle_in_another_format_leaves_one_spec(tmp_path):
 def test_a_wrong_spec_names_the_file_field_and_value(tmp_path, fields, message):
     path = tmp_path / "m.yaml"
     path.write_text(yaml.safe_dump(fields))
-    with pytest.raises(bundle.BundleError) as err:
-        bundle.read_spec(path)
+    with pytest.raises(specs.BundleError) as err:
+        specs.read_spec(path)
     assert message in str(err.value) and str(path) in str(err.value)
 
 

@@ -1,18 +1,21 @@
 """The pipeline in the engine, without Prefect: configuration, planning, a whole run."""
 
 import json
+import pathlib
 
 import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-from conftest import SAMPLES
 
+import segmodel
 from segmodel.api import read_table, run
 from segmodel.pipeline import runtime
 from segmodel.pipeline.config import configure
 from segmodel.pipeline.options import RunOptions
 from segmodel.pipeline.plan import plan_run
+
+SAMPLES = pathlib.Path(segmodel.__file__).parent / "samples"
 
 
 def test_the_model_warm_up_traces_each_batch_shape_of_a_run_once_per_process(tmp_path):

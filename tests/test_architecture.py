@@ -1,0 +1,119 @@
+"""The layout's rules, checked on the source: no import cycle, small functions, layering."""
+
+import ast
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PACKAGES = ("segmodel", "tasks", "flows")
+
+
+def _modules():
+    """``{dotted name: path}`` of every first-party module."""
+    found = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            found[name] = path
+    return found
+
+
+def _imports(path, known):
+    """First-party modules that ``path`` imports anywhere (function bodies too)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # ``from pkg import mod`` imports the module pkg.mod when there is one
+            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known
+                     else node.module for a in node.names]
+        else:
+            continue
+        out |= {n for n in names if n in known}
+    return out
+
+
+def _graph():
+    known = _modules()
+    return {name: _imports(path, known) - {name} for name, path in known.items()}
+
+
+def _cycle(graph):
+    """One import cycle as a list of modules, or None (depth-first search)."""
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_no_module_imports_itself_back_through_others():
+    graph = _graph()
+    assert len(graph) > 40  # the walk found the code
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_engine_imports_neither_prefect_nor_the_prefect_layer():
+    for name, path in _modules().items():
+        if not name.startswith("segmodel"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                        else [node.module or ""])
+                bad = [m for m in mods if m.split(".")[0] in ("prefect", "prefect_dask",
+                                                              "tasks", "flows")]
+                assert not bad, f"{path.relative_to(ROOT)}:{node.lineno} imports {bad}"
+
+
+def _functions():
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    yield path.relative_to(ROOT), node
+
+
+def _n_params(node):
+    a = node.args
+    n = len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs)
+    n += (a.vararg is not None) + (a.kwarg is not None)
+    return n - (1 if a.args and a.args[0].arg in ("self", "cls") else 0)
+
+
+@pytest.mark.parametrize("limit", [60])
+def test_no_function_is_longer_than_a_screen(limit):
+    long = [f"{p}:{n.lineno} {n.name} ({n.end_lineno - n.lineno + 1} lines)"
+            for p, n in _functions() if n.end_lineno - n.lineno + 1 > limit]
+    assert not long, long
+
+
+def test_no_function_takes_more_than_eight_parameters():
+    many = [f"{p}:{n.lineno} {n.name} ({_n_params(n)})" for p, n in _functions()
+            if _n_params(n) > 8]
+    assert not many, many
