@@ -54,7 +54,8 @@ DEFAULT = AutoScale()
 class Estimate:
     """The outcome for one image: its median nucleus ``diameter`` in the image's own pixels
     (nan when it could not be measured), the pyramid ``level`` it was measured at and the
-    ``scale`` chosen from it."""
+    ``scale`` chosen from it.
+    """
 
     scale: float
     diameter: float = math.nan
@@ -80,7 +81,8 @@ def _median_and_count(labels):
 
 def level_diameter(labels, level, rule=DEFAULT, *, last=False):
     """The image's median nucleus diameter (its own pixels) from ``labels`` of pyramid level
-    ``level``, or None when that level cannot be trusted (see :func:`trusted_diameter`)."""
+    ``level``, or None when that level cannot be trusted (see :func:`trusted_diameter`).
+    """
     diameter, n_objects = _median_and_count(labels)
     return trusted_diameter(diameter, n_objects, level, rule, last=last)
 
@@ -89,7 +91,8 @@ def trusted_diameter(diameter, n_objects, level, rule=DEFAULT, *, last=False):
     """``diameter`` (median, pixels at pyramid ``level``) of ``n_objects`` objects, in the
     image's own pixels; None when the level cannot be trusted: fewer than
     ``rule.min_objects`` objects, or nuclei smaller than ``rule.min_level_diameter`` at a level
-    other than the ``last``, whose small nuclei are measured as they are."""
+    other than the ``last``, whose small nuclei are measured as they are.
+    """
     if n_objects < rule.min_objects or not diameter:
         return None
     if not last and diameter < rule.min_level_diameter:
@@ -100,7 +103,8 @@ def trusted_diameter(diameter, n_objects, level, rule=DEFAULT, *, last=False):
 def working_sizes(diameters):
     """``(object_diameter, object_diameter_range)`` of a model trained on images at their own
     scale: the median, and the 5th to 95th percentiles, of its training images' median nucleus
-    diameters (rounded to whole pixels)."""
+    diameters (rounded to whole pixels).
+    """
     d = np.asarray([x for x in diameters if x > 0], float)
     if not len(d):
         return 0.0, ()
@@ -135,7 +139,8 @@ def choose_scale(diameter, spec, rule=DEFAULT):
 
 def working_range(spec):
     """``(low, high)`` nucleus diameters a model segments at the image's own resolution:
-    ``spec.object_diameter_range``, or within 20% of ``spec.object_diameter`` without one."""
+    ``spec.object_diameter_range``, or within 20% of ``spec.object_diameter`` without one.
+    """
     if spec.object_diameter_range:
         low, high = spec.object_diameter_range
         return float(low), float(high)

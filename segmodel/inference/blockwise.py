@@ -44,7 +44,8 @@ OUT_TILE = 256
 class Blocks:
     """Block-wise settings: ``block`` core edge in image pixels (a multiple of 256), ``halo``
     context in working-scale pixels (at least the largest nucleus; a multiple of the tile step
-    keeps the model's tiles where a whole-image run puts them)."""
+    keeps the model's tiles where a whole-image run puts them).
+    """
 
     block: int = 4096
     halo: int = 192

@@ -90,7 +90,8 @@ class ObjectPixels:
     """The pixels of every object of ``labels``, sorted by label once, so each per-object
     statistic (here and in :func:`segmodel.storage.formats.channel_measurements`) is one
     vectorised reduction (regionprops loops over objects in Python, which was most of the
-    measuring time). Definitions and values are regionprops'."""
+    measuring time). Definitions and values are regionprops'.
+    """
 
     def __init__(self, labels):
         flat = labels.ravel()
@@ -139,7 +140,8 @@ _PERIMETER_WEIGHTS[[13, 23]] = (1 + np.sqrt(2)) / 2
 
 def _perimeters(labels, ids):
     """Perimeter of every object ``ids`` as ``skimage.measure.perimeter`` (4-connected
-    border) gives it for the object alone, computed for all objects in one pass."""
+    border) gives it for the object alone, computed for all objects in one pass.
+    """
     lab = np.pad(labels, 1)
     h, w = lab.shape
     centre = lab[1:-1, 1:-1]
@@ -162,7 +164,8 @@ def _perimeters(labels, ids):
 def _minorant(obj, row, v):
     """Vertices of each object's greatest convex minorant of the points ``(row, v)`` (sorted by
     object, then row): points on or above the chord of their neighbours are dropped until none
-    is left (each such point is off the minorant, so dropping them together is safe)."""
+    is left (each such point is off the minorant, so dropping them together is safe).
+    """
     while len(v) > 2:
         yp, yi, yn = row[:-2], row[1:-1], row[2:]
         vp, vi, vn = v[:-2], v[1:-1], v[2:]
@@ -227,7 +230,8 @@ def convex_areas(labels, groups=None):
 
 def _moment_props(groups):
     """Eccentricity, orientation and axis lengths of every object (as regionprops defines
-    them: from the inertia tensor of each object's pixel coordinates)."""
+    them: from the inertia tensor of each object's pixel coordinates).
+    """
     mean = groups.mean
     dy = groups.y - np.repeat(mean(groups.y), groups.count)
     dx = groups.x - np.repeat(mean(groups.x), groups.count)

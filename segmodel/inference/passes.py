@@ -58,7 +58,8 @@ AUTO = "auto"
 
 def validate_scale(scale):
     """``"auto"`` or a float in [0.05, 20]. With ``"auto"``, a model whose spec gives no
-    ``object_diameter`` segments every image at its own resolution."""
+    ``object_diameter`` segments every image at its own resolution.
+    """
     if scale == AUTO:
         return AUTO
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.05 <= scale <= 20:
@@ -103,7 +104,8 @@ def finish(maps, prepared, spec):
 
 def finish_at(maps, shape, scale, spec):
     """:func:`finish` for an image of ``shape`` prepared at ``scale`` (what a worker process
-    is sent: the maps and two numbers, not the image)."""
+    is sent: the maps and two numbers, not the image).
+    """
     if scale < 1.0:
         maps = resize(maps, shape, order=1)
     labels = mask_from_maps(maps, spec)  # class map of a semantic model
@@ -152,7 +154,8 @@ def estimate_scales(lm, prepared, tiling, *, batch_size=8, lock=None):
 def _estimate(passes, rule=autoscale.DEFAULT):
     """Segment each image's pyramid levels, coarsest first, until one measures its nuclei;
     set each prepared image to its chosen scale. Returns ``(labels, redo)``: labels of the
-    images whose last pass was already at their chosen scale, and the indices still to run."""
+    images whose last pass was already at their chosen scale, and the indices still to run.
+    """
     spec, base = passes.lm.spec, list(passes.prepared)
     labels = [None] * len(base)
     if not spec.object_diameter:  # a model that does not know its working size: scale 1
@@ -188,7 +191,8 @@ def _estimate(passes, rule=autoscale.DEFAULT):
 
 class _Passes:
     """Model passes over prepared images: tiles of all images in shared batches, then the
-    post-processing of each (see :func:`predict_labels` for the arguments)."""
+    post-processing of each (see :func:`predict_labels` for the arguments).
+    """
 
     def __init__(self, lm, prepared, tiling, *, batch_size=8, tta=False, lock=None,
                  on_error=None, timings=None, pool=None, model_thread=None):
@@ -206,7 +210,8 @@ class _Passes:
 
     def run(self, indices, *, at_level=False):
         """Labels of images ``indices`` at their own resolution (``at_level``: at the
-        resolution they were prepared at); None for an image whose post-processing failed."""
+        resolution they were prepared at); None for an image whose post-processing failed.
+        """
         indices = list(indices)
         if not indices:
             return []

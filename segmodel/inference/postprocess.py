@@ -113,7 +113,8 @@ def split_markers(score, markers, n, settings):
 def _components(flat, width):
     """Connected components (4-connected) of the pixels at flat indices ``flat`` of an image
     ``width`` wide: the component number of each pixel and their count, from one labelling of
-    the pixels' bounding box."""
+    the pixels' bounding box.
+    """
     y, x = np.divmod(flat, width)
     y0, x0 = y.min(), x.min()
     box = np.zeros((int(y.max() - y0) + 1, int(x.max() - x0) + 1), bool)
@@ -124,7 +125,8 @@ def _components(flat, width):
 
 def _per_label(labels, values, pixels=1 << 20):
     """Pixel count and sum of ``values`` of every label, a band of about ``pixels`` pixels at a
-    time (the float64 weights ``bincount`` makes stay small for a block of a huge image)."""
+    time (the float64 weights ``bincount`` makes stay small for a block of a huge image).
+    """
     n = int(labels.max()) + 1
     areas, sums = np.zeros(n, np.int64), np.zeros(n)
     rows = max(1, pixels // max(labels.shape[1], 1))
@@ -177,7 +179,8 @@ def _flood(fg, dist, markers, n):
 
 def _drop_small(labels, min_area):
     """Remove objects under ``min_area`` pixels and number the rest 1..N, keeping their order
-    (one lookup-table pass: what ``relabel_sequential`` does, without its hashing)."""
+    (one lookup-table pass: what ``relabel_sequential`` does, without its hashing).
+    """
     labels = labels.astype(np.int32, copy=False)
     if labels.max() == 0:
         return labels
@@ -186,7 +189,8 @@ def _drop_small(labels, min_area):
 
 def _sieve(labels, keep):
     """``labels`` with only the labels ``l`` where ``keep[l]``, numbered 1..N in their order,
-    and N (``keep`` indexed by label; its entry for 0 is ignored)."""
+    and N (``keep`` indexed by label; its entry for 0 is ignored).
+    """
     keep = np.asarray(keep, bool).copy()
     keep[0] = False
     n = int(keep.sum())

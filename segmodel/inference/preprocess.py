@@ -228,7 +228,8 @@ def estimate_normalization(image, settings=Normalization()):
 
 def channel_mean_percentiles(image, qs):
     """Percentiles ``qs`` of an ``(H, W, C)`` image's channel mean, from a histogram of the
-    channel sum for 8/16-bit images (exact, and many times faster than sorting floats)."""
+    channel sum for 8/16-bit images (exact, and many times faster than sorting floats).
+    """
     if _is_small_uint(image):
         total = image[..., 0].astype(np.uint32)  # channel by channel: a strided
         for c in range(1, image.shape[-1]):  # sum(axis=-1) is ten times slower
@@ -244,7 +245,8 @@ def _is_small_uint(a):
 def _counts(values):
     """``np.bincount(values.ravel())`` (trailing zeros aside); 8-bit arrays are counted a block
     of rows at a time, so a strided view (an RGB view of RGBA pixels, a subsample) is never
-    copied whole."""
+    copied whole.
+    """
     if values.dtype != np.uint8 or values.ndim < 2 or values.flags.c_contiguous:
         return np.bincount(values.ravel())
     rows = max(1, (1 << 16) // max(1, values[0].size))
@@ -256,7 +258,8 @@ def _counts(values):
 
 def _percentiles(values, qs):
     """``np.percentile(values, qs)`` (linear interpolation); for 8/16-bit images, and sums of
-    their channels, exactly that from a histogram, which is several times faster than sorting."""
+    their channels, exactly that from a histogram, which is several times faster than sorting.
+    """
     if not (_is_small_uint(values) or values.dtype == np.uint32 and values.max() < 1 << 20):
         return [float(v) for v in np.percentile(np.asarray(values, np.float32), qs)]
     cum = np.cumsum(_counts(values))

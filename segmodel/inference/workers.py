@@ -54,7 +54,8 @@ class CpuPool:
 
 class ImageError(Exception):
     """One item's error as it comes back from a worker: the original type's name and message
-    (the original exception object may not survive pickling)."""
+    (the original exception object may not survive pickling).
+    """
 
     def __init__(self, error_type, message):
         super().__init__(message)

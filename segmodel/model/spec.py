@@ -24,7 +24,8 @@ CHOICES = {
 @dataclass(frozen=True)
 class PostprocessSettings:
     """Thresholds turning the three maps into labels (tuned on training data, saved with the
-    model)."""
+    model).
+    """
 
     foreground: float = 0.5
     marker: float = 0.5

@@ -90,7 +90,8 @@ def label_dtype(n_objects):
 
 def _datasets(n_levels, lead=(), pixel_size=None):
     """NGFF datasets: level k has scale 2**k (times the pixel size in micrometres where known)
-    and a translation to its 2x2 block's centre."""
+    and a translation to its 2x2 block's centre.
+    """
     out = []
     for k in range(n_levels):
         f = float(2**k) * (pixel_size or 1.0)
@@ -104,7 +105,8 @@ def _datasets(n_levels, lead=(), pixel_size=None):
 
 def multiscales(name, n_levels, *, channels=False, kind="mean", pixel_size=None):
     """The NGFF 0.4 ``multiscales`` list of an image (axes c, y, x) or a label image (y, x);
-    with ``pixel_size`` (µm) the spatial axes are in micrometres, else in pixels."""
+    with ``pixel_size`` (µm) the spatial axes are in micrometres, else in pixels.
+    """
     unit = {"unit": "micrometer"} if pixel_size else {}
     axes = [{"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit}]
     if channels:
@@ -198,7 +200,8 @@ class OmeZarrBuilder:
 
 def encode_ome_zarr(labels, image=None, *, name="image", chunk=CHUNK, pixel_size=None):
     """``{key: bytes}`` of the OME-Zarr of ``labels`` ``(H, W)`` and ``image`` ``(H, W[, C])``
-    (axes in micrometres with ``pixel_size``, the input's µm per pixel)."""
+    (axes in micrometres with ``pixel_size``, the input's µm per pixel).
+    """
     from zarr.storage import MemoryStore
 
     labels = np.asarray(labels)
@@ -226,7 +229,6 @@ def write_ome_zarr(store, relpath, labels, image=None, *, name="image", pixel_si
 
 def encode_mask(labels, mask_format):
     """Compressed TIFF (uint16, or uint32 past 65535 objects) or 16-bit PNG bytes."""
-
     n = int(labels.max()) if labels.size else 0
     dtype = np.uint16 if n <= np.iinfo(np.uint16).max else np.uint32
     if labels.dtype == np.uint8:  # a semantic model's class map stays 8-bit
@@ -407,7 +409,8 @@ def remove_store(store, relpath):
 
 def open_ome_zarr(store, relpath):
     """The OME-Zarr at ``relpath`` under ``store`` as a read-only ``zarr.Group`` (any fsspec
-    file system)."""
+    file system).
+    """
     import zarr
     from zarr.storage import FsspecStore
 

@@ -224,7 +224,8 @@ def tiff_metadata(tif, n_channels):
 
 def _edge(x, y):
     """The pixel's edge in µm from its X and Y sizes (either may be None): where they differ,
-    the square root of the pixel's area, so areas in µm² come out right."""
+    the square root of the pixel's area, so areas in µm² come out right.
+    """
     if x and y:
         return float(np.sqrt(x * y))
     return x or y or None
@@ -430,7 +431,8 @@ def channel_measurements(labels, data, groups=None):
 def add_measurements(table, labels, data, groups=None):
     """``table`` (from :func:`segmodel.inference.measure.measure_objects`) with ``area_um2`` filled
     and
-    the ``channel_*`` columns of :func:`channel_measurements` appended (``groups`` as there)."""
+    the ``channel_*`` columns of :func:`channel_measurements` appended (``groups`` as there).
+    """
     size = data.pixel_size_um if data is not None else None
     if size:
         table["area_um2"] = table["area"] * size**2

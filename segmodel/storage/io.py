@@ -173,7 +173,8 @@ class Store:
 
     def write_many(self, files):
         """Write ``{relpath: bytes}`` (each file atomically); object stores get the PUTs
-        concurrently in one batch, in no particular order."""
+        concurrently in one batch, in no particular order.
+        """
         if _is_local(self.fs) or len(files) < 2:
             for relpath, data in files.items():
                 self.write_bytes(relpath, data)
@@ -186,7 +187,8 @@ class Store:
 
     def put_many(self, files):
         """Upload ``{relpath: local path}`` (each file atomically); object stores get the
-        uploads concurrently in one batch, in no particular order."""
+        uploads concurrently in one batch, in no particular order.
+        """
         if _is_local(self.fs) or len(files) < 2:
             for relpath, local_path in files.items():
                 self.put_file(local_path, relpath)
@@ -272,7 +274,8 @@ class Store:
 
     def find_dirs(self, relpath, suffix):
         """Relative paths of folders under ``relpath`` whose names end in ``suffix`` (outermost
-        only: nothing inside a matched folder)."""
+        only: nothing inside a matched folder).
+        """
         base = self.path(relpath)
         if not retry(self.fs.exists, base):
             return []

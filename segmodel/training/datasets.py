@@ -1,5 +1,6 @@
 """Reading an annotated dataset laid out like DSB2018: ``images/<id>.png``, ``labels/<id>.png``,
-``index.csv`` (id, modality, ...), with a fixed split by a hash of the id."""
+``index.csv`` (id, modality, ...), with a fixed split by a hash of the id.
+"""
 
 import csv
 import hashlib

@@ -28,7 +28,8 @@ from segmodel.training import datasets
 @dataclass(frozen=True)
 class TrainConfig:
     """Training settings: the defaults are the recipe's first stage; the shipped model is six
-    stages of it (README, "The model": each a warm restart, at the images' own scale)."""
+    stages of it (README, "The model": each a warm restart, at the images' own scale).
+    """
 
     data_dir: str = str(datasets.DEFAULT_DATA)
     steps: int = 2600
@@ -90,7 +91,8 @@ def make_targets(labels):
 
 def contact_map(labels, radius=2):
     """``(H, W)`` bool: pixels within ``radius`` (a square window) of two different objects,
-    gaps between them included."""
+    gaps between them included.
+    """
     size = 2 * radius + 1
     labels = np.asarray(labels, np.int64)
     big = labels.max(initial=0) + 1  # larger than every label: background in the minimum
@@ -102,7 +104,8 @@ def contact_map(labels, radius=2):
 def kind_targets(labels, kind="instances"):
     """Training targets of an output kind from instance labels: the three maps, the
     foreground (1 channel) or one-hot :data:`SEMANTIC_CLASSES` (boundary = each object's
-    inner outline)."""
+    inner outline).
+    """
     targets = make_targets(labels)
     if kind == "binary":
         return targets[..., :1]
@@ -252,7 +255,8 @@ def _samples(config, split, log=print):
 
 def _working_sizes(samples):
     """The sidecar's working nucleus size and range from the training images' labels
-    (:func:`segmodel.inference.autoscale.working_sizes`)."""
+    (:func:`segmodel.inference.autoscale.working_sizes`).
+    """
     return working_sizes(median_diameter(s.load_labels()) for s in samples)
 
 
@@ -534,7 +538,8 @@ def parse_filters(text):
 
 def check_patch(patch, levels):
     """Raise ValueError naming ``--patch`` unless it is a positive multiple of ``2**levels``
-    (the U-Net halves a patch ``levels`` times)."""
+    (the U-Net halves a patch ``levels`` times).
+    """
     if patch < 2 ** levels or patch % 2 ** levels:
         raise ValueError(f"--patch must be a multiple of {2 ** levels} with {levels} levels "
                          f"(the network halves it {levels} times). Received: --patch {patch}")
