@@ -114,23 +114,68 @@ def finish_at(maps, shape, scale, spec):
     return labels
 
 
-def predict_labels(lm, prepared, tiling, *, batch_size=8, auto=False, tta=False, lock=None,
-                   on_error=None, timings=None, pool=None, model_thread=None):
+@dataclass(frozen=True)
+class ModelCalls:
+    """How the model is called: batches, test-time augmentation, locks, workers, bookkeeping.
+
+    Parameters
+    ----------
+    batch_size : int, optional
+        Tiles per model call (default 8).
+    tta : bool, optional
+        Average the maps over the four flips of each tile (default False).
+    lock : context manager, optional
+        Held while the tiles of one pass are submitted (see
+        :func:`segmodel.inference.predict.predict_maps`). Default: none.
+    pool : segmodel.inference.workers.CpuPool, optional
+        Post-processes the images in its worker processes. Default: in this process.
+    model_thread : segmodel.inference.workers.ModelThread, optional
+        Makes the model calls. Default: in this thread.
+    timings : dict, optional
+        Accumulates the seconds spent in ``"predict"`` (from taking the lock to the last tile
+        stitched) and ``"postprocess"``. Default: not kept.
+    on_error : callable, optional
+        ``on_error(i, exc)`` receives a failed post-processing of image ``i``, whose labels
+        are then None. Default: the exception is raised.
+    """
+
+    batch_size: int = 8
+    tta: bool = False
+    lock: object = None
+    pool: object = None
+    model_thread: object = None
+    timings: dict = None
+    on_error: object = None
+
+
+def predict_labels(lm, prepared, tiling, *, auto=False, calls=ModelCalls()):
     """Labels for prepared images, predicting tiles of all images in shared batches.
 
-    With ``auto`` (images prepared at scale 1), each image's nucleus size is estimated from its
-    pyramid levels and the image segmented at the scale it calls for (:func:`estimate_scales`).
-    ``tta`` averages the maps over the four flips of each tile.
-    Returns ``(labels, prepared)`` lists, ``prepared`` holding the scale each image was finally
-    segmented at (and, with ``auto``, its estimate). ``on_error(i, exc)`` receives a failed
-    post-processing of image ``i`` (default: raise); its labels are then None. ``timings``, a
-    dict, accumulates the seconds spent in ``"predict"`` (from taking the lock to the last tile
-    stitched) and ``"postprocess"``. ``pool``, a :class:`segmodel.inference.workers.CpuPool`,
-    post-processes the images in its worker processes.
-    ``model_thread``, a :class:`segmodel.inference.workers.ModelThread`, makes the model calls.
+    Parameters
+    ----------
+    lm : LoadedModel
+        The model and its spec.
+    prepared : list of Prepared
+        Images from :func:`prepare` (at scale 1 with ``auto``).
+    tiling : Tiling
+        Tile size and overlap, e.g. from :func:`default_tiling`.
+    auto : bool, optional
+        Estimate each image's nucleus size from its pyramid levels and segment the image at
+        the scale it calls for (:func:`estimate_scales`). Default False.
+    calls : ModelCalls, optional
+        Batch size, test-time augmentation, lock, worker pool, model thread, timings and error
+        handler (default: ``ModelCalls()``).
+
+    Returns
+    -------
+    labels : list of (H, W) ndarray
+        Instance labels (a semantic model: class maps) of each image at its own resolution;
+        None for an image whose post-processing failed and went to ``calls.on_error``.
+    prepared : list of Prepared
+        The images at the scale each was finally segmented at (and, with ``auto``, its
+        :class:`segmodel.inference.autoscale.Estimate`).
     """
-    passes = _Passes(lm, list(prepared), tiling, batch_size=batch_size, tta=tta, lock=lock,
-                     on_error=on_error, timings=timings, pool=pool, model_thread=model_thread)
+    passes = _Passes(lm, list(prepared), tiling, calls)
     if not auto:
         return passes.run(range(len(passes.prepared))), passes.prepared
     labels, redo = _estimate(passes)
@@ -142,11 +187,25 @@ def predict_labels(lm, prepared, tiling, *, batch_size=8, auto=False, tta=False,
 def estimate_scales(lm, prepared, tiling, *, batch_size=8, lock=None):
     """The automatic scale of each prepared image (at scale 1), without segmenting it there.
 
+    Parameters
+    ----------
+    lm : LoadedModel
+        The model and its spec.
+    prepared : list of Prepared
+        Images from :func:`prepare` at scale 1.
+    tiling : Tiling
+        Tile size and overlap.
+    batch_size : int, optional
+        Tiles per model call (default 8).
+    lock : context manager, optional
+        Held while the tiles of one pass are submitted. Default: none.
 
-    Returns a list of :class:`segmodel.inference.autoscale.Estimate`; see
-    :mod:`segmodel.inference.autoscale`.
+    Returns
+    -------
+    list of segmodel.inference.autoscale.Estimate
+        One per image; see :mod:`segmodel.inference.autoscale`.
     """
-    passes = _Passes(lm, list(prepared), tiling, batch_size=batch_size, lock=lock)
+    passes = _Passes(lm, list(prepared), tiling, ModelCalls(batch_size=batch_size, lock=lock))
     _estimate(passes)
     return [p.estimate for p in passes.prepared]
 
@@ -194,14 +253,15 @@ class _Passes:
     post-processing of each (see :func:`predict_labels` for the arguments).
     """
 
-    def __init__(self, lm, prepared, tiling, *, batch_size=8, tta=False, lock=None,
-                 on_error=None, timings=None, pool=None, model_thread=None):
-        self.lm, self.prepared, self.tiling, self.batch_size = lm, prepared, tiling, batch_size
-        self.predict = with_flips(lm.predict_batch) if tta else lm.predict_batch
-        self.guard = _NotedLock(lock)
-        self.submit = model_thread.submit if model_thread is not None else None
-        self.on_error, self.pool = on_error, pool or CpuPool(0)
-        self.spent = timings if timings is not None else {}
+    def __init__(self, lm, prepared, tiling, calls):
+        self.lm, self.prepared, self.tiling = lm, prepared, tiling
+        self.batch_size = calls.batch_size
+        self.predict = with_flips(lm.predict_batch) if calls.tta else lm.predict_batch
+        self.guard = _NotedLock(calls.lock)
+        thread = calls.model_thread
+        self.submit = thread.submit if thread is not None else None
+        self.on_error, self.pool = calls.on_error, calls.pool or CpuPool(0)
+        self.spent = calls.timings if calls.timings is not None else {}
 
     def _tick(self, stage, t0):
         t1 = time.perf_counter()
