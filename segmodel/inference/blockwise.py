@@ -42,9 +42,11 @@ OUT_TILE = 256
 
 @dataclass(frozen=True)
 class Blocks:
-    """Block-wise settings: ``block`` core edge in image pixels (a multiple of 256), ``halo``
-    context in working-scale pixels (at least the largest nucleus; a multiple of the tile step
-    keeps the model's tiles where a whole-image run puts them).
+    """Block-wise settings.
+
+    ``block`` core edge in image pixels (a multiple of 256), ``halo`` context in working-scale
+    pixels (at least the largest nucleus; a multiple of the tile step keeps the model's tiles where
+    a whole-image run puts them).
     """
 
     block: int = 4096
@@ -124,7 +126,6 @@ class TiffRegions:
 
 def estimate_scale(regions, model, *, tiling, batch_size=8, lock=None, size=2048):
     """Automatic scale of a huge image, from the nuclei of its central ``size`` square.
-
 
     Returns a :class:`segmodel.inference.autoscale.Estimate` (see
     :func:`segmodel.inference.passes.estimate_scales`).

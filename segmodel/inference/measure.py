@@ -87,9 +87,10 @@ def measure_objects(labels, intensity, image_id="", groups=None):
 
 
 class ObjectPixels:
-    """The pixels of every object of ``labels``, sorted by label once, so each per-object
-    statistic (here and in :func:`segmodel.storage.formats.channel_measurements`) is one
-    vectorised reduction (regionprops loops over objects in Python, which was most of the
+    """The pixels of every object of ``labels``, sorted by label once.
+
+    So each per-object statistic (here and in :func:`segmodel.storage.formats.channel_measurements`)
+    is one vectorised reduction (regionprops loops over objects in Python, which was most of the
     measuring time). Definitions and values are regionprops'.
     """
 
@@ -139,8 +140,10 @@ _PERIMETER_WEIGHTS[[13, 23]] = (1 + np.sqrt(2)) / 2
 
 
 def _perimeters(labels, ids):
-    """Perimeter of every object ``ids`` as ``skimage.measure.perimeter`` (4-connected
-    border) gives it for the object alone, computed for all objects in one pass.
+    """Perimeter of every object, computed for all objects in one pass.
+
+    Perimeter of every object ``ids`` as ``skimage.measure.perimeter`` (4-connected border) gives it
+    for the object alone, computed for all objects in one pass.
     """
     lab = np.pad(labels, 1)
     h, w = lab.shape
@@ -162,9 +165,11 @@ def _perimeters(labels, ids):
 
 
 def _minorant(obj, row, v):
-    """Vertices of each object's greatest convex minorant of the points ``(row, v)`` (sorted by
-    object, then row): points on or above the chord of their neighbours are dropped until none
-    is left (each such point is off the minorant, so dropping them together is safe).
+    """Vertices of each object's greatest convex minorant.
+
+    Of the points ``(row, v)`` (sorted by object, then row): points on or above the chord of their
+    neighbours are dropped until none is left (each such point is off the minorant, so dropping them
+    together is safe).
     """
     while len(v) > 2:
         yp, yi, yn = row[:-2], row[1:-1], row[2:]
@@ -190,8 +195,10 @@ def _evaluate(vertices, obj, row, height):
 
 
 def convex_areas(labels, groups=None):
-    """Pixels in each object's convex hull, as ``regionprops``' ``area_convex`` counts them
-    (hull of the pixels' edge midpoints, border pixels included), for every object at once.
+    """Pixels in each object's convex hull, for every object at once.
+
+    Pixels in each object's convex hull, as ``regionprops``' ``area_convex`` counts them (hull of
+    the pixels' edge midpoints, border pixels included), for every object at once.
 
     The hull is the hull of the pixel centres widened by a diamond of radius 1/2, so its left
     edge on row ``y`` is ``min(L(y) - 1/2, L(y - 1/2), L(y + 1/2))`` with ``L`` the convex
@@ -229,8 +236,10 @@ def convex_areas(labels, groups=None):
 
 
 def _moment_props(groups):
-    """Eccentricity, orientation and axis lengths of every object (as regionprops defines
-    them: from the inertia tensor of each object's pixel coordinates).
+    """Eccentricity, orientation and axis lengths of every object.
+
+    Eccentricity, orientation and axis lengths of every object (as regionprops defines them: from
+    the inertia tensor of each object's pixel coordinates).
     """
     mean = groups.mean
     dy = groups.y - np.repeat(mean(groups.y), groups.count)

@@ -57,8 +57,10 @@ AUTO = "auto"
 
 
 def validate_scale(scale):
-    """``"auto"`` or a float in [0.05, 20]. With ``"auto"``, a model whose spec gives no
-    ``object_diameter`` segments every image at its own resolution.
+    """``"auto"`` or a float in [0.05, 20].
+
+    With ``"auto"``, a model whose spec gives no ``object_diameter`` segments every image at its own
+    resolution.
     """
     if scale == AUTO:
         return AUTO
@@ -103,8 +105,10 @@ def finish(maps, prepared, spec):
 
 
 def finish_at(maps, shape, scale, spec):
-    """:func:`finish` for an image of ``shape`` prepared at ``scale`` (what a worker process
-    is sent: the maps and two numbers, not the image).
+    """:func:`finish` for an image of ``shape`` prepared at ``scale``.
+
+    :func:`finish` for an image of ``shape`` prepared at ``scale`` (what a worker process is sent:
+    the maps and two numbers, not the image).
     """
     if scale < 1.0:
         maps = resize(maps, shape, order=1)
@@ -211,9 +215,10 @@ def estimate_scales(lm, prepared, tiling, *, batch_size=8, lock=None):
 
 
 def _estimate(passes, rule=autoscale.DEFAULT):
-    """Segment each image's pyramid levels, coarsest first, until one measures its nuclei;
-    set each prepared image to its chosen scale. Returns ``(labels, redo)``: labels of the
-    images whose last pass was already at their chosen scale, and the indices still to run.
+    """Segment each image's pyramid levels, coarsest first, until one measures its nuclei.
+
+    Set each prepared image to its chosen scale. Returns ``(labels, redo)``: labels of the images
+    whose last pass was already at their chosen scale, and the indices still to run.
     """
     spec, base = passes.lm.spec, list(passes.prepared)
     labels = [None] * len(base)
@@ -249,8 +254,10 @@ def _estimate(passes, rule=autoscale.DEFAULT):
 
 
 class _Passes:
-    """Model passes over prepared images: tiles of all images in shared batches, then the
-    post-processing of each (see :func:`predict_labels` for the arguments).
+    """Model passes over prepared images.
+
+    Tiles of all images in shared batches, then the post-processing of each (see
+    :func:`predict_labels` for the arguments).
     """
 
     def __init__(self, lm, prepared, tiling, calls):
@@ -269,8 +276,10 @@ class _Passes:
         return t1
 
     def run(self, indices, *, at_level=False):
-        """Labels of images ``indices`` at their own resolution (``at_level``: at the
-        resolution they were prepared at); None for an image whose post-processing failed.
+        """Labels of images ``indices``; None where post-processing failed.
+
+        Labels of images ``indices`` at their own resolution (``at_level``: at the resolution they
+        were prepared at); None for an image whose post-processing failed.
         """
         indices = list(indices)
         if not indices:

@@ -53,8 +53,9 @@ class CpuPool:
 
 
 class ImageError(Exception):
-    """One item's error as it comes back from a worker: the original type's name and message
-    (the original exception object may not survive pickling).
+    """One item's error as it comes back from a worker.
+
+    The original type's name and message (the original exception object may not survive pickling).
     """
 
     def __init__(self, error_type, message):
@@ -100,9 +101,10 @@ def _shutdown_all():
 
 
 class ModelThread:
-    """One thread that makes every model call of a process, at the process' own CPU priority,
-    while :func:`lower_priority` lets the threads doing the work around the model (reading,
-    post-processing, measuring, writing) yield to it.
+    """One thread that makes every model call of a process.
+
+    At the process' own CPU priority, while :func:`lower_priority` lets the threads doing the work
+    around the model (reading, post-processing, measuring, writing) yield to it.
 
     Why: on a CPU-only machine the model's parallel operations use every core, and an operation
     waits for its slowest thread. A reading or measuring thread running at the same priority

@@ -23,8 +23,7 @@ CHOICES = {
 
 @dataclass(frozen=True)
 class PostprocessSettings:
-    """Thresholds turning the three maps into labels (tuned on training data, saved with the
-    model).
+    """Thresholds turning the three maps into labels (tuned on training data, saved with the model).
     """
 
     foreground: float = 0.5

@@ -142,10 +142,12 @@ class Store:
         return retry(self.fs.cat_file, path)
 
     def read_many(self, paths, chunk=256):
-        """``(path, bytes)`` for each of ``paths`` in order; ``bytes`` is None for a missing
-        file. Object stores fetch a chunk of files concurrently (one ``cat`` call, the way
-        ``write_many`` puts them), so reading thousands of small table parts costs about as
-        many round trips as chunks, not as files; at most ``chunk`` files are held at once.
+        """``(path, bytes)`` for each of ``paths`` in order.
+
+        ``bytes`` is None for a missing file. Object stores fetch a chunk of files concurrently (one
+        ``cat`` call, the way ``write_many`` puts them), so reading thousands of small table parts
+        costs about as many round trips as chunks, not as files; at most ``chunk`` files are held at
+        once.
         """
         paths = list(paths)
         batch = not _is_local(self.fs) and not any(c in p for p in paths for c in "*?[")
@@ -172,8 +174,9 @@ class Store:
         write_atomic(self.fs, self.path(relpath), data)
 
     def write_many(self, files):
-        """Write ``{relpath: bytes}`` (each file atomically); object stores get the PUTs
-        concurrently in one batch, in no particular order.
+        """Write ``{relpath: bytes}`` (each file atomically).
+
+        Object stores get the PUTs concurrently in one batch, in no particular order.
         """
         if _is_local(self.fs) or len(files) < 2:
             for relpath, data in files.items():
@@ -186,8 +189,9 @@ class Store:
         retry(self.fs.pipe, {self.path(r): d for r, d in files.items()})
 
     def put_many(self, files):
-        """Upload ``{relpath: local path}`` (each file atomically); object stores get the
-        uploads concurrently in one batch, in no particular order.
+        """Upload ``{relpath: local path}`` (each file atomically).
+
+        Object stores get the uploads concurrently in one batch, in no particular order.
         """
         if _is_local(self.fs) or len(files) < 2:
             for relpath, local_path in files.items():
@@ -273,8 +277,10 @@ class Store:
             pass
 
     def find_dirs(self, relpath, suffix):
-        """Relative paths of folders under ``relpath`` whose names end in ``suffix`` (outermost
-        only: nothing inside a matched folder).
+        """Relative paths of folders under ``relpath`` whose names end in ``suffix``.
+
+        Relative paths of folders under ``relpath`` whose names end in ``suffix`` (outermost only:
+        nothing inside a matched folder).
         """
         base = self.path(relpath)
         if not retry(self.fs.exists, base):

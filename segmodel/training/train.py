@@ -27,8 +27,10 @@ from segmodel.training import datasets
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training settings: the defaults are the recipe's first stage; the shipped model is six
-    stages of it (README, "The model": each a warm restart, at the images' own scale).
+    """Training settings.
+
+    The defaults are the recipe's first stage; the shipped model is six stages of it (README, "The
+    model": each a warm restart, at the images' own scale).
     """
 
     data_dir: str = str(datasets.DEFAULT_DATA)
@@ -90,8 +92,10 @@ def make_targets(labels):
 
 
 def contact_map(labels, radius=2):
-    """``(H, W)`` bool: pixels within ``radius`` (a square window) of two different objects,
-    gaps between them included.
+    """Pixels within ``radius`` of two different objects.
+
+    ``(H, W)`` bool: pixels within ``radius`` (a square window) of two different objects, gaps
+    between them included.
     """
     size = 2 * radius + 1
     labels = np.asarray(labels, np.int64)
@@ -102,9 +106,10 @@ def contact_map(labels, radius=2):
 
 
 def kind_targets(labels, kind="instances"):
-    """Training targets of an output kind from instance labels: the three maps, the
-    foreground (1 channel) or one-hot :data:`SEMANTIC_CLASSES` (boundary = each object's
-    inner outline).
+    """Training targets of an output kind from instance labels.
+
+    The three maps, the foreground (1 channel) or one-hot :data:`SEMANTIC_CLASSES` (boundary = each
+    object's inner outline).
     """
     targets = make_targets(labels)
     if kind == "binary":
@@ -254,7 +259,9 @@ def _samples(config, split, log=print):
 
 
 def _working_sizes(samples):
-    """The sidecar's working nucleus size and range from the training images' labels
+    """The sidecar's working nucleus size and range from the training images' labels.
+
+    The sidecar's working nucleus size and range from the training images' labels
     (:func:`segmodel.inference.autoscale.working_sizes`).
     """
     return working_sizes(median_diameter(s.load_labels()) for s in samples)
@@ -604,8 +611,10 @@ def parse_filters(text):
 
 
 def check_patch(patch, levels):
-    """Raise ValueError naming ``--patch`` unless it is a positive multiple of ``2**levels``
-    (the U-Net halves a patch ``levels`` times).
+    """Raise ValueError naming ``--patch`` unless it fits the U-Net's levels.
+
+    Raise ValueError naming ``--patch`` unless it is a positive multiple of ``2**levels`` (the U-Net
+    halves a patch ``levels`` times).
     """
     if patch < 2 ** levels or patch % 2 ** levels:
         raise ValueError(f"--patch must be a multiple of {2 ** levels} with {levels} levels "
