@@ -67,6 +67,7 @@ class Estimate:
 
     @property
     def fallback(self):
+        """True when no diameter was measured (too few nuclei): the image kept scale 1."""
         return math.isnan(self.diameter)
 
 

@@ -53,6 +53,13 @@ class Blocks:
     halo: int = 192
 
     def validate(self):
+        """Check the settings before any work.
+
+        Raises
+        ------
+        ValueError
+            If ``block`` is not a positive multiple of :data:`OUT_TILE` or ``halo`` is negative.
+        """
         if self.block < OUT_TILE or self.block % OUT_TILE:
             raise ValueError(f"block must be a positive multiple of {OUT_TILE}. "
                              f"Received: block={self.block}")
@@ -115,6 +122,7 @@ class TiffRegions:
         return region[..., None] if region.ndim == 2 else region
 
     def close(self):
+        """Close the TIFF file."""
         self._tif.close()
 
     def __enter__(self):

@@ -125,9 +125,11 @@ class ObjectPixels:
         return self._intensity[key][1]
 
     def reduce(self, ufunc, values):
+        """``ufunc`` reduced over each object's run of ``values`` (one per pixel, sorted order)."""
         return ufunc.reduceat(values, self.starts)
 
     def mean(self, values):
+        """Per-object mean of ``values`` (one per pixel, in sorted order), as float64."""
         return self.reduce(np.add, values.astype(np.float64)) / self.count
 
 

@@ -207,6 +207,7 @@ class NormStats:
 
     @property
     def flat(self):
+        """True when ``high`` is not above ``low`` (a constant image)."""
         return not self.high > self.low
 
 
@@ -349,6 +350,19 @@ class Tiling:
     overlap: int = 32
 
     def validate(self, divisor=16):
+        """Check ``tile`` and ``overlap`` against a model's ``divisor``.
+
+        Parameters
+        ----------
+        divisor : int, optional
+            The model's total downsampling factor (default 16).
+
+        Raises
+        ------
+        ValueError
+            If ``tile`` is not a positive multiple of ``divisor``, or ``overlap`` is not in
+            ``[0, tile / 2)``; the message suggests a value that works.
+        """
         if self.tile < divisor or self.tile % divisor:
             raise ValueError(
                 f"tile_size must be a positive multiple of {divisor} for this model. "

@@ -31,7 +31,9 @@ class CpuPool:
     """
 
     def __init__(self, workers=0):
-        if not isinstance(workers, int) or workers < 0:
+        if not isinstance(workers, int):
+            raise TypeError(f"cpu_workers must be a whole number >= 0. Received: {workers!r}")
+        if workers < 0:
             raise ValueError(f"cpu_workers must be a whole number >= 0. Received: {workers!r}")
         self.workers = workers
         self._executor = None
@@ -40,6 +42,7 @@ class CpuPool:
                 max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
     def map(self, fn, *iterables):
+        """``fn`` over ``zip(*iterables)``: ``(value, None)`` or ``(None, exception)`` in order."""
         calls = list(zip(*iterables))
         if self._executor is None:  # in this thread: the original exceptions
             return [_inline(fn, *args) for args in calls]
@@ -47,6 +50,7 @@ class CpuPool:
         return [f.result() for f in futures]
 
     def shutdown(self):
+        """Stop the worker processes (waiting for running calls, cancelling queued ones)."""
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
@@ -85,7 +89,7 @@ _LOCK = threading.Lock()
 
 
 def get_pool(workers):
-    """This process' pool of ``workers`` processes (made on first use, shut down at exit)."""
+    """Get this process' pool of ``workers`` processes (made on first use, shut down at exit)."""
     with _LOCK:
         pool = _POOLS.get(workers)
         if pool is None:

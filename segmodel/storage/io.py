@@ -123,6 +123,7 @@ class Store:
         self.__post_init__()
 
     def path(self, *parts):
+        """The full path of ``parts`` joined under the root (the root itself without any)."""
         return posixpath.join(self.root, *parts) if parts else self.root
 
     def uri(self, path):
@@ -130,6 +131,7 @@ class Store:
         return self.fs.unstrip_protocol(path)
 
     def exists(self, *parts):
+        """True when the path of ``parts`` under the root exists (retried on transient errors)."""
         return retry(self.fs.exists, self.path(*parts))
 
     def container(self):
@@ -139,6 +141,7 @@ class Store:
         return self.root.split("/", 1)[0] or None
 
     def read_bytes(self, path):
+        """The bytes of the file at full ``path`` (retried on transient errors)."""
         return retry(self.fs.cat_file, path)
 
     def read_many(self, paths, chunk=256):
@@ -164,6 +167,7 @@ class Store:
                 yield p, data
 
     def read_text(self, *parts):
+        """The file at ``parts`` under the root, decoded as UTF-8."""
         return self.read_bytes(self.path(*parts)).decode()
 
     def write_bytes(self, relpath, data):
@@ -222,6 +226,7 @@ class Store:
                                                  storage_options=dict(self.storage_options))
 
     def write_json(self, relpath, obj):
+        """Write ``obj`` as indented, key-sorted JSON at ``relpath`` (atomically)."""
         self.write_bytes(relpath, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
 
     def list(self, relpath, suffix=""):
@@ -247,6 +252,7 @@ class Store:
         return len(stale)
 
     def remove(self, path):
+        """Delete the file at full ``path``; a missing file is not an error."""
         try:
             retry(self.fs.rm_file, path)
         except FileNotFoundError:
@@ -296,8 +302,25 @@ class Store:
 
 
 def check_url(url, parameter="url"):
-    """Raise ValueError for an empty URL or an unknown scheme, without touching storage."""
-    if not isinstance(url, str) or not url:
+    """Check a path or URL before any storage is touched.
+
+    Parameters
+    ----------
+    url : str
+        A local path or an fsspec URL.
+    parameter : str, optional
+        The name the error messages give the URL (default ``"url"``).
+
+    Raises
+    ------
+    TypeError
+        If ``url`` is not a string.
+    ValueError
+        If ``url`` is empty or its scheme is not one fsspec knows.
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"{parameter} must be a non-empty path or URL. Received: {url!r}")
+    if not url:
         raise ValueError(f"{parameter} must be a non-empty path or URL. Received: {url!r}")
     protocol, _ = split_protocol(url)
     if protocol is not None and protocol not in fsspec.available_protocols():

@@ -32,6 +32,8 @@ def split_of(image_id):
 
 @dataclass(frozen=True)
 class Sample:
+    """One training image: its id, modality, and the paths of the image and its labels."""
+
     id: str
     modality: str
     image_path: Path

@@ -140,10 +140,12 @@ class PatchSampler:
         self.by_mod = {m: [i for i, it in enumerate(items) if it[0] == m] for m in mods}
 
     def batch(self, rng):
+        """``(inputs, targets)`` of ``config.batch_size`` patches drawn with ``rng``."""
         xs, ys = zip(*(self.patch(rng) for _ in range(self.config.batch_size)))
         return np.stack(xs), np.stack(ys)
 
     def patch(self, rng):
+        """One ``(input, target)`` patch drawn with ``rng``."""
         cfg = self.config
         mod = self.mods[rng.choice(len(self.mods), p=self.mod_p)]
         modality, image, targets, coords, diameter = self.items[rng.choice(self.by_mod[mod])]
@@ -622,6 +624,7 @@ def check_patch(patch, levels):
 
 
 def main(argv=None):
+    """Command line: ``python -m segmodel.training.train OUT_DIR [options]``."""
     import argparse
 
     defaults = TrainConfig()
