@@ -46,7 +46,17 @@ class Prepared:
 
 
 def resolve_model(model):
-    """A :class:`LoadedModel` from a path, a loaded model, or None (the bundled model)."""
+    """A :class:`LoadedModel` from a path, a loaded model, or None (the bundled model).
+
+    Parameters
+    ----------
+    model : str, Path, LoadedModel or None
+        A ``.keras`` file with its spec, a model already loaded (returned as it is), or None.
+
+    Returns
+    -------
+    LoadedModel
+    """
     return model if isinstance(model, LoadedModel) else load_model(model)
 
 
@@ -61,6 +71,21 @@ def validate_scale(scale):
 
     With ``"auto"``, a model whose spec gives no ``object_diameter`` segments every image at its own
     resolution.
+
+    Parameters
+    ----------
+    scale : {'auto'} or float
+        The working scale (1.0 = the image's own resolution).
+
+    Returns
+    -------
+    str or float
+        ``"auto"``, or ``scale`` as a float.
+
+    Raises
+    ------
+    ValueError
+        If ``scale`` is neither ``"auto"`` nor a number between 0.05 and 20.
     """
     if scale == AUTO:
         return AUTO
@@ -77,6 +102,25 @@ def prepare(image, spec, scale=1.0):
 
     With ``scale="auto"`` the image is prepared at its own resolution; :func:`predict_labels`
     picks the scale.
+
+    Parameters
+    ----------
+    image : (H, W[, C]) ndarray
+        Gray, RGB or RGBA, any dtype.
+    spec : ModelSpec
+        The model's channels and normalisation.
+    scale : float or {'auto'}, optional
+        Working scale (default 1.0).
+
+    Returns
+    -------
+    Prepared
+        The image with its channels converted, and ``x`` normalised at the working scale.
+
+    Raises
+    ------
+    ValueError
+        If the image's channels cannot be converted to the spec's.
     """
     image = to_channels(np.asarray(image), spec.channels)
     if spec.normalization != "percentile":
@@ -324,7 +368,26 @@ class _NotedLock:
 
 
 def default_tiling(spec, tile=None, overlap=None):
-    """The model's tiling, with optional overrides, validated against the model's divisor."""
+    """The model's tiling, with optional overrides, validated against the model's divisor.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        Gives the default ``tile``, ``overlap`` and the ``divisor``.
+    tile : int, optional
+        Tile size in pixels (default: the spec's).
+    overlap : int, optional
+        Overlap in pixels (default: the spec's).
+
+    Returns
+    -------
+    Tiling
+
+    Raises
+    ------
+    ValueError
+        If the tile or overlap does not fit the model (see :meth:`Tiling.validate`).
+    """
     tiling = Tiling(tile or spec.tile, spec.overlap if overlap is None else overlap)
     tiling.validate(spec.divisor)
     return tiling
