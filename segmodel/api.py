@@ -12,6 +12,7 @@ from segmodel.inference.heads import object_labels
 from segmodel.inference.measure import CHANNELS, measure_objects
 from segmodel.inference.passes import (
     AUTO,
+    ModelCalls,
     default_tiling,
     predict_labels,
     prepare,
@@ -58,8 +59,8 @@ def segment_many(images, model=None, *, scale=AUTO, batch_size=8, tiling=None, t
     for i, im in enumerate(images):  # arrays, not files: nothing has checked them yet
         check_values(im, f"images[{i}]")
     prepared = [prepare(im, lm.spec, scale) for im in images]
-    labels, _ = predict_labels(lm, prepared, tiling, batch_size=batch_size,
-                               auto=scale == AUTO, tta=tta)
+    labels, _ = predict_labels(lm, prepared, tiling, auto=scale == AUTO,
+                               calls=ModelCalls(batch_size=batch_size, tta=tta))
     return labels
 
 

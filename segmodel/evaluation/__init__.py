@@ -1,0 +1,1 @@
+"""Evaluation: metrics, evaluation of a model on a split, the classical baseline."""

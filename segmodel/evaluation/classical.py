@@ -1,6 +1,7 @@
-"""A classical nucleus segmentation baseline (what CellProfiler's default
-``IdentifyPrimaryObjects`` amounts to): Otsu threshold, then a distance-transform watershed
-to split touching nuclei.
+"""A classical nucleus segmentation baseline.
+
+A classical nucleus segmentation baseline (what CellProfiler's default ``IdentifyPrimaryObjects``
+amounts to): Otsu threshold, then a distance-transform watershed to split touching nuclei.
 
 It has no learned parameters; the defaults below were chosen by reasoning about typical
 nucleus sizes in DSB2018-like images (radius roughly 4-20 pixels), checked on the 'train'

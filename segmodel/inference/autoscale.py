@@ -27,8 +27,10 @@ FALLBACK_FLAG = "scale_fallback"
 
 @dataclass(frozen=True)
 class AutoScale:
-    """How the nucleus size is estimated and the scale chosen from it (chosen on the tune
-    split of DSB2018 rendered at 0.5x to 4x: README, "Automatic scale").
+    """How the nucleus size is estimated and the scale chosen from it.
+
+    How the nucleus size is estimated and the scale chosen from it (chosen on the tune split of
+    DSB2018 rendered at 0.5x to 4x: README, "Automatic scale").
 
     levels : pyramid levels tried, coarsest first (1.0 = the image itself, always last).
     min_level_diameter : a level is trusted when its median nucleus is at least this many
@@ -52,9 +54,12 @@ DEFAULT = AutoScale()
 
 @dataclass(frozen=True)
 class Estimate:
-    """The outcome for one image: its median nucleus ``diameter`` in the image's own pixels
-    (nan when it could not be measured), the pyramid ``level`` it was measured at and the
-    ``scale`` chosen from it."""
+    """The automatic-scale outcome for one image.
+
+    The outcome for one image: its median nucleus ``diameter`` in the image's own pixels (nan when
+    it could not be measured), the pyramid ``level`` it was measured at and the ``scale`` chosen
+    from it.
+    """
 
     scale: float
     diameter: float = math.nan
@@ -62,6 +67,7 @@ class Estimate:
 
     @property
     def fallback(self):
+        """True when no diameter was measured (too few nuclei): the image kept scale 1."""
         return math.isnan(self.diameter)
 
 
@@ -79,17 +85,23 @@ def _median_and_count(labels):
 
 
 def level_diameter(labels, level, rule=DEFAULT, *, last=False):
-    """The image's median nucleus diameter (its own pixels) from ``labels`` of pyramid level
-    ``level``, or None when that level cannot be trusted (see :func:`trusted_diameter`)."""
+    """The image's median nucleus diameter from the labels of one pyramid level.
+
+    The image's median nucleus diameter (its own pixels) from ``labels`` of pyramid level ``level``,
+    or None when that level cannot be trusted (see :func:`trusted_diameter`).
+    """
     diameter, n_objects = _median_and_count(labels)
     return trusted_diameter(diameter, n_objects, level, rule, last=last)
 
 
 def trusted_diameter(diameter, n_objects, level, rule=DEFAULT, *, last=False):
-    """``diameter`` (median, pixels at pyramid ``level``) of ``n_objects`` objects, in the
-    image's own pixels; None when the level cannot be trusted: fewer than
-    ``rule.min_objects`` objects, or nuclei smaller than ``rule.min_level_diameter`` at a level
-    other than the ``last``, whose small nuclei are measured as they are."""
+    """An estimate's diameter in the image's own pixels.
+
+    ``diameter`` (median, pixels at pyramid ``level``) of ``n_objects`` objects, in the image's own
+    pixels; None when the level cannot be trusted: fewer than ``rule.min_objects`` objects, or
+    nuclei smaller than ``rule.min_level_diameter`` at a level other than the ``last``, whose small
+    nuclei are measured as they are.
+    """
     if n_objects < rule.min_objects or not diameter:
         return None
     if not last and diameter < rule.min_level_diameter:
@@ -98,9 +110,12 @@ def trusted_diameter(diameter, n_objects, level, rule=DEFAULT, *, last=False):
 
 
 def working_sizes(diameters):
-    """``(object_diameter, object_diameter_range)`` of a model trained on images at their own
-    scale: the median, and the 5th to 95th percentiles, of its training images' median nucleus
-    diameters (rounded to whole pixels)."""
+    """Working nucleus size and range of a model trained at the images' own scale.
+
+    ``(object_diameter, object_diameter_range)`` of a model trained on images at their own scale:
+    the median, and the 5th to 95th percentiles, of its training images' median nucleus diameters
+    (rounded to whole pixels).
+    """
     d = np.asarray([x for x in diameters if x > 0], float)
     if not len(d):
         return 0.0, ()
@@ -134,8 +149,10 @@ def choose_scale(diameter, spec, rule=DEFAULT):
 
 
 def working_range(spec):
-    """``(low, high)`` nucleus diameters a model segments at the image's own resolution:
-    ``spec.object_diameter_range``, or within 20% of ``spec.object_diameter`` without one."""
+    """``(low, high)`` nucleus diameters a model segments at the image's own resolution.
+
+    ``spec.object_diameter_range``, or within 20% of ``spec.object_diameter`` without one.
+    """
     if spec.object_diameter_range:
         low, high = spec.object_diameter_range
         return float(low), float(high)

@@ -42,14 +42,24 @@ OUT_TILE = 256
 
 @dataclass(frozen=True)
 class Blocks:
-    """Block-wise settings: ``block`` core edge in image pixels (a multiple of 256), ``halo``
-    context in working-scale pixels (at least the largest nucleus; a multiple of the tile step
-    keeps the model's tiles where a whole-image run puts them)."""
+    """Block-wise settings.
+
+    ``block`` core edge in image pixels (a multiple of 256), ``halo`` context in working-scale
+    pixels (at least the largest nucleus; a multiple of the tile step keeps the model's tiles where
+    a whole-image run puts them).
+    """
 
     block: int = 4096
     halo: int = 192
 
     def validate(self):
+        """Check the settings before any work.
+
+        Raises
+        ------
+        ValueError
+            If ``block`` is not a positive multiple of :data:`OUT_TILE` or ``halo`` is negative.
+        """
         if self.block < OUT_TILE or self.block % OUT_TILE:
             raise ValueError(f"block must be a positive multiple of {OUT_TILE}. "
                              f"Received: block={self.block}")
@@ -112,6 +122,7 @@ class TiffRegions:
         return region[..., None] if region.ndim == 2 else region
 
     def close(self):
+        """Close the TIFF file."""
         self._tif.close()
 
     def __enter__(self):
@@ -123,7 +134,6 @@ class TiffRegions:
 
 def estimate_scale(regions, model, *, tiling, batch_size=8, lock=None, size=2048):
     """Automatic scale of a huge image, from the nuclei of its central ``size`` square.
-
 
     Returns a :class:`segmodel.inference.autoscale.Estimate` (see
     :func:`segmodel.inference.passes.estimate_scales`).

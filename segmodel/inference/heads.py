@@ -28,8 +28,11 @@ __all__ = ["CLASS_SCHEMA", "binary_labels", "class_map", "class_rows", "mask_fro
 
 
 def mask_from_maps(maps, spec):
-    """The mask of one image from its ``(H, W, n_outputs)`` maps: instance labels (int32) for
-    ``instances`` and ``binary`` models, the class map for ``semantic`` ones."""
+    """The mask of one image from its maps.
+
+    The mask of one image from its ``(H, W, n_outputs)`` maps: instance labels (int32) for
+    ``instances`` and ``binary`` models, the class map for ``semantic`` ones.
+    """
     if maps.ndim != 3 or maps.shape[-1] != n_outputs(spec):
         raise ValueError(f"a {spec.kind} model's maps must have shape (H, W, "
                          f"{n_outputs(spec)}). Received: shape={maps.shape}")
@@ -76,8 +79,11 @@ def class_map(maps):
 
 
 def object_labels(mask, spec):
-    """Instance labels of a mask: the mask itself, or for a semantic model the components of
-    its ``object_class`` (objects under ``min_area`` dropped; all zeros without one)."""
+    """Instance labels of a mask.
+
+    The mask itself, or for a semantic model the components of its ``object_class`` (objects under
+    ``min_area`` dropped; all zeros without one).
+    """
     if spec.kind != "semantic":
         return mask
     if not spec.object_class:

@@ -87,10 +87,12 @@ def measure_objects(labels, intensity, image_id="", groups=None):
 
 
 class ObjectPixels:
-    """The pixels of every object of ``labels``, sorted by label once, so each per-object
-    statistic (here and in :func:`segmodel.storage.formats.channel_measurements`) is one
-    vectorised reduction (regionprops loops over objects in Python, which was most of the
-    measuring time). Definitions and values are regionprops'."""
+    """The pixels of every object of ``labels``, sorted by label once.
+
+    So each per-object statistic (here and in :func:`segmodel.storage.formats.channel_measurements`)
+    is one vectorised reduction (regionprops loops over objects in Python, which was most of the
+    measuring time). Definitions and values are regionprops'.
+    """
 
     def __init__(self, labels):
         flat = labels.ravel()
@@ -123,9 +125,11 @@ class ObjectPixels:
         return self._intensity[key][1]
 
     def reduce(self, ufunc, values):
+        """``ufunc`` reduced over each object's run of ``values`` (one per pixel, sorted order)."""
         return ufunc.reduceat(values, self.starts)
 
     def mean(self, values):
+        """Per-object mean of ``values`` (one per pixel, in sorted order), as float64."""
         return self.reduce(np.add, values.astype(np.float64)) / self.count
 
 
@@ -138,8 +142,11 @@ _PERIMETER_WEIGHTS[[13, 23]] = (1 + np.sqrt(2)) / 2
 
 
 def _perimeters(labels, ids):
-    """Perimeter of every object ``ids`` as ``skimage.measure.perimeter`` (4-connected
-    border) gives it for the object alone, computed for all objects in one pass."""
+    """Perimeter of every object, computed for all objects in one pass.
+
+    Perimeter of every object ``ids`` as ``skimage.measure.perimeter`` (4-connected border) gives it
+    for the object alone, computed for all objects in one pass.
+    """
     lab = np.pad(labels, 1)
     h, w = lab.shape
     centre = lab[1:-1, 1:-1]
@@ -160,9 +167,12 @@ def _perimeters(labels, ids):
 
 
 def _minorant(obj, row, v):
-    """Vertices of each object's greatest convex minorant of the points ``(row, v)`` (sorted by
-    object, then row): points on or above the chord of their neighbours are dropped until none
-    is left (each such point is off the minorant, so dropping them together is safe)."""
+    """Vertices of each object's greatest convex minorant.
+
+    Of the points ``(row, v)`` (sorted by object, then row): points on or above the chord of their
+    neighbours are dropped until none is left (each such point is off the minorant, so dropping them
+    together is safe).
+    """
     while len(v) > 2:
         yp, yi, yn = row[:-2], row[1:-1], row[2:]
         vp, vi, vn = v[:-2], v[1:-1], v[2:]
@@ -187,8 +197,10 @@ def _evaluate(vertices, obj, row, height):
 
 
 def convex_areas(labels, groups=None):
-    """Pixels in each object's convex hull, as ``regionprops``' ``area_convex`` counts them
-    (hull of the pixels' edge midpoints, border pixels included), for every object at once.
+    """Pixels in each object's convex hull, for every object at once.
+
+    Pixels in each object's convex hull, as ``regionprops``' ``area_convex`` counts them (hull of
+    the pixels' edge midpoints, border pixels included), for every object at once.
 
     The hull is the hull of the pixel centres widened by a diamond of radius 1/2, so its left
     edge on row ``y`` is ``min(L(y) - 1/2, L(y - 1/2), L(y + 1/2))`` with ``L`` the convex
@@ -226,8 +238,11 @@ def convex_areas(labels, groups=None):
 
 
 def _moment_props(groups):
-    """Eccentricity, orientation and axis lengths of every object (as regionprops defines
-    them: from the inertia tensor of each object's pixel coordinates)."""
+    """Eccentricity, orientation and axis lengths of every object.
+
+    Eccentricity, orientation and axis lengths of every object (as regionprops defines them: from
+    the inertia tensor of each object's pixel coordinates).
+    """
     mean = groups.mean
     dy = groups.y - np.repeat(mean(groups.y), groups.count)
     dx = groups.x - np.repeat(mean(groups.x), groups.count)

@@ -46,7 +46,17 @@ class Prepared:
 
 
 def resolve_model(model):
-    """A :class:`LoadedModel` from a path, a loaded model, or None (the bundled model)."""
+    """A :class:`LoadedModel` from a path, a loaded model, or None (the bundled model).
+
+    Parameters
+    ----------
+    model : str, Path, LoadedModel or None
+        A ``.keras`` file with its spec, a model already loaded (returned as it is), or None.
+
+    Returns
+    -------
+    LoadedModel
+    """
     return model if isinstance(model, LoadedModel) else load_model(model)
 
 
@@ -57,8 +67,26 @@ AUTO = "auto"
 
 
 def validate_scale(scale):
-    """``"auto"`` or a float in [0.05, 20]. With ``"auto"``, a model whose spec gives no
-    ``object_diameter`` segments every image at its own resolution."""
+    """``"auto"`` or a float in [0.05, 20].
+
+    With ``"auto"``, a model whose spec gives no ``object_diameter`` segments every image at its own
+    resolution.
+
+    Parameters
+    ----------
+    scale : {'auto'} or float
+        The working scale (1.0 = the image's own resolution).
+
+    Returns
+    -------
+    str or float
+        ``"auto"``, or ``scale`` as a float.
+
+    Raises
+    ------
+    ValueError
+        If ``scale`` is neither ``"auto"`` nor a number between 0.05 and 20.
+    """
     if scale == AUTO:
         return AUTO
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.05 <= scale <= 20:
@@ -74,6 +102,25 @@ def prepare(image, spec, scale=1.0):
 
     With ``scale="auto"`` the image is prepared at its own resolution; :func:`predict_labels`
     picks the scale.
+
+    Parameters
+    ----------
+    image : (H, W[, C]) ndarray
+        Gray, RGB or RGBA, any dtype.
+    spec : ModelSpec
+        The model's channels and normalisation.
+    scale : float or {'auto'}, optional
+        Working scale (default 1.0).
+
+    Returns
+    -------
+    Prepared
+        The image with its channels converted, and ``x`` normalised at the working scale.
+
+    Raises
+    ------
+    ValueError
+        If the image's channels cannot be converted to the spec's.
     """
     image = to_channels(np.asarray(image), spec.channels)
     if spec.normalization != "percentile":
@@ -102,8 +149,11 @@ def finish(maps, prepared, spec):
 
 
 def finish_at(maps, shape, scale, spec):
-    """:func:`finish` for an image of ``shape`` prepared at ``scale`` (what a worker process
-    is sent: the maps and two numbers, not the image)."""
+    """:func:`finish` for an image of ``shape`` prepared at ``scale``.
+
+    :func:`finish` for an image of ``shape`` prepared at ``scale`` (what a worker process is sent:
+    the maps and two numbers, not the image).
+    """
     if scale < 1.0:
         maps = resize(maps, shape, order=1)
     labels = mask_from_maps(maps, spec)  # class map of a semantic model
@@ -112,23 +162,68 @@ def finish_at(maps, shape, scale, spec):
     return labels
 
 
-def predict_labels(lm, prepared, tiling, *, batch_size=8, auto=False, tta=False, lock=None,
-                   on_error=None, timings=None, pool=None, model_thread=None):
+@dataclass(frozen=True)
+class ModelCalls:
+    """How the model is called: batches, test-time augmentation, locks, workers, bookkeeping.
+
+    Parameters
+    ----------
+    batch_size : int, optional
+        Tiles per model call (default 8).
+    tta : bool, optional
+        Average the maps over the four flips of each tile (default False).
+    lock : context manager, optional
+        Held while the tiles of one pass are submitted (see
+        :func:`segmodel.inference.predict.predict_maps`). Default: none.
+    pool : segmodel.inference.workers.CpuPool, optional
+        Post-processes the images in its worker processes. Default: in this process.
+    model_thread : segmodel.inference.workers.ModelThread, optional
+        Makes the model calls. Default: in this thread.
+    timings : dict, optional
+        Accumulates the seconds spent in ``"predict"`` (from taking the lock to the last tile
+        stitched) and ``"postprocess"``. Default: not kept.
+    on_error : callable, optional
+        ``on_error(i, exc)`` receives a failed post-processing of image ``i``, whose labels
+        are then None. Default: the exception is raised.
+    """
+
+    batch_size: int = 8
+    tta: bool = False
+    lock: object = None
+    pool: object = None
+    model_thread: object = None
+    timings: dict = None
+    on_error: object = None
+
+
+def predict_labels(lm, prepared, tiling, *, auto=False, calls=ModelCalls()):
     """Labels for prepared images, predicting tiles of all images in shared batches.
 
-    With ``auto`` (images prepared at scale 1), each image's nucleus size is estimated from its
-    pyramid levels and the image segmented at the scale it calls for (:func:`estimate_scales`).
-    ``tta`` averages the maps over the four flips of each tile.
-    Returns ``(labels, prepared)`` lists, ``prepared`` holding the scale each image was finally
-    segmented at (and, with ``auto``, its estimate). ``on_error(i, exc)`` receives a failed
-    post-processing of image ``i`` (default: raise); its labels are then None. ``timings``, a
-    dict, accumulates the seconds spent in ``"predict"`` (from taking the lock to the last tile
-    stitched) and ``"postprocess"``. ``pool``, a :class:`segmodel.inference.workers.CpuPool`,
-    post-processes the images in its worker processes.
-    ``model_thread``, a :class:`segmodel.inference.workers.ModelThread`, makes the model calls.
+    Parameters
+    ----------
+    lm : LoadedModel
+        The model and its spec.
+    prepared : list of Prepared
+        Images from :func:`prepare` (at scale 1 with ``auto``).
+    tiling : Tiling
+        Tile size and overlap, e.g. from :func:`default_tiling`.
+    auto : bool, optional
+        Estimate each image's nucleus size from its pyramid levels and segment the image at
+        the scale it calls for (:func:`estimate_scales`). Default False.
+    calls : ModelCalls, optional
+        Batch size, test-time augmentation, lock, worker pool, model thread, timings and error
+        handler (default: ``ModelCalls()``).
+
+    Returns
+    -------
+    labels : list of (H, W) ndarray
+        Instance labels (a semantic model: class maps) of each image at its own resolution;
+        None for an image whose post-processing failed and went to ``calls.on_error``.
+    prepared : list of Prepared
+        The images at the scale each was finally segmented at (and, with ``auto``, its
+        :class:`segmodel.inference.autoscale.Estimate`).
     """
-    passes = _Passes(lm, list(prepared), tiling, batch_size=batch_size, tta=tta, lock=lock,
-                     on_error=on_error, timings=timings, pool=pool, model_thread=model_thread)
+    passes = _Passes(lm, list(prepared), tiling, calls)
     if not auto:
         return passes.run(range(len(passes.prepared))), passes.prepared
     labels, redo = _estimate(passes)
@@ -140,19 +235,35 @@ def predict_labels(lm, prepared, tiling, *, batch_size=8, auto=False, tta=False,
 def estimate_scales(lm, prepared, tiling, *, batch_size=8, lock=None):
     """The automatic scale of each prepared image (at scale 1), without segmenting it there.
 
+    Parameters
+    ----------
+    lm : LoadedModel
+        The model and its spec.
+    prepared : list of Prepared
+        Images from :func:`prepare` at scale 1.
+    tiling : Tiling
+        Tile size and overlap.
+    batch_size : int, optional
+        Tiles per model call (default 8).
+    lock : context manager, optional
+        Held while the tiles of one pass are submitted. Default: none.
 
-    Returns a list of :class:`segmodel.inference.autoscale.Estimate`; see
-    :mod:`segmodel.inference.autoscale`.
+    Returns
+    -------
+    list of segmodel.inference.autoscale.Estimate
+        One per image; see :mod:`segmodel.inference.autoscale`.
     """
-    passes = _Passes(lm, list(prepared), tiling, batch_size=batch_size, lock=lock)
+    passes = _Passes(lm, list(prepared), tiling, ModelCalls(batch_size=batch_size, lock=lock))
     _estimate(passes)
     return [p.estimate for p in passes.prepared]
 
 
 def _estimate(passes, rule=autoscale.DEFAULT):
-    """Segment each image's pyramid levels, coarsest first, until one measures its nuclei;
-    set each prepared image to its chosen scale. Returns ``(labels, redo)``: labels of the
-    images whose last pass was already at their chosen scale, and the indices still to run."""
+    """Segment each image's pyramid levels, coarsest first, until one measures its nuclei.
+
+    Set each prepared image to its chosen scale. Returns ``(labels, redo)``: labels of the images
+    whose last pass was already at their chosen scale, and the indices still to run.
+    """
     spec, base = passes.lm.spec, list(passes.prepared)
     labels = [None] * len(base)
     if not spec.object_diameter:  # a model that does not know its working size: scale 1
@@ -187,17 +298,21 @@ def _estimate(passes, rule=autoscale.DEFAULT):
 
 
 class _Passes:
-    """Model passes over prepared images: tiles of all images in shared batches, then the
-    post-processing of each (see :func:`predict_labels` for the arguments)."""
+    """Model passes over prepared images.
 
-    def __init__(self, lm, prepared, tiling, *, batch_size=8, tta=False, lock=None,
-                 on_error=None, timings=None, pool=None, model_thread=None):
-        self.lm, self.prepared, self.tiling, self.batch_size = lm, prepared, tiling, batch_size
-        self.predict = with_flips(lm.predict_batch) if tta else lm.predict_batch
-        self.guard = _NotedLock(lock)
-        self.submit = model_thread.submit if model_thread is not None else None
-        self.on_error, self.pool = on_error, pool or CpuPool(0)
-        self.spent = timings if timings is not None else {}
+    Tiles of all images in shared batches, then the post-processing of each (see
+    :func:`predict_labels` for the arguments).
+    """
+
+    def __init__(self, lm, prepared, tiling, calls):
+        self.lm, self.prepared, self.tiling = lm, prepared, tiling
+        self.batch_size = calls.batch_size
+        self.predict = with_flips(lm.predict_batch) if calls.tta else lm.predict_batch
+        self.guard = _NotedLock(calls.lock)
+        thread = calls.model_thread
+        self.submit = thread.submit if thread is not None else None
+        self.on_error, self.pool = calls.on_error, calls.pool or CpuPool(0)
+        self.spent = calls.timings if calls.timings is not None else {}
 
     def _tick(self, stage, t0):
         t1 = time.perf_counter()
@@ -205,8 +320,11 @@ class _Passes:
         return t1
 
     def run(self, indices, *, at_level=False):
-        """Labels of images ``indices`` at their own resolution (``at_level``: at the
-        resolution they were prepared at); None for an image whose post-processing failed."""
+        """Labels of images ``indices``; None where post-processing failed.
+
+        Labels of images ``indices`` at their own resolution (``at_level``: at the resolution they
+        were prepared at); None for an image whose post-processing failed.
+        """
         indices = list(indices)
         if not indices:
             return []
@@ -250,7 +368,26 @@ class _NotedLock:
 
 
 def default_tiling(spec, tile=None, overlap=None):
-    """The model's tiling, with optional overrides, validated against the model's divisor."""
+    """The model's tiling, with optional overrides, validated against the model's divisor.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        Gives the default ``tile``, ``overlap`` and the ``divisor``.
+    tile : int, optional
+        Tile size in pixels (default: the spec's).
+    overlap : int, optional
+        Overlap in pixels (default: the spec's).
+
+    Returns
+    -------
+    Tiling
+
+    Raises
+    ------
+    ValueError
+        If the tile or overlap does not fit the model (see :meth:`Tiling.validate`).
+    """
     tiling = Tiling(tile or spec.tile, spec.overlap if overlap is None else overlap)
     tiling.validate(spec.divisor)
     return tiling

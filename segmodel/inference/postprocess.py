@@ -111,9 +111,11 @@ def split_markers(score, markers, n, settings):
 
 
 def _components(flat, width):
-    """Connected components (4-connected) of the pixels at flat indices ``flat`` of an image
-    ``width`` wide: the component number of each pixel and their count, from one labelling of
-    the pixels' bounding box."""
+    """Connected components (4-connected) of the pixels at flat indices ``flat``.
+
+    Of an image ``width`` wide: the component number of each pixel and their count, from one
+    labelling of the pixels' bounding box.
+    """
     y, x = np.divmod(flat, width)
     y0, x0 = y.min(), x.min()
     box = np.zeros((int(y.max() - y0) + 1, int(x.max() - x0) + 1), bool)
@@ -123,8 +125,11 @@ def _components(flat, width):
 
 
 def _per_label(labels, values, pixels=1 << 20):
-    """Pixel count and sum of ``values`` of every label, a band of about ``pixels`` pixels at a
-    time (the float64 weights ``bincount`` makes stay small for a block of a huge image)."""
+    """Pixel count and sum of ``values`` of every label, a band at a time.
+
+    Pixel count and sum of ``values`` of every label, a band of about ``pixels`` pixels at a time
+    (the float64 weights ``bincount`` makes stay small for a block of a huge image).
+    """
     n = int(labels.max()) + 1
     areas, sums = np.zeros(n, np.int64), np.zeros(n)
     rows = max(1, pixels // max(labels.shape[1], 1))
@@ -136,8 +141,10 @@ def _per_label(labels, values, pixels=1 << 20):
 
 
 def _flood(fg, dist, markers, n):
-    """The watershed of ``-dist`` from ``markers`` (``n`` of them) within ``fg``, then each
-    marker-less foreground component numbered after the markers, in raster order.
+    """The watershed of ``-dist`` from ``markers`` within ``fg``.
+
+    The watershed of ``-dist`` from ``markers`` (``n`` of them) within ``fg``, then each marker-less
+    foreground component numbered after the markers, in raster order.
 
     The flooding never crosses the background, so only the foreground components that hold
     two markers or more need it: a component with one marker is all that marker's, one with
@@ -176,8 +183,11 @@ def _flood(fg, dist, markers, n):
 
 
 def _drop_small(labels, min_area):
-    """Remove objects under ``min_area`` pixels and number the rest 1..N, keeping their order
-    (one lookup-table pass: what ``relabel_sequential`` does, without its hashing)."""
+    """Remove objects under ``min_area`` pixels and number the rest 1..N, keeping their order.
+
+    Remove objects under ``min_area`` pixels and number the rest 1..N, keeping their order (one
+    lookup-table pass: what ``relabel_sequential`` does, without its hashing).
+    """
     labels = labels.astype(np.int32, copy=False)
     if labels.max() == 0:
         return labels
@@ -185,8 +195,11 @@ def _drop_small(labels, min_area):
 
 
 def _sieve(labels, keep):
-    """``labels`` with only the labels ``l`` where ``keep[l]``, numbered 1..N in their order,
-    and N (``keep`` indexed by label; its entry for 0 is ignored)."""
+    """Keep the labels ``l`` where ``keep[l]``, numbered 1..N in their order.
+
+    ``labels`` with only the labels ``l`` where ``keep[l]``, numbered 1..N in their order, and N
+    (``keep`` indexed by label; its entry for 0 is ignored).
+    """
     keep = np.asarray(keep, bool).copy()
     keep[0] = False
     n = int(keep.sum())

@@ -26,16 +26,16 @@ def predict_maps(predict_batch, images, *, tiling=Tiling(), batch_size=8, n_out=
     images : list of (H, W, C) ndarray
         Normalised float32 images.
     tiling : Tiling, optional
+        Tile size and overlap (default ``Tiling()``: 256 and 32).
     batch_size : int, optional
         Tiles per model call (default 8).
     n_out : int, optional
-        Output channels of ``predict_batch``.
+        Output channels of ``predict_batch`` (default 3).
     submit : callable, optional
         ``submit(fn, batch) -> Future`` runs the model calls elsewhere (the model thread of
-        :class:`segmodel.inference.workers.ModelThread`). The next batch is then queued behind the
-        running
-        one, and this thread cuts the batch after it and stitches the one before it meanwhile,
-        so the model never waits for them. Default: each call runs here, in turn.
+        :class:`segmodel.inference.workers.ModelThread`). The next batch is then queued behind
+        the running one, and this thread cuts the batch after it and stitches the one before
+        it meanwhile, so the model never waits for them. Default: each call runs here, in turn.
     lock : context manager, optional
         Held while this call submits its batches (so the batches of concurrent calls do not
         interleave) and released before the last ones are stitched: the next call queues its
@@ -44,40 +44,55 @@ def predict_maps(predict_batch, images, *, tiling=Tiling(), batch_size=8, n_out=
         Send the last batch with only its tiles instead of padding it to ``batch_size``: for
         models whose calls cost in proportion to the batch and take any batch size without
         compiling again (:attr:`segmodel.model.loading.LoadedModel.any_batch_size`).
+        Default False.
 
     Returns
     -------
     maps : list of (H, W, n_out) ndarray of float32
+        One per image, in the order of ``images``.
+
+    Raises
+    ------
+    ValueError
+        If ``batch_size`` is below 1 (before any work).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
-    t = tiling.tile
     jobs = [(i, o) for i, img in enumerate(images) for o in tile_origins(img.shape, tiling)]
-    # every pixel is owned by one of the image's tiles (owned_region), so every one is written
     maps = [np.empty(img.shape[:2] + (n_out,), np.float32) for img in images]
-    channels = images[0].shape[-1] if images else 0
-
-    def stitch(chunk, future):
-        out = future.result()
-        for k, (i, (y, x)) in enumerate(chunk):
-            rows, cols = owned_region(images[i].shape, (y, x), tiling)
-            maps[i][rows, cols] = out[k, rows.start - y : rows.stop - y,
-                                      cols.start - x : cols.stop - x]
-
     queued = deque()  # (tiles, future) of submitted batches, oldest first
     with lock if lock is not None else contextlib.nullcontext():
-        for start in range(0, len(jobs), batch_size):
-            chunk = jobs[start : start + batch_size]
-            size = len(chunk) if exact_last else batch_size
-            batch = np.zeros((size, t, t, channels), np.float32)
-            for k, (i, origin) in enumerate(chunk):
-                batch[k] = extract_tile(images[i], origin, t)
+        for chunk, batch in _batches(images, jobs, tiling.tile, batch_size, exact_last):
             queued.append((chunk, (submit or _run_here)(predict_batch, batch)))
             if len(queued) > 1:  # one batch stays queued behind the one the model is running
-                stitch(*queued.popleft())
+                _stitch(maps, images, tiling, *queued.popleft())
     while queued:
-        stitch(*queued.popleft())
+        _stitch(maps, images, tiling, *queued.popleft())
     return maps
+
+
+def _batches(images, jobs, t, batch_size, exact_last):
+    """``(tiles, batch)`` for each ``batch_size`` of ``jobs``, the batch cut from ``images``."""
+    channels = images[0].shape[-1] if images else 0
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start : start + batch_size]
+        size = len(chunk) if exact_last else batch_size
+        batch = np.zeros((size, t, t, channels), np.float32)
+        for k, (i, origin) in enumerate(chunk):
+            batch[k] = extract_tile(images[i], origin, t)
+        yield chunk, batch
+
+
+def _stitch(maps, images, tiling, chunk, future):
+    """Write the owned region of each tile of ``chunk`` from ``future``'s output into ``maps``.
+
+    Every pixel is owned by one of the image's tiles (owned_region), so every one is written.
+    """
+    out = future.result()
+    for k, (i, (y, x)) in enumerate(chunk):
+        rows, cols = owned_region(images[i].shape, (y, x), tiling)
+        maps[i][rows, cols] = out[k, rows.start - y : rows.stop - y,
+                                  cols.start - x : cols.stop - x]
 
 
 def _run_here(fn, *args):
@@ -91,9 +106,20 @@ def _run_here(fn, *args):
 
 
 def with_flips(predict_batch):
-    """Test-time augmentation: ``predict_batch`` averaged over the four flips of the batch.
+    """Wrap ``predict_batch`` for test-time augmentation: averaged over the batch's four flips.
 
     Each flipped batch keeps the batch's fixed shape, so the model is traced once.
+
+    Parameters
+    ----------
+    predict_batch : callable
+        ``(N, T, T, C) -> (N, T, T, n_out)``.
+
+    Returns
+    -------
+    callable
+        ``(N, T, T, C) -> (N, T, T, n_out) float32``, the mean over no flip, a vertical, a
+        horizontal and both flips (each output flipped back).
     """
 
     def predict(batch):

@@ -207,6 +207,7 @@ class NormStats:
 
     @property
     def flat(self):
+        """True when ``high`` is not above ``low`` (a constant image)."""
         return not self.high > self.low
 
 
@@ -227,8 +228,11 @@ def estimate_normalization(image, settings=Normalization()):
 
 
 def channel_mean_percentiles(image, qs):
-    """Percentiles ``qs`` of an ``(H, W, C)`` image's channel mean, from a histogram of the
-    channel sum for 8/16-bit images (exact, and many times faster than sorting floats)."""
+    """Percentiles ``qs`` of an ``(H, W, C)`` image's channel mean.
+
+    From a histogram of the channel sum for 8/16-bit images (exact, and many times faster than
+    sorting floats).
+    """
     if _is_small_uint(image):
         total = image[..., 0].astype(np.uint32)  # channel by channel: a strided
         for c in range(1, image.shape[-1]):  # sum(axis=-1) is ten times slower
@@ -242,9 +246,11 @@ def _is_small_uint(a):
 
 
 def _counts(values):
-    """``np.bincount(values.ravel())`` (trailing zeros aside); 8-bit arrays are counted a block
-    of rows at a time, so a strided view (an RGB view of RGBA pixels, a subsample) is never
-    copied whole."""
+    """``np.bincount(values.ravel())`` (trailing zeros aside), without copying a strided view.
+
+    ``np.bincount(values.ravel())`` (trailing zeros aside); 8-bit arrays are counted a block of rows
+    at a time, so a strided view (an RGB view of RGBA pixels, a subsample) is never copied whole.
+    """
     if values.dtype != np.uint8 or values.ndim < 2 or values.flags.c_contiguous:
         return np.bincount(values.ravel())
     rows = max(1, (1 << 16) // max(1, values[0].size))
@@ -255,8 +261,11 @@ def _counts(values):
 
 
 def _percentiles(values, qs):
-    """``np.percentile(values, qs)`` (linear interpolation); for 8/16-bit images, and sums of
-    their channels, exactly that from a histogram, which is several times faster than sorting."""
+    """``np.percentile(values, qs)``, from a histogram for 8/16-bit values.
+
+    ``np.percentile(values, qs)`` (linear interpolation); for 8/16-bit images, and sums of their
+    channels, exactly that from a histogram, which is several times faster than sorting.
+    """
     if not (_is_small_uint(values) or values.dtype == np.uint32 and values.max() < 1 << 20):
         return [float(v) for v in np.percentile(np.asarray(values, np.float32), qs)]
     cum = np.cumsum(_counts(values))
@@ -341,6 +350,19 @@ class Tiling:
     overlap: int = 32
 
     def validate(self, divisor=16):
+        """Check ``tile`` and ``overlap`` against a model's ``divisor``.
+
+        Parameters
+        ----------
+        divisor : int, optional
+            The model's total downsampling factor (default 16).
+
+        Raises
+        ------
+        ValueError
+            If ``tile`` is not a positive multiple of ``divisor``, or ``overlap`` is not in
+            ``[0, tile / 2)``; the message suggests a value that works.
+        """
         if self.tile < divisor or self.tile % divisor:
             raise ValueError(
                 f"tile_size must be a positive multiple of {divisor} for this model. "
@@ -388,8 +410,10 @@ def extract_tile(image, origin, tile):
 
 
 def owned_region(shape, origin, tiling):
-    """The ``(rows, cols)`` slices of an image of ``shape`` that the tile at ``origin`` fills
-    when the tiles of :func:`tile_origins` are stitched back in their order.
+    """The ``(rows, cols)`` slices of an image that the tile at ``origin`` fills.
+
+    The ``(rows, cols)`` slices of an image of ``shape`` that the tile at ``origin`` fills when the
+    tiles of :func:`tile_origins` are stitched back in their order.
 
     A tile owns its centre, all but ``tiling.overlap`` pixels on each side, and reaches out to
     the image's borders where it touches them. Tiles step by ``tile - 2 * overlap``, so the

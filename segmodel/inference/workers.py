@@ -31,7 +31,9 @@ class CpuPool:
     """
 
     def __init__(self, workers=0):
-        if not isinstance(workers, int) or workers < 0:
+        if not isinstance(workers, int):
+            raise TypeError(f"cpu_workers must be a whole number >= 0. Received: {workers!r}")
+        if workers < 0:
             raise ValueError(f"cpu_workers must be a whole number >= 0. Received: {workers!r}")
         self.workers = workers
         self._executor = None
@@ -40,6 +42,7 @@ class CpuPool:
                 max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
     def map(self, fn, *iterables):
+        """``fn`` over ``zip(*iterables)``: ``(value, None)`` or ``(None, exception)`` in order."""
         calls = list(zip(*iterables))
         if self._executor is None:  # in this thread: the original exceptions
             return [_inline(fn, *args) for args in calls]
@@ -47,14 +50,17 @@ class CpuPool:
         return [f.result() for f in futures]
 
     def shutdown(self):
+        """Stop the worker processes (waiting for running calls, cancelling queued ones)."""
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
 
 
 class ImageError(Exception):
-    """One item's error as it comes back from a worker: the original type's name and message
-    (the original exception object may not survive pickling)."""
+    """One item's error as it comes back from a worker.
+
+    The original type's name and message (the original exception object may not survive pickling).
+    """
 
     def __init__(self, error_type, message):
         super().__init__(message)
@@ -83,7 +89,7 @@ _LOCK = threading.Lock()
 
 
 def get_pool(workers):
-    """This process' pool of ``workers`` processes (made on first use, shut down at exit)."""
+    """Get this process' pool of ``workers`` processes (made on first use, shut down at exit)."""
     with _LOCK:
         pool = _POOLS.get(workers)
         if pool is None:
@@ -99,9 +105,10 @@ def _shutdown_all():
 
 
 class ModelThread:
-    """One thread that makes every model call of a process, at the process' own CPU priority,
-    while :func:`lower_priority` lets the threads doing the work around the model (reading,
-    post-processing, measuring, writing) yield to it.
+    """One thread that makes every model call of a process.
+
+    At the process' own CPU priority, while :func:`lower_priority` lets the threads doing the work
+    around the model (reading, post-processing, measuring, writing) yield to it.
 
     Why: on a CPU-only machine the model's parallel operations use every core, and an operation
     waits for its slowest thread. A reading or measuring thread running at the same priority

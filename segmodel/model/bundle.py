@@ -67,16 +67,22 @@ def normalize(image, spec):
 
 
 def scale_for_pixel_size(image_pixel_size, spec):
-    """Resize factor bringing an image of ``image_pixel_size`` um/pixel to the model's; 1.0 if
-    either is unknown."""
+    """Resize factor bringing an image to the model's pixel size.
+
+    Resize factor bringing an image of ``image_pixel_size`` um/pixel to the model's; 1.0 if either
+    is unknown.
+    """
     if not spec.pixel_size or not image_pixel_size:
         return 1.0
     return float(image_pixel_size) / spec.pixel_size
 
 
 def downsampling(keras_model):
-    """Total downsampling factor of a model (product of pooling sizes and conv strides > 1
-    along its layers), or None when it cannot be told (no such layers found)."""
+    """Total downsampling factor of a model, or None when it cannot be told.
+
+    Total downsampling factor of a model (product of pooling sizes and conv strides > 1 along its
+    layers), or None when it cannot be told (no such layers found).
+    """
     factor, found = 1, False
     for layer in _layers(keras_model):
         cfg = layer.get_config() if hasattr(layer, "get_config") else {}

@@ -140,6 +140,25 @@ def load_model(path=None, *, trust=False):
 
 
 def load_keras(path, trust):
+    """Load a ``.keras`` file uncompiled, in Keras' safe mode unless ``trust``.
+
+    Parameters
+    ----------
+    path : str or Path
+        A Keras 3 ``.keras`` file (a zip archive).
+    trust : bool
+        Allow Python code in the file (e.g. a Lambda layer's function) to run while loading.
+
+    Returns
+    -------
+    keras.Model
+
+    Raises
+    ------
+    ValueError
+        If ``path`` is not a zip archive (not a ``.keras`` file), or it carries Python code
+        and ``trust`` is False.
+    """
     import zipfile
 
     import keras

@@ -23,8 +23,7 @@ CHOICES = {
 
 @dataclass(frozen=True)
 class PostprocessSettings:
-    """Thresholds turning the three maps into labels (tuned on training data, saved with the
-    model)."""
+    """Thresholds turning the three maps into labels (tuned on training data, saved with model)."""
 
     foreground: float = 0.5
     marker: float = 0.5
@@ -87,6 +86,7 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d):
+        """A spec from :meth:`to_dict`'s fields (lists back to tuples; no validation)."""
         d = dict(d)
         d["postprocess"] = PostprocessSettings(**d.get("postprocess", {}))
         for key in ("classes", "object_diameter_range"):
@@ -95,6 +95,7 @@ class ModelSpec:
         return cls(**d)
 
     def to_dict(self):
+        """The spec's fields as a plain dict (``postprocess`` nested)."""
         return asdict(self)
 
 

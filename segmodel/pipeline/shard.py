@@ -15,7 +15,7 @@ import pandas as pd
 
 from segmodel.inference.heads import class_rows, object_labels
 from segmodel.inference.measure import CHANNELS, ObjectPixels, measure_objects
-from segmodel.inference.passes import predict_labels, prepare
+from segmodel.inference.passes import ModelCalls, predict_labels, prepare
 from segmodel.inference.preprocess import MAX_PIXELS, ImageDecodeError, Tiling, to_channels
 from segmodel.inference.workers import CpuPool
 from segmodel.model.loading import load_model
@@ -129,10 +129,10 @@ def segment_shard(model, items, config, *, pool=None, model_thread=None):
     spent = {}
     labels, prepared = predict_labels(
         model, [it.prepared for it in live], Tiling(config.tile, config.overlap),
-        batch_size=config.options.batch_size, auto=config.options.scale == "auto",
-        tta=config.options.tta, lock=runtime.model_lock(),
-        on_error=lambda i, exc: _fail(live[i], "postprocess", exc), timings=spent,
-        pool=pool, model_thread=model_thread,
+        auto=config.options.scale == "auto", calls=ModelCalls(
+            batch_size=config.options.batch_size, tta=config.options.tta,
+            lock=runtime.model_lock(), on_error=lambda i, exc: _fail(live[i], "postprocess", exc),
+            timings=spent, pool=pool, model_thread=model_thread),
     )
     for it, lab, p in zip(live, labels, prepared):
         if it.failure is None:  # the model's input is not needed again: free it now

@@ -39,8 +39,10 @@ _RGB = ("FF0000", "00FF00", "0000FF")
 
 
 def pyramid_shapes(shape, min_level=MIN_LEVEL):
-    """``[(H, W), (ceil(H/2), ceil(W/2)), ...]`` halving until the longer side is ``min_level``
-    or less.
+    """Shapes of the pyramid levels, halving until the longer side is ``min_level`` or less.
+
+    ``[(H, W), (ceil(H/2), ceil(W/2)), ...]`` halving until the longer side is ``min_level`` or
+    less.
 
     >>> pyramid_shapes((600, 300))
     [(600, 300), (300, 150)]
@@ -89,8 +91,11 @@ def label_dtype(n_objects):
 
 
 def _datasets(n_levels, lead=(), pixel_size=None):
-    """NGFF datasets: level k has scale 2**k (times the pixel size in micrometres where known)
-    and a translation to its 2x2 block's centre."""
+    """NGFF datasets: the scale and translation of each pyramid level.
+
+    NGFF datasets: level k has scale 2**k (times the pixel size in micrometres where known) and a
+    translation to its 2x2 block's centre.
+    """
     out = []
     for k in range(n_levels):
         f = float(2**k) * (pixel_size or 1.0)
@@ -103,8 +108,11 @@ def _datasets(n_levels, lead=(), pixel_size=None):
 
 
 def multiscales(name, n_levels, *, channels=False, kind="mean", pixel_size=None):
-    """The NGFF 0.4 ``multiscales`` list of an image (axes c, y, x) or a label image (y, x);
-    with ``pixel_size`` (µm) the spatial axes are in micrometres, else in pixels."""
+    """The NGFF 0.4 ``multiscales`` list of an image or a label image.
+
+    The NGFF 0.4 ``multiscales`` list of an image (axes c, y, x) or a label image (y, x); with
+    ``pixel_size`` (µm) the spatial axes are in micrometres, else in pixels.
+    """
     unit = {"unit": "micrometer"} if pixel_size else {}
     axes = [{"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit}]
     if channels:
@@ -197,8 +205,11 @@ class OmeZarrBuilder:
 
 
 def encode_ome_zarr(labels, image=None, *, name="image", chunk=CHUNK, pixel_size=None):
-    """``{key: bytes}`` of the OME-Zarr of ``labels`` ``(H, W)`` and ``image`` ``(H, W[, C])``
-    (axes in micrometres with ``pixel_size``, the input's µm per pixel)."""
+    """``{key: bytes}`` of the OME-Zarr of ``labels`` and ``image``.
+
+    ``{key: bytes}`` of the OME-Zarr of ``labels`` ``(H, W)`` and ``image`` ``(H, W[, C])`` (axes in
+    micrometres with ``pixel_size``, the input's µm per pixel).
+    """
     from zarr.storage import MemoryStore
 
     labels = np.asarray(labels)
@@ -226,7 +237,6 @@ def write_ome_zarr(store, relpath, labels, image=None, *, name="image", pixel_si
 
 def encode_mask(labels, mask_format):
     """Compressed TIFF (uint16, or uint32 past 65535 objects) or 16-bit PNG bytes."""
-
     n = int(labels.max()) if labels.size else 0
     dtype = np.uint16 if n <= np.iinfo(np.uint16).max else np.uint32
     if labels.dtype == np.uint8:  # a semantic model's class map stays 8-bit
@@ -406,8 +416,11 @@ def remove_store(store, relpath):
 
 
 def open_ome_zarr(store, relpath):
-    """The OME-Zarr at ``relpath`` under ``store`` as a read-only ``zarr.Group`` (any fsspec
-    file system)."""
+    """The OME-Zarr at ``relpath`` under ``store`` as a read-only ``zarr.Group``.
+
+    The OME-Zarr at ``relpath`` under ``store`` as a read-only ``zarr.Group`` (any fsspec file
+    system).
+    """
     import zarr
     from zarr.storage import FsspecStore
 

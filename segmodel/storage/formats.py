@@ -223,8 +223,10 @@ def tiff_metadata(tif, n_channels):
 
 
 def _edge(x, y):
-    """The pixel's edge in µm from its X and Y sizes (either may be None): where they differ,
-    the square root of the pixel's area, so areas in µm² come out right."""
+    """The pixel's edge in µm from its X and Y sizes (either may be None).
+
+    Where they differ, the square root of the pixel's area, so areas in µm² come out right.
+    """
     if x and y:
         return float(np.sqrt(x * y))
     return x or y or None
@@ -374,8 +376,10 @@ def _describe(names):
 
 
 def model_image(data, channel=None, name="<image>"):
-    """What the model segments: the chosen channel as a gray ``(H, W, 1)`` image, or the
-    image as it is (gray, RGB, RGBA) when no channel is chosen.
+    """What the model segments: the chosen channel, or the image as it is.
+
+    What the model segments: the chosen channel as a gray ``(H, W, 1)`` image, or the image as it is
+    (gray, RGB, RGBA) when no channel is chosen.
 
     Raises
     ------
@@ -428,9 +432,11 @@ def channel_measurements(labels, data, groups=None):
 
 
 def add_measurements(table, labels, data, groups=None):
-    """``table`` (from :func:`segmodel.inference.measure.measure_objects`) with ``area_um2`` filled
-    and
-    the ``channel_*`` columns of :func:`channel_measurements` appended (``groups`` as there)."""
+    """``table`` with ``area_um2`` filled and the ``channel_*`` columns appended.
+
+    ``table`` (from :func:`segmodel.inference.measure.measure_objects`) with ``area_um2`` filled and
+    the ``channel_*`` columns of :func:`channel_measurements` appended (``groups`` as there).
+    """
     size = data.pixel_size_um if data is not None else None
     if size:
         table["area_um2"] = table["area"] * size**2

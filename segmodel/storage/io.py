@@ -123,6 +123,7 @@ class Store:
         self.__post_init__()
 
     def path(self, *parts):
+        """The full path of ``parts`` joined under the root (the root itself without any)."""
         return posixpath.join(self.root, *parts) if parts else self.root
 
     def uri(self, path):
@@ -130,6 +131,7 @@ class Store:
         return self.fs.unstrip_protocol(path)
 
     def exists(self, *parts):
+        """True when the path of ``parts`` under the root exists (retried on transient errors)."""
         return retry(self.fs.exists, self.path(*parts))
 
     def container(self):
@@ -139,13 +141,16 @@ class Store:
         return self.root.split("/", 1)[0] or None
 
     def read_bytes(self, path):
+        """The bytes of the file at full ``path`` (retried on transient errors)."""
         return retry(self.fs.cat_file, path)
 
     def read_many(self, paths, chunk=256):
-        """``(path, bytes)`` for each of ``paths`` in order; ``bytes`` is None for a missing
-        file. Object stores fetch a chunk of files concurrently (one ``cat`` call, the way
-        ``write_many`` puts them), so reading thousands of small table parts costs about as
-        many round trips as chunks, not as files; at most ``chunk`` files are held at once.
+        """``(path, bytes)`` for each of ``paths`` in order.
+
+        ``bytes`` is None for a missing file. Object stores fetch a chunk of files concurrently (one
+        ``cat`` call, the way ``write_many`` puts them), so reading thousands of small table parts
+        costs about as many round trips as chunks, not as files; at most ``chunk`` files are held at
+        once.
         """
         paths = list(paths)
         batch = not _is_local(self.fs) and not any(c in p for p in paths for c in "*?[")
@@ -162,6 +167,7 @@ class Store:
                 yield p, data
 
     def read_text(self, *parts):
+        """The file at ``parts`` under the root, decoded as UTF-8."""
         return self.read_bytes(self.path(*parts)).decode()
 
     def write_bytes(self, relpath, data):
@@ -172,8 +178,10 @@ class Store:
         write_atomic(self.fs, self.path(relpath), data)
 
     def write_many(self, files):
-        """Write ``{relpath: bytes}`` (each file atomically); object stores get the PUTs
-        concurrently in one batch, in no particular order."""
+        """Write ``{relpath: bytes}`` (each file atomically).
+
+        Object stores get the PUTs concurrently in one batch, in no particular order.
+        """
         if _is_local(self.fs) or len(files) < 2:
             for relpath, data in files.items():
                 self.write_bytes(relpath, data)
@@ -185,8 +193,10 @@ class Store:
         retry(self.fs.pipe, {self.path(r): d for r, d in files.items()})
 
     def put_many(self, files):
-        """Upload ``{relpath: local path}`` (each file atomically); object stores get the
-        uploads concurrently in one batch, in no particular order."""
+        """Upload ``{relpath: local path}`` (each file atomically).
+
+        Object stores get the uploads concurrently in one batch, in no particular order.
+        """
         if _is_local(self.fs) or len(files) < 2:
             for relpath, local_path in files.items():
                 self.put_file(local_path, relpath)
@@ -216,6 +226,7 @@ class Store:
                                                  storage_options=dict(self.storage_options))
 
     def write_json(self, relpath, obj):
+        """Write ``obj`` as indented, key-sorted JSON at ``relpath`` (atomically)."""
         self.write_bytes(relpath, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
 
     def list(self, relpath, suffix=""):
@@ -241,6 +252,7 @@ class Store:
         return len(stale)
 
     def remove(self, path):
+        """Delete the file at full ``path``; a missing file is not an error."""
         try:
             retry(self.fs.rm_file, path)
         except FileNotFoundError:
@@ -271,8 +283,11 @@ class Store:
             pass
 
     def find_dirs(self, relpath, suffix):
-        """Relative paths of folders under ``relpath`` whose names end in ``suffix`` (outermost
-        only: nothing inside a matched folder)."""
+        """Relative paths of folders under ``relpath`` whose names end in ``suffix``.
+
+        Relative paths of folders under ``relpath`` whose names end in ``suffix`` (outermost only:
+        nothing inside a matched folder).
+        """
         base = self.path(relpath)
         if not retry(self.fs.exists, base):
             return []
@@ -287,8 +302,25 @@ class Store:
 
 
 def check_url(url, parameter="url"):
-    """Raise ValueError for an empty URL or an unknown scheme, without touching storage."""
-    if not isinstance(url, str) or not url:
+    """Check a path or URL before any storage is touched.
+
+    Parameters
+    ----------
+    url : str
+        A local path or an fsspec URL.
+    parameter : str, optional
+        The name the error messages give the URL (default ``"url"``).
+
+    Raises
+    ------
+    TypeError
+        If ``url`` is not a string.
+    ValueError
+        If ``url`` is empty or its scheme is not one fsspec knows.
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"{parameter} must be a non-empty path or URL. Received: {url!r}")
+    if not url:
         raise ValueError(f"{parameter} must be a non-empty path or URL. Received: {url!r}")
     protocol, _ = split_protocol(url)
     if protocol is not None and protocol not in fsspec.available_protocols():

@@ -83,6 +83,7 @@ class Lease:
                 "started": self.started, "renewed": time.time()}
 
     def acquire(self):
+        """Take the output's lease and start renewing it; raise :class:`OutputBusy` if held."""
         holder = read_holder(self.store)
         if holder is not None and holder["run"] != self.run and is_live(
                 holder, stale_after=self.stale_after):

@@ -1,0 +1,1 @@
+"""Training: datasets, the training loop, threshold tuning."""

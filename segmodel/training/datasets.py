@@ -1,5 +1,8 @@
-"""Reading an annotated dataset laid out like DSB2018: ``images/<id>.png``, ``labels/<id>.png``,
-``index.csv`` (id, modality, ...), with a fixed split by a hash of the id."""
+"""Reading an annotated dataset laid out like DSB2018.
+
+``images/<id>.png``, ``labels/<id>.png``, ``index.csv`` (id, modality, ...), with a fixed split by a
+hash of the id.
+"""
 
 import csv
 import hashlib
@@ -29,6 +32,8 @@ def split_of(image_id):
 
 @dataclass(frozen=True)
 class Sample:
+    """One training image: its id, modality, and the paths of the image and its labels."""
+
     id: str
     modality: str
     image_path: Path
@@ -132,10 +137,12 @@ def list_pairs(images_dir, labels_dir):
 
 
 def magnify(image, labels, factor):
-    """``image`` and its instance ``labels`` as a microscope ``factor`` times the magnification
-    would have recorded them: the image resampled by area averaging (``factor < 1``) or bicubic
-    interpolation, the labels by nearest neighbour. Returns ``(image, labels)`` of the same
-    dtypes; ``factor == 1`` returns them unchanged.
+    """An image and its labels as recorded at ``factor`` times the magnification.
+
+    ``image`` and its instance ``labels`` as a microscope ``factor`` times the magnification would
+    have recorded them: the image resampled by area averaging (``factor < 1``) or bicubic
+    interpolation, the labels by nearest neighbour. Returns ``(image, labels)`` of the same dtypes;
+    ``factor == 1`` returns them unchanged.
     """
     if factor == 1:
         return image, labels

@@ -27,8 +27,11 @@ from segmodel.training import datasets
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training settings: the defaults are the recipe's first stage; the shipped model is six
-    stages of it (README, "The model": each a warm restart, at the images' own scale)."""
+    """Training settings.
+
+    The defaults are the recipe's first stage; the shipped model is six stages of it (README, "The
+    model": each a warm restart, at the images' own scale).
+    """
 
     data_dir: str = str(datasets.DEFAULT_DATA)
     steps: int = 2600
@@ -89,8 +92,11 @@ def make_targets(labels):
 
 
 def contact_map(labels, radius=2):
-    """``(H, W)`` bool: pixels within ``radius`` (a square window) of two different objects,
-    gaps between them included."""
+    """Pixels within ``radius`` of two different objects.
+
+    ``(H, W)`` bool: pixels within ``radius`` (a square window) of two different objects, gaps
+    between them included.
+    """
     size = 2 * radius + 1
     labels = np.asarray(labels, np.int64)
     big = labels.max(initial=0) + 1  # larger than every label: background in the minimum
@@ -100,9 +106,11 @@ def contact_map(labels, radius=2):
 
 
 def kind_targets(labels, kind="instances"):
-    """Training targets of an output kind from instance labels: the three maps, the
-    foreground (1 channel) or one-hot :data:`SEMANTIC_CLASSES` (boundary = each object's
-    inner outline)."""
+    """Training targets of an output kind from instance labels.
+
+    The three maps, the foreground (1 channel) or one-hot :data:`SEMANTIC_CLASSES` (boundary = each
+    object's inner outline).
+    """
     targets = make_targets(labels)
     if kind == "binary":
         return targets[..., :1]
@@ -132,10 +140,12 @@ class PatchSampler:
         self.by_mod = {m: [i for i, it in enumerate(items) if it[0] == m] for m in mods}
 
     def batch(self, rng):
+        """``(inputs, targets)`` of ``config.batch_size`` patches drawn with ``rng``."""
         xs, ys = zip(*(self.patch(rng) for _ in range(self.config.batch_size)))
         return np.stack(xs), np.stack(ys)
 
     def patch(self, rng):
+        """One ``(input, target)`` patch drawn with ``rng``."""
         cfg = self.config
         mod = self.mods[rng.choice(len(self.mods), p=self.mod_p)]
         modality, image, targets, coords, diameter = self.items[rng.choice(self.by_mod[mod])]
@@ -251,8 +261,11 @@ def _samples(config, split, log=print):
 
 
 def _working_sizes(samples):
-    """The sidecar's working nucleus size and range from the training images' labels
-    (:func:`segmodel.inference.autoscale.working_sizes`)."""
+    """The sidecar's working nucleus size and range from the training images' labels.
+
+    The sidecar's working nucleus size and range from the training images' labels
+    (:func:`segmodel.inference.autoscale.working_sizes`).
+    """
     return working_sizes(median_diameter(s.load_labels()) for s in samples)
 
 
@@ -271,40 +284,39 @@ def _load_items(samples, log, kind="instances", contact_weight=0.0, contact_radi
 
 
 def train(out_dir, config=TrainConfig(), log=print):
-    """Train (or resume) a model into ``out_dir``; returns the path of the final ``.keras``.
+    """Train (or resume) a model into ``out_dir`` and save it with its spec.
 
     Checkpoints after every epoch (``checkpoint.keras`` with optimizer state and
-    ``state.json``); calling again with the same ``out_dir`` continues from the last one.
-    """
-    import keras
+    ``state.json``); calling again with the same ``out_dir`` continues from the last one. An
+    instance model's post-processing thresholds are then tuned on the tune split
+    (:func:`tune_thresholds`).
 
+    Parameters
+    ----------
+    out_dir : str or Path
+        Folder for the checkpoint, its state and the final model (made if missing).
+    config : TrainConfig, optional
+        The training settings (default ``TrainConfig()``).
+    log : callable, optional
+        Receives each progress line (default :func:`print`).
+
+    Returns
+    -------
+    Path
+        The final ``.keras`` file: ``nuclei.keras``, or ``model.keras`` when trained on
+        ``config.images_dir``.
+
+    Raises
+    ------
+    ValueError
+        If ``config.kind`` is not one of ``{'instances', 'binary', 'semantic'}`` (when starting
+        afresh), or ``config.init`` shares no layer with the model.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt, state_file = out / "checkpoint.keras", out / "state.json"
     epochs = -(-config.steps // config.steps_per_epoch)
-    done = 0
-    if state_file.exists():  # epochs done, counted in this run's --steps-per-epoch
-        state = json.loads(state_file.read_text())
-        steps_done = state["epoch"] * state.get("steps_per_epoch", config.steps_per_epoch)
-        done = -(-steps_done // config.steps_per_epoch)
-    if done and ckpt.exists():
-        model = keras.saving.load_model(ckpt, custom_objects={
-            f.__name__: f for f in LOSSES.values()})
-        model.optimizer.learning_rate = _schedule(config)  # follows a changed --steps too
-        log(f"resuming from {ckpt} after epoch {done}/{epochs}")
-    else:
-        done = 0
-        keras.utils.set_random_seed(config.seed)
-        if config.kind not in LOSSES:
-            raise ValueError(f"kind must be one of {', '.join(LOSSES)}. "
-                             f"Received: kind={config.kind!r}")
-        model = _build(config)
-        if config.init:
-            copied, new = init_weights(model, keras.saving.load_model(config.init, compile=False))
-            log(f"starting from the weights of {config.init}"
-                + (f" ({copied} layers copied; new: {', '.join(new)})" if new else ""))
-        optimizer = keras.optimizers.AdamW(_schedule(config), weight_decay=1e-4)
-        model.compile(optimizer=optimizer, loss=LOSSES[config.kind])
+    model, done = _start(config, ckpt, state_file, epochs, log)
     if done < epochs:
         samples = _samples(config, "train", log)
         sampler = PatchSampler(_load_items(samples, log, config.kind, config.contact_weight,
@@ -316,11 +328,51 @@ def train(out_dir, config=TrainConfig(), log=print):
         settings = tune_thresholds(model, tune, object_diameter=config.object_diameter, log=log)
     elif config.kind == "instances":
         log("no images in the tune split: default post-processing thresholds")
+    spec = _trained_spec(config, settings, tune)
+    final = out / ("model.keras" if config.images_dir else "nuclei.keras")
+    export = _build(config)
+    export.set_weights(model.get_weights())  # weights only: no optimizer state in the shipped file
+    save_model(export, spec, final)
+    log(f"saved {final}")
+    return final
+
+
+def _start(config, ckpt, state_file, epochs, log):
+    """``(model, epochs done)``: resumed from the checkpoint, or built and compiled afresh."""
+    import keras
+
+    done = 0
+    if state_file.exists():  # epochs done, counted in this run's --steps-per-epoch
+        state = json.loads(state_file.read_text())
+        steps_done = state["epoch"] * state.get("steps_per_epoch", config.steps_per_epoch)
+        done = -(-steps_done // config.steps_per_epoch)
+    if done and ckpt.exists():
+        model = keras.saving.load_model(ckpt, custom_objects={
+            f.__name__: f for f in LOSSES.values()})
+        model.optimizer.learning_rate = _schedule(config)  # follows a changed --steps too
+        log(f"resuming from {ckpt} after epoch {done}/{epochs}")
+        return model, done
+    keras.utils.set_random_seed(config.seed)
+    if config.kind not in LOSSES:
+        raise ValueError(f"kind must be one of {', '.join(LOSSES)}. "
+                         f"Received: kind={config.kind!r}")
+    model = _build(config)
+    if config.init:
+        copied, new = init_weights(model, keras.saving.load_model(config.init, compile=False))
+        log(f"starting from the weights of {config.init}"
+            + (f" ({copied} layers copied; new: {', '.join(new)})" if new else ""))
+    optimizer = keras.optimizers.AdamW(_schedule(config), weight_decay=1e-4)
+    model.compile(optimizer=optimizer, loss=LOSSES[config.kind])
+    return model, 0
+
+
+def _trained_spec(config, settings, tune):
+    """The trained model's :class:`ModelSpec`: kind, working size, thresholds, training record."""
     semantic = config.kind == "semantic"
     diameter, span = config.object_diameter, ()
     if not diameter and config.kind == "instances":  # trained at the images' own scale
         diameter, span = _working_sizes(_samples(config, "train", None))
-    spec = ModelSpec(
+    return ModelSpec(
         name=config.name or ("nuclei-unet" if config.kind == "instances" and not config.images_dir
                              else f"{config.kind}-unet"),
         kind=config.kind, classes=SEMANTIC_CLASSES if semantic else (),
@@ -332,12 +384,6 @@ def train(out_dir, config=TrainConfig(), log=print):
             "tune_images": len(tune),
             **(tuning_record() if config.kind == "instances" and tune else {}),
         })
-    final = out / ("model.keras" if config.images_dir else "nuclei.keras")
-    export = _build(config)
-    export.set_weights(model.get_weights())  # weights only: no optimizer state in the shipped file
-    save_model(export, spec, final)
-    log(f"saved {final}")
-    return final
 
 
 def init_weights(model, source):
@@ -449,8 +495,55 @@ def tune_thresholds(model, samples, *, object_diameter=0.0, log=print):
     Mean AP decides; settings within :data:`TUNING_AP_TOLERANCE` of the best are ties, settled
     by the lowest mean relative count error (after a last pass over the two settings that trade
     one for the other most: the smallest object area and the lowest mean foreground
-    probability). With ``object_diameter``, each image is first brought to its automatic scale (as
-    ``--scale auto`` does), so the thresholds are tuned for the way the model is used.
+    probability). The order of the search is :data:`TUNING_GRID`, then
+    :data:`TUNING_MIN_AREAS`, :data:`TUNING_OBJECT_FILTERS`, :data:`TUNING_SPLITS` and the
+    smallest area again.
+
+    Parameters
+    ----------
+    model : keras.Model or LoadedModel
+        An instance model (three output maps). A :class:`LoadedModel` is prepared and tiled as
+        its own spec says; a bare Keras model with the default :class:`ModelSpec`.
+    samples : list of Sample
+        Images with their instance labels (:mod:`segmodel.training.datasets`).
+    object_diameter : float, optional
+        With a value above 0, each image is first brought to its automatic scale for nuclei of
+        this many pixels (as ``--scale auto`` does), so the thresholds are tuned for the way the
+        model is used. Default 0.0: every image at its own resolution.
+    log : callable, optional
+        Receives the summary line (default :func:`print`).
+
+    Returns
+    -------
+    PostprocessSettings
+        The chosen settings.
+    """
+    spec, truths, cases = _tuning_cases(model, samples, object_diameter)
+    scored = {}  # settings -> (mean AP, mean relative count error)
+
+    def score(settings):
+        if settings not in scored:
+            trial = replace(spec, postprocess=settings)
+            rows = [score_image(t, finish(m, p, trial)) for t, (m, p) in zip(truths, cases)]
+            scored[settings] = (float(np.mean([r["ap"] for r in rows])),
+                                float(np.mean([r["count_error"] for r in rows])))
+        return scored[settings][0]
+
+    best, best_score = _search_settings(score)
+    ties = [s for s, (ap, _) in scored.items() if ap >= best_score - TUNING_AP_TOLERANCE]
+    chosen = min(ties, key=lambda s: (scored[s][1], -scored[s][0]))
+    ap, count_error = scored[chosen]
+    log(f"tuned thresholds on {len(samples)} images: {chosen} (mean AP {ap:.3f}, relative "
+        f"count error {count_error:.3f}; best mean AP {best_score:.3f}, with count error "
+        f"{scored[best][1]:.3f})")
+    return chosen
+
+
+def _tuning_cases(model, samples, object_diameter):
+    """``(spec, truths, cases)``: each sample's truth, and its maps with the prepared image.
+
+    Downscaled maps are brought to the image's resolution once, as :func:`finish` would for
+    every setting.
     """
     from segmodel.model.loading import LoadedModel
 
@@ -467,23 +560,16 @@ def tune_thresholds(model, samples, *, object_diameter=0.0, log=print):
     if object_diameter:
         _, prepared = predict_labels(lm, prepared, tiling, auto=True)
     maps = predict_maps(lm.predict_batch, [p.x for p in prepared], tiling=tiling)
-    # Bring downscaled maps to the image's resolution once, as finish() would for every setting.
     cases = []
     for m, p in zip(maps, prepared):
         if p.scale < 1.0:
             m, p = resize(m, p.image.shape[:2], order=1), Prepared(p.image, None, 1.0)
         cases.append((m, p))
+    return spec, truths, cases
 
-    scored = {}  # settings -> (mean AP, mean relative count error)
 
-    def score(settings):
-        if settings not in scored:
-            trial = replace(spec, postprocess=settings)
-            rows = [score_image(t, finish(m, p, trial)) for t, (m, p) in zip(truths, cases)]
-            scored[settings] = (float(np.mean([r["ap"] for r in rows])),
-                                float(np.mean([r["count_error"] for r in rows])))
-        return scored[settings][0]
-
+def _search_settings(score):
+    """``(best settings, best mean AP)`` of the search; ``score(settings)`` is the mean AP."""
     best, best_score = PostprocessSettings(), -1.0
     for fg, marker, bw in itertools.product(*TUNING_GRID):
         settings = replace(PostprocessSettings(), foreground=fg, marker=marker, boundary_weight=bw)
@@ -507,13 +593,7 @@ def tune_thresholds(model, samples, *, object_diameter=0.0, log=print):
     # near-ties: the smallest area and mean foreground probability together, for the count
     for a, f in itertools.product(TUNING_MIN_AREAS, TUNING_OBJECT_FILTERS[1]):
         score(replace(best, min_area=a, min_mean_foreground=f))
-    ties = [s for s, (ap, _) in scored.items() if ap >= best_score - TUNING_AP_TOLERANCE]
-    chosen = min(ties, key=lambda s: (scored[s][1], -scored[s][0]))
-    ap, count_error = scored[chosen]
-    log(f"tuned thresholds on {len(samples)} images: {chosen} (mean AP {ap:.3f}, relative "
-        f"count error {count_error:.3f}; best mean AP {best_score:.3f}, with count error "
-        f"{scored[best][1]:.3f})")
-    return chosen
+    return best, best_score
 
 
 def parse_filters(text):
@@ -533,14 +613,18 @@ def parse_filters(text):
 
 
 def check_patch(patch, levels):
-    """Raise ValueError naming ``--patch`` unless it is a positive multiple of ``2**levels``
-    (the U-Net halves a patch ``levels`` times)."""
+    """Raise ValueError naming ``--patch`` unless it fits the U-Net's levels.
+
+    Raise ValueError naming ``--patch`` unless it is a positive multiple of ``2**levels`` (the U-Net
+    halves a patch ``levels`` times).
+    """
     if patch < 2 ** levels or patch % 2 ** levels:
         raise ValueError(f"--patch must be a multiple of {2 ** levels} with {levels} levels "
                          f"(the network halves it {levels} times). Received: --patch {patch}")
 
 
 def main(argv=None):
+    """Command line: ``python -m segmodel.training.train OUT_DIR [options]``."""
     import argparse
 
     defaults = TrainConfig()

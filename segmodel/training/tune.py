@@ -43,6 +43,7 @@ def retune(model_path, data_dir=datasets.DEFAULT_DATA, *, images=0, log=print):
 
 
 def main(argv=None):
+    """Command line: tune a model's thresholds (``python -m segmodel.training.tune MODEL``)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -36,9 +36,10 @@ def test_results_come_back_in_order_and_errors_stay_with_their_item(workers):
         assert isinstance(err, ImageError)
 
 
-@pytest.mark.parametrize("bad", [-1, 1.5, "2"])
-def test_a_bad_worker_count_is_refused_naming_the_parameter(bad):
-    with pytest.raises(ValueError, match=r"cpu_workers must be a whole number >= 0. Received"):
+@pytest.mark.parametrize("bad, error", [(-1, ValueError), (1.5, TypeError), ("2", TypeError)],
+                         ids=["negative", "float", "str"])
+def test_a_bad_worker_count_is_refused_naming_the_parameter(bad, error):
+    with pytest.raises(error, match=r"cpu_workers must be a whole number >= 0. Received"):
         CpuPool(bad)
 
 
