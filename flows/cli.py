@@ -82,6 +82,17 @@ def _parser():
     return p
 
 
+def command_parser(*names):
+    """The parser of a command (``"run"``, or ``"model", "inspect"``), its options added."""
+    parser = _parser()
+    for name in names:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[name]
+    if isinstance(parser, _Command):
+        parser._add_options()
+    return parser
+
+
 def _segment_model():
     from flows.params import SegmentParams
 
