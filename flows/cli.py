@@ -285,10 +285,13 @@ def _from_text(field, info, value):
     annotation = _optional_of(info.annotation)
     if annotation is dict or typing.get_origin(annotation) is dict:
         try:
-            return json.loads(value) if value.strip() else {}
+            value = json.loads(value) if value.strip() else {}
         except json.JSONDecodeError as exc:  # the text is not repeated: it may hold credentials
             raise ValueError(f"{field} must be a JSON object: {exc.msg} at character "
                              f"{exc.pos} of {len(value)}.") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"{option_name(field)} must be a JSON object like "
+                             f'{{"anon": true}}. Received: a {type(value).__name__}')
     return value
 
 
