@@ -26,7 +26,8 @@ class EvaluateParams(BaseModel):
     groups_csv: Optional[str] = Field(None, description="CSV with an id column and groups.")
     group_column: str = Field("modality", description="Column of groups_csv naming groups.")
     out: Optional[str] = Field(None, description="Parquet file for the per-image scores.")
-    storage_options: dict = Field(default_factory=dict)
+    storage_options: dict = Field(default_factory=dict, description="Passed to fsspec for "
+                                  "pred, truth and out: a JSON object such as {\"anon\": true}.")
 
 
 def preflight(params: EvaluateParams):

@@ -27,11 +27,12 @@ class RunOptions(BaseModel):
                        "of images.")
     output: str = Field(description="Folder or fsspec URL where masks and tables are written.")
     storage_options: dict = Field(default_factory=dict,
-                                  description="Passed to fsspec for both input and output.")
+                                  description="Passed to fsspec for both input and output: "
+                                  "a JSON object such as {\"anon\": true}.")
     patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_PATTERNS),
                                 description="Glob patterns of image files (matched recursively).")
     shard_size: int = Field(32, ge=1, description="Images per shard (the unit of work).")
-    batch_size: int = Field(8, ge=1, description="Tiles per model call.")
+    batch_size: int = Field(8, ge=1, description="Tiles per model call (32-64 on a GPU).")
     cpu_workers: int = Field(0, ge=0, description=(
         "Worker processes for post-processing and measuring, overlapped with the model "
         "(0: in the task's thread). Worth it with spare cores, e.g. beside a GPU."))
@@ -40,7 +41,8 @@ class RunOptions(BaseModel):
         "images whose nuclei lie outside the model's working range) or a resize factor to the "
         "model's scale (1.0 = as is).")
     tta: bool = Field(False, description="Average the model over four flips (4x the compute).")
-    tile_size: Optional[int] = Field(None, ge=1, description="Tile size (default: the model's).")
+    tile_size: Optional[int] = Field(None, ge=1, description="Tile edge in pixels, a "
+                                     "multiple of 16 and 80 or more (default: the model's, 256).")
     mask_format: Literal["tif", "png", "ome-zarr"] = Field(
         "tif", description="Label mask format: 'ome-zarr' writes OME-Zarr (NGFF 0.4) labels with "
         "a pyramid beside the image, for napari.")
@@ -54,7 +56,8 @@ class RunOptions(BaseModel):
         "TIFFs with more pixels than this are segmented block by block (bounded memory, tiled "
         "pyramidal label TIFF); max_pixels does not apply to them."))
     block_size: int = Field(4096, ge=256, multiple_of=256,
-                            description="Block edge in pixels for the block-wise path.")
+                            description="Block edge in pixels for the block-wise path "
+                                        "(a multiple of 256).")
     channel: Optional[Union[int, str]] = Field(
         None, description="Channel the model segments: an index (0, 1, ...) or a channel name "
         "from the file (OME), e.g. 'DAPI'. Default: gray and RGB images as they are; images "

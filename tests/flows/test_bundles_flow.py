@@ -206,14 +206,14 @@ def test_segflow_train_names_a_bad_architecture(tmp_path):
     assert "--filters must be positive integers" in str(err.value) and "'16,0'" in str(err.value)
     with pytest.raises(SystemExit) as err:
         main(["train", str(tmp_path / "out"), "--bottleneck", "0"])
-    assert "bottleneck:" in str(err.value) and "greater than or equal to 1" in str(err.value)
+    assert "--bottleneck:" in str(err.value) and "greater than or equal to 1" in str(err.value)
     with pytest.raises(SystemExit) as err:
         main(["train", str(tmp_path / "out"), "--filters", "16,32,64", "--patch", "100"])
     assert "--patch must be a multiple of 8 with 3 levels" in str(err.value)
     assert "Received: --patch 100" in str(err.value)
     with pytest.raises(SystemExit) as err:
         main(["train", str(tmp_path / "out"), "--contact-weight", "-1"])
-    assert "contact_weight:" in str(err.value) and "greater than or equal to 0" in str(err.value)
+    assert "--contact-weight:" in str(err.value) and "greater than or equal to 0" in str(err.value)
 
 
 def test_a_huge_tiff_with_a_semantic_bundle_becomes_a_failures_row(semantic_bundle, own_data,
