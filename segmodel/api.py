@@ -65,7 +65,33 @@ def segment_many(images, model=None, *, scale=AUTO, batch_size=8, tiling=None, t
 
 
 def segment(image, model=None, *, scale=AUTO, tta=False, image_id=""):
-    """Segment one image: ``(labels (H, W) int32, objects table)``."""
+    """Segment one image and measure its objects.
+
+    Parameters
+    ----------
+    image : (H, W[, C]) ndarray
+        Gray, RGB or RGBA, any size and dtype.
+    model : str, Path or LoadedModel, optional
+        Default: the bundled nuclei model.
+    scale : float or 'auto', optional
+        See :func:`segment_many` (default ``'auto'``).
+    tta : bool, optional
+        Average over the four flips (default False).
+    image_id : str, optional
+        Written into the objects table's ``image_id`` column.
+
+    Returns
+    -------
+    labels : (H, W) ndarray of int32
+        Instance labels (a semantic model's class map).
+    objects : pandas.DataFrame
+        One row per object (see :data:`segmodel.inference.measure.OBJECT_SCHEMA`).
+
+    Raises
+    ------
+    ValueError
+        A bad scale, or an image with no pixels or non-finite values.
+    """
     lm = resolve_model(model)
     labels = segment_many([image], lm, scale=scale, tta=tta)[0]
     intensity = to_channels(np.asarray(image), CHANNELS)

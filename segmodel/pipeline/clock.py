@@ -16,10 +16,16 @@ STAGES = ("read", "preprocess", "predict", "postprocess", "tabulate", "write")
 
 
 def machine_cpu():
-    """``(busy, total)`` CPU seconds of the whole machine since boot, summed over its cores
-    (Linux's ``/proc/stat``), or None where that cannot be read. The busy share between two
-    readings shows whether a run had cores to spare, whichever process used them (the
-    Prefect server, worker processes, anything else running)."""
+    """Busy and total CPU seconds of the whole machine since boot, summed over its cores.
+
+    The busy share between two readings shows whether a run had cores to spare, whichever
+    process used them (the Prefect server, worker processes, anything else running).
+
+    Returns
+    -------
+    tuple of float or None
+        ``(busy, total)`` from Linux's ``/proc/stat``; None where that cannot be read.
+    """
     try:
         with open("/proc/stat") as f:
             fields = [int(v) for v in f.readline().split()[1:]]
@@ -31,7 +37,18 @@ def machine_cpu():
 
 
 def busy_share(before, after):
-    """The machine's busy share of its cores between two :func:`machine_cpu` readings."""
+    """Compute the machine's busy share of its cores between two readings.
+
+    Parameters
+    ----------
+    before, after : tuple of float or None
+        :func:`machine_cpu` readings.
+
+    Returns
+    -------
+    float or None
+        Busy share in [0, 1], rounded to 3 digits; None where a reading is missing.
+    """
     if before is None or after is None or after[1] <= before[1]:
         return None
     return round((after[0] - before[0]) / (after[1] - before[1]), 3)
@@ -45,7 +62,15 @@ class RunClock:
         self.spans = []
 
     def add(self, timings=None, span=None):
-        """Add a job's ``{stage: seconds}`` and its ``(start, end)`` wall-clock span."""
+        """Add a job's stage seconds and its wall-clock span.
+
+        Parameters
+        ----------
+        timings : dict, optional
+            ``{stage: seconds}``.
+        span : tuple of float, optional
+            ``(start, end)``, :func:`time.time` values.
+        """
         for stage, seconds in (timings or {}).items():
             self.stages[stage] = self.stages.get(stage, 0.0) + seconds
         if span is not None:
@@ -64,7 +89,18 @@ class RunClock:
         return total
 
     def summary(self, wall_seconds):
-        """``{'stage_seconds': {...}, 'busy_seconds': s, 'idle_seconds': s}`` for the run."""
+        """Break a run's wall time down into stages, busy and idle seconds.
+
+        Parameters
+        ----------
+        wall_seconds : float
+            The run's wall time.
+
+        Returns
+        -------
+        dict
+            ``{'stage_seconds': {...}, 'busy_seconds': s, 'idle_seconds': s}``.
+        """
         busy = self.busy_seconds()
         return {"stage_seconds": {k: round(v, 3) for k, v in self.stages.items()},
                 "busy_seconds": round(busy, 3),
@@ -86,7 +122,13 @@ class RunMeter:
         self.model0 = None
 
     def add_span(self, start, end):
-        """Count ``(start, end)`` as engine work (loading the model, planning)."""
+        """Count a span as engine work (loading the model, planning).
+
+        Parameters
+        ----------
+        start, end : float
+            :func:`time.time` values.
+        """
         self.clock.add(span=(start, end))
 
     def model_started(self):
@@ -94,18 +136,31 @@ class RunMeter:
         self.model0 = runtime.model_busy_seconds()
 
     def add(self, result):
-        """Add a :class:`~segmodel.pipeline.plan.ShardResult`."""
+        """Add a job's result to the totals and the clock.
+
+        Parameters
+        ----------
+        result : segmodel.pipeline.plan.ShardResult
+        """
         for k in self.totals:
             self.totals[k] += getattr(result, k)
         self.clock.add(result.timings, result.span)
 
     def summary(self, plan):
-        """The run's counts and timings (a dict: the flow's result and run.json's ``counts``).
+        """Summarise the run's counts and timings (the flow's result, run.json's ``counts``).
 
         Keys: ``found``, ``skipped``, ``images``, ``failed``, ``objects``, ``model_seconds`` and
         ``model_waits`` (model thread only, else None), ``cpu_seconds`` (this process),
         ``machine_busy`` (share of the machine's cores), ``shards``, ``large``, ``seconds``,
         ``images_per_second``, ``stage_seconds``, ``busy_seconds``, ``idle_seconds``.
+
+        Parameters
+        ----------
+        plan : segmodel.pipeline.plan.Plan
+
+        Returns
+        -------
+        dict
         """
         seconds = time.perf_counter() - self.t0
         model_busy, waits = None, None

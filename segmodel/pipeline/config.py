@@ -85,7 +85,20 @@ def configure(options):
 
 
 def config_key(options, fingerprint, tiling):
-    """The configuration key of ``options`` with a model and tiling (see :class:`RunConfig`)."""
+    """Hash everything in a run's configuration that changes an image's result.
+
+    Parameters
+    ----------
+    options : RunOptions
+    fingerprint : str
+        The model's fingerprint.
+    tiling : segmodel.inference.preprocess.Tiling
+
+    Returns
+    -------
+    str
+        16 hex digits (see :class:`RunConfig`).
+    """
     scale = [options.scale, repr(autoscale.DEFAULT)] if options.scale == "auto" else [
         options.scale]
     key = json.dumps([fingerprint, *scale, tiling.tile, tiling.overlap,

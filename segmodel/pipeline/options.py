@@ -17,9 +17,12 @@ from segmodel.storage.io import DEFAULT_PATTERNS, check_url
 
 
 class RunOptions(BaseModel):
-    """The options of a segmentation run, declared once: the engine's :class:`~segmodel.pipeline.
-    config.RunConfig` is built from them, the flow's parameters (Prefect's run form) extend them
-    and the ``segflow run`` options are generated from them."""
+    """The options of a segmentation run, declared once.
+
+    The engine's :class:`~segmodel.pipeline.config.RunConfig` is built from them, the flow's
+    parameters (Prefect's run form) extend them and the ``segflow run`` options are generated
+    from them: each field's description is the option's help.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -102,8 +105,10 @@ class RunOptions(BaseModel):
         return validate_scale(value)
     @field_serializer("storage_options", when_used="json")
     def _redact_storage_options(self, value):
-        """Keys only in JSON (the flow run's parameters in Prefect, run.json): values may be
-        credentials. The flow itself gets the real options."""
+        """Give keys only in JSON (Prefect's stored parameters): values may be credentials.
+
+        The flow itself gets the real options.
+        """
         return redact(value)
 
     @field_validator("channel", mode="before")
@@ -126,7 +131,17 @@ class RunOptions(BaseModel):
 
 
 def redact(value):
-    """``value`` with every leaf replaced by ``'***'`` (dict keys and list lengths kept)."""
+    """Replace every leaf of ``value`` by ``'***'``, keeping dict keys and list lengths.
+
+    Parameters
+    ----------
+    value : object
+        Nested dicts, lists and tuples of anything.
+
+    Returns
+    -------
+    object
+    """
     if isinstance(value, dict):
         return {k: redact(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

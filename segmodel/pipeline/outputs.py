@@ -56,7 +56,18 @@ MASK_SUFFIXES = {"tif": "tif", "png": "png", "ome-zarr": "ome.zarr"}
 
 
 def table(name, rows):
-    """A DataFrame of table ``name`` from a list of dicts, with its declared columns and dtypes."""
+    """Build table ``name`` from rows, with its declared columns and dtypes.
+
+    Parameters
+    ----------
+    name : {'objects', 'images', 'failures', 'classes'}
+    rows : list of dict
+        One dict per row; an empty list gives zero rows with every column.
+
+    Returns
+    -------
+    pandas.DataFrame
+    """
     schema = SCHEMAS[name]
     if not rows:
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in schema.items()})
@@ -64,7 +75,7 @@ def table(name, rows):
 
 
 def mask_paths(image_ids, mask_format="tif", recorded=None):
-    """``{image_id: relative mask path}``; ids differing only by extension keep it in the name.
+    """Give each image a mask path under ``labels/``; no two images share one.
 
     ``a.png`` -> ``labels/a.tif``; with both ``a.png`` and ``a.tif`` present they become
     ``labels/a.png.tif`` and ``labels/a.tif.tif`` so neither overwrites the other (a path
@@ -75,6 +86,24 @@ def mask_paths(image_ids, mask_format="tif", recorded=None):
     ``recorded``: ``{image_id: mask path}`` of images done in earlier runs (see
     :func:`reconcile`). An image keeps its recorded path (in this mask format), and no other
     image is given it, so a new neighbour never takes a finished image's mask.
+
+    Parameters
+    ----------
+    image_ids : list of str
+    mask_format : {'tif', 'png', 'ome-zarr'}, optional
+        Default ``'tif'``.
+    recorded : dict, optional
+        ``{image_id: mask path}`` of images done in earlier runs.
+
+    Returns
+    -------
+    dict
+        ``{image_id: mask path relative to the output}``.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``mask_format``.
     """
     if mask_format not in MASK_FORMATS:
         raise ValueError(f"mask_format must be one of {MASK_FORMATS}. Received: {mask_format!r}")
@@ -101,11 +130,19 @@ def mask_paths(image_ids, mask_format="tif", recorded=None):
 
 
 def safe_relpath(name):
-    """A relative path that stays under its parent folder, whatever ``name`` holds.
+    r"""Make a relative path that stays under its parent folder, whatever ``name`` holds.
 
     Ordinary names pass unchanged. ``%`` and ``\\`` are percent-encoded, then empty, ``.``
     and ``..`` segments (from absolute-looking names, ``//`` or ``..``) are encoded as
     ``%2F``, ``%2E`` and ``%2E%2E``, so distinct names stay distinct and none climbs out.
+
+    Parameters
+    ----------
+    name : str
+
+    Returns
+    -------
+    str
     """
     special = {"": "%2F", ".": "%2E", "..": "%2E%2E"}
     parts = name.replace("%", "%25").replace("\\", "%5C").split("/")
@@ -113,14 +150,33 @@ def safe_relpath(name):
 
 
 def encode_parquet(df):
+    """Encode a DataFrame as Parquet bytes (no index column).
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+
+    Returns
+    -------
+    bytes
+    """
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
     return buf.getvalue()
 
 
 def write_shard(store, shard, tables):
-    """Write ``{'objects': df, 'failures': df, 'images': df}`` as the parts of ``shard``
-    (and ``'classes'`` where given)."""
+    """Write a shard's table parts, the images part last (the shard's commit).
+
+    Parameters
+    ----------
+    store : Store
+        The run's output.
+    shard : str
+        The shard's name: each part is ``<table>/<shard>.parquet``.
+    tables : dict
+        ``{'objects': df, 'failures': df, 'images': df}``, and ``'classes'`` where given.
+    """
     for name in TABLES:
         if name in OPTIONAL and name not in tables:
             continue
@@ -133,13 +189,27 @@ def _read_part(store, name, shard, columns=None):
 
 
 def read_parts(store, names, shards, columns=None):
-    """``(shard, name, pyarrow.Table or None)`` for each shard, then each table name, in that
-    order; None where the part does not exist.
+    """Read the table parts of ``shards``, fetched in chunks.
 
     The parts are fetched in chunks (concurrently from object stores, see
     :meth:`segmodel.storage.io.Store.read_many`): a rerun over a million images reads tens of
-    thousands of parts. ``columns``: the columns to decode, or a function of the table name
-    that gives them.
+    thousands of parts.
+
+    Parameters
+    ----------
+    store : Store
+    names : list of str
+        Table names.
+    shards : list of str
+        Shard names.
+    columns : list of str or callable, optional
+        The columns to decode, or a function of the table name that gives them (default: all).
+
+    Returns
+    -------
+    list of tuple
+        ``(shard, name, pyarrow.Table or None)`` for each shard, then each table name, in that
+        order; None where the part does not exist.
     """
     import pyarrow.parquet as pq
 
@@ -161,8 +231,14 @@ def reconcile(store, masks=None):
     """Make the tables consistent; return the current record of every image.
 
     Removes temporary files of interrupted writes and parts of uncommitted shards, then rows
-    of any image that a newer shard holds. ``masks``, a dict, is filled with
-    ``{image_id: mask path}`` of the images whose current record is done.
+    of any image that a newer shard holds.
+
+    Parameters
+    ----------
+    store : Store
+        The output.
+    masks : dict, optional
+        Filled with ``{image_id: mask path}`` of the images whose current record is done.
 
     Returns
     -------
@@ -232,9 +308,19 @@ def _records(item, status):
 
 
 def read_index(store):
-    """The index of current records (see :data:`INDEX`) as
-    ``{shard: (ids, statuses, fingerprints, keys, mask paths, counts)}``, or None where there
-    is none or it cannot be read."""
+    """Read the index of current records (see :data:`INDEX`).
+
+    Parameters
+    ----------
+    store : Store
+        The output.
+
+    Returns
+    -------
+    dict or None
+        ``{shard: (ids, statuses, fingerprints, keys, mask paths, counts)}``, or None where there
+        is none or it cannot be read.
+    """
     import pyarrow.parquet as pq
 
     try:
@@ -289,10 +375,24 @@ def _drop_rows(store, shard, stale):
 
 
 def pending(refs, latest, config_key, *, retry_failed=False):
-    """The refs without a current record for their fingerprint and configuration.
+    """Keep the refs without a current record for their fingerprint and configuration.
 
     An image that failed is tried again when its file or the configuration changed, or with
     ``retry_failed``; an unchanged bad file is not decoded again on every run.
+
+    Parameters
+    ----------
+    refs : list of ImageRef
+    latest : dict
+        ``{image_id: (status, fingerprint, config_key)}`` from :func:`reconcile`.
+    config_key : str
+        The run's configuration key.
+    retry_failed : bool, optional
+        Also keep images whose unchanged file failed before (default False).
+
+    Returns
+    -------
+    list of ImageRef
     """
     current = {"done", "failed"} - ({"failed"} if retry_failed else set())
     return [r for r in refs
@@ -301,11 +401,23 @@ def pending(refs, latest, config_key, *, retry_failed=False):
 
 
 def read_table(url, name, storage_options=None):
-    """Table ``name`` (``objects``, ``images``, ``failures``) of the output at ``url`` as one
-    DataFrame whose columns are the union over its parts.
+    """Read one table of an output as a DataFrame whose columns are the union over its parts.
 
     The ``channel_<name>_*`` columns of the objects table depend on each image's channels, so
     parts differ; ``pandas.read_parquet`` on the folder keeps only the first part's columns.
+
+    Parameters
+    ----------
+    url : str
+        The output folder or URL.
+    name : {'objects', 'images', 'failures', 'classes'}
+    storage_options : dict, optional
+        Passed to fsspec.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Empty, with the table's declared columns, where the output has no part of it.
     """
     import pyarrow as pa
     import pyarrow.dataset as ds

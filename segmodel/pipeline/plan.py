@@ -111,6 +111,15 @@ def find_large(config, refs):
 
     Only TIFFs bigger than ``min(1 MB, tiled_above / 64)`` bytes have their header read (one small
     read each); smaller files cannot hold that many pixels at any usual compression.
+
+    Parameters
+    ----------
+    config : RunConfig
+    refs : list of ImageRef
+
+    Returns
+    -------
+    regular, large : list of ImageRef
     """
     regular, big = [], []
     tiled_above = config.options.tiled_above

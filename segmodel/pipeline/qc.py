@@ -63,7 +63,17 @@ BIT_DEPTHS = (8, 10, 12, 14, 16)
 
 
 def value_top(image):
-    """The top of an integer image's range (see the module docstring); None for floats."""
+    """Find the top of an integer image's range (see the module docstring).
+
+    Parameters
+    ----------
+    image : ndarray
+
+    Returns
+    -------
+    int or None
+        The top of the smallest bit depth that holds the image; None for float images.
+    """
     if not np.issubdtype(image.dtype, np.integer):
         return None
     dtype_top = int(np.iinfo(image.dtype).max)
@@ -168,12 +178,30 @@ def outlier_flags(counts, *, settings=QCSettings()):
 
 
 def join_flags(flags):
-    """``'a;b'`` from ``['a', 'b']``; empties and duplicates dropped, order kept."""
+    """Join flags into one text, ``'a;b'``; empties and duplicates dropped, order kept.
+
+    Parameters
+    ----------
+    flags : iterable of str
+
+    Returns
+    -------
+    str
+    """
     return FLAG_SEPARATOR.join(dict.fromkeys(f for f in flags if f))
 
 
 def split_flags(text):
-    """``['a', 'b']`` from ``'a;b'``; ``''`` and None give ``[]``."""
+    """Split a flags text ``'a;b'`` into ``['a', 'b']``; ``''`` and None give ``[]``.
+
+    Parameters
+    ----------
+    text : str or None
+
+    Returns
+    -------
+    list of str
+    """
     return [f for f in (text or "").split(FLAG_SEPARATOR) if f]
 
 

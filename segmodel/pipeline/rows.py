@@ -94,7 +94,17 @@ def failure_row(ref, failure, *, config_key, shard):
 
 
 def nucleus_diameter(estimate):
-    """The images table's ``nucleus_diameter``: the automatic estimate (nan without one)."""
+    """Give the images table's ``nucleus_diameter``: the automatic estimate.
+
+    Parameters
+    ----------
+    estimate : segmodel.inference.autoscale.Estimate or None
+
+    Returns
+    -------
+    float
+        The estimate's diameter in the image's pixels; nan without an estimate.
+    """
     return float("nan") if estimate is None else float(estimate.diameter)
 
 
@@ -102,6 +112,16 @@ def with_scale_flag(flags, estimate):
     """``flags`` plus ``scale_fallback`` where automatic scale could not measure the nuclei.
 
     Such an image was kept at its own resolution.
+
+    Parameters
+    ----------
+    flags : str
+        Joined QC flags.
+    estimate : segmodel.inference.autoscale.Estimate or None
+
+    Returns
+    -------
+    str
     """
     if estimate is None or not estimate.fallback:
         return flags

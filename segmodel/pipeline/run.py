@@ -59,13 +59,36 @@ def run(options):
 
 
 def no_images_message(options):
-    """The message of a run that found no image."""
+    """Say that a run found no image, naming the input and patterns.
+
+    Parameters
+    ----------
+    options : RunOptions
+
+    Returns
+    -------
+    str
+    """
     return (f"no images under input={options.input!r} match patterns={list(options.patterns)}. "
             "Check the path, or pass --pattern.")
 
 
 def manifest(config, model, summary):
-    """The run manifest written as ``run.json``: parameters, model, version, key and counts."""
+    """Build the run manifest written as ``run.json``.
+
+    Parameters
+    ----------
+    config : RunConfig
+    model : LoadedModel
+    summary : dict
+        The run's counts (:meth:`segmodel.pipeline.clock.RunMeter.summary`).
+
+    Returns
+    -------
+    dict
+        Parameters (storage options left out), model, version, configuration key, finish time
+        and counts.
+    """
     return {"parameters": config.options.model_dump(mode="json", exclude={"storage_options"}),
             "model": {"name": model.spec.name, "path": model.path,
                       "fingerprint": model.fingerprint},
@@ -74,7 +97,19 @@ def manifest(config, model, summary):
 
 
 def finalize(config, manifest):
-    """Reconcile the tables once more and write ``run.json``; returns its seconds."""
+    """Reconcile the tables once more and write ``run.json``.
+
+    Parameters
+    ----------
+    config : RunConfig
+    manifest : dict
+        See :func:`manifest`.
+
+    Returns
+    -------
+    float
+        Seconds it took.
+    """
     t0 = time.perf_counter()
     outputs.reconcile(config.output)
     config.output.write_json("run.json", manifest)

@@ -38,7 +38,7 @@ _WARM = set()  # (model fingerprint, batch size, tile size) already traced in th
 
 
 def model_lock():
-    """This process' lock around model calls.
+    """Return the process' lock around model calls.
 
     Returns
     -------
@@ -123,10 +123,19 @@ def warm_up(config):
 
 
 def cpu_pool(cpu_workers):
-    """This process' worker pool for ``cpu_workers`` processes, or None (work in-thread).
+    """Return the process' worker pool for ``cpu_workers`` processes, or None (in-thread).
 
     A daemonic process (a Dask worker, by default) may not start processes: there the work stays
     in the calling thread, and the Dask workers themselves are the parallelism.
+
+    Parameters
+    ----------
+    cpu_workers : int
+        Worker processes (0: none).
+
+    Returns
+    -------
+    segmodel.inference.workers.CpuPool or None
     """
     if not cpu_workers or multiprocessing.current_process().daemon:
         return None

@@ -58,48 +58,83 @@ def _tick(item, stage, t0):
 
 
 def stage_seconds(items):
-    """Seconds spent per stage over ``items``: ``{stage: seconds}`` for :data:`STAGES`."""
+    """Sum the seconds spent per stage over ``items``.
+
+    Parameters
+    ----------
+    items : list of Item
+
+    Returns
+    -------
+    dict
+        ``{stage: seconds}`` for each of :data:`STAGES`.
+    """
     return {s: sum(it.timings.get(s, 0.0) for it in items) for s in STAGES}
 
 
 def read_shard(store, refs, spec, *, scale=1.0, max_pixels=MAX_PIXELS, channel=None, plane=None,
                pyramid_level=0):
-    """Read, decode and prepare every image of a shard; return a list of :class:`Item`.
+    """Read, decode and prepare every image of a shard.
 
-    ``channel`` (index or name) picks the channel the model segments, ``plane`` the plane of a
-    3-D or time stack, ``pyramid_level`` the resolution level of a pyramid (0 = full size);
-    see :mod:`segmodel.storage.formats`.
+    Parameters
+    ----------
+    store : Store
+        The input.
+    refs : list of ImageRef
+    spec : ModelSpec
+        The model's spec (normalisation, channels).
+    scale : float or 'auto', optional
+        Resize factor (default 1.0); with ``'auto'`` images are prepared as they are.
+    max_pixels : int, optional
+        Images with more pixels fail.
+    channel : int or str, optional
+        The channel the model segments (index or name).
+    plane : int, optional
+        The plane of a 3-D or time stack.
+    pyramid_level : int, optional
+        The resolution level of a pyramid (0 = full size); see :mod:`segmodel.storage.formats`.
+
+    Returns
+    -------
+    list of Item
+        One per ref, in order; an image that could not be read or decoded carries a failure.
+
+    Raises
+    ------
+    OSError
+        Storage errors other than a missing or forbidden file (for the caller's retries).
     """
-    items = []
-    for ref in refs:
-        item, t0 = Item(ref), time.perf_counter()
-        try:
-            if formats.is_zarr(ref.path):
-                source = retry(formats.read_image, store, ref.path, name=ref.image_id,
-                               max_pixels=max_pixels, plane=plane, pyramid_level=pyramid_level)
-            else:
-                data = store.read_bytes(ref.path)
-        except ImageDecodeError as exc:
-            _fail(item, "decode", exc)
-        except Exception as exc:
-            if is_transient(exc) or not isinstance(exc, (FileNotFoundError, PermissionError)):
-                raise  # storage trouble is the task's to retry, not a bad image
-            _fail(item, "read", exc)
+    how = {"max_pixels": max_pixels, "plane": plane, "pyramid_level": pyramid_level}
+    return [_read_item(store, ref, spec, scale, channel, how) for ref in refs]
+
+
+def _read_item(store, ref, spec, scale, channel, how):
+    """Read, decode and prepare one image into an :class:`Item` (failed where it is bad)."""
+    item, t0 = Item(ref), time.perf_counter()
+    try:
+        if formats.is_zarr(ref.path):
+            source = retry(formats.read_image, store, ref.path, name=ref.image_id, **how)
         else:
-            try:
-                if not formats.is_zarr(ref.path):
-                    source = formats.decode(data, name=ref.image_id, max_pixels=max_pixels,
-                                            plane=plane, pyramid_level=pyramid_level)
-                    del data
-                image = formats.model_image(source, channel, ref.image_id)
-                t0 = _tick(item, "read", t0)
-                item.prepared = prepare(image, spec, scale)
-                item.source = source
-            except Exception as exc:
-                _fail(item, "decode", exc)
-        _tick(item, "preprocess" if item.timings else "read", t0)
-        items.append(item)
-    return items
+            data = store.read_bytes(ref.path)
+    except ImageDecodeError as exc:
+        _fail(item, "decode", exc)
+    except Exception as exc:
+        if is_transient(exc) or not isinstance(exc, (FileNotFoundError, PermissionError)):
+            raise  # storage trouble is the task's to retry, not a bad image
+        _fail(item, "read", exc)
+    else:
+        try:
+            if not formats.is_zarr(ref.path):
+                source = formats.decode(data, name=ref.image_id, **how)
+                del data
+            image = formats.model_image(source, channel, ref.image_id)
+            t0 = _tick(item, "read", t0)
+            item.prepared = prepare(image, spec, scale)
+            item.source = source
+        except Exception as exc:
+            _fail(item, "decode", exc)
+    _tick(item, "preprocess" if item.timings else "read", t0)
+    return item
 
 
 def segment_shard(model, items, config, *, pool=None, model_thread=None):
@@ -145,13 +180,32 @@ def segment_shard(model, items, config, *, pool=None, model_thread=None):
 
 
 def tabulate_shard(items, *, shard, config_key, mask_paths, model, classes=None, pool=None):
-    """Rows of the objects, images and failures tables, and the masks to write.
+    """Measure the segmented items into table rows, and collect the masks to write.
 
     A semantic model's mask is its class map; its objects are the components of the spec's
-    ``object_class``, and ``classes`` (a list) receives each image's per-class
-    table.
-    ``pool`` (a :class:`segmodel.inference.workers.CpuPool`) measures the images in worker
-    processes.
+    ``object_class``.
+
+    Parameters
+    ----------
+    items : list of Item
+        Segmented (or failed) items; an item whose measuring fails gets a failure.
+    shard, config_key : str
+        Written into every row.
+    mask_paths : dict
+        ``{image_id: mask path}``.
+    model : LoadedModel
+    classes : list, optional
+        Receives each image's per-class table (semantic models).
+    pool : segmodel.inference.workers.CpuPool, optional
+        Measures the images in worker processes.
+
+    Returns
+    -------
+    objects : list of pandas.DataFrame
+    images, failures : list of dict
+        Rows of the images and failures tables.
+    masks : dict
+        ``{mask path: (H, W) labels}``.
     """
     live = [it for it in items if it.failure is None]
     t0 = time.perf_counter()
@@ -184,9 +238,31 @@ def tabulate_shard(items, *, shard, config_key, mask_paths, model, classes=None,
 
 
 def measure_item(labels, image, source, spec, image_id, scale):
-    """One image's objects table, per-class table (semantic models, else None) and QC flags.
+    """Measure one image: its objects table, per-class table and QC flags.
 
     Module-level and free of Keras, so a worker process can run it.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+        Instance labels, or a semantic model's class map.
+    image : (H, W[, C]) ndarray
+        The image the model saw (at its own resolution).
+    source : segmodel.storage.formats.ImageData or None
+        Every channel of the file, measured too.
+    spec : ModelSpec
+    image_id : str
+    scale : float
+        The factor the model saw the image at (for the size flags).
+
+    Returns
+    -------
+    table : pandas.DataFrame
+        The objects table.
+    class_table : pandas.DataFrame or None
+        The per-class table of a semantic model, else None.
+    flags : str
+        QC flags, joined.
     """
     objects_of = object_labels(labels, spec)
     groups = ObjectPixels(objects_of)  # sorted once for the shape and every channel
