@@ -325,8 +325,7 @@ def _ome_xml(text):
 def read_ome_zarr(zstore, *, name="<zarr>", max_pixels=MAX_PIXELS, plane=None, pyramid_level=0):
     """One plane of an OME-Zarr (NGFF 0.4 or 0.5) image at ``pyramid_level`` (0 = full size).
 
-    ``zstore`` is a zarr store (:meth:`Store.zarr_store`); the other parameters, the
-    :class:`ImageData` returned and the ImageDecodeError raised are as in :func:`read_image`.
+    ``zstore``: a zarr store; the rest (ImageDecodeError included) as :func:`read_image`.
     """
     import zarr
 
