@@ -680,7 +680,6 @@ def list_images(store, patterns=DEFAULT_PATTERNS):
     Parameters
     ----------
     store : Store
-        The input store.
     patterns : sequence of str, optional
         Globs of names or relative paths (default :data:`DEFAULT_PATTERNS`).
 
