@@ -80,7 +80,19 @@ def _group_map(groups, group_column):
 
 
 def summarize(scores):
-    """Mean scores per group plus an ``all`` row."""
+    """Mean scores per group plus an ``all`` row.
+
+    Parameters
+    ----------
+    scores : pandas.DataFrame
+        One row per image with ``group``, ``ap``, ``ap50``, ``ap75`` and ``count_error``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``group``, ``images`` and the four mean scores, groups sorted; a single group
+        gives the ``all`` row alone.
+    """
     cols = ["ap", "ap50", "ap75", "count_error"]
     both = pd.concat([scores, scores.assign(group="all")]) if scores["group"].nunique() > 1 \
         else scores.assign(group="all")

@@ -69,6 +69,16 @@ def score_image(true, pred):
 
     ``count_error`` is ``|n_pred - n_true| / n_true``, and ``n_pred`` when there is no true
     object (so an empty image with false detections still counts against the method).
+
+    Parameters
+    ----------
+    true, pred : (H, W) ndarray of int
+        Ground-truth and predicted instance labels, 0 = background.
+
+    Returns
+    -------
+    dict
+        Keys ``ap``, ``ap50``, ``ap75``, ``n_true``, ``n_pred``, ``count_error``.
     """
     ap = dict(zip(THRESHOLDS.tolist(), average_precision(true, pred)))
     n_true = int(len(np.unique(true[true > 0])))

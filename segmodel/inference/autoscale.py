@@ -29,17 +29,24 @@ FALLBACK_FLAG = "scale_fallback"
 class AutoScale:
     """How the nucleus size is estimated and the scale chosen from it.
 
-    How the nucleus size is estimated and the scale chosen from it (chosen on the tune split of
-    DSB2018 rendered at 0.5x to 4x: README, "Automatic scale").
+    Chosen on the tune split of DSB2018 rendered at 0.5x to 4x: README, "Automatic scale".
 
-    levels : pyramid levels tried, coarsest first (1.0 = the image itself, always last).
-    min_level_diameter : a level is trusted when its median nucleus is at least this many
-        pixels across at that level.
-    min_objects : objects a level must hold to be measured.
-    margin : an image outside the working range ``(low, high)`` is resized so its median
-        nucleus comes to ``low * margin`` or ``high / margin`` (never past
-        ``object_diameter``).
-    clip : the automatic factor is kept within this range.
+    Parameters
+    ----------
+    levels : tuple of float, optional
+        Pyramid levels tried, coarsest first (1.0 = the image itself, always last; default
+        ``(0.25, 1.0)``).
+    min_level_diameter : float, optional
+        A level is trusted when its median nucleus is at least this many pixels across at that
+        level (default 10.0).
+    min_objects : int, optional
+        Objects a level must hold to be measured (default 5).
+    margin : float, optional
+        An image outside the working range ``(low, high)`` is resized so its median nucleus
+        comes to ``low * margin`` or ``high / margin`` (never past ``object_diameter``; default
+        1.3).
+    clip : (float, float), optional
+        The automatic factor is kept within this range (default ``(0.25, 4.0)``).
     """
 
     levels: tuple = (0.25, 1.0)
@@ -56,9 +63,14 @@ DEFAULT = AutoScale()
 class Estimate:
     """The automatic-scale outcome for one image.
 
-    The outcome for one image: its median nucleus ``diameter`` in the image's own pixels (nan when
-    it could not be measured), the pyramid ``level`` it was measured at and the ``scale`` chosen
-    from it.
+    Parameters
+    ----------
+    scale : float
+        The resize factor chosen.
+    diameter : float, optional
+        The median nucleus diameter in the image's own pixels (default nan: not measured).
+    level : float, optional
+        The pyramid level it was measured at (default 1.0).
     """
 
     scale: float
@@ -72,7 +84,18 @@ class Estimate:
 
 
 def median_diameter(labels):
-    """Median equivalent diameter (pixels) of the objects in ``labels``; 0.0 when there are none."""
+    """Median equivalent diameter (pixels) of the objects in ``labels``; 0.0 when there are none.
+
+    Parameters
+    ----------
+    labels : (H, W) array_like of int
+        A label image (non-negative).
+
+    Returns
+    -------
+    float
+        ``sqrt(4 * median area / pi)``.
+    """
     return _median_and_count(labels)[0]
 
 
@@ -87,20 +110,51 @@ def _median_and_count(labels):
 def level_diameter(labels, level, rule=DEFAULT, *, last=False):
     """The image's median nucleus diameter from the labels of one pyramid level.
 
-    The image's median nucleus diameter (its own pixels) from ``labels`` of pyramid level ``level``,
-    or None when that level cannot be trusted (see :func:`trusted_diameter`).
+    Parameters
+    ----------
+    labels : (h, w) array_like of int
+        Labels of the image resized by ``level``.
+    level : float
+        The pyramid level (resize factor).
+    rule : AutoScale, optional
+        Default :data:`DEFAULT`.
+    last : bool, optional
+        True for the last level tried, whose small nuclei are measured as they are.
+
+    Returns
+    -------
+    float or None
+        In the image's own pixels; None when the level cannot be trusted (see
+        :func:`trusted_diameter`).
     """
     diameter, n_objects = _median_and_count(labels)
     return trusted_diameter(diameter, n_objects, level, rule, last=last)
 
 
 def trusted_diameter(diameter, n_objects, level, rule=DEFAULT, *, last=False):
-    """An estimate's diameter in the image's own pixels.
+    """An estimate's diameter in the image's own pixels, or None when untrusted.
 
-    ``diameter`` (median, pixels at pyramid ``level``) of ``n_objects`` objects, in the image's own
-    pixels; None when the level cannot be trusted: fewer than ``rule.min_objects`` objects, or
-    nuclei smaller than ``rule.min_level_diameter`` at a level other than the ``last``, whose small
-    nuclei are measured as they are.
+    A level cannot be trusted with fewer than ``rule.min_objects`` objects, or nuclei smaller
+    than ``rule.min_level_diameter`` at a level other than the ``last``, whose small nuclei are
+    measured as they are.
+
+    Parameters
+    ----------
+    diameter : float
+        Median diameter (pixels at pyramid ``level``).
+    n_objects : int
+        The objects it was measured on.
+    level : float
+        The pyramid level.
+    rule : AutoScale, optional
+        Default :data:`DEFAULT`.
+    last : bool, optional
+        Whether ``level`` is the last tried (default False).
+
+    Returns
+    -------
+    float or None
+        ``diameter / level``, or None.
     """
     if n_objects < rule.min_objects or not diameter:
         return None
@@ -112,9 +166,20 @@ def trusted_diameter(diameter, n_objects, level, rule=DEFAULT, *, last=False):
 def working_sizes(diameters):
     """Working nucleus size and range of a model trained at the images' own scale.
 
-    ``(object_diameter, object_diameter_range)`` of a model trained on images at their own scale:
-    the median, and the 5th to 95th percentiles, of its training images' median nucleus diameters
-    (rounded to whole pixels).
+    The median, and the 5th to 95th percentiles, of its training images' median nucleus
+    diameters (rounded to whole pixels).
+
+    Parameters
+    ----------
+    diameters : iterable of float
+        Median nucleus diameter of each training image; values <= 0 are left out.
+
+    Returns
+    -------
+    object_diameter : float
+        0.0 when there is no positive diameter.
+    object_diameter_range : tuple of float
+        ``(low, high)``, or ``()`` when there is no positive diameter.
     """
     d = np.asarray([x for x in diameters if x > 0], float)
     if not len(d):
@@ -126,11 +191,27 @@ def working_sizes(diameters):
 def choose_scale(diameter, spec, rule=DEFAULT):
     """The resize factor for an image whose median nucleus is ``diameter`` pixels across.
 
-    1.0 where ``diameter`` is unknown (None or nan), where the model has no working size
+    1.0 where ``diameter`` is unknown (None, nan or <= 0), where the model has no working size
     (``spec.object_diameter`` 0) or where it lies within the working range
     (:func:`working_range`); otherwise the factor bringing it ``rule.margin`` inside the
     range's nearer edge (but not past ``spec.object_diameter``), within ``rule.clip``.
 
+    Parameters
+    ----------
+    diameter : float or None
+        The image's median nucleus diameter in its own pixels.
+    spec : ModelSpec
+        The model's working size and range.
+    rule : AutoScale, optional
+        Default :data:`DEFAULT`.
+
+    Returns
+    -------
+    float
+        Rounded to 4 decimals.
+
+    Examples
+    --------
     >>> from segmodel.model.loading import ModelSpec
     >>> spec = ModelSpec(object_diameter=18.0, object_diameter_range=(10.0, 50.0))
     >>> choose_scale(30.0, spec), choose_scale(100.0, spec), choose_scale(5.0, spec)
@@ -151,7 +232,15 @@ def choose_scale(diameter, spec, rule=DEFAULT):
 def working_range(spec):
     """``(low, high)`` nucleus diameters a model segments at the image's own resolution.
 
-    ``spec.object_diameter_range``, or within 20% of ``spec.object_diameter`` without one.
+    Parameters
+    ----------
+    spec : ModelSpec
+        The model's spec.
+
+    Returns
+    -------
+    (float, float)
+        ``spec.object_diameter_range``, or within 20% of ``spec.object_diameter`` without one.
     """
     if spec.object_diameter_range:
         low, high = spec.object_diameter_range

@@ -44,9 +44,13 @@ OUT_TILE = 256
 class Blocks:
     """Block-wise settings.
 
-    ``block`` core edge in image pixels (a multiple of 256), ``halo`` context in working-scale
-    pixels (at least the largest nucleus; a multiple of the tile step keeps the model's tiles where
-    a whole-image run puts them).
+    Parameters
+    ----------
+    block : int, optional
+        Core edge in image pixels, a multiple of 256 (default 4096).
+    halo : int, optional
+        Context in working-scale pixels (default 192): at least the largest nucleus; a multiple
+        of the tile step keeps the model's tiles where a whole-image run puts them.
     """
 
     block: int = 4096
@@ -68,7 +72,22 @@ class Blocks:
 
 
 class TiffRegions:
-    """Read rectangular regions of a TIFF's first image without reading the rest of it."""
+    """Read rectangular regions of a TIFF's first image without reading the rest of it.
+
+    Parameters
+    ----------
+    fh : file-like or str
+        The TIFF, opened by ``tifffile.TiffFile``.
+    name : str, optional
+        Shown in error messages (default ``"<tiff>"``).
+
+    Attributes
+    ----------
+    shape : (int, int)
+        ``(H, W)`` of the first page.
+    axes : str
+        The page's axes, e.g. ``"YX"``, ``"YXS"``, ``"SYX"``.
+    """
 
     def __init__(self, fh, name="<tiff>"):
         import tifffile
@@ -97,6 +116,20 @@ class TiffRegions:
         The block-wise path reads the first page as one gray or RGB(A) picture: stacks,
         channel choice, pyramid levels, palette and CMYK pages and gray + alpha go through
         :mod:`segmodel.storage.formats` on the whole-image path instead.
+
+        Parameters
+        ----------
+        plane : int, optional
+            ``--plane`` (None or 0 allowed).
+        channel : int or str, optional
+            ``--channel`` (None allowed).
+        pyramid_level : int, optional
+            ``--pyramid-level`` (0 allowed).
+
+        Returns
+        -------
+        str or None
+            The reason, to follow "because"; None when block-wise reading works.
         """
         page, series = self._page, self._tif.series[0]
         if pyramid_level:
@@ -115,7 +148,17 @@ class TiffRegions:
         return None
 
     def read(self, y0, y1, x0, x1):
-        """``(y1 - y0, x1 - x0, C)`` pixels of the region."""
+        """Pixels of the region ``[y0:y1, x0:x1]``.
+
+        Parameters
+        ----------
+        y0, y1, x0, x1 : int
+            The region's rows and columns (ends exclusive).
+
+        Returns
+        -------
+        (y1 - y0, x1 - x0, C) ndarray
+        """
         if self.axes.startswith("S"):  # planar
             return np.moveaxis(np.asarray(self._z[:, y0:y1, x0:x1]), 0, -1)
         region = np.asarray(self._z[y0:y1, x0:x1])
@@ -147,7 +190,17 @@ def estimate_scale(regions, model, *, tiling, batch_size=8, lock=None, size=2048
 
 
 def tiff_shape(fh):
-    """``(height, width)`` of a TIFF's first image, from its header, or None for other files."""
+    """``(height, width)`` of a TIFF's first image, from its header, or None for other files.
+
+    Parameters
+    ----------
+    fh : file-like
+        Seekable, binary; left at position 0 for other files.
+
+    Returns
+    -------
+    (int, int) or None
+    """
     import tifffile
 
     head = fh.read(4)
@@ -164,7 +217,27 @@ def _cores(n, block):
 
 
 def estimate_stats(regions, spec, block):
-    """Normalisation statistics from the pixels a whole-image estimate would sample."""
+    """Normalisation statistics from the pixels a whole-image estimate would sample.
+
+    Parameters
+    ----------
+    regions : TiffRegions
+        The image.
+    spec : ModelSpec
+        Its percentiles, ``invert`` and ``channels`` are used.
+    block : int
+        The edge of the regions read at a time.
+
+    Returns
+    -------
+    NormStats
+        As :func:`segmodel.inference.preprocess.estimate_normalization` gives for the whole image.
+
+    Raises
+    ------
+    ImageDecodeError
+        If the pixels are of an unsupported type or hold NaN or infinite values.
+    """
     h, w = regions.shape
     settings = Normalization(spec.p_low, spec.p_high, spec.invert)
     step = max(1, int(np.sqrt(h * w / settings.sample_pixels)))
@@ -183,7 +256,32 @@ def estimate_stats(regions, spec, block):
 
 
 class BlockRun:
-    """One block-wise segmentation: iterate :meth:`rows`; then read ``objects`` and ``n``."""
+    """One block-wise segmentation: iterate :meth:`rows`; then read ``objects`` and ``n``.
+
+    Parameters
+    ----------
+    regions : TiffRegions
+        The image.
+    model : LoadedModel
+        An instance or binary model with percentile normalisation.
+    image_id : str, optional
+        The objects table's ``image_id`` (default ``""``).
+    scale : float, optional
+        The resize factor of the working scale (default 1.0).
+    tiling : Tiling
+        The model's tiling.
+    batch_size : int, optional
+        Tiles per model call (default 8).
+    blocks : Blocks, optional
+        Default ``Blocks()``.
+    lock : threading.Lock, optional
+        Held around model calls.
+
+    Raises
+    ------
+    ValueError
+        If ``blocks`` is invalid, or the model is semantic or not percentile-normalised.
+    """
 
     def __init__(self, regions, model, *, image_id="", scale=1.0, tiling, batch_size=8,
                  blocks=None, lock=None):
@@ -202,7 +300,20 @@ class BlockRun:
         self._tables = []
 
     def rows(self):
-        """Yield ``(y0, rows)``: final uint32 label rows, 256-row bands in order."""
+        """Yield ``(y0, rows)``: final uint32 label rows, 256-row bands in order.
+
+        Yields
+        ------
+        y0 : int
+            The band's first row.
+        rows : (n, W) ndarray of uint32
+            Its labels (``n`` = 256, less at the bottom).
+
+        Raises
+        ------
+        ImageDecodeError
+            If the pixels are of an unsupported type or hold NaN or infinite values.
+        """
         h, w = self.regions.shape
         b = self.blocks.block
         halo = int(np.ceil(self.blocks.halo / self.scale))
@@ -352,6 +463,22 @@ def write_mosaic_tiff(fh, images, shape, *, magnify=1, offset=0):
     Cell ``(i, j)`` of the grid holds image ``(7 * i + j) % len(images)`` enlarged ``magnify``
     times (pixel repetition), the grid shifted up and left by ``offset`` pixels. Used to
     assemble large test and benchmark images from real ones; written tile by tile, never whole.
+
+    Parameters
+    ----------
+    fh : file-like or str
+        Where to write the BigTIFF.
+    images : sequence of (256, 256[, C]) array_like
+        The cells.
+    shape : (int, int)
+        ``(H, W)`` of the TIFF.
+    magnify, offset : int, optional
+        Enlargement (default 1) and grid shift in pixels (default 0).
+
+    Raises
+    ------
+    ValueError
+        If an image is not 256 x 256.
     """
     import tifffile
 

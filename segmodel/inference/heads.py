@@ -28,10 +28,25 @@ __all__ = ["CLASS_SCHEMA", "binary_labels", "class_map", "class_rows", "mask_fro
 
 
 def mask_from_maps(maps, spec):
-    """The mask of one image from its maps.
+    """The mask of one image from its maps, by the spec's output kind.
 
-    The mask of one image from its ``(H, W, n_outputs)`` maps: instance labels (int32) for
-    ``instances`` and ``binary`` models, the class map for ``semantic`` ones.
+    Parameters
+    ----------
+    maps : (H, W, K) ndarray
+        The model's maps, ``K`` = :func:`n_outputs` of ``spec``.
+    spec : ModelSpec
+        Its ``kind``, ``split`` and ``postprocess`` are used.
+
+    Returns
+    -------
+    (H, W) ndarray
+        Instance labels (int32) for ``instances`` and ``binary`` models, the class map
+        (:func:`class_map`) for ``semantic`` ones.
+
+    Raises
+    ------
+    ValueError
+        If ``maps`` is not 3-D with ``n_outputs(spec)`` channels.
     """
     if maps.ndim != 3 or maps.shape[-1] != n_outputs(spec):
         raise ValueError(f"a {spec.kind} model's maps must have shape (H, W, "
@@ -50,6 +65,18 @@ def binary_labels(foreground, spec):
     watershed``: markers are the local maxima of the foreground's distance transform at least
     ``object_diameter / 4`` pixels apart (3 without an object size), flooded over the negated
     distance; regions without a marker keep their own label. Objects under ``min_area`` go.
+
+    Parameters
+    ----------
+    foreground : (H, W) array_like
+        Foreground probabilities.
+    spec : ModelSpec
+        Its ``split``, ``object_diameter`` and ``postprocess`` are used.
+
+    Returns
+    -------
+    (H, W) ndarray of int
+        0 is background.
     """
     settings = spec.postprocess
     fg = np.asarray(foreground) > settings.foreground
@@ -73,7 +100,18 @@ def binary_labels(foreground, spec):
 
 
 def class_map(maps):
-    """Per-pixel argmax over the class channels: ``uint8`` (``uint16`` past 256 classes)."""
+    """Per-pixel argmax over the class channels: ``uint8`` (``uint16`` past 256 classes).
+
+    Parameters
+    ----------
+    maps : (H, W, C) ndarray
+        Class scores.
+
+    Returns
+    -------
+    (H, W) ndarray of uint8 or uint16
+        Values 0..C-1.
+    """
     dtype = np.uint8 if maps.shape[-1] <= 256 else np.uint16
     return np.argmax(maps, axis=-1).astype(dtype)
 
@@ -81,8 +119,19 @@ def class_map(maps):
 def object_labels(mask, spec):
     """Instance labels of a mask.
 
-    The mask itself, or for a semantic model the components of its ``object_class`` (objects under
-    ``min_area`` dropped; all zeros without one).
+    The mask itself, or for a semantic model the 4-connected components of its
+    ``object_class`` (objects under ``min_area`` dropped; all zeros without one).
+
+    Parameters
+    ----------
+    mask : (H, W) ndarray of int
+        From :func:`mask_from_maps`.
+    spec : ModelSpec
+        The model's spec.
+
+    Returns
+    -------
+    (H, W) ndarray of int
     """
     if spec.kind != "semantic":
         return mask
@@ -97,6 +146,20 @@ def class_rows(mask, spec, image_id=""):
 
     ``pixels`` and ``fraction`` of the image in that class (fractions sum to 1), and
     ``components``, its number of 4-connected regions (all of them, whatever their size).
+
+    Parameters
+    ----------
+    mask : (H, W) array_like of int
+        A class map (:func:`class_map`).
+    spec : ModelSpec
+        Its ``classes`` name the rows.
+    image_id : str, optional
+        The ``image_id`` column's value (default ``""``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns and dtypes of :data:`CLASS_SCHEMA`.
     """
     mask = np.asarray(mask)
     counts = np.bincount(mask.ravel(), minlength=len(spec.classes))[: len(spec.classes)]

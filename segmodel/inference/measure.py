@@ -45,7 +45,7 @@ def measure_objects(labels, intensity, image_id="", groups=None):
     intensity : (H, W, 3) ndarray
         The image (raw values) the intensities are measured on.
     image_id : str, optional
-        Stored in the ``image_id`` column.
+        Stored in the ``image_id`` column (default ``""``).
     groups : ObjectPixels, optional
         The object pixels of ``labels``, when the caller has grouped them already.
 
@@ -53,6 +53,11 @@ def measure_objects(labels, intensity, image_id="", groups=None):
     -------
     pandas.DataFrame
         Columns and dtypes of :data:`OBJECT_SCHEMA`; zero rows when there are no objects.
+
+    Raises
+    ------
+    ValueError
+        If ``intensity`` is not ``(H, W, 3)`` with the height and width of ``labels``.
     """
     if (labels.shape != intensity.shape[:2] or intensity.ndim != 3
             or intensity.shape[-1] != CHANNELS):
@@ -89,9 +94,24 @@ def measure_objects(labels, intensity, image_id="", groups=None):
 class ObjectPixels:
     """The pixels of every object of ``labels``, sorted by label once.
 
-    So each per-object statistic (here and in :func:`segmodel.storage.formats.channel_measurements`)
-    is one vectorised reduction (regionprops loops over objects in Python, which was most of the
-    measuring time). Definitions and values are regionprops'.
+    So each per-object statistic (here and in
+    :func:`segmodel.storage.formats.channel_measurements`) is one vectorised reduction
+    (regionprops loops over objects in Python, which was most of the measuring time).
+    Definitions and values are regionprops'.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+        Instance labels, 0 = background.
+
+    Attributes
+    ----------
+    ids, starts, count : ndarray
+        The labels present (sorted), each one's first index in :attr:`pixels`, and its area.
+    pixels : ndarray of int
+        Flat indices of the object pixels, by label, then in raster order.
+    label, y, x : ndarray of int
+        Each of those pixels' label, row and column.
     """
 
     def __init__(self, labels):
@@ -111,6 +131,16 @@ class ObjectPixels:
         Remembered per channel (by its memory and layout, holding a reference so the memory
         is not reused meanwhile): the model's view of an RGB picture and the picture's own
         channels are the same pixels, measured once.
+
+        Parameters
+        ----------
+        channel : (H, W) ndarray
+            One channel of the image measured.
+
+        Returns
+        -------
+        mean, min, max : ndarray of float64
+            One value per object, in the order of :attr:`ids`.
         """
         key = (channel.__array_interface__["data"][0], channel.strides, channel.shape,
                channel.dtype.str)
@@ -125,11 +155,35 @@ class ObjectPixels:
         return self._intensity[key][1]
 
     def reduce(self, ufunc, values):
-        """``ufunc`` reduced over each object's run of ``values`` (one per pixel, sorted order)."""
+        """``ufunc`` reduced over each object's run of ``values``.
+
+        Parameters
+        ----------
+        ufunc : numpy.ufunc
+            E.g. ``np.add``, ``np.minimum``.
+        values : ndarray
+            One value per object pixel, in the order of :attr:`pixels`.
+
+        Returns
+        -------
+        ndarray
+            One value per object.
+        """
         return ufunc.reduceat(values, self.starts)
 
     def mean(self, values):
-        """Per-object mean of ``values`` (one per pixel, in sorted order), as float64."""
+        """Per-object mean of ``values`` (one per pixel, in sorted order), as float64.
+
+        Parameters
+        ----------
+        values : ndarray
+            One value per object pixel, in the order of :attr:`pixels`.
+
+        Returns
+        -------
+        ndarray of float64
+            One value per object.
+        """
         return self.reduce(np.add, values.astype(np.float64)) / self.count
 
 
@@ -199,14 +253,25 @@ def _evaluate(vertices, obj, row, height):
 def convex_areas(labels, groups=None):
     """Pixels in each object's convex hull, for every object at once.
 
-    Pixels in each object's convex hull, as ``regionprops``' ``area_convex`` counts them (hull of
-    the pixels' edge midpoints, border pixels included), for every object at once.
+    Counted as ``regionprops``' ``area_convex`` counts them (hull of the pixels' edge
+    midpoints, border pixels included). The hull is the hull of the pixel centres widened by a
+    diamond of radius 1/2, so its left edge on row ``y`` is
+    ``min(L(y) - 1/2, L(y - 1/2), L(y + 1/2))`` with ``L`` the convex minorant of the rows'
+    leftmost pixels (linear between rows), and likewise on the right.
 
-    The hull is the hull of the pixel centres widened by a diamond of radius 1/2, so its left
-    edge on row ``y`` is ``min(L(y) - 1/2, L(y - 1/2), L(y + 1/2))`` with ``L`` the convex
-    minorant of the rows' leftmost pixels (linear between rows), and likewise on the right.
-    ``groups``: the :class:`ObjectPixels` of ``labels``, when already made.
-    Returns ``(ids, areas)``.
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+        Instance labels with at least one object.
+    groups : ObjectPixels, optional
+        The object pixels of ``labels``, when already made.
+
+    Returns
+    -------
+    ids : ndarray of int
+        The labels present, sorted.
+    areas : ndarray of float64
+        Their convex hull areas in pixels.
     """
     groups = groups if groups is not None else ObjectPixels(labels)
     height = labels.shape[0]
@@ -260,5 +325,11 @@ def _moment_props(groups):
 
 
 def empty_objects():
-    """The objects table with every column and zero rows."""
+    """The objects table with every column and zero rows.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns and dtypes of :data:`OBJECT_SCHEMA`.
+    """
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in OBJECT_SCHEMA.items()})

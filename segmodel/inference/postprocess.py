@@ -24,11 +24,17 @@ def labels_from_maps(maps, settings=PostprocessSettings()):
     maps : (H, W, 3) ndarray
         Model output, ordered as :data:`segmodel.model.spec.OUTPUTS`.
     settings : PostprocessSettings, optional
+        Thresholds (default ``PostprocessSettings()``).
 
     Returns
     -------
     labels : (H, W) ndarray of int32
         0 is background; objects are numbered 1..N in raster order of their first pixel.
+
+    Raises
+    ------
+    ValueError
+        If ``maps`` is not ``(H, W, 3)``.
     """
     if maps.ndim != 3 or maps.shape[-1] != 3:
         raise ValueError(f"maps must have shape (H, W, 3). Received: shape={maps.shape}")

@@ -16,7 +16,7 @@ MAX_PIXELS = 256_000_000
 
 
 class ImageDecodeError(ValueError):
-    """Raised when bytes cannot be decoded into an image."""
+    """Raised when bytes cannot be decoded into an image (a ``ValueError``)."""
 
 
 def decode_image(data, *, name="<bytes>", max_pixels=MAX_PIXELS):
@@ -64,7 +64,21 @@ def decode_image(data, *, name="<bytes>", max_pixels=MAX_PIXELS):
 
 
 def check_values(image, name):
-    """Refuse pixel types the pipeline cannot normalise, and NaN or infinite values."""
+    """Refuse pixel types the pipeline cannot normalise, and NaN or infinite values.
+
+    Parameters
+    ----------
+    image : ndarray
+        The decoded pixels.
+    name : str
+        Shown in error messages.
+
+    Raises
+    ------
+    ImageDecodeError
+        A dtype that is not bool, integer or real (complex, object, ...); NaN or infinite
+        values; or float64 values beyond the float32 range.
+    """
     if image.dtype.kind not in "buif":
         raise ImageDecodeError(
             f"{name}: unsupported pixel type {image.dtype}. segflow reads integer or real-valued "
@@ -167,7 +181,25 @@ def _decode_pillow(data, name, max_pixels):
 
 
 def to_channels(image, channels=3):
-    """Convert an ``(H, W, C)`` image to ``channels`` channels (alpha dropped, gray repeated)."""
+    """Convert an ``(H, W, C)`` image to ``channels`` channels (alpha dropped, gray repeated).
+
+    Parameters
+    ----------
+    image : (H, W[, C]) ndarray
+        The image; a 4th channel is taken as alpha.
+    channels : int, optional
+        The channels wanted (default 3); 1 averages the colour channels into float32.
+
+    Returns
+    -------
+    (H, W, channels) ndarray
+        ``image`` itself (or a view) where nothing changes.
+
+    Raises
+    ------
+    ValueError
+        If ``image`` has 2 (or more than 4) channels and ``channels`` is neither 1 nor its count.
+    """
     if image.ndim == 2:
         image = image[..., None]
     if image.shape[-1] == 4:
@@ -189,6 +221,15 @@ class Normalization:
 
     ``invert='auto'`` inverts images whose normalised median is bright (stained or brightfield
     images, where nuclei are dark on a light background) so nuclei are always bright.
+
+    Parameters
+    ----------
+    p_low, p_high : float, optional
+        The percentiles mapped to 0 and 1 (defaults 1.0 and 99.8).
+    invert : {'auto', 'never'}, optional
+        Default ``'auto'``.
+    sample_pixels : int, optional
+        Percentiles come from a regular subsample of about this many pixels (default 1e6).
     """
 
     p_low: float = 1.0
@@ -199,7 +240,15 @@ class Normalization:
 
 @dataclass(frozen=True)
 class NormStats:
-    """Statistics estimated once per image, applied to every tile of it."""
+    """Statistics estimated once per image, applied to every tile of it.
+
+    Parameters
+    ----------
+    low, high : float
+        The values mapped to 0 and 1.
+    invert : bool
+        Whether the normalised image is inverted (``1 - x``).
+    """
 
     low: float
     high: float
@@ -212,7 +261,21 @@ class NormStats:
 
 
 def estimate_normalization(image, settings=Normalization()):
-    """Estimate :class:`NormStats` of an ``(H, W, C)`` image (subsampled for big images)."""
+    """Estimate :class:`NormStats` of an ``(H, W, C)`` image (subsampled for big images).
+
+    A nearly flat image falls back to its full range (min, max) so its output stays finite.
+
+    Parameters
+    ----------
+    image : (H, W, C) ndarray
+        The image.
+    settings : Normalization, optional
+        Percentiles, inversion and sample size (default ``Normalization()``).
+
+    Returns
+    -------
+    NormStats
+    """
     h, w = image.shape[:2]
     step = max(1, int(np.sqrt(h * w / settings.sample_pixels)))
     sample = image[::step, ::step]
@@ -232,6 +295,18 @@ def channel_mean_percentiles(image, qs):
 
     From a histogram of the channel sum for 8/16-bit images (exact, and many times faster than
     sorting floats).
+
+    Parameters
+    ----------
+    image : (H, W, C) ndarray
+        The image.
+    qs : sequence of float
+        Percentiles in [0, 100].
+
+    Returns
+    -------
+    list of float
+        One value per ``qs``, with linear interpolation as ``np.percentile``.
     """
     if _is_small_uint(image):
         total = image[..., 0].astype(np.uint32)  # channel by channel: a strided
@@ -286,7 +361,19 @@ def apply_normalization(image, stats):
     One float32 copy of the image, then every step in place: the same values as computing
     each step into a new array, without three more image-sized allocations (and their page
     faults) per image. 8- and 16-bit images (bigger than 4 pixels per possible value) go
-    through a lookup table of the same values instead.
+    through a lookup table of the same values instead. The input is never changed.
+
+    Parameters
+    ----------
+    image : (H, W[, C]) array_like
+        The image or tile.
+    stats : NormStats
+        From :func:`estimate_normalization`.
+
+    Returns
+    -------
+    (H, W[, C]) ndarray of float32
+        Clipped to [-0.5, 1.5].
     """
     image = np.asarray(image)
     if image.dtype in (np.uint8, np.uint16) and image.size > 4 * 2 ** (8 * image.itemsize):
@@ -306,7 +393,23 @@ def apply_normalization(image, stats):
 
 
 def resize(image, shape, *, order=1):
-    """Resize ``(H, W[, C])`` to ``shape`` (H, W); ``order=0`` for labels, 1 for intensities."""
+    """Resize ``(H, W[, C])`` to ``shape`` (H, W); ``order=0`` for labels, 1 for intensities.
+
+    Parameters
+    ----------
+    image : (H, W[, C]) ndarray
+        The image or label image.
+    shape : (int, int)
+        The output's ``(H, W)``.
+    order : int, optional
+        Spline order (default 1). 0 keeps ``image``'s dtype (nearest neighbour); other orders
+        return float32, anti-aliased when shrinking.
+
+    Returns
+    -------
+    (shape[0], shape[1][, C]) ndarray
+        ``image`` itself when its shape is ``shape`` already.
+    """
     from skimage.transform import resize as _resize
 
     shape = tuple(int(s) for s in shape)
@@ -324,15 +427,38 @@ def resize(image, shape, *, order=1):
 
 
 def scaled_shape(shape, scale):
-    """The ``(H, W)`` of an image of ``shape`` resized by ``scale`` (at least 1 pixel)."""
+    """The ``(H, W)`` of an image of ``shape`` resized by ``scale`` (at least 1 pixel).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(H, W, ...)``; only the first two are used.
+    scale : float
+        The resize factor.
+
+    Returns
+    -------
+    (int, int)
+    """
     return tuple(max(1, int(round(s * scale))) for s in shape[:2])
 
 
 def pyramid(image, *, min_size=32):
     """Successive 2x downsamplings of ``image``, the original first.
 
-    Stops before a level's shorter side would drop below ``min_size`` or when the shape
-    stops changing.
+    Stops before a level's shorter side would drop below ``min_size``.
+
+    Parameters
+    ----------
+    image : (H, W[, C]) ndarray
+        The image.
+    min_size : int, optional
+        The least shorter side of a level (default 32); must be at least 1 (not checked).
+
+    Returns
+    -------
+    list of ndarray
+        ``image``, then float32 levels of ``(H // 2, W // 2)``, ... (linear, anti-aliased).
     """
     levels = [image]
     while min(levels[-1].shape[:2]) // 2 >= min_size:
@@ -344,7 +470,15 @@ def pyramid(image, *, min_size=32):
 
 @dataclass(frozen=True)
 class Tiling:
-    """Fixed-size overlapping tiles. ``tile`` must be a multiple of the model's ``divisor``."""
+    """Fixed-size overlapping tiles. ``tile`` must be a multiple of the model's ``divisor``.
+
+    Parameters
+    ----------
+    tile : int, optional
+        The tile edge in pixels (default 256).
+    overlap : int, optional
+        Pixels of context each tile sees beyond the part it keeps, per side (default 32).
+    """
 
     tile: int = 256
     overlap: int = 32
@@ -385,6 +519,18 @@ def tile_origins(shape, tiling):
 
     Tiles step by ``tile - 2*overlap``; the last row/column is shifted back so every tile lies
     inside the image when the image is at least one tile big (smaller images are padded).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(H, W, ...)`` of the image.
+    tiling : Tiling
+        A validated tiling (see :meth:`Tiling.validate`).
+
+    Returns
+    -------
+    list of (int, int)
+        Row by row.
     """
     step = tiling.tile - 2 * tiling.overlap
 
@@ -399,7 +545,22 @@ def tile_origins(shape, tiling):
 
 
 def extract_tile(image, origin, tile):
-    """Cut a ``tile x tile`` window at ``origin``, zero-padded where it leaves the image."""
+    """Cut a ``tile x tile`` window at ``origin``, zero-padded where it leaves the image.
+
+    Parameters
+    ----------
+    image : (H, W[, C]) ndarray
+        The image.
+    origin : (int, int)
+        ``(y, x)`` of the window's top-left corner.
+    tile : int
+        The window's edge.
+
+    Returns
+    -------
+    (tile, tile[, C]) ndarray
+        A view of ``image`` where the window fits, else a zero-padded copy.
+    """
     y, x = origin
     patch = image[y : y + tile, x : x + tile]
     if patch.shape[0] == tile and patch.shape[1] == tile:
@@ -412,8 +573,8 @@ def extract_tile(image, origin, tile):
 def owned_region(shape, origin, tiling):
     """The ``(rows, cols)`` slices of an image that the tile at ``origin`` fills.
 
-    The ``(rows, cols)`` slices of an image of ``shape`` that the tile at ``origin`` fills when the
-    tiles of :func:`tile_origins` are stitched back in their order.
+    The slices of an image of ``shape`` that the tile at ``origin`` fills when the tiles of
+    :func:`tile_origins` are stitched back in their order.
 
     A tile owns its centre, all but ``tiling.overlap`` pixels on each side, and reaches out to
     the image's borders where it touches them. Tiles step by ``tile - 2 * overlap``, so the
@@ -421,6 +582,19 @@ def owned_region(shape, origin, tiling):
     ``overlap`` pixels of context around it (or the image's border). Where the last row or
     column of tiles, shifted back to fit the image, overlaps the one before, the later tile's
     pixels are taken.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(H, W, ...)`` of the image.
+    origin : (int, int)
+        The tile's top-left corner, from :func:`tile_origins`.
+    tiling : Tiling
+        The tiling used.
+
+    Returns
+    -------
+    rows, cols : slice
     """
     t, ov = tiling.tile, tiling.overlap
 

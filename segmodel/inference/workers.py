@@ -24,10 +24,22 @@ class CpuPool:
 
     ``fn`` must be a module-level function (it is pickled by reference). The results come back
     in order as ``(value, None)`` or ``(None, exception)`` (from a worker, an :class:`ImageError`
-    naming the original type): one bad image never hides the
-    others' results. A worker that dies (killed, out of memory) raises
-    ``concurrent.futures.process.BrokenProcessPool`` from :meth:`map`: that is not one image's
-    fault, so it stops the shard like any other engine error.
+    naming the original type): one bad image never hides the others' results. A worker that
+    dies (killed, out of memory) raises ``concurrent.futures.process.BrokenProcessPool`` from
+    :meth:`map`: that is not one image's fault, so it stops the shard like any other engine
+    error.
+
+    Parameters
+    ----------
+    workers : int, optional
+        Worker processes (``spawn``ed); 0 (default) runs every call in the calling thread.
+
+    Raises
+    ------
+    TypeError
+        If ``workers`` is not an int.
+    ValueError
+        If ``workers`` is negative.
     """
 
     def __init__(self, workers=0):
@@ -42,7 +54,26 @@ class CpuPool:
                 max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
     def map(self, fn, *iterables):
-        """``fn`` over ``zip(*iterables)``: ``(value, None)`` or ``(None, exception)`` in order."""
+        """``fn`` over ``zip(*iterables)``: ``(value, None)`` or ``(None, exception)`` in order.
+
+        Parameters
+        ----------
+        fn : callable
+            A module-level function.
+        *iterables : iterable
+            Its arguments, zipped.
+
+        Returns
+        -------
+        list of tuple
+            ``(value, None)`` or ``(None, exception)`` per item; the exception is the original in
+            the calling thread, an :class:`ImageError` from a worker.
+
+        Raises
+        ------
+        concurrent.futures.process.BrokenProcessPool
+            If a worker process dies.
+        """
         calls = list(zip(*iterables))
         if self._executor is None:  # in this thread: the original exceptions
             return [_inline(fn, *args) for args in calls]
@@ -59,7 +90,15 @@ class CpuPool:
 class ImageError(Exception):
     """One item's error as it comes back from a worker.
 
-    The original type's name and message (the original exception object may not survive pickling).
+    The original exception object may not survive pickling, so its type's name and message
+    travel instead.
+
+    Parameters
+    ----------
+    error_type : str
+        The original exception's type name, e.g. ``"ValueError"``.
+    message : str
+        Its message.
     """
 
     def __init__(self, error_type, message):
@@ -89,7 +128,24 @@ _LOCK = threading.Lock()
 
 
 def get_pool(workers):
-    """Get this process' pool of ``workers`` processes (made on first use, shut down at exit)."""
+    """Get this process' pool of ``workers`` processes (made on first use, shut down at exit).
+
+    Parameters
+    ----------
+    workers : int
+        Worker processes, 0 for the calling thread.
+
+    Returns
+    -------
+    CpuPool
+
+    Raises
+    ------
+    TypeError
+        If ``workers`` is not an int (on first use).
+    ValueError
+        If ``workers`` is negative (on first use).
+    """
     with _LOCK:
         pool = _POOLS.get(workers)
         if pool is None:
@@ -107,8 +163,8 @@ def _shutdown_all():
 class ModelThread:
     """One thread that makes every model call of a process.
 
-    At the process' own CPU priority, while :func:`lower_priority` lets the threads doing the work
-    around the model (reading, post-processing, measuring, writing) yield to it.
+    It runs at the process' own CPU priority, while :func:`lower_priority` lets the threads
+    doing the work around the model (reading, post-processing, measuring, writing) yield to it.
 
     Why: on a CPU-only machine the model's parallel operations use every core, and an operation
     waits for its slowest thread. A reading or measuring thread running at the same priority
@@ -116,6 +172,14 @@ class ModelThread:
     cost the model about a second. At a lower priority the same work fills the moments the
     model leaves the cores idle instead. Create it from a thread at normal priority (its thread
     inherits the creator's priority, which an unprivileged process cannot raise again).
+
+    Attributes
+    ----------
+    busy_seconds : float
+        Seconds spent running counted calls (the time the model was busy).
+    first_start, last_end : float or None
+        ``time.perf_counter()`` at the start of the first counted call since :meth:`mark` and
+        at the end of the last one (None before any).
     """
 
     def __init__(self):
@@ -133,11 +197,36 @@ class ModelThread:
         self.first_start = self.last_end = None
 
     def submit(self, fn, *args, **kwargs):
-        """Queue ``fn(*args, **kwargs)`` on the model thread; a future of its result."""
+        """Queue ``fn(*args, **kwargs)`` on the model thread, counted in :attr:`busy_seconds`.
+
+        Parameters
+        ----------
+        fn : callable
+            The call.
+        *args, **kwargs
+            Its arguments.
+
+        Returns
+        -------
+        concurrent.futures.Future
+            Of ``fn``'s result.
+        """
         return self._executor.submit(self._timed, fn, args, kwargs)
 
     def submit_uncounted(self, fn, *args, **kwargs):
-        """:meth:`submit`, not counted in :attr:`busy_seconds` (the one-time tracing)."""
+        """:meth:`submit`, not counted in :attr:`busy_seconds` (the one-time tracing).
+
+        Parameters
+        ----------
+        fn : callable
+            The call.
+        *args, **kwargs
+            Its arguments.
+
+        Returns
+        -------
+        concurrent.futures.Future
+        """
         return self._executor.submit(fn, *args, **kwargs)
 
     def _timed(self, fn, args, kwargs):
@@ -157,8 +246,17 @@ _LOWERED = threading.local()
 def lower_priority(step=10):
     """Lower the calling thread's CPU priority by ``step`` nice levels, once per thread.
 
-    Linux only (elsewhere, or where it is refused, nothing happens). Returns True when this
-    thread now runs below the process' priority.
+    Linux only (elsewhere, in the main thread, or where it is refused, nothing happens).
+
+    Parameters
+    ----------
+    step : int, optional
+        Nice levels to add, up to 19 in all (default 10).
+
+    Returns
+    -------
+    bool
+        True when this thread now runs below the process' priority.
     """
     if getattr(_LOWERED, "done", False):
         return True

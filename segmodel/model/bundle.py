@@ -35,7 +35,24 @@ from segmodel.model.spec import BundleError, ModelSpec, find_spec, read_spec, re
 
 
 def save_bundle(model, spec, path, *, fmt="json"):
-    """Save ``model`` as ``path`` (``.keras``) with its spec beside it (``json`` or ``yaml``)."""
+    """Save ``model`` as ``path`` (``.keras``) with its spec beside it.
+
+    Parameters
+    ----------
+    model : keras.Model
+        The model.
+    spec : ModelSpec
+        Its spec.
+    path : str or Path
+        The ``.keras`` file to write.
+    fmt : {'json', 'yaml'}, optional
+        The spec's format (default ``'json'``; any other value than ``'yaml'`` writes JSON).
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     import os
 
     path = Path(path)
@@ -52,12 +69,38 @@ def save_bundle(model, spec, path, *, fmt="json"):
 
 
 def n_outputs(spec):
-    """Output channels the spec's kind expects from the model."""
+    """Output channels the spec's kind expects from the model.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        The spec.
+
+    Returns
+    -------
+    int
+        3 for ``instances``, 1 for ``binary``, the number of classes for ``semantic``.
+    """
     return {"instances": 3, "binary": 1}.get(spec.kind, len(spec.classes))
 
 
 def normalize(image, spec):
-    """Model input of an ``(H, W, C)`` image for ``normalization`` other than percentile."""
+    """Model input of an ``(H, W, C)`` image for ``normalization`` other than percentile.
+
+    ``'range'`` divides integer images by their dtype's maximum; ``'none'`` (and real-valued
+    images) only convert to float32.
+
+    Parameters
+    ----------
+    image : (H, W, C) array_like
+        The image.
+    spec : ModelSpec
+        Its ``normalization`` is read.
+
+    Returns
+    -------
+    (H, W, C) ndarray of float32
+    """
     x = np.asarray(image, dtype=np.float32)
     if spec.normalization == "range":
         dtype = np.asarray(image).dtype
@@ -69,8 +112,17 @@ def normalize(image, spec):
 def scale_for_pixel_size(image_pixel_size, spec):
     """Resize factor bringing an image to the model's pixel size.
 
-    Resize factor bringing an image of ``image_pixel_size`` um/pixel to the model's; 1.0 if either
-    is unknown.
+    Parameters
+    ----------
+    image_pixel_size : float or None
+        The image's micrometres per pixel.
+    spec : ModelSpec
+        Its ``pixel_size`` is the model's.
+
+    Returns
+    -------
+    float
+        ``image_pixel_size / spec.pixel_size``; 1.0 if either is unknown (None or 0).
     """
     if not spec.pixel_size or not image_pixel_size:
         return 1.0
@@ -80,8 +132,18 @@ def scale_for_pixel_size(image_pixel_size, spec):
 def downsampling(keras_model):
     """Total downsampling factor of a model, or None when it cannot be told.
 
-    Total downsampling factor of a model (product of pooling sizes and conv strides > 1 along its
-    layers), or None when it cannot be told (no such layers found).
+    The product of pooling sizes and convolution strides above 1 along its layers (nested
+    models included; transposed convolutions and global pooling left out).
+
+    Parameters
+    ----------
+    keras_model : keras.Model
+        The model.
+
+    Returns
+    -------
+    int or None
+        None when no such layer is found.
     """
     factor, found = 1, False
     for layer in _layers(keras_model):
@@ -110,7 +172,10 @@ def _layers(model):
 
 
 def check_model(keras_model, spec, source):
-    """Errors (list of str) where ``keras_model`` disagrees with ``spec``; ``source`` names it."""
+    """Errors (list of str) where ``keras_model`` (keras.Model) disagrees with ``spec`` (ModelSpec).
+
+    ``source`` (str) names the bundle in each message; problems are returned, never raised.
+    """
     errors = []
     inputs, outputs = keras_model.inputs, keras_model.outputs
     if len(inputs) != 1 or len(outputs) != 1:
@@ -165,7 +230,10 @@ def check_model(keras_model, spec, source):
 
 
 def inspect(path, *, trust=False):
-    """Describe a bundle and check it: ``(lines, errors)``, errors empty when all is well."""
+    """Describe a bundle and check it: ``(lines, errors)``, errors empty when all is well.
+
+    ``path``: a ``.keras`` file or folder; ``trust=True`` loads it outside safe mode.
+    """
     lines, errors = [], []
     path = Path(str(path))
     if not path.exists():

@@ -21,12 +21,40 @@ DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "weights" / "nuclei.keras"
 
 
 def spec_path(model_path):
-    """The spec beside a ``.keras`` file: ``.json``, else ``.yaml``/``.yml`` (``.json`` if none)."""
+    """The spec beside a ``.keras`` file: ``.json``, else ``.yaml``/``.yml`` (``.json`` if none).
+
+    Parameters
+    ----------
+    model_path : str or Path
+        A ``.keras`` file.
+
+    Returns
+    -------
+    Path
+        The spec found, or the ``.json`` path where none exists yet.
+
+    Raises
+    ------
+    BundleError
+        If more than one spec lies beside the model.
+    """
     return find_spec(model_path) or Path(str(model_path)).with_suffix(".json")
 
 
 def save_model(model, spec, path):
-    """Save ``model`` and its :class:`ModelSpec` sidecar to ``path`` (``.keras``) atomically."""
+    """Save ``model`` and its :class:`ModelSpec` sidecar to ``path`` (``.keras``) atomically.
+
+    The spec is written as ``.json``; a ``.yaml`` / ``.yml`` spec beside it is removed.
+
+    Parameters
+    ----------
+    model : keras.Model
+        The model.
+    spec : ModelSpec
+        Its spec.
+    path : str or Path
+        The ``.keras`` file to write; its folder is created.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.keras")
@@ -46,7 +74,21 @@ def fingerprint(path):
     """Content hash (first 16 hex digits of sha256) of a model file and its sidecar.
 
     Memoised by the files' size and mtime, so asking again (every task asks) costs two
-    ``stat`` calls, not a read of the model.
+    ``stat`` calls, not a read of the model. A missing file is left out of the hash.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``.keras`` file.
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    BundleError
+        If more than one spec lies beside the model.
     """
     files = (Path(path), spec_path(path))
     stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files if p.exists())
@@ -61,7 +103,19 @@ def fingerprint(path):
 
 @dataclass
 class LoadedModel:
-    """A Keras model with its spec and fingerprint; see :func:`load_model`."""
+    """A Keras model with its spec and fingerprint; see :func:`load_model`.
+
+    Attributes
+    ----------
+    keras_model : keras.Model
+        The model, uncompiled.
+    spec : ModelSpec
+        Its spec (defaults where the file has none).
+    fingerprint : str
+        :func:`fingerprint` of its files.
+    path : str
+        The ``.keras`` file.
+    """
 
     keras_model: object
     spec: ModelSpec
@@ -83,10 +137,21 @@ class LoadedModel:
         return keras.backend.backend() == "tensorflow"
 
     def predict_batch(self, batch):
-        """Predict a fixed-shape ``(N, T, T, C)`` float32 batch; returns ``(N, T, T, 3)``.
+        """Predict a fixed-shape float32 batch.
 
         Uses Keras' compiled predict step, traced once per batch shape (the pipeline only ever
-        sends one shape).
+        sends one shape). A ``'CYX'`` model gets the batch channels first and its output is moved
+        back to channels last.
+
+        Parameters
+        ----------
+        batch : (N, T, T, C) ndarray of float32
+            Normalised tiles, channels last.
+
+        Returns
+        -------
+        (N, T, T, K) ndarray
+            The model's maps, channels last (``K`` = 3 for the instance model).
         """
         if self.spec.axes == "CYX":  # a channels-first model: same batch, axes moved
             channels_first = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))

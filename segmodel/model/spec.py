@@ -23,7 +23,26 @@ CHOICES = {
 
 @dataclass(frozen=True)
 class PostprocessSettings:
-    """Thresholds turning the three maps into labels (tuned on training data, saved with model)."""
+    """Thresholds turning the three maps into labels (tuned on training data, saved with model).
+
+    Attributes
+    ----------
+    foreground : float, optional
+        Pixels whose foreground probability is above this are objects (default 0.5).
+    marker : float, optional
+        The marker score above which a pixel seeds an object (default 0.5).
+    boundary_weight : float, optional
+        Weight of the boundary map in the marker score (default 1.0).
+    min_area : int, optional
+        Objects of fewer pixels are dropped (default 8).
+    min_marker_area : int, optional
+        Markers of fewer pixels are ignored (default 0: every marker counts).
+    min_mean_foreground : float, optional
+        Objects whose mean foreground probability is below this are dropped (default 0.0).
+    split_step, split_fraction : float, optional
+        Marker splitting: steps above ``marker`` (default 0.0: no splitting) and the least share
+        of a marker's pixels each part must hold (default 0.1).
+    """
 
     foreground: float = 0.5
     marker: float = 0.5
@@ -45,7 +64,44 @@ class PostprocessSettings:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What the pipeline needs to know about a model besides its weights."""
+    """What the pipeline needs to know about a model besides its weights.
+
+    Every field has a default describing the shipped instance model; each field's comment in
+    the source says more. :func:`spec_from_dict` validates the fields of a spec file.
+
+    Attributes
+    ----------
+    name : str
+        The model's name.
+    channels, divisor, tile, overlap : int
+        Input channels, the multiple tile sizes must be, the tile edge and the overlap (pixels).
+    p_low, p_high : float
+        Percentiles of percentile normalisation.
+    invert : {'auto', 'never'}
+        Whether images with a bright background are inverted.
+    object_diameter : float
+        The nucleus diameter (pixels) the model works at; 0: unknown.
+    object_diameter_range : tuple of float
+        ``(low, high)`` diameters segmented as they are; empty: within 20% of the above.
+    postprocess : PostprocessSettings
+        Thresholds that travel with the weights.
+    training : dict
+        A record of how the model was trained.
+    kind : {'instances', 'binary', 'semantic'}
+        The output kind.
+    classes : tuple of str
+        A semantic model's class names in output channel order (0 = background).
+    object_class : str
+        The class whose components become objects ("" = none).
+    split : {'components', 'watershed'}
+        How a binary model's foreground becomes objects.
+    axes : {'YXC', 'CYX'}
+        Axes of the model's input.
+    normalization : {'percentile', 'range', 'none'}
+        How images are scaled for the model.
+    pixel_size : float
+        Micrometres per pixel of the training images; 0: unknown.
+    """
 
     name: str = "nuclei-unet"
     channels: int = 3
@@ -86,7 +142,22 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d):
-        """A spec from :meth:`to_dict`'s fields (lists back to tuples; no validation)."""
+        """A spec from :meth:`to_dict`'s fields (lists back to tuples; no validation).
+
+        Parameters
+        ----------
+        d : dict
+            Fields of a spec, ``postprocess`` a nested dict; missing ones keep their defaults.
+
+        Returns
+        -------
+        ModelSpec
+
+        Raises
+        ------
+        TypeError
+            If ``d`` or its ``postprocess`` holds an unknown field.
+        """
         d = dict(d)
         d["postprocess"] = PostprocessSettings(**d.get("postprocess", {}))
         for key in ("classes", "object_diameter_range"):
@@ -95,7 +166,12 @@ class ModelSpec:
         return cls(**d)
 
     def to_dict(self):
-        """The spec's fields as a plain dict (``postprocess`` nested)."""
+        """The spec's fields as a plain dict (``postprocess`` nested).
+
+        Returns
+        -------
+        dict
+        """
         return asdict(self)
 
 
@@ -107,7 +183,22 @@ class BundleError(ValueError):
 
 
 def find_spec(model_path):
-    """The spec file beside ``model_path`` (``.json``, ``.yaml`` or ``.yml``), or None."""
+    """The spec file beside ``model_path`` (``.json``, ``.yaml`` or ``.yml``), or None.
+
+    Parameters
+    ----------
+    model_path : str or Path
+        A ``.keras`` file.
+
+    Returns
+    -------
+    Path or None
+
+    Raises
+    ------
+    BundleError
+        If more than one spec lies beside the model.
+    """
     model_path = Path(str(model_path))
     found = [model_path.with_suffix(s) for s in SPEC_SUFFIXES
              if model_path.with_suffix(s).is_file()]
@@ -122,7 +213,24 @@ def resolve_bundle(path):
     """The ``.keras`` file of a bundle given as that file or as the folder holding it.
 
     In a folder, the ``.keras`` file with a spec beside it is the model (a training run's
-    ``checkpoint.keras`` has none); a folder with a single ``.keras`` file needs no spec.
+    ``checkpoint.keras`` has none); a folder with a single ``.keras`` file needs no spec. A path
+    that is not a folder is returned as it is.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``.keras`` file or a bundle folder.
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    FileNotFoundError
+        If the folder holds no ``.keras`` file.
+    BundleError
+        If the folder holds several models and no single one with a spec.
     """
     path = Path(str(path))
     if not path.is_dir():
@@ -178,7 +286,22 @@ def _load_text(path):
 
 
 def spec_from_dict(data, source="<spec>"):
-    """A validated :class:`ModelSpec` from a spec's fields; ``source`` names it in errors."""
+    """A validated :class:`ModelSpec` from a spec's fields.
+
+    Parameters
+    ----------
+    data, source : dict, str
+        The spec's fields (missing ones default), and its name in errors (default ``"<spec>"``).
+
+    Returns
+    -------
+    ModelSpec
+
+    Raises
+    ------
+    BundleError
+        An unknown field, a wrong type, choice or range, or fields that contradict ``kind``.
+    """
     known = _spec_fields()
     for key in data:
         if key not in known:
@@ -266,5 +389,23 @@ def _check_kind(spec, source):
 
 
 def read_spec(path):
-    """Read and validate a spec file (JSON, or YAML for ``.yaml``/``.yml``)."""
+    """Read and validate a spec file (JSON, or YAML for ``.yaml``/``.yml``).
+
+    Parameters
+    ----------
+    path : str or Path
+        The spec file.
+
+    Returns
+    -------
+    ModelSpec
+
+    Raises
+    ------
+    BundleError
+        If the file is not valid JSON / YAML, not a mapping, or its fields are wrong (see
+        :func:`spec_from_dict`).
+    FileNotFoundError
+        If the file does not exist.
+    """
     return spec_from_dict(_load_text(path), str(path))

@@ -26,23 +26,35 @@ def _conv_block(x, filters, name):
 
 def build_unet(*, channels=3, filters=(16, 32, 64, 128), bottleneck=256, name="nuclei_unet",
                outputs=3, activation="sigmoid"):
-    """Build a U-Net with ``len(filters)`` 2x downsamplings and three sigmoid output maps.
+    """Build a U-Net with ``len(filters)`` 2x downsamplings and ``outputs`` output maps.
+
+    Every layer is named from its block (``enc0_conv1``, ``dec2_up``, ``maps``, ...).
 
     Parameters
     ----------
     channels : int, optional
-        Input channels.
+        Input channels (default 3).
     filters : tuple of int, optional
-        Filters per encoder level; the input size must be a multiple of ``2**len(filters)``.
+        Filters per encoder level (default ``(16, 32, 64, 128)``); the input size must be a
+        multiple of ``2**len(filters)``.
     bottleneck : int, optional
-        Filters at the lowest resolution.
-    outputs, activation : optional
-        Output channels and their activation (``"softmax"`` for a semantic model).
+        Filters at the lowest resolution (default 256).
+    name : str, optional
+        The model's name (default ``"nuclei_unet"``).
+    outputs : int, optional
+        Output channels (default 3: the maps of :data:`OUTPUTS`, in that order).
+    activation : str, optional
+        Their activation (default ``"sigmoid"``; ``"softmax"`` for a semantic model).
 
     Returns
     -------
     keras.Model
-        Input ``(None, None, channels)``, output ``(None, None, 3)`` ordered as :data:`OUTPUTS`.
+        Input ``(None, None, channels)``, output ``(None, None, outputs)`` in float32.
+
+    Raises
+    ------
+    ValueError
+        If ``channels < 1``, or ``filters`` is empty or holds a value below 1.
     """
     import keras
     from keras import layers

@@ -41,11 +41,23 @@ _RGB = ("FF0000", "00FF00", "0000FF")
 def pyramid_shapes(shape, min_level=MIN_LEVEL):
     """Shapes of the pyramid levels, halving until the longer side is ``min_level`` or less.
 
-    ``[(H, W), (ceil(H/2), ceil(W/2)), ...]`` halving until the longer side is ``min_level`` or
-    less.
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(H, W)`` (or any shape: every axis is halved) of the full-resolution level.
+    min_level : int, optional
+        The pyramid stops at the first level whose longer side is at most this (default
+        :data:`MIN_LEVEL`).
 
+    Returns
+    -------
+    list of tuple of int
+        ``[(H, W), (ceil(H/2), ceil(W/2)), ...]``; one level when ``shape`` is small already.
+
+    Examples
+    --------
     >>> pyramid_shapes((600, 300))
-    [(600, 300), (300, 150)]
+    [(600, 300), (300, 150), (150, 75)]
     """
     shapes = [tuple(int(s) for s in shape)]
     while max(shapes[-1]) > min_level:
@@ -63,7 +75,17 @@ def downsample_labels(labels):
     """Halve ``(..., H, W)`` labels by the mode of each 2x2 block (ties: top-left pixel).
 
     Every output value is one of its block's input values, so labels stay valid object ids
-    (nearest-style, never averaged); output shape ``ceil(H/2), ceil(W/2)``.
+    (nearest-style, never averaged). An odd edge is padded by repeating its last row / column.
+
+    Parameters
+    ----------
+    labels : (..., H, W) array_like of int
+        The label image(s).
+
+    Returns
+    -------
+    (..., ceil(H/2), ceil(W/2)) ndarray
+        Of the dtype of ``labels``.
     """
     a = _pad_even(np.asarray(labels))
     q = [a[..., 0::2, 0::2], a[..., 0::2, 1::2], a[..., 1::2, 0::2], a[..., 1::2, 1::2]]
@@ -76,7 +98,21 @@ def downsample_labels(labels):
 
 
 def downsample_image(image):
-    """Halve ``(..., H, W)`` intensities by the mean of each 2x2 block, keeping the dtype."""
+    """Halve ``(..., H, W)`` intensities by the mean of each 2x2 block, keeping the dtype.
+
+    Integer means are rounded to the nearest integer; an odd edge is padded by repeating its
+    last row / column.
+
+    Parameters
+    ----------
+    image : (..., H, W) array_like
+        The intensities (channels first when there are any).
+
+    Returns
+    -------
+    (..., ceil(H/2), ceil(W/2)) ndarray
+        Of the dtype of ``image``.
+    """
     a = _pad_even(np.asarray(image))
     mean = (a[..., 0::2, 0::2].astype(np.float64) + a[..., 0::2, 1::2] + a[..., 1::2, 0::2]
             + a[..., 1::2, 1::2]) / 4
@@ -86,7 +122,18 @@ def downsample_image(image):
 
 
 def label_dtype(n_objects):
-    """uint16 up to 65535 objects, uint32 beyond (as the TIFF masks)."""
+    """uint16 up to 65535 objects, uint32 beyond (as the TIFF masks).
+
+    Parameters
+    ----------
+    n_objects : int
+        The largest label.
+
+    Returns
+    -------
+    type
+        ``numpy.uint16`` or ``numpy.uint32``.
+    """
     return np.uint16 if n_objects <= np.iinfo(np.uint16).max else np.uint32
 
 
@@ -110,8 +157,25 @@ def _datasets(n_levels, lead=(), pixel_size=None):
 def multiscales(name, n_levels, *, channels=False, kind="mean", pixel_size=None):
     """The NGFF 0.4 ``multiscales`` list of an image or a label image.
 
-    The NGFF 0.4 ``multiscales`` list of an image (axes c, y, x) or a label image (y, x); with
-    ``pixel_size`` (µm) the spatial axes are in micrometres, else in pixels.
+    Level k has scale 2**k (times ``pixel_size``) and a translation to its 2x2 block's centre.
+
+    Parameters
+    ----------
+    name : str
+        The image's name in the metadata.
+    n_levels : int
+        The number of pyramid levels (datasets ``"0"``, ``"1"``, ...).
+    channels : bool, optional
+        True for an image (axes c, y, x), False (default) for a label image (y, x).
+    kind : str, optional
+        The downsampling method recorded as ``type`` (default ``"mean"``; ``"mode"`` for labels).
+    pixel_size : float, optional
+        Micrometres per pixel: the spatial axes are then in micrometres, else (default) in pixels.
+
+    Returns
+    -------
+    list of dict
+        One ``multiscales`` entry.
     """
     unit = {"unit": "micrometer"} if pixel_size else {}
     axes = [{"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit}]
@@ -139,12 +203,19 @@ class OmeZarrBuilder:
     ----------
     zstore : zarr store
         Where to build (``zarr.storage.MemoryStore`` or ``LocalStore`` of a temporary folder).
-    shape : (H, W)
+    shape : (H, W) tuple of int
+        The full-resolution shape.
     label_dtype : numpy dtype
+        The dtype of every label level (see :func:`label_dtype`).
     n_channels, image_dtype : int, numpy dtype, optional
-        The intensity image (axes c, y, x); None writes labels only under an empty image group.
-    name : str
-        The image's name in the metadata.
+        The intensity image (axes c, y, x); None (default) writes labels only under an empty
+        image group.
+    name : str, optional
+        The image's name in the metadata (default ``"image"``).
+    chunk : int, optional
+        The chunk edge of every array (default :data:`CHUNK`).
+    pixel_size : float, optional
+        Micrometres per pixel, for the axes' units (default None: pixels).
     """
 
     def __init__(self, zstore, shape, *, label_dtype, n_channels=None, image_dtype=None,
@@ -172,11 +243,27 @@ class OmeZarrBuilder:
             chunk_key_encoding={"name": "v2", "separator": "/"})
 
     def write_labels(self, y0, rows):
-        """Full-resolution label rows ``y0 : y0 + len(rows)`` (``(n, W)``)."""
+        """Write full-resolution label rows ``y0 : y0 + len(rows)``.
+
+        Parameters
+        ----------
+        y0 : int
+            The first row.
+        rows : (n, W) ndarray of int
+            The label rows.
+        """
         self.labels[0][y0 : y0 + rows.shape[0]] = rows
 
     def write_image(self, y0, x0, pixels):
-        """Full-resolution pixels ``(h, w, C)`` at ``(y0, x0)``."""
+        """Write full-resolution pixels at ``(y0, x0)``.
+
+        Parameters
+        ----------
+        y0, x0 : int
+            The top-left corner.
+        pixels : (h, w, C) ndarray
+            The intensities, channels last (``C`` = ``n_channels``).
+        """
         h, w = pixels.shape[:2]
         self.image[0][:, y0 : y0 + h, x0 : x0 + w] = np.moveaxis(pixels, -1, 0)
 
@@ -205,10 +292,25 @@ class OmeZarrBuilder:
 
 
 def encode_ome_zarr(labels, image=None, *, name="image", chunk=CHUNK, pixel_size=None):
-    """``{key: bytes}`` of the OME-Zarr of ``labels`` and ``image``.
+    """``{key: bytes}`` of the OME-Zarr of ``labels`` and ``image``, built in memory.
 
-    ``{key: bytes}`` of the OME-Zarr of ``labels`` ``(H, W)`` and ``image`` ``(H, W[, C])`` (axes in
-    micrometres with ``pixel_size``, the input's µm per pixel).
+    Parameters
+    ----------
+    labels : (H, W) array_like of int
+        The label image; stored as uint16 (uint32 past 65535 objects).
+    image : (H, W[, C]) array_like, optional
+        The intensity image the labels belong to (default None: labels only).
+    name : str, optional
+        The image's name in the metadata (default ``"image"``).
+    chunk : int, optional
+        The chunk edge (default :data:`CHUNK`).
+    pixel_size : float, optional
+        The input's micrometres per pixel: the axes are then in micrometres.
+
+    Returns
+    -------
+    dict of str to bytes
+        The store's files by key (e.g. ``"labels/nuclei/0/0/0"``).
     """
     from zarr.storage import MemoryStore
 
@@ -231,12 +333,41 @@ def encode_ome_zarr(labels, image=None, *, name="image", chunk=CHUNK, pixel_size
 
 
 def write_ome_zarr(store, relpath, labels, image=None, *, name="image", pixel_size=None):
-    """Encode in memory and upload to ``relpath`` under ``store`` (root ``.zattrs`` last)."""
+    """Encode in memory and upload to ``relpath`` under ``store`` (root ``.zattrs`` last).
+
+    Parameters
+    ----------
+    store : segmodel.storage.io.Store
+        The output store.
+    relpath : str
+        The store's folder relative to the root, e.g. ``labels/a.ome.zarr``.
+    labels, image, name, pixel_size
+        As in :func:`encode_ome_zarr`.
+    """
     upload(store, relpath, encode_ome_zarr(labels, image, name=name, pixel_size=pixel_size))
 
 
 def encode_mask(labels, mask_format):
-    """Compressed TIFF (uint16, or uint32 past 65535 objects) or 16-bit PNG bytes."""
+    """Compressed TIFF (uint16, or uint32 past 65535 objects) or 16-bit PNG bytes.
+
+    A uint8 label image (a semantic model's class map) stays 8-bit.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+        The label image.
+    mask_format : {'tif', 'png'}
+        ``'png'`` for PNG; any other value writes a zlib-compressed TIFF.
+
+    Returns
+    -------
+    bytes
+
+    Raises
+    ------
+    ValueError
+        If ``mask_format='png'`` and there are more than 65535 objects.
+    """
     n = int(labels.max()) if labels.size else 0
     dtype = np.uint16 if n <= np.iinfo(np.uint16).max else np.uint32
     if labels.dtype == np.uint8:  # a semantic model's class map stays 8-bit
@@ -262,17 +393,26 @@ def write_outputs(store, mask_path, labels, mask_format, outlines="none", *, ima
     Parameters
     ----------
     store : segmodel.storage.io.Store
+        The output store.
     mask_path : str
         From :func:`segmodel.pipeline.outputs.mask_paths`.
     labels : (H, W) ndarray of int
+        The label image.
     mask_format : {'tif', 'png', 'ome-zarr'}
+        The mask's format.
     outlines : {'none', 'geojson'}, optional
+        ``'geojson'`` also writes :func:`outline_path` (default ``'none'``).
     image : (H, W[, C]) ndarray, optional
         The image the labels belong to: written beside them in an OME-Zarr.
     name : str, optional
-        The image's name in OME-Zarr metadata.
+        The image's name in OME-Zarr metadata (default ``"image"``).
     pixel_size : float, optional
         Micrometres per pixel of the image: an OME-Zarr's axes are then in micrometres.
+
+    Raises
+    ------
+    ValueError
+        If ``mask_format='png'`` and there are more than 65535 objects.
     """
     if mask_format == "ome-zarr":
         write_ome_zarr(store, mask_path, labels, image, name=name, pixel_size=pixel_size)
@@ -296,6 +436,12 @@ def build_large_ome_zarr(folder, regions, bands, *, channels, name="image", chun
         The label rows in order (:meth:`segmodel.inference.blockwise.BlockRun.rows`).
     channels : int
         Channels the image is converted to (the model's), as for a whole image.
+    name : str, optional
+        The image's name in the metadata (default ``"image"``).
+    chunk : int, optional
+        The chunk edge and band height (default :data:`CHUNK`).
+    pixel_size : float, optional
+        Micrometres per pixel, for the axes' units (default None: pixels).
     """
     from zarr.storage import LocalStore
 
@@ -326,7 +472,12 @@ def outline_features_by_region(read, objects, *, tile=2048):
         The image's objects table (``label`` and ``bbox_*`` columns, max exclusive).
     tile : int, optional
         Objects are grouped by the ``tile`` x ``tile`` cell of their top-left corner; one read
-        per cell covers its objects' bounding boxes.
+        per cell covers its objects' bounding boxes (default 2048).
+
+    Returns
+    -------
+    list of dict
+        GeoJSON Features sorted by ``id``; an object with no pixel left is skipped.
     """
     features = []
     if objects.empty:
@@ -348,7 +499,18 @@ def outline_features_by_region(read, objects, *, tile=2048):
 
 
 def local_files(folder):
-    """``{key: local file path}`` of a zarr store built in a local folder."""
+    """``{key: local file path}`` of a zarr store built in a local folder.
+
+    Parameters
+    ----------
+    folder : str
+        The local folder of the store.
+
+    Returns
+    -------
+    dict of str to str
+        Local paths by key (``/``-separated, relative to ``folder``).
+    """
     out = {}
     for root, _, files in os.walk(folder):
         for f in files:
@@ -366,10 +528,21 @@ def _order(key):
 
 
 def upload(store, relpath, files):
-    """Replace ``relpath`` with ``files`` (``{key: bytes or local path}``), root marker last.
+    """Replace ``relpath`` with ``files``, root marker last.
 
     An earlier store at ``relpath`` (a finished one of a changed image, or a partial one of a
-    killed run) is removed first, marker first, so no mix of old and new chunks stays.
+    killed run) is removed first, marker first, so no mix of old and new chunks stays. Chunks
+    go first (concurrently on object stores), then metadata deepest first; ``.zattrs`` files
+    holding ``{}`` are skipped.
+
+    Parameters
+    ----------
+    store : segmodel.storage.io.Store
+        The output store.
+    relpath : str
+        The store's folder relative to the root.
+    files : dict of str to (bytes or str)
+        Content or local file path by key (from :func:`encode_ome_zarr` or :func:`local_files`).
     """
     remove_store(store, relpath)
     files = {k: v for k, v in files.items() if not _empty_attrs(k, v)}
@@ -401,7 +574,15 @@ def _empty_attrs(key, data):
 
 
 def remove_outputs(store, mask_path):
-    """Delete one image's mask (any format) and its outlines where they exist."""
+    """Delete one image's mask (any format) and its outlines where they exist.
+
+    Parameters
+    ----------
+    store : segmodel.storage.io.Store
+        The output store.
+    mask_path : str
+        The mask's path relative to the root (a ``*.ome.zarr`` folder or a file).
+    """
     if mask_path.endswith(".ome.zarr"):
         remove_store(store, mask_path)
     else:
@@ -410,7 +591,15 @@ def remove_outputs(store, mask_path):
 
 
 def remove_store(store, relpath):
-    """Delete the OME-Zarr at ``relpath`` (its root marker first, so it never looks complete)."""
+    """Delete the OME-Zarr at ``relpath`` (its root marker first, so it never looks complete).
+
+    Parameters
+    ----------
+    store : segmodel.storage.io.Store
+        The output store.
+    relpath : str
+        The store's folder relative to the root; a missing one is not an error.
+    """
     store.remove(store.path(relpath, ROOT_MARKER))
     store.remove_tree(relpath)
 
@@ -418,8 +607,23 @@ def remove_store(store, relpath):
 def open_ome_zarr(store, relpath):
     """The OME-Zarr at ``relpath`` under ``store`` as a read-only ``zarr.Group``.
 
-    The OME-Zarr at ``relpath`` under ``store`` as a read-only ``zarr.Group`` (any fsspec file
-    system).
+    Works on any fsspec file system.
+
+    Parameters
+    ----------
+    store : segmodel.storage.io.Store
+        The store holding it.
+    relpath : str
+        The OME-Zarr folder relative to the root.
+
+    Returns
+    -------
+    zarr.Group
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no complete OME-Zarr at ``relpath`` (no root ``.zattrs``).
     """
     import zarr
     from zarr.storage import FsspecStore
@@ -432,21 +636,63 @@ def open_ome_zarr(store, relpath):
 
 
 def read_labels(store, relpath, level=0):
-    """The ``(H, W)`` labels of pyramid ``level`` of the OME-Zarr at ``relpath``."""
+    """The ``(H, W)`` labels of pyramid ``level`` of the OME-Zarr at ``relpath``.
+
+    Parameters
+    ----------
+    store : segmodel.storage.io.Store
+        The store holding it.
+    relpath : str
+        The OME-Zarr folder relative to the root.
+    level : int, optional
+        The pyramid level, 0 (default) for full resolution.
+
+    Returns
+    -------
+    (H, W) ndarray of int
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no complete OME-Zarr at ``relpath``.
+    """
     return np.asarray(open_ome_zarr(store, relpath)[f"labels/{LABEL_NAME}/{level}"][:])
 
 
 def is_complete(store, relpath):
-    """True when the OME-Zarr at ``relpath`` has its root metadata (it was written to the end)."""
+    """True when the OME-Zarr at ``relpath`` has its root metadata (it was written to the end).
+
+    Parameters
+    ----------
+    store : segmodel.storage.io.Store
+        The store holding it.
+    relpath : str
+        The OME-Zarr folder relative to the root.
+
+    Returns
+    -------
+    bool
+    """
     return store.exists(relpath, ROOT_MARKER)
 
 
 def remove_partial(store, folder="labels"):
     """Remove every ``*.zarr`` store under ``folder`` that lacks its root ``.zattrs``.
 
-    Lists the whole folder, so it is called for local outputs only (see README); on object
-    stores an incomplete store is replaced when its image is segmented again.
-    Returns the relative paths removed.
+    Lists the whole folder, so it acts on local outputs only (see README); on object stores
+    nothing is removed, and an incomplete store is replaced when its image is segmented again.
+
+    Parameters
+    ----------
+    store : segmodel.storage.io.Store
+        The output store.
+    folder : str, optional
+        The folder to search, relative to the root (default ``"labels"``).
+
+    Returns
+    -------
+    list of str
+        The relative paths removed.
     """
     removed = []
     if store.container() is not None:  # an object store: see above
@@ -490,7 +736,19 @@ def object_geometry(mask, offset=(0, 0)):
 
     Exterior rings come from the object's outer boundaries, interior rings from its holes;
     one exterior gives a Polygon, several a MultiPolygon. Coordinates ``[x, y]`` are pixel
-    corners (pixel centres at ``+0.5``); rings are closed.
+    corners (pixel centres at ``+0.5``), rounded to 3 decimals; rings are closed.
+
+    Parameters
+    ----------
+    mask : (h, w) array_like of bool
+        The object's pixels.
+    offset : (int, int), optional
+        ``(row, col)`` of the mask's top-left pixel in the image (default ``(0, 0)``).
+
+    Returns
+    -------
+    dict
+        ``{"type": "Polygon" or "MultiPolygon", "coordinates": ...}``.
     """
     from skimage.measure import points_in_poly
 
@@ -513,10 +771,22 @@ def object_geometry(mask, offset=(0, 0)):
 
 
 def outline_features(labels, offset=(0, 0)):
-    """One GeoJSON Feature per object of ``labels`` ``(H, W)``: ``id`` = label.
+    """One GeoJSON Feature per object of ``labels``: ``id`` = label.
 
     Properties: ``objectType`` ``'detection'`` (QuPath's kind for segmented objects),
     ``label``, ``area`` (pixels) and ``measurements`` (the same two, which QuPath lists).
+
+    Parameters
+    ----------
+    labels : (H, W) array_like of int
+        The label image.
+    offset : (int, int), optional
+        ``(row, col)`` of ``labels``' top-left pixel in the whole image (default ``(0, 0)``).
+
+    Returns
+    -------
+    list of dict
+        In label order; empty for an image without objects.
     """
     from skimage.measure import regionprops
 
@@ -536,13 +806,38 @@ def _feature(label, area, geometry):
 
 
 def encode_geojson(features):
-    """A FeatureCollection of ``features`` as compact UTF-8 JSON."""
+    """A FeatureCollection of ``features`` as compact UTF-8 JSON.
+
+    Parameters
+    ----------
+    features : list of dict
+        GeoJSON Features (see :func:`outline_features`).
+
+    Returns
+    -------
+    bytes
+    """
     return json.dumps({"type": "FeatureCollection", "features": features},
                       separators=(",", ":")).encode()
 
 
 def outline_path(image_path):
-    """``outlines/<...>.geojson`` for a mask path ``labels/<...>.<ext>`` of any mask format."""
+    """``outlines/<...>.geojson`` for a mask path ``labels/<...>.<ext>`` of any mask format.
+
+    Parameters
+    ----------
+    image_path : str
+        A mask path relative to the output root; its first folder is replaced.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> outline_path("labels/plate1/a01.ome.zarr")
+    'outlines/plate1/a01.geojson'
+    """
     rel = image_path.split("/", 1)[1]
     for ext in (".ome.zarr", ".tif", ".png"):
         if rel.endswith(ext):

@@ -35,11 +35,20 @@ _UM = {"µm": 1.0, "um": 1.0, "micrometer": 1.0, "micron": 1.0, "microns": 1.0,
 class ImageData:
     """One 2-D plane of an input image, every channel kept.
 
-    ``image`` is ``(H, W, C)``; ``channel_names`` has ``C`` names (the file's, else ``"0"``,
-    ``"1"``, ...); ``pixel_size_um`` is the pixel's edge in micrometres at the level read (None
-    when the file does not say); ``axes`` the source's axes (e.g. ``"TCZYX"``, ``"YXS"``);
-    ``rgb`` is True when the channels are the colour samples of one picture (gray, RGB, RGBA),
-    which the model takes as they are.
+    Attributes
+    ----------
+    image : (H, W, C) ndarray
+        The plane's pixels, every channel.
+    channel_names : tuple of str
+        ``C`` names: the file's, else ``"0"``, ``"1"``, ...
+    pixel_size_um : float or None, optional
+        The pixel's edge in micrometres at the level read; None (default) when the file does not
+        say.
+    axes : str, optional
+        The source's axes, e.g. ``"TCZYX"``, ``"YXS"`` (default ``"YXC"``).
+    rgb : bool, optional
+        True (default) when the channels are the colour samples of one picture (gray, RGB,
+        RGBA), which the model takes as they are.
     """
 
     image: np.ndarray
@@ -50,18 +59,49 @@ class ImageData:
 
 
 def is_zarr(path):
-    """True for a path naming an OME-Zarr (any ``*.zarr`` folder)."""
+    """True for a path naming an OME-Zarr (any ``*.zarr`` folder).
+
+    Parameters
+    ----------
+    path : str
+        A path or URL; a trailing slash is ignored, case is not.
+
+    Returns
+    -------
+    bool
+    """
     return posixpath.basename(path.rstrip("/")).lower().endswith(".zarr")
 
 
 def read_image(store, path, *, name=None, max_pixels=MAX_PIXELS, plane=None, pyramid_level=0):
     """Read the image at ``path`` of ``store`` (a file, or an OME-Zarr folder).
 
+    Parameters
+    ----------
+    store : segmodel.storage.io.Store
+        The input store.
+    path : str
+        A full path in ``store.fs``; a ``*.zarr`` folder is read as OME-Zarr.
+    name : str, optional
+        Shown in error messages (default ``path``).
+    max_pixels : int, optional
+        Refuse planes with more pixels than this (default :data:`MAX_PIXELS`).
+    plane : int, optional
+        The plane of a stack or time series to read (default None: the image must be 2-D).
+    pyramid_level : int, optional
+        The resolution level, 0 (default) for full size.
+
+    Returns
+    -------
+    ImageData
+
     Raises
     ------
     ImageDecodeError
         A file that cannot be read as an image, over ``max_pixels``, a stack without
         ``plane`` or a plane or level the file does not have.
+    FileNotFoundError
+        If there is no file at ``path``.
     """
     name = name or path
     if is_zarr(path):
@@ -72,7 +112,27 @@ def read_image(store, path, *, name=None, max_pixels=MAX_PIXELS, plane=None, pyr
 
 
 def decode(data, *, name="<bytes>", max_pixels=MAX_PIXELS, plane=None, pyramid_level=0):
-    """:class:`ImageData` from a file's bytes (TIFF through tifffile, others through Pillow)."""
+    """:class:`ImageData` from a file's bytes (TIFF through tifffile, others through Pillow).
+
+    Parameters
+    ----------
+    data : bytes
+        The encoded file.
+    name : str, optional
+        Shown in error messages (default ``"<bytes>"``).
+    max_pixels, plane, pyramid_level : int, optional
+        As in :func:`read_image` (defaults :data:`MAX_PIXELS`, None and 0).
+
+    Returns
+    -------
+    ImageData
+
+    Raises
+    ------
+    ImageDecodeError
+        Bytes that are not a readable image, over ``max_pixels``, a stack without ``plane``, or
+        a plane or level the file does not have.
+    """
     if len(data) and bytes(data[:4]) in TIFF_MAGIC:
         return _read_tiff(data, name, max_pixels, plane, pyramid_level)
     _check_level(name, pyramid_level, 1)
@@ -200,7 +260,21 @@ def _read_tiff(data, name, max_pixels, plane, level):
 
 
 def tiff_metadata(tif, n_channels):
-    """``(channel names or None, pixel size in µm or None)`` from OME-XML or ImageJ tags."""
+    """``(channel names or None, pixel size in µm or None)`` from OME-XML or ImageJ tags.
+
+    Parameters
+    ----------
+    tif : tifffile.TiffFile
+        The open file.
+    n_channels : int
+        The number of channels; ImageJ labels of another count are ignored.
+
+    Returns
+    -------
+    names : list of str or None
+    size : float or None
+        The pixel's edge in µm (the square root of its area where X and Y differ).
+    """
     names, size = None, None
     if tif.is_ome and tif.ome_metadata:
         try:
@@ -249,7 +323,10 @@ def _ome_xml(text):
 
 
 def read_ome_zarr(zstore, *, name="<zarr>", max_pixels=MAX_PIXELS, plane=None, pyramid_level=0):
-    """One plane of an OME-Zarr (NGFF 0.4 or 0.5) image at ``pyramid_level`` (0 = full size)."""
+    """One plane of an OME-Zarr (NGFF 0.4 or 0.5) image at ``pyramid_level`` (0 = full size).
+
+    ``zstore``: a zarr store; the rest (ImageDecodeError included) as :func:`read_image`.
+    """
     import zarr
 
     try:
@@ -340,7 +417,22 @@ def _ngff_pixel_size(ms, dataset, axes_meta, axes):
 
 
 def parse_channel(value):
-    """``--channel`` as given: an int index (``"0"`` -> 0), a name, or None."""
+    """``--channel`` as given: an int index (``"0"`` -> 0), a name, or None.
+
+    Parameters
+    ----------
+    value : int, str or None
+        An index, a string of digits, a channel name (surrounding spaces dropped), or None.
+
+    Returns
+    -------
+    int, str or None
+
+    Raises
+    ------
+    ValueError
+        If ``value`` is an empty string, or neither an int, a str nor None (a bool included).
+    """
     if value is None or isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str):
@@ -354,7 +446,28 @@ def parse_channel(value):
 
 
 def channel_index(data, channel, name="<image>"):
-    """The index of ``channel`` (an index or a name) in ``data``, or a clear error."""
+    """The index of ``channel`` (an index or a name) in ``data``, or a clear error.
+
+    A name matches exactly, else case-insensitively, and must match one channel only.
+
+    Parameters
+    ----------
+    data : ImageData
+        The image.
+    channel : int or str
+        An index or a channel name (see :func:`parse_channel`).
+    name : str, optional
+        Shown in error messages (default ``"<image>"``).
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    ImageDecodeError
+        An index out of range, or a name that matches no channel or several.
+    """
     n = len(data.channel_names)
     if isinstance(channel, int):
         if 0 <= channel < n:
@@ -378,8 +491,22 @@ def _describe(names):
 def model_image(data, channel=None, name="<image>"):
     """What the model segments: the chosen channel, or the image as it is.
 
-    What the model segments: the chosen channel as a gray ``(H, W, 1)`` image, or the image as it is
-    (gray, RGB, RGBA) when no channel is chosen.
+    The chosen channel as a gray ``(H, W, 1)`` image, or the image as it is (gray, RGB, RGBA;
+    gray + alpha becomes gray) when no channel is chosen.
+
+    Parameters
+    ----------
+    data : ImageData
+        The image.
+    channel : int or str, optional
+        An index or name (default None: the whole picture).
+    name : str, optional
+        Shown in error messages (default ``"<image>"``).
+
+    Returns
+    -------
+    (H, W, C) ndarray
+        A view of ``data.image`` with ``C`` in {1, 3, 4}.
 
     Raises
     ------
@@ -402,7 +529,18 @@ def model_image(data, channel=None, name="<image>"):
 
 
 def column_names(names):
-    """``channel_<name>`` column stems, safe and distinct (``"Alexa 488"`` -> ``Alexa_488``)."""
+    """``channel_<name>`` column stems, safe and distinct (``"Alexa 488"`` -> ``Alexa_488``).
+
+    Parameters
+    ----------
+    names : sequence of str
+        Channel names; an empty stem becomes the index, a repeated one gets ``_<index>``.
+
+    Returns
+    -------
+    list of str
+        ``"channel_<stem>"`` for each name, in order.
+    """
     out, seen = [], set()
     for i, n in enumerate(names):
         stem = re.sub(r"[^0-9A-Za-z]+", "_", str(n)).strip("_") or str(i)
@@ -416,9 +554,21 @@ def column_names(names):
 def channel_measurements(labels, data, groups=None):
     """Per object (in label order) and channel: mean, min and max of the raw values.
 
-    Returns ``{column: values}`` with columns ``channel_<name>_mean``, ``_min``, ``_max``;
-    the alpha channel of an RGBA picture is left out. ``groups``: the
-    :class:`segmodel.inference.measure.ObjectPixels` of ``labels`` when the caller has it already.
+    The alpha channel of an RGBA (or gray + alpha) picture is left out.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+        The label image.
+    data : ImageData
+        The image measured, of the same height and width.
+    groups : segmodel.inference.measure.ObjectPixels, optional
+        The object pixels of ``labels`` when the caller has them already (default: computed).
+
+    Returns
+    -------
+    dict of str to ndarray
+        Columns ``channel_<name>_mean``, ``_min``, ``_max``, one value per object.
     """
     image = data.image
     n = image.shape[-1] - (1 if data.rgb and image.shape[-1] in (2, 4) else 0)
@@ -434,8 +584,24 @@ def channel_measurements(labels, data, groups=None):
 def add_measurements(table, labels, data, groups=None):
     """``table`` with ``area_um2`` filled and the ``channel_*`` columns appended.
 
-    ``table`` (from :func:`segmodel.inference.measure.measure_objects`) with ``area_um2`` filled and
-    the ``channel_*`` columns of :func:`channel_measurements` appended (``groups`` as there).
+    ``area_um2`` is filled only when the pixel size is known; the channel columns only for a
+    non-empty table.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Objects from :func:`segmodel.inference.measure.measure_objects` (changed in place for
+        ``area_um2``).
+    labels : (H, W) ndarray of int
+        The label image.
+    data : ImageData or None
+        The image measured; None leaves ``table`` as it is.
+    groups : segmodel.inference.measure.ObjectPixels, optional
+        As in :func:`channel_measurements`.
+
+    Returns
+    -------
+    pandas.DataFrame
     """
     size = data.pixel_size_um if data is not None else None
     if size:

@@ -43,11 +43,22 @@ _PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirecto
 
 
 def is_transient(exc):
-    """True for errors worth retrying: connection resets, timeouts, 5xx and throttling.
+    """Tell whether an error is worth retrying.
 
-    Looks through the chain of causes, because file system layers wrap the client's error
-    (s3fs turns a ``SlowDown`` ClientError into a plain ``OSError``). Permission errors (403),
-    missing files and buckets, and programming errors are not transient.
+    Connection resets, timeouts, 5xx statuses and throttling are transient. Looks through the
+    chain of causes, because file system layers wrap the client's error (s3fs turns a
+    ``SlowDown`` ClientError into a plain ``OSError``). Permission errors (403), missing files and
+    buckets, and programming errors are not transient.
+
+    Parameters
+    ----------
+    exc : BaseException
+        The error caught; its ``__cause__`` / ``__context__`` chain is inspected too.
+
+    Returns
+    -------
+    bool
+        True when retrying may succeed.
     """
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -82,7 +93,33 @@ def _classify(exc):
 
 
 def retry(fn, *args, attempts=5, base_delay=0.2, max_delay=5.0, **kwargs):
-    """Call ``fn(*args, **kwargs)``, retrying transient errors with jittered exponential backoff."""
+    """Call ``fn(*args, **kwargs)``, retrying transient errors with jittered exponential backoff.
+
+    Parameters
+    ----------
+    fn : callable
+        The call to make.
+    *args
+        Positional arguments of ``fn``.
+    attempts : int, optional
+        Calls at most, the first included (default 5).
+    base_delay, max_delay : float, optional
+        Seconds before the first retry (default 0.2), doubled each time up to ``max_delay``
+        (default 5.0), times a random factor in [0.5, 1.5).
+    **kwargs
+        Keyword arguments of ``fn``.
+
+    Returns
+    -------
+    object
+        What ``fn`` returns.
+
+    Raises
+    ------
+    Exception
+        The error of ``fn`` itself when it is not transient (see :func:`is_transient`) or the
+        last attempt fails.
+    """
     for attempt in range(attempts):
         try:
             return fn(*args, **kwargs)
@@ -96,7 +133,21 @@ def retry(fn, *args, attempts=5, base_delay=0.2, max_delay=5.0, **kwargs):
 
 @dataclass(frozen=True)
 class ImageRef:
-    """One input image: its id (path relative to the input root), full path and fingerprint."""
+    """One input image: its id (path relative to the input root), full path and fingerprint.
+
+    Attributes
+    ----------
+    image_id : str
+        The path relative to the input root, e.g. ``"plate1/a01.tif"``.
+    path : str
+        The full path in the store's file system.
+    uri : str
+        A URL of ``path`` that fsspec opens with the store's storage options.
+    size : int
+        Bytes (for an OME-Zarr folder, the sum of its files).
+    fingerprint : str
+        A 16-hex-digit digest of size and ETag / mtime / checksum: changes whenever the file does.
+    """
 
     image_id: str
     path: str
@@ -107,7 +158,31 @@ class ImageRef:
 
 @dataclass
 class Store:
-    """A file system and a root path inside it, from a URL and storage options."""
+    """A file system and a root path inside it, from a URL and storage options.
+
+    Pickles as its URL and options only; the file system is opened again on unpickling.
+
+    Parameters
+    ----------
+    url : str
+        A local path or an fsspec URL (``s3://bucket/prefix``, ``memory://x``, ...).
+    storage_options : dict, optional
+        Options of the fsspec file system (credentials, endpoint); default none.
+
+    Attributes
+    ----------
+    fs : fsspec.AbstractFileSystem
+        The file system of ``url``.
+    root : str
+        The root path inside ``fs``, without a trailing slash.
+
+    Raises
+    ------
+    TypeError
+        If ``url`` is not a string.
+    ValueError
+        If ``url`` is empty, its scheme is unknown, or its file system package is not installed.
+    """
 
     url: str
     storage_options: dict = field(default_factory=dict)
@@ -123,34 +198,100 @@ class Store:
         self.__post_init__()
 
     def path(self, *parts):
-        """The full path of ``parts`` joined under the root (the root itself without any)."""
+        """The full path of ``parts`` joined under the root (the root itself without any).
+
+        Parameters
+        ----------
+        *parts : str
+            Path components relative to the root.
+
+        Returns
+        -------
+        str
+            The full path in :attr:`fs`.
+        """
         return posixpath.join(self.root, *parts) if parts else self.root
 
     def uri(self, path):
-        """A URL for ``path`` that fsspec opens with the same storage options."""
+        """A URL for ``path`` that fsspec opens with the same storage options.
+
+        Parameters
+        ----------
+        path : str
+            A full path in :attr:`fs`.
+
+        Returns
+        -------
+        str
+            ``path`` with this file system's protocol, e.g. ``"s3://bucket/key"``.
+        """
         return self.fs.unstrip_protocol(path)
 
     def exists(self, *parts):
-        """True when the path of ``parts`` under the root exists (retried on transient errors)."""
+        """True when the path of ``parts`` under the root exists (retried on transient errors).
+
+        Parameters
+        ----------
+        *parts : str
+            Path components relative to the root; none tests the root itself.
+
+        Returns
+        -------
+        bool
+        """
         return retry(self.fs.exists, self.path(*parts))
 
     def container(self):
-        """The bucket (container) of an object-store root, or None for local and memory paths."""
+        """The bucket (container) of an object-store root, or None for local and memory paths.
+
+        Returns
+        -------
+        str or None
+            The first component of the root on an object store, else None.
+        """
         if _is_local(self.fs) or self.root.startswith("/"):
             return None
         return self.root.split("/", 1)[0] or None
 
     def read_bytes(self, path):
-        """The bytes of the file at full ``path`` (retried on transient errors)."""
+        """The bytes of the file at full ``path`` (retried on transient errors).
+
+        Parameters
+        ----------
+        path : str
+            A full path in :attr:`fs` (see :meth:`path`).
+
+        Returns
+        -------
+        bytes
+
+        Raises
+        ------
+        FileNotFoundError
+            If there is no file at ``path`` (from the file system).
+        """
         return retry(self.fs.cat_file, path)
 
     def read_many(self, paths, chunk=256):
-        """``(path, bytes)`` for each of ``paths`` in order.
+        """Read many files, yielding ``(path, bytes)`` for each of ``paths`` in order.
 
-        ``bytes`` is None for a missing file. Object stores fetch a chunk of files concurrently (one
-        ``cat`` call, the way ``write_many`` puts them), so reading thousands of small table parts
-        costs about as many round trips as chunks, not as files; at most ``chunk`` files are held at
-        once.
+        Object stores fetch a chunk of files concurrently (one ``cat`` call, the way
+        :meth:`write_many` puts them), so reading thousands of small table parts costs about as many
+        round trips as chunks, not as files; at most ``chunk`` files are held at once.
+
+        Parameters
+        ----------
+        paths : iterable of str
+            Full paths in :attr:`fs`.
+        chunk : int, optional
+            Files fetched per request on object stores (default 256).
+
+        Yields
+        ------
+        path : str
+            Each of ``paths``, in order.
+        data : bytes or None
+            Its content; None for a missing file.
         """
         paths = list(paths)
         batch = not _is_local(self.fs) and not any(c in p for p in paths for c in "*?[")
@@ -167,11 +308,39 @@ class Store:
                 yield p, data
 
     def read_text(self, *parts):
-        """The file at ``parts`` under the root, decoded as UTF-8."""
+        """The file at ``parts`` under the root, decoded as UTF-8.
+
+        Parameters
+        ----------
+        *parts : str
+            Path components relative to the root.
+
+        Returns
+        -------
+        str
+
+        Raises
+        ------
+        FileNotFoundError
+            If the file does not exist (from the file system).
+        """
         return self.read_bytes(self.path(*parts)).decode()
 
     def write_bytes(self, relpath, data):
-        """Write ``data`` under the root atomically: readers see the old or the whole new file."""
+        """Write ``data`` under the root atomically: readers see the old or the whole new file.
+
+        Parameters
+        ----------
+        relpath : str
+            The path relative to the root.
+        data : bytes
+            The file's content.
+
+        Raises
+        ------
+        ValueError
+            If ``relpath`` is absolute or leads outside the root (``..``).
+        """
         norm = posixpath.normpath(relpath)
         if posixpath.isabs(relpath) or norm == ".." or norm.startswith("../"):
             raise ValueError(f"refusing to write outside {self.url!r}: {relpath!r}")
@@ -181,6 +350,16 @@ class Store:
         """Write ``{relpath: bytes}`` (each file atomically).
 
         Object stores get the PUTs concurrently in one batch, in no particular order.
+
+        Parameters
+        ----------
+        files : dict of str to bytes
+            Content by path relative to the root.
+
+        Raises
+        ------
+        ValueError
+            If a path is absolute or leads outside the root (``..``).
         """
         if _is_local(self.fs) or len(files) < 2:
             for relpath, data in files.items():
@@ -196,6 +375,11 @@ class Store:
         """Upload ``{relpath: local path}`` (each file atomically).
 
         Object stores get the uploads concurrently in one batch, in no particular order.
+
+        Parameters
+        ----------
+        files : dict of str to str
+            Local file paths by destination path relative to the root.
         """
         if _is_local(self.fs) or len(files) < 2:
             for relpath, local_path in files.items():
@@ -205,7 +389,15 @@ class Store:
         retry(self.fs.put, [files[r] for r in rels], [self.path(r) for r in rels])
 
     def put_file(self, local_path, relpath):
-        """Move or upload a local file under the root atomically (big outputs, never in memory)."""
+        """Move or upload a local file under the root atomically (big outputs, never in memory).
+
+        Parameters
+        ----------
+        local_path : str
+            The local file to upload.
+        relpath : str
+            The destination relative to the root.
+        """
         path = self.path(relpath)
         if _is_local(self.fs):
             parent = posixpath.dirname(path)
@@ -217,7 +409,18 @@ class Store:
             retry(self.fs.put_file, local_path, path)
 
     def zarr_store(self, path):
-        """A read-only zarr store of the folder ``path`` (an OME-Zarr image) of this store."""
+        """A read-only zarr store of the folder ``path`` (an OME-Zarr image) of this store.
+
+        Parameters
+        ----------
+        path : str
+            A full path in :attr:`fs` of a zarr folder.
+
+        Returns
+        -------
+        zarr.storage.LocalStore or zarr.storage.FsspecStore
+            Read-only, with this store's storage options.
+        """
         import zarr.storage
 
         if _is_local(self.fs):
@@ -226,11 +429,39 @@ class Store:
                                                  storage_options=dict(self.storage_options))
 
     def write_json(self, relpath, obj):
-        """Write ``obj`` as indented, key-sorted JSON at ``relpath`` (atomically)."""
+        """Write ``obj`` as indented, key-sorted JSON at ``relpath`` (atomically).
+
+        Parameters
+        ----------
+        relpath : str
+            The path relative to the root.
+        obj : object
+            JSON-serialisable; other values are written as ``str(value)``.
+
+        Raises
+        ------
+        ValueError
+            If ``relpath`` is absolute or leads outside the root (``..``).
+        """
         self.write_bytes(relpath, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
 
     def list(self, relpath, suffix=""):
-        """Sorted full paths of files directly under ``relpath`` ending in ``suffix``."""
+        """Sorted full paths of files directly under ``relpath`` ending in ``suffix``.
+
+        Hidden files (name starting with ``.``) are left out.
+
+        Parameters
+        ----------
+        relpath : str
+            A folder relative to the root.
+        suffix : str, optional
+            Keep only names ending in it (default ``""``: all).
+
+        Returns
+        -------
+        list of str
+            Empty when the folder does not exist.
+        """
         base = self.path(relpath)
         if not retry(self.fs.exists, base):
             return []
@@ -242,6 +473,11 @@ class Store:
 
         Only local folders have them (object stores write in one PUT). Call it only while no
         other run writes to this root.
+
+        Returns
+        -------
+        int
+            The number of files deleted.
         """
         if not _is_local(self.fs) or not self.fs.isdir(self.root):
             return 0
@@ -252,7 +488,13 @@ class Store:
         return len(stale)
 
     def remove(self, path):
-        """Delete the file at full ``path``; a missing file is not an error."""
+        """Delete the file at full ``path``; a missing file is not an error.
+
+        Parameters
+        ----------
+        path : str
+            A full path in :attr:`fs`.
+        """
         try:
             retry(self.fs.rm_file, path)
         except FileNotFoundError:
@@ -262,7 +504,13 @@ class Store:
         """Delete the folder (prefix) ``relpath`` under the root and everything in it.
 
         A path holding ``*``, ``?`` or ``[`` (an image id such as ``plate[1].png``) is removed
-        file by file: ``fs.rm`` would take it as a glob pattern and delete other folders.
+        file by file: ``fs.rm`` would take it as a glob pattern and delete other folders. A missing
+        folder is not an error.
+
+        Parameters
+        ----------
+        relpath : str
+            The folder relative to the root.
         """
         path = self.path(relpath)
         try:
@@ -285,8 +533,19 @@ class Store:
     def find_dirs(self, relpath, suffix):
         """Relative paths of folders under ``relpath`` whose names end in ``suffix``.
 
-        Relative paths of folders under ``relpath`` whose names end in ``suffix`` (outermost only:
-        nothing inside a matched folder).
+        Outermost only: nothing inside a matched folder is returned.
+
+        Parameters
+        ----------
+        relpath : str
+            The folder to search, relative to the root.
+        suffix : str
+            The name ending, e.g. ``".zarr"``.
+
+        Returns
+        -------
+        list of str
+            Sorted paths relative to the root; empty when ``relpath`` does not exist.
         """
         base = self.path(relpath)
         if not retry(self.fs.exists, base):
@@ -339,7 +598,31 @@ def _missing_or_raise(read, path):
 
 
 def open_url(url, storage_options=None, *, parameter="url"):
-    """``(fs, path)`` for a local path or fsspec URL, with a clear error for unknown schemes."""
+    """``(fs, path)`` for a local path or fsspec URL, with a clear error for unknown schemes.
+
+    Parameters
+    ----------
+    url : str
+        A local path or an fsspec URL.
+    storage_options : dict, optional
+        Options of the fsspec file system (default none).
+    parameter : str, optional
+        The name the error messages give the URL (default ``"url"``).
+
+    Returns
+    -------
+    fs : fsspec.AbstractFileSystem
+    path : str
+        The path inside ``fs``, without a trailing slash.
+
+    Raises
+    ------
+    TypeError
+        If ``url`` is not a string.
+    ValueError
+        If ``url`` is empty, its scheme is unknown, or the package of its file system is not
+        installed.
+    """
     check_url(url, parameter)
     try:
         fs, path = url_to_fs(url, **(storage_options or {}))
@@ -356,6 +639,15 @@ def write_atomic(fs, path, data):
 
     Local files are written to a hidden temporary name in the same folder and renamed; object
     stores (S3, GCS, memory) make a single PUT visible only once it is complete.
+
+    Parameters
+    ----------
+    fs : fsspec.AbstractFileSystem
+        The file system.
+    path : str
+        The full destination path in ``fs``.
+    data : bytes
+        The file's content.
     """
     parent = posixpath.dirname(path)
     if _is_local(fs):
@@ -383,8 +675,17 @@ def _is_local(fs):
 def list_images(store, patterns=DEFAULT_PATTERNS):
     """Images under the store's root matching ``patterns`` (case-insensitive), sorted by id.
 
-    A ``*.zarr`` folder (an OME-Zarr image) is one image: its own files are never listed, and
-    its size and fingerprint sum up theirs.
+    A ``*.zarr`` folder (OME-Zarr) is one image; its size and fingerprint sum up its files.
+
+    Parameters
+    ----------
+    store : Store
+    patterns : sequence of str, optional
+        Globs of names or relative paths (default :data:`DEFAULT_PATTERNS`).
+
+    Returns
+    -------
+    list of ImageRef
 
     Raises
     ------

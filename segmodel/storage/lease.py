@@ -31,7 +31,19 @@ class OutputBusy(RuntimeError):
 
 
 def read_holder(store):
-    """The lease's content as a dict, or None where there is none (or it is unreadable)."""
+    """The lease's content as a dict, or None where there is none (or it is unreadable).
+
+    Parameters
+    ----------
+    store : segmodel.storage.io.Store
+        The OUTPUT store.
+
+    Returns
+    -------
+    dict or None
+        Keys ``run``, ``host``, ``pid``, ``started``, ``renewed``; None when there is no lease or
+        it is not valid JSON with a ``run``.
+    """
     try:
         data = json.loads(store.read_text(LEASE))
     except (FileNotFoundError, ValueError, UnicodeDecodeError):  # none, or not ours to read
@@ -40,7 +52,24 @@ def read_holder(store):
 
 
 def is_live(holder, now=None, stale_after=STALE_AFTER):
-    """Whether ``holder`` (from :func:`read_holder`) may still be running."""
+    """Whether ``holder`` (from :func:`read_holder`) may still be running.
+
+    A lease is dead when not renewed for ``stale_after`` seconds, when its holder was a process
+    of this host that no longer exists, or when the record is malformed.
+
+    Parameters
+    ----------
+    holder : dict
+        A lease record from :func:`read_holder`.
+    now : float, optional
+        The current time in seconds since the epoch (default ``time.time()``).
+    stale_after : float, optional
+        Seconds without renewal after which the lease is dead (default :data:`STALE_AFTER`).
+
+    Returns
+    -------
+    bool
+    """
     now = time.time() if now is None else now
     try:
         if now - float(holder["renewed"]) >= stale_after:
@@ -67,6 +96,22 @@ class Lease:
 
     Use as a context manager, or :meth:`acquire` then :meth:`release`. :meth:`acquire` raises
     :class:`OutputBusy` while another live run holds it.
+
+    Parameters
+    ----------
+    store : segmodel.storage.io.Store
+        The OUTPUT store.
+    run : str
+        The id of this run.
+    stale_after : float, optional
+        Seconds without renewal after which a lease is abandoned (default :data:`STALE_AFTER`).
+    renew_every : float, optional
+        Seconds between renewals (default :data:`RENEW_EVERY`).
+
+    Attributes
+    ----------
+    lost : bool
+        Set when another run took the lease over while this one held it.
     """
 
     def __init__(self, store, run, *, stale_after=STALE_AFTER, renew_every=RENEW_EVERY):
@@ -83,7 +128,18 @@ class Lease:
                 "started": self.started, "renewed": time.time()}
 
     def acquire(self):
-        """Take the output's lease and start renewing it; raise :class:`OutputBusy` if held."""
+        """Take the output's lease and start renewing it.
+
+        Returns
+        -------
+        Lease
+            ``self``.
+
+        Raises
+        ------
+        OutputBusy
+            If another live run holds the lease, or another run's write landed after ours.
+        """
         holder = read_holder(self.store)
         if holder is not None and holder["run"] != self.run and is_live(
                 holder, stale_after=self.stale_after):

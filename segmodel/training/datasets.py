@@ -21,7 +21,18 @@ TUNE_PERCENT = 10
 
 
 def split_of(image_id):
-    """``'val'``, ``'tune'`` or ``'train'``: a fixed function of the id's sha1."""
+    """``'val'``, ``'tune'`` or ``'train'``: a fixed function of the id's sha1.
+
+    Parameters
+    ----------
+    image_id : str
+        The sample's id.
+
+    Returns
+    -------
+    {'val', 'tune', 'train'}
+        :data:`VAL_PERCENT` and :data:`TUNE_PERCENT` of ids go to the first two.
+    """
     bucket = int(hashlib.sha1(image_id.encode()).hexdigest(), 16) % 100
     if bucket < VAL_PERCENT:
         return "val"
@@ -32,7 +43,15 @@ def split_of(image_id):
 
 @dataclass(frozen=True)
 class Sample:
-    """One training image: its id, modality, and the paths of the image and its labels."""
+    """One training image: its id, modality, and the paths of the image and its labels.
+
+    Parameters
+    ----------
+    id, modality : str
+        The sample's id and imaging modality.
+    image_path, label_path : Path
+        PNG files of the image and its instance labels.
+    """
 
     id: str
     modality: str
@@ -40,17 +59,45 @@ class Sample:
     label_path: Path
 
     def load(self):
-        """``(image (H, W, C) uint8, labels (H, W) int32)``."""
+        """Read the image and its labels.
+
+        Returns
+        -------
+        image : (H, W, C) ndarray of uint8
+        labels : (H, W) ndarray of int32
+        """
         image = np.asarray(Image.open(self.image_path))
         return image, self.load_labels()
 
     def load_labels(self):
-        """The instance labels alone, ``(H, W)`` int32."""
+        """The instance labels alone.
+
+        Returns
+        -------
+        (H, W) ndarray of int32
+        """
         return np.asarray(Image.open(self.label_path)).astype(np.int32)
 
 
 def list_samples(root=DEFAULT_DATA, split=None):
-    """Samples under ``root`` (sorted by id), optionally only those of one ``split``."""
+    """Samples under ``root`` (sorted by id), optionally only those of one ``split``.
+
+    Parameters
+    ----------
+    root : str or Path, optional
+        A folder with ``index.csv``, ``images/`` and ``labels/`` (default :data:`DEFAULT_DATA`).
+    split : {'train', 'val', 'tune'}, optional
+        Keep only this split (see :func:`split_of`); default None keeps all.
+
+    Returns
+    -------
+    list of Sample
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``root/index.csv`` does not exist.
+    """
     root = Path(root)
     index = root / "index.csv"
     if not index.is_file():
@@ -73,7 +120,17 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
 @dataclass(frozen=True)
 class PairedSample:
-    """An image and its instance-label image from two folders, paired by file stem."""
+    """An image and its instance-label image from two folders, paired by file stem.
+
+    Parameters
+    ----------
+    id : str
+        The shared file stem.
+    image_path, label_path : Path
+        The image and its label image.
+    modality : str, optional
+        Default ``"own"``.
+    """
 
     id: str
     image_path: Path
@@ -81,7 +138,20 @@ class PairedSample:
     modality: str = "own"
 
     def load(self):
-        """``(image (H, W, C), labels (H, W) int32)``; labels must be one 2-D integer plane."""
+        """Read the image and its labels; labels must be one 2-D integer plane.
+
+        Returns
+        -------
+        image : (H, W, C) ndarray
+        labels : (H, W) ndarray of int32
+
+        Raises
+        ------
+        ImageDecodeError
+            If either file cannot be decoded as an image.
+        ValueError
+            If the labels are not one plane of integers, or their size differs from the image's.
+        """
         from segmodel.inference.preprocess import decode_image
 
         image = decode_image(self.image_path.read_bytes(), name=str(self.image_path))
@@ -99,7 +169,17 @@ class PairedSample:
         return image, labels[..., 0].astype(np.int32)
 
     def load_labels(self):
-        """The instance labels alone, ``(H, W)`` int32."""
+        """The instance labels alone (reads the image too, to check the sizes match).
+
+        Returns
+        -------
+        (H, W) ndarray of int32
+
+        Raises
+        ------
+        ImageDecodeError, ValueError
+            As :meth:`load`.
+        """
         return self.load()[1]
 
 

@@ -22,7 +22,30 @@ from segmodel.training.train import tune_thresholds, tuning_record
 def retune(model_path, data_dir=datasets.DEFAULT_DATA, *, images=0, log=print):
     """Tune ``model_path``'s thresholds on the tune split of ``data_dir``; return the settings.
 
-    ``images``: use only the first that many images of the split (0: all of them).
+    The spec beside the model is rewritten (atomically) with the new ``postprocess`` and a
+    record of the tuning in ``training``.
+
+    Parameters
+    ----------
+    model_path : str or Path
+        A ``.keras`` instance model with its spec.
+    data_dir : str or Path, optional
+        A dataset folder (default :data:`segmodel.training.datasets.DEFAULT_DATA`).
+    images : int, optional
+        Use only the first that many images of the split (default 0: all of them).
+    log : callable, optional
+        Called with progress messages (default ``print``).
+
+    Returns
+    -------
+    PostprocessSettings
+
+    Raises
+    ------
+    ValueError
+        If the model is not an instance model.
+    FileNotFoundError
+        If the model, the dataset index or any tune-split image is missing.
     """
     model = load_model(model_path)
     if model.spec.kind != "instances":
@@ -43,7 +66,13 @@ def retune(model_path, data_dir=datasets.DEFAULT_DATA, *, images=0, log=print):
 
 
 def main(argv=None):
-    """Command line: tune a model's thresholds (``python -m segmodel.training.tune MODEL``)."""
+    """Command line: tune a model's thresholds (``python -m segmodel.training.tune MODEL``).
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments (default ``sys.argv[1:]``).
+    """
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
