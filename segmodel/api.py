@@ -89,8 +89,10 @@ def segment(image, model=None, *, scale=AUTO, tta=False, image_id=""):
 
     Raises
     ------
+    TypeError
+        A scale that is neither ``'auto'`` nor a number.
     ValueError
-        A bad scale, or an image with no pixels or non-finite values.
+        A scale out of range, or an image with no pixels or non-finite values.
     """
     lm = resolve_model(model)
     labels = segment_many([image], lm, scale=scale, tta=tta)[0]

@@ -84,12 +84,17 @@ def validate_scale(scale):
 
     Raises
     ------
+    TypeError
+        If ``scale`` is neither a string nor a number (a bool included).
     ValueError
-        If ``scale`` is neither ``"auto"`` nor a number between 0.05 and 20.
+        If ``scale`` is a string other than ``"auto"``, or a number outside [0.05, 20].
     """
     if scale == AUTO:
         return AUTO
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.05 <= scale <= 20:
+    if isinstance(scale, bool) or not isinstance(scale, (str, int, float)):
+        raise TypeError(f"scale must be 'auto' or a number. Received: a {type(scale).__name__}, "
+                        f"scale={scale!r}")
+    if isinstance(scale, str) or not 0.05 <= scale <= 20:
         raise ValueError(
             f"scale must be 'auto' or a number between 0.05 and 20 (1.0 = the image's own "
             f"resolution). Received: scale={scale!r}"

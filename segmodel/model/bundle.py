@@ -172,11 +172,21 @@ def _layers(model):
 
 
 def check_model(keras_model, spec, source):
-    """Errors (list of str) where ``keras_model`` (keras.Model) disagrees with ``spec`` (ModelSpec).
+    """Check a Keras model against a spec: inputs, outputs, channels, kind and tiling.
 
-    ``source`` (str) names the bundle in each message; problems are returned, never raised.
+    Parameters
+    ----------
+    keras_model : keras.Model
+    spec : ModelSpec
+    source : str
+        Names the bundle in each message.
+
+    Returns
+    -------
+    list of str
+        One message per problem, each naming the field and the fix; empty when the model fits.
+        Problems are returned, never raised.
     """
-    errors = []
     inputs, outputs = keras_model.inputs, keras_model.outputs
     if len(inputs) != 1 or len(outputs) != 1:
         return [(f"{source}: the model has {len(inputs)} inputs and {len(outputs)} outputs; "
@@ -185,10 +195,16 @@ def check_model(keras_model, spec, source):
     if len(ishape) != 4:
         return [(f"{source}: model input shape {ishape} is not an image batch (N, H, W, C) "
                  "or (N, C, H, W). Export a 2-D image model.")]
-    if spec.axes == "CYX":
-        c_in, spatial, c_out = ishape[1], ishape[2:], oshape[1] if len(oshape) == 4 else None
-    else:
-        c_in, spatial, c_out = ishape[3], ishape[1:3], oshape[-1] if len(oshape) == 4 else None
+    return (_channel_errors(ishape, oshape, spec, source)
+            + _tiling_errors(keras_model, ishape, spec, source))
+
+
+def _channel_errors(ishape, oshape, spec, source):
+    """Problems with the model's input channels and its output maps."""
+    errors = []
+    channel_axis = 1 if spec.axes == "CYX" else -1
+    c_in = ishape[channel_axis]
+    c_out = oshape[channel_axis] if len(oshape) == 4 else None
     if c_in is not None and c_in != spec.channels:
         other = ishape[1] if spec.axes == "YXC" else ishape[3]
         hint = (f" (its axes look like {'CYX' if spec.axes == 'YXC' else 'YXC'}: set axes)"
@@ -210,6 +226,13 @@ def check_model(keras_model, spec, source):
                    " (semantic, with its class names)" if c_out != 3 else " (instances)"))
         errors.append(f"{source}: field 'kind' is {spec.kind!r}, which needs {what}, but the "
                       f"model outputs {c_out} channels (shape {oshape}). Fix the spec: {fix}.")
+    return errors
+
+
+def _tiling_errors(keras_model, ishape, spec, source):
+    """Problems with the spec's tile, overlap and divisor for this model."""
+    errors = []
+    spatial = ishape[2:] if spec.axes == "CYX" else ishape[1:3]
     fixed = [d for d in spatial if d is not None]
     if fixed and (len(fixed) != 2 or fixed[0] != fixed[1] or fixed[0] != spec.tile):
         errors.append(f"{source}: the model only takes {spatial[0]}x{spatial[1]} inputs but "
@@ -230,9 +253,21 @@ def check_model(keras_model, spec, source):
 
 
 def inspect(path, *, trust=False):
-    """Describe a bundle and check it: ``(lines, errors)``, errors empty when all is well.
+    """Describe a bundle and check it against its model (``segflow model inspect``).
 
-    ``path``: a ``.keras`` file or folder; ``trust=True`` loads it outside safe mode.
+    Parameters
+    ----------
+    path : str or Path
+        A ``.keras`` file or a bundle folder.
+    trust : bool, optional
+        Load the model outside Keras' safe mode (default False); only for files you trust.
+
+    Returns
+    -------
+    lines : list of str
+        The description: model and spec files, the spec's fields, the Keras model's shapes.
+    errors : list of str
+        Problems found; empty when all is well. Problems are returned, never raised.
     """
     lines, errors = [], []
     path = Path(str(path))
@@ -259,21 +294,7 @@ def inspect(path, *, trust=False):
             spec = read_spec(spec_file)
         except BundleError as exc:
             return lines, [str(exc)]
-    data = spec.to_dict()
-    data.pop("training", None)
-    for key in ("name", "kind", "classes", "object_class", "split", "channels", "axes",
-                "divisor", "tile", "overlap", "normalization", "p_low", "p_high", "invert",
-                "object_diameter", "object_diameter_range", "pixel_size", "postprocess"):
-        value = data[key]
-        if key == "classes" and spec.kind != "semantic":
-            continue
-        if key in ("object_class",) and spec.kind != "semantic":
-            continue
-        if key == "split" and spec.kind != "binary":
-            continue
-        if key in ("p_low", "p_high", "invert") and spec.normalization != "percentile":
-            continue
-        lines.append(f"  {key}: {list(value) if isinstance(value, tuple) else value}")
+    lines += _spec_lines(spec)
     try:
         kmodel = load_keras(model_path, trust)
     except Exception as exc:  # noqa: BLE001 (any Keras error is the report's)
@@ -287,3 +308,20 @@ def inspect(path, *, trust=False):
                  f"{f'{down}x' if down else 'not detected'}")
     errors += check_model(kmodel, spec, str(spec_file or model_path))
     return lines, errors
+
+
+def _spec_lines(spec):
+    """The spec's fields that matter for its kind and normalisation, one line each."""
+    data, lines = spec.to_dict(), []
+    for key in ("name", "kind", "classes", "object_class", "split", "channels", "axes",
+                "divisor", "tile", "overlap", "normalization", "p_low", "p_high", "invert",
+                "object_diameter", "object_diameter_range", "pixel_size", "postprocess"):
+        value = data[key]
+        if key in ("classes", "object_class") and spec.kind != "semantic":
+            continue
+        if key == "split" and spec.kind != "binary":
+            continue
+        if key in ("p_low", "p_high", "invert") and spec.normalization != "percentile":
+            continue
+        lines.append(f"  {key}: {list(value) if isinstance(value, tuple) else value}")
+    return lines

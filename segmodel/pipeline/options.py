@@ -102,7 +102,8 @@ class RunOptions(BaseModel):
                 pass
         if isinstance(value, str):
             value = value.strip().lower()
-        return validate_scale(value)
+        return _as_value_error(validate_scale, value)
+
     @field_serializer("storage_options", when_used="json")
     def _redact_storage_options(self, value):
         """Give keys only in JSON (Prefect's stored parameters): values may be credentials.
@@ -114,7 +115,7 @@ class RunOptions(BaseModel):
     @field_validator("channel", mode="before")
     @classmethod
     def _channel(cls, value):
-        return parse_channel(value)
+        return _as_value_error(parse_channel, value)
 
     @field_validator("input", "output")
     @classmethod
@@ -128,6 +129,14 @@ class RunOptions(BaseModel):
         if not value or not all(isinstance(p, str) and p for p in value):
             raise ValueError(f"patterns must be non-empty glob patterns. Received: {value!r}")
         return value
+
+
+def _as_value_error(check, value):
+    """``check(value)``, a wrong kind reported as pydantic reports a wrong value."""
+    try:
+        return check(value)
+    except TypeError as exc:  # pydantic turns ValueError, not TypeError, into its errors
+        raise ValueError(str(exc)) from None
 
 
 def redact(value):

@@ -430,8 +430,10 @@ def parse_channel(value):
 
     Raises
     ------
+    TypeError
+        If ``value`` is neither an int, a str nor None (a bool included).
     ValueError
-        If ``value`` is an empty string, or neither an int, a str nor None (a bool included).
+        If ``value`` is an empty string.
     """
     if value is None or isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -441,8 +443,8 @@ def parse_channel(value):
             raise ValueError("channel must be an index (0, 1, ...) or a channel name. "
                              "Received: an empty string")
         return int(value) if re.fullmatch(r"\d+", value) else value
-    raise ValueError(f"channel must be an index (0, 1, ...) or a channel name. Received: "
-                     f"{value!r}")
+    raise TypeError(f"channel must be an index (0, 1, ...) or a channel name. Received: a "
+                    f"{type(value).__name__}, {value!r}")
 
 
 def channel_index(data, channel, name="<image>"):

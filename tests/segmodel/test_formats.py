@@ -209,6 +209,8 @@ def test_channel_is_parsed_as_an_index_or_a_name():
     assert formats.parse_channel("DAPI") == "DAPI" and formats.parse_channel(None) is None
     with pytest.raises(ValueError, match="channel must be"):
         formats.parse_channel("")
+    with pytest.raises(TypeError, match="Received: a list"):
+        formats.parse_channel([0])
     assert formats.column_names(["DAPI", "Alexa Fluor 488", "DAPI", ""]) == [
         "channel_DAPI", "channel_Alexa_Fluor_488", "channel_DAPI_2", "channel_3"]
 
