@@ -1,12 +1,14 @@
 """Prefect's temporary API server for a ``segflow run``, started before Prefect is imported.
 
 Without ``PREFECT_API_URL`` the first API call of a flow starts a temporary server and waits for
-it: Prefect imports its server package in the calling process (about 2 s on 2 cores), then starts
-a uvicorn subprocess serving ``prefect.server.api.server:create_app`` and polls its health (the
-subprocess' imports and database migrations, several seconds). :func:`early_server` starts that
-same subprocess, the way Prefect does, first thing in the run and without importing Prefect, so
-the server starts on another core while Prefect and TensorFlow are imported and the model loads
-and warms up. This module imports nothing of Prefect until :meth:`EarlyServer.wait`.
+it: Prefect imports its server package in the calling process (about 2 s on 2 cores), then
+starts the server in a subprocess and polls its health (the subprocess' imports and database
+migrations, several seconds). :func:`early_server` instead starts ``prefect server start`` (the
+public command, on a free loopback port, without the UI and the services a run of one process
+does not use) first thing in the run and without importing Prefect, so the server starts on
+another core while Prefect and TensorFlow are imported and the model loads and warms up. The
+flow is then pointed at it through the public ``PREFECT_API_URL`` setting. This module imports
+nothing of Prefect until :meth:`EarlyServer.wait`.
 """
 
 import os
@@ -42,6 +44,13 @@ def configured_api_url():
 #: batches, from Prefect's background threads; the flow's progress update after each shard
 #: comes while the next shard is already in flight.
 SERVER_NICE = 10
+
+#: Prefect's public settings that turn off the server's services a run in one process does not
+#: use (scheduling deployments, marking late or stuck runs, workers' health): the services that
+#: record task runs, events and logs keep running, as on Prefect's own temporary server.
+SERVICES_OFF = {f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false" for name in (
+    "SCHEDULER", "LATE_RUNS", "FOREMAN", "CANCELLATION_CLEANUP", "PAUSE_EXPIRATIONS",
+    "REPOSSESSOR")}
 
 
 def _child_setup():
@@ -97,7 +106,7 @@ class EarlyServer:
         #: True when the server process itself exited at start (not a port taken meanwhile):
         #: Prefect's own temporary server would fail the same way, so the run should stop.
         self.exited = False
-        self._log = None  # the server's stderr, read back when it exits
+        self._log = None  # what the server process printed, read back when it exits
         if configured_api_url():
             return
         self._spawn()
@@ -106,34 +115,30 @@ class EarlyServer:
         atexit.register(self.stop)
 
     def _spawn(self):
-        import importlib.util
         import socket
         import subprocess
-        from pathlib import Path
+        import tempfile
 
-        package = Path(importlib.util.find_spec("prefect").origin).parent
-        with socket.socket() as sock:  # a free loopback port (uvicorn exits 3 if taken since)
+        with socket.socket() as sock:  # a free loopback port (the command refuses one taken)
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
-        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-               "PREFECT__SERVER_FINAL": "1"}
+        env = dict(os.environ)
         if "prefect.settings" in sys.modules:  # settings made in this process, as Prefect does
             from prefect.settings import get_current_settings
 
             env.update(get_current_settings().to_environment_variables(exclude_unset=True))
-        import tempfile
-
+        env.update(SERVICES_OFF)
         if self._log is not None:
             self._log.close()
         self._log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--app-dir", str(package.parent),
-             "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
-             "--port", str(self.port), "--log-level", "error", "--lifespan", "on"], env=env,
-            stderr=self._log, preexec_fn=_child_setup())
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+             "--port", str(self.port), "--no-ui", "--log-level", "ERROR", "--analytics-off",
+             "--no-prompt"], env=env, stdin=subprocess.DEVNULL, stdout=self._log,
+            stderr=subprocess.STDOUT, preexec_fn=_child_setup())
 
-    def _stderr_tail(self, limit=20000):
-        """The last ``limit`` bytes the server process wrote to its stderr, as text."""
+    def _output_tail(self, limit=20000):
+        """The last ``limit`` bytes the server process printed, as text."""
         if self._log is None:
             return ""
         self._log.seek(0, os.SEEK_END)
@@ -168,9 +173,9 @@ class EarlyServer:
             while time.monotonic() < deadline:
                 code = self.process.poll()
                 if code is not None:
-                    log = self._stderr_tail()
-                    # uvicorn exits 3 on any failed start: only a port taken since is retried
-                    if code == 3 and "address already in use" in log.lower() and respawns < 5:
+                    log = self._output_tail()
+                    # only a port taken since it was chosen is worth another try
+                    if "already in use" in log.lower() and respawns < 5:
                         respawns += 1
                         self._spawn()
                         continue

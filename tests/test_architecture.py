@@ -117,3 +117,40 @@ def test_no_function_takes_more_than_eight_parameters():
     many = [f"{p}:{n.lineno} {n.name} ({_n_params(n)})" for p, n in _functions()
             if _n_params(n) > 8]
     assert not many, many
+
+
+#: Prefect's internals: private modules (a leading underscore), the server's own package, and
+#: the double-underscore environment variables Prefect sets for itself.
+_PRIVATE_PREFECT = ("PREFECT__", "prefect._", "prefect.server.", "prefect.cli.")
+
+
+def _private_prefect_uses(path):
+    """``(line, text)`` of each import or string in ``path`` naming Prefect's internals."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names = [node.value]
+        else:
+            continue
+        found += [(node.lineno, n) for n in names if any(p in n for p in _PRIVATE_PREFECT)
+                  or n.split(".")[:2] == ["prefect", "server"]]
+    return found
+
+
+def test_nothing_uses_prefects_private_api():
+    """Prefect is used through its public API, settings and commands only."""
+    paths = [p for d in (*PACKAGES, "benchmarks") for p in sorted((ROOT / d).rglob("*.py"))]
+    used = [f"{p.relative_to(ROOT)}:{line} {text[:60]!r}"
+            for p in paths for line, text in _private_prefect_uses(p)]
+    assert not used, used
+
+
+def test_the_private_api_check_finds_a_use(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text('import os\nfrom prefect.server.api import server\n'
+                    'os.environ["PREFECT__SERVER_EPHEMERAL"] = "1"\n')
+    assert [line for line, _ in _private_prefect_uses(path)] == [2, 3]

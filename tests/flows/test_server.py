@@ -87,6 +87,10 @@ def test_the_early_server_records_the_run_without_heartbeats_and_is_shared(uncon
     assert server.process is not None
     assert server.wait() is True, server.problem
     assert httpx.get(f"{server.api_url}/health", timeout=10).status_code == 200
+    services = httpx.get(f"{server.api_url}/admin/settings", timeout=10).json()["server"][
+        "services"]  # the server's own settings: what runs there
+    assert not services["scheduler"]["enabled"] and not services["late_runs"]["enabled"]
+    assert services["task_run_recorder"]["enabled"] and services["event_persister"]["enabled"]
     if hasattr(os, "getpriority"):  # it runs below this process, like the task threads
         ours = os.getpriority(os.PRIO_PROCESS, 0)
         assert os.getpriority(os.PRIO_PROCESS, server.process.pid) == min(19, ours + SERVER_NICE)
@@ -217,9 +221,9 @@ def test_startup_problem_names_the_servers_last_error_and_what_to_do():
 
 
 def test_a_server_that_cannot_start_stops_the_run_with_its_reason(samples, tmp_path):
-    """uvicorn exits 3 on any failed start; only a port taken meanwhile is worth a retry. A
-    database of another Prefect version once made ``segflow run`` restart the server for
-    minutes: it now stops at once, naming the reason, and writes nothing."""
+    """The server command exits 3 on a failed start; only a port taken meanwhile is worth a
+    retry. A database of another Prefect version once made ``segflow run`` restart the server
+    for minutes: it now stops at once, naming the reason, and writes nothing."""
     import time
 
     home = tmp_path / "prefect-home"
