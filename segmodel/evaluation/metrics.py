@@ -42,9 +42,21 @@ def average_precision(true, pred, thresholds=THRESHOLDS):
     A true and a predicted object match when their IoU exceeds the threshold (each object
     matches at most one other since IoU > 0.5 is unique). Two empty images score 1.
 
+    Parameters
+    ----------
+    true, pred : (H, W) int ndarray
+        Ground-truth and predicted instance labels (0 = background).
+    thresholds : sequence of float, optional
+        IoU thresholds, each >= 0.5 (default 0.5 to 0.95 in steps of 0.05).
+
     Returns
     -------
     ap : (len(thresholds),) ndarray
+
+    Raises
+    ------
+    ValueError
+        A threshold below 0.5, or none.
     """
     thresholds = np.asarray(thresholds, dtype=float)
     if thresholds.size == 0 or thresholds.min() < 0.5:

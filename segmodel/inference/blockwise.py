@@ -178,8 +178,23 @@ class TiffRegions:
 def estimate_scale(regions, model, *, tiling, batch_size=8, lock=None, size=2048):
     """Automatic scale of a huge image, from the nuclei of its central ``size`` square.
 
-    Returns a :class:`segmodel.inference.autoscale.Estimate` (see
-    :func:`segmodel.inference.passes.estimate_scales`).
+    Parameters
+    ----------
+    regions : Regions
+        The image, read region by region.
+    model : segmodel.model.loading.LoadedModel
+    tiling : segmodel.inference.preprocess.Tiling
+    batch_size : int, optional
+        Tiles per model call (default 8).
+    lock : threading.Lock, optional
+        Held around each model call (default None).
+    size : int, optional
+        Edge of the central square, in pixels (default 2048).
+
+    Returns
+    -------
+    segmodel.inference.autoscale.Estimate
+        As :func:`segmodel.inference.passes.estimate_scales`.
     """
     h, w = regions.shape
     y0, x0 = max(0, (h - size) // 2), max(0, (w - size) // 2)

@@ -137,7 +137,19 @@ def prepare(image, spec, scale=1.0):
 
 
 def rescale(prepared, scale):
-    """The same prepared image at another working scale (resized from the normalised image)."""
+    """The same prepared image at another working scale (resized from the normalised image).
+
+    Parameters
+    ----------
+    prepared : Prepared
+    scale : float
+        The new working scale (> 0).
+
+    Returns
+    -------
+    Prepared
+        ``prepared`` itself when the scale is unchanged.
+    """
     if scale == prepared.scale:
         return prepared
     shape = scaled_shape(prepared.image.shape, scale)
@@ -149,6 +161,18 @@ def finish(maps, prepared, spec):
 
     Upscaled images are labelled at the working scale and the labels downsampled; downscaled
     images have their maps upsampled first, so outlines keep the image's own resolution.
+
+    Parameters
+    ----------
+    maps : (h, w, K) float ndarray
+        The model's maps at the working scale.
+    prepared : Prepared
+    spec : segmodel.model.spec.ModelSpec
+
+    Returns
+    -------
+    (H, W) int32 ndarray
+        Labels at the image's own size (a class map for a semantic model).
     """
     return finish_at(maps, prepared.image.shape[:2], prepared.scale, spec)
 
@@ -156,8 +180,21 @@ def finish(maps, prepared, spec):
 def finish_at(maps, shape, scale, spec):
     """:func:`finish` for an image of ``shape`` prepared at ``scale``.
 
-    :func:`finish` for an image of ``shape`` prepared at ``scale`` (what a worker process is sent:
-    the maps and two numbers, not the image).
+    What a worker process is sent: the maps and two numbers, not the image.
+
+    Parameters
+    ----------
+    maps : (h, w, K) float ndarray
+        The model's maps at the working scale.
+    shape : tuple of int
+        ``(H, W)`` of the image.
+    scale : float
+        The working scale the maps were computed at.
+    spec : segmodel.model.spec.ModelSpec
+
+    Returns
+    -------
+    (H, W) int32 ndarray
     """
     if scale < 1.0:
         maps = resize(maps, shape, order=1)

@@ -66,8 +66,26 @@ def split_markers(score, markers, n, settings):
     specks of a textured large nucleus do not split it while two peaks of similar size do.
 
     Only the markers' own pixels are looked at (as flat lists), and each level labels the
-    bounding box of those above it. Returns the new ``(markers, n)``, numbered 1..N in raster
-    order of their first pixel, as :func:`scipy.ndimage.label` numbers the markers it is given.
+    bounding box of those above it.
+
+    Parameters
+    ----------
+    score : (H, W) float ndarray
+        The marker score (:func:`labels_from_maps`).
+    markers : (H, W) int ndarray
+        Markers numbered 1..``n``.
+    n : int
+        The number of markers.
+    settings : segmodel.model.spec.PostprocessSettings
+        ``marker``, ``split_step``, ``split_fraction`` and ``min_marker_area`` are used.
+
+    Returns
+    -------
+    markers : (H, W) int32 ndarray
+        The new markers, numbered 1..N in raster order of their first pixel, as
+        :func:`scipy.ndimage.label` numbers the markers it is given.
+    n : int
+        N.
     """
     step = settings.split_step
     if step <= 0 or not n:
@@ -82,36 +100,55 @@ def split_markers(score, markers, n, settings):
         above = np.flatnonzero(values > level)
         if len(above) < 2 * smallest:
             break
-        parts, m = _components(at[above], width)
-        area = np.bincount(parts, minlength=m + 1)
-        parent = np.zeros(m + 1, np.int64)
-        parent[parts] = owner[above]
-        marker_area = np.bincount(owner, minlength=int(owner.max()) + 1)
-        large = area >= np.maximum(smallest, settings.split_fraction * marker_area[parent])
-        large[0] = False
-        split = np.bincount(parent[large], minlength=len(marker_area)) >= 2
-        split[0] = False
-        if split.any():
-            # the large parts of split markers become markers (new numbers after the others);
-            # the rest of a split marker's pixels are left to the flooding
-            new = np.flatnonzero(large & split[parent])
-            number = np.zeros(m + 1, np.int64)
-            number[new] = len(marker_area) + np.arange(len(new))
-            renamed = number[parts]
-            keep = ~split[owner]
-            keep[above] |= renamed > 0
-            owner = owner.copy()
-            owner[above] = np.where(renamed > 0, renamed, owner[above])
+        keep, owner = _split_level(at[above], above, owner, width,
+                                   smallest, settings.split_fraction)
+        if keep is not None:
             at, values, owner = at[keep], values[keep], owner[keep]
             changed = True
         level += step
     if not changed:
         return markers, n
-    # number the markers 1..N in raster order of their first pixel (``at`` is in raster order)
+    return _renumber(markers.shape, at, owner)
+
+
+def _split_level(at_above, above, owner, width, smallest, fraction):
+    """One level of :func:`split_markers`: ``(pixels kept, new owners)``, or ``(None, owner)``.
+
+    ``at_above`` are the flat indices of the marker pixels above the level (``above`` their
+    positions in ``owner``). The large parts of split markers become markers, numbered after the
+    others; the rest of a split marker's pixels are left to the flooding.
+    """
+    parts, m = _components(at_above, width)
+    area = np.bincount(parts, minlength=m + 1)
+    parent = np.zeros(m + 1, np.int64)
+    parent[parts] = owner[above]
+    marker_area = np.bincount(owner, minlength=int(owner.max()) + 1)
+    large = area >= np.maximum(smallest, fraction * marker_area[parent])
+    large[0] = False
+    split = np.bincount(parent[large], minlength=len(marker_area)) >= 2
+    split[0] = False
+    if not split.any():
+        return None, owner
+    new = np.flatnonzero(large & split[parent])
+    number = np.zeros(m + 1, np.int64)
+    number[new] = len(marker_area) + np.arange(len(new))
+    renamed = number[parts]
+    keep = ~split[owner]
+    keep[above] |= renamed > 0
+    owner = owner.copy()
+    owner[above] = np.where(renamed > 0, renamed, owner[above])
+    return keep, owner
+
+
+def _renumber(shape, at, owner):
+    """``(markers, N)`` of ``shape`` from flat pixel indices and their owners.
+
+    ``at`` is in raster order; the markers are numbered 1..N in raster order of their first pixel.
+    """
     ids, first = np.unique(owner, return_index=True)
     lut = np.zeros(int(ids[-1]) + 1, np.int32)
     lut[ids[np.argsort(first)]] = np.arange(1, len(ids) + 1, dtype=np.int32)
-    out = np.zeros(markers.shape, np.int32)
+    out = np.zeros(shape, np.int32)
     out.ravel()[at] = lut[owner]
     return out, len(ids)
 

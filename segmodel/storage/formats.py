@@ -323,28 +323,26 @@ def _ome_xml(text):
 
 
 def read_ome_zarr(zstore, *, name="<zarr>", max_pixels=MAX_PIXELS, plane=None, pyramid_level=0):
-    """One plane of an OME-Zarr (NGFF 0.4 or 0.5) image at ``pyramid_level`` (0 = full size).
+    """One plane of an OME-Zarr (NGFF 0.4 or 0.5) image at one pyramid level.
 
-    ``zstore``: a zarr store; the rest (ImageDecodeError included) as :func:`read_image`.
+    Parameters
+    ----------
+    zstore : zarr store
+        The image's group (:meth:`segmodel.storage.io.Store.zarr_store`).
+    name, max_pixels, plane, pyramid_level
+        As :func:`read_image`.
+
+    Returns
+    -------
+    ImageData
+
+    Raises
+    ------
+    ImageDecodeError
+        Not an OME-Zarr image, unreadable pixels, or as :func:`read_image`.
     """
-    import zarr
-
-    try:
-        group = zarr.open_group(store=zstore, mode="r")
-        attrs = group.attrs.asdict()
-    except Exception as exc:
-        if isinstance(exc, (PermissionError,)) or _transient(exc):
-            raise
-        raise ImageDecodeError(f"{name}: not a readable OME-Zarr ({type(exc).__name__}: "
-                               f"{exc}).") from exc
-    ome = attrs.get("ome", attrs)
-    multiscales = ome.get("multiscales") or []
-    if not multiscales:
-        raise ImageDecodeError(
-            f"{name}: not an OME-Zarr image: no 'multiscales' in its attributes (a plate, "
-            "well or labels group is not an image; point segflow at the image itself)."
-        )
-    ms = multiscales[0]
+    group, ome = _open_ome_zarr(zstore, name)
+    ms = ome["multiscales"][0]
     datasets = ms.get("datasets") or []
     _check_level(name, pyramid_level, len(datasets))
     dataset = datasets[pyramid_level]
@@ -382,6 +380,27 @@ def read_ome_zarr(zstore, *, name="<zarr>", max_pixels=MAX_PIXELS, plane=None, p
         names = _indices(image.shape[-1])
     pixel_size = _ngff_pixel_size(ms, dataset, axes_meta, axes)
     return ImageData(image, tuple(names), pixel_size, axes, image.shape[-1] == 1)
+
+
+def _open_ome_zarr(zstore, name):
+    """``(group, ome attributes)`` of an OME-Zarr image; ImageDecodeError for anything else."""
+    import zarr
+
+    try:
+        group = zarr.open_group(store=zstore, mode="r")
+        attrs = group.attrs.asdict()
+    except Exception as exc:
+        if isinstance(exc, (PermissionError,)) or _transient(exc):
+            raise
+        raise ImageDecodeError(f"{name}: not a readable OME-Zarr ({type(exc).__name__}: "
+                               f"{exc}).") from exc
+    ome = attrs.get("ome", attrs)
+    if not ome.get("multiscales"):
+        raise ImageDecodeError(
+            f"{name}: not an OME-Zarr image: no 'multiscales' in its attributes (a plate, "
+            "well or labels group is not an image; point segflow at the image itself)."
+        )
+    return group, ome
 
 
 def _transient(exc):

@@ -187,7 +187,25 @@ def list_pairs(images_dir, labels_dir):
     """Images of ``images_dir`` paired with the label image of the same stem in ``labels_dir``.
 
     ``a01.png`` pairs with ``a01.png``, ``a01.tif`` (or any image suffix) of the labels folder.
-    Returns ``(samples sorted by id, ids of images without labels)``.
+
+    Parameters
+    ----------
+    images_dir, labels_dir : str or pathlib.Path
+        Local folders of images and of their instance label images.
+
+    Returns
+    -------
+    samples : list of PairedSample
+        Sorted by id (the file stem).
+    unpaired : list of str
+        Ids of images without a label image.
+
+    Raises
+    ------
+    FileNotFoundError
+        A folder is missing, or no image has a label image.
+    ValueError
+        Two files of one folder share a stem.
     """
     images_dir, labels_dir = Path(images_dir), Path(labels_dir)
     for name, folder in (("images", images_dir), ("labels", labels_dir)):
@@ -221,8 +239,22 @@ def magnify(image, labels, factor):
 
     ``image`` and its instance ``labels`` as a microscope ``factor`` times the magnification would
     have recorded them: the image resampled by area averaging (``factor < 1``) or bicubic
-    interpolation, the labels by nearest neighbour. Returns ``(image, labels)`` of the same dtypes;
-    ``factor == 1`` returns them unchanged.
+    interpolation, the labels by nearest neighbour.
+
+    Parameters
+    ----------
+    image : (H, W) or (H, W, C) ndarray
+    labels : (H, W) int ndarray
+        Instance labels of ``image``.
+    factor : float
+        Magnification factor (> 0); 1 returns both unchanged.
+
+    Returns
+    -------
+    image : (round(H*factor), round(W*factor)[, C]) ndarray
+        Same dtype.
+    labels : (round(H*factor), round(W*factor)) ndarray
+        Same dtype.
     """
     if factor == 1:
         return image, labels
