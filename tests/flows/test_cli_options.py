@@ -11,6 +11,7 @@ from flows import cli
 from flows.cli import build_params, command_parser, option_name
 from flows.evaluate import EvaluateParams
 from flows.params import SegmentParams, TrainParams
+from segmodel.training.train import TrainConfig
 
 #: command, its parameter model, and the fields that are positional arguments
 COMMANDS = [("run", SegmentParams, {"input", "output"}),
@@ -28,7 +29,7 @@ POSITIONALS = {"run": ["in", "out"], "serve": ["in", "out"], "demo": [], "train"
 def test_every_field_has_exactly_one_option_described_by_the_model(command, model, positional):
     actions = command_parser(command)._actions
     for field, info in model.model_fields.items():
-        if field in NOT_OPTIONS.get(command, ()):
+        if field in NOT_OPTIONS.get(command, ()) or not cli.is_option(info):
             assert not [a for a in actions if a.dest == field]
             continue
         mine = [a for a in actions if a.dest == field]
@@ -81,7 +82,7 @@ def test_options_not_given_leave_the_models_defaults(command, model, positional)
     given = {f: getattr(args, f) for f in positional} | fixed
     assert params.model_dump() == model(**given).model_dump()
     if command == "train":
-        assert params.out_dir == "train-runs/nuclei" and params.filters == [16, 32, 64, 128]
+        assert params.out_dir == "train-runs/nuclei" and params.filters == (16, 32, 64, 128)
     if command == "run":
         assert params.shard_size == 32 and params.max_failure_fraction == 1.0
 
@@ -102,7 +103,7 @@ def test_given_options_reach_the_parameters():
         "o", "--filters", "8,16", "--patch", "64", "--images", "im", "--labels", "lab",
         "--learning-rate", "1e-3", "--kind", "binary"]))
     assert (train.filters, train.patch, train.images_dir, train.labels_dir) == \
-        ([8, 16], 64, "im", "lab")
+        ((8, 16), 64, "im", "lab")
     assert (train.learning_rate, train.kind, train.steps) == (1e-3, "binary", 2600)
     ev = build_params(EvaluateParams, command_parser("evaluate").parse_args([
         "p", "t", "--groups", "g.csv", "--storage-options", '{"anon": true}']))
@@ -164,6 +165,28 @@ def test_segflow_run_exits_naming_the_option(monkeypatch, tmp_path):
     assert str(err.value) == ("segflow: invalid parameters\n  --shard-size: Input should be "
                               "greater than or equal to 1 (received: '0')")
     assert not (tmp_path / "out").exists()
+
+
+def test_every_training_setting_users_set_is_a_segflow_train_option_with_its_default():
+    """Each field of TrainConfig is an option of ``segflow train`` described by the field and
+    defaulting to it, but the recipe's own settings (``json_schema_extra={"cli": False}``)."""
+    actions = {a.dest: a for a in command_parser("train")._actions}
+    params = build_params(TrainParams, command_parser("train").parse_args([]))
+    defaults = TrainConfig()
+    options = [f for f, info in TrainConfig.model_fields.items() if cli.is_option(info)]
+    assert {"data_dir", "steps", "filters", "kind", "images_dir", "contact_weight"} <= \
+        set(options)
+    for field in options:
+        info, action = TrainConfig.model_fields[field], actions[field]
+        assert action.option_strings == [option_name(field)], field
+        assert info.description and info.description in action.help, field
+        assert getattr(params, field) == getattr(defaults, field), field
+        shown = cli._shown_default(field, getattr(defaults, field))
+        assert action.help.endswith(f"(default: {shown})" if shown else info.description), field
+    internal = TrainConfig.model_fields.keys() - set(options)
+    assert {"warmup_steps", "modality_weights", "contact_radius"} <= internal
+    assert not internal & actions.keys()
+    assert {f: getattr(params, f) for f in internal} == {f: getattr(defaults, f) for f in internal}
 
 
 def test_an_unknown_choice_is_refused_by_the_parser(capsys):
