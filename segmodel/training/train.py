@@ -1,7 +1,7 @@
 """Training the nuclei model: targets, augmentation, a resumable training loop, threshold tuning.
 
-Run ``segflow train`` (a Prefect flow around :func:`train`) or, without Prefect,
-``python -m segmodel.training.train OUT_DIR``.
+The settings are :class:`TrainConfig`, declared once: ``segflow train`` (a Prefect flow around
+:func:`train`) takes them as options, or call :func:`train` with one.
 """
 
 import itertools
@@ -660,7 +660,7 @@ def parse_filters(text):
     """The U-Net's filters per level from a comma-separated option value ("16,32,64,128").
 
     Raises ValueError naming the option and the value received when an entry is not a
-    positive integer (the message both command lines show).
+    positive integer (the message ``segflow train --filters`` shows).
     """
     try:
         filters = tuple(int(f) for f in str(text).split(","))
@@ -670,63 +670,3 @@ def parse_filters(text):
         raise ValueError(f"--filters must be positive integers separated by commas, e.g. "
                          f"16,32,64,128. Received: --filters {text!r}")
     return filters
-
-
-def main(argv=None):
-    """Command line: ``python -m segmodel.training.train OUT_DIR [options]``."""
-    import argparse
-
-    defaults = TrainConfig()
-    parser = argparse.ArgumentParser(description="Train the nuclei model (resumable).")
-    parser.add_argument("out_dir")
-    parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--steps-per-epoch", type=int, default=defaults.steps_per_epoch)
-    parser.add_argument("--data-dir", default=defaults.data_dir)
-    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    parser.add_argument("--patch", type=int, default=defaults.patch,
-                        help="edge of the training patches, in pixels (a multiple of 2**levels: "
-                        "16 with the default 4 levels)")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                        help="patches per step")
-    parser.add_argument("--object-diameter", type=float, default=defaults.object_diameter,
-                        help="resize training images to this median nucleus diameter (0: as is)")
-    parser.add_argument("--init", default="", help="start from this .keras model's weights")
-    parser.add_argument("--seed", type=int, default=defaults.seed,
-                        help="seed of patch sampling and augmentation")
-    parser.add_argument("--images", default="", help="folder of your own images")
-    parser.add_argument("--labels", default="", help="folder of their instance labels")
-    parser.add_argument("--kind", default="instances", choices=list(LOSSES))
-    parser.add_argument("--filters", default=",".join(map(str, defaults.filters)),
-                        help="filters per U-Net level, comma-separated (one level per entry)")
-    parser.add_argument("--bottleneck", type=int, default=defaults.bottleneck,
-                        help="filters at the lowest resolution")
-    parser.add_argument("--contact-weight", type=float, default=defaults.contact_weight,
-                        help="extra loss weight where two nuclei touch (0: none)")
-    args = parser.parse_args(argv)
-    if args.contact_weight < 0:
-        parser.error(f"--contact-weight must be >= 0. Received: --contact-weight "
-                     f"{args.contact_weight}")
-    try:
-        filters = parse_filters(args.filters)
-    except ValueError as err:
-        parser.error(str(err))
-    if args.bottleneck < 1:
-        parser.error(f"--bottleneck must be >= 1. Received: --bottleneck {args.bottleneck}")
-    try:
-        check_patch(args.patch, len(filters))
-    except ValueError as err:
-        parser.error(str(err))
-    if args.batch_size < 1:
-        parser.error(f"--batch-size must be >= 1. Received: --batch-size {args.batch_size}")
-    config = TrainConfig(steps=args.steps, steps_per_epoch=args.steps_per_epoch,
-                         patch=args.patch, batch_size=args.batch_size,
-                         data_dir=args.data_dir, learning_rate=args.learning_rate,
-                         object_diameter=args.object_diameter, init=args.init, seed=args.seed,
-                         images_dir=args.images, labels_dir=args.labels, kind=args.kind,
-                         filters=filters, bottleneck=args.bottleneck,
-                         contact_weight=args.contact_weight)
-    train(args.out_dir, config, log=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True))
-
-
-if __name__ == "__main__":
-    main()

@@ -3,6 +3,7 @@ described and defaulted by the model, and invalid values named by their option."
 
 import argparse
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -120,12 +121,14 @@ def test_given_options_reach_the_parameters():
     ("train", ["--bottleneck", "0"], "--bottleneck: Input should be greater than or equal to 1"),
     ("train", ["--filters", "16,x"], "--filters must be positive integers separated by commas"),
     ("train", ["--labels", "lab"], "--labels: Value error, labels_dir needs images_dir"),
+    ("train", ["--filters", "16,32,64,128,256", "--patch", "48"],
+     "parameters: Value error, --patch must be a multiple of 32 with 5 levels"),
     ("evaluate", ["--storage-options", "{bad"], "--storage-options: storage_options must be a "
                                                 "JSON object: Expecting property name"),
     ("evaluate", ["--storage-options", "[1]"], "--storage-options must be a JSON object like "
                                                '{"anon": true}. Received: a list'),
 ], ids=["shard-size", "batch-size", "pattern", "block-size", "bottleneck", "filters", "labels",
-        "evaluate-json", "evaluate-list"])
+        "patch", "evaluate-json", "evaluate-list"])
 def test_a_bad_value_exits_with_one_line_naming_its_option(command, argv, line):
     model = {"run": SegmentParams, "train": TrainParams, "evaluate": EvaluateParams}[command]
     args = command_parser(command).parse_args(POSITIONALS[command] + argv)
@@ -167,6 +170,22 @@ def test_segflow_run_exits_naming_the_option(monkeypatch, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--filters", "16,x"], "--filters must be positive integers"),
+    (["--filters", "16,32,64,128,256", "--patch", "48"],
+     "--patch must be a multiple of 32 with 5 levels"),
+    (["--bottleneck", "0"], "--bottleneck: Input should be greater than or equal to 1")],
+    ids=["filters", "patch", "bottleneck"])
+def test_segflow_train_exits_naming_a_bad_architecture_option(monkeypatch, tmp_path, argv,
+                                                              message):
+    monkeypatch.setattr(cli, "_flow_server", lambda: None)  # no temporary server
+    with pytest.raises(SystemExit) as err:
+        cli.main(["train", str(tmp_path / "out"), *argv])
+    assert str(err.value).startswith("segflow: invalid parameters\n")
+    assert message in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
 def test_every_training_setting_users_set_is_a_segflow_train_option_with_its_default():
     """Each field of TrainConfig is an option of ``segflow train`` described by the field and
     defaulting to it, but the recipe's own settings (``json_schema_extra={"cli": False}``)."""
@@ -187,6 +206,16 @@ def test_every_training_setting_users_set_is_a_segflow_train_option_with_its_def
     assert {"warmup_steps", "modality_weights", "contact_radius"} <= internal
     assert not internal & actions.keys()
     assert {f: getattr(params, f) for f in internal} == {f: getattr(defaults, f) for f in internal}
+
+
+def test_the_training_options_table_lists_every_segflow_train_option():
+    table = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
+    section = table.split("## Options", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `(--[a-z-]+)|, `(--[a-z-]+)", section, re.MULTILINE))
+    documented = {o for pair in documented for o in pair if o}
+    generated = {option_name(f) for f, info in TrainParams.model_fields.items()
+                 if cli.is_option(info) and f != "out_dir"}
+    assert documented == generated
 
 
 def test_an_unknown_choice_is_refused_by_the_parser(capsys):
