@@ -3,7 +3,8 @@
 The options of ``run``, ``serve``, ``demo``, ``train`` and ``evaluate`` are generated from the
 flows' parameter models (:class:`~flows.params.SegmentParams`, :class:`~flows.params.TrainParams`,
 :class:`~flows.evaluate.EvaluateParams`): one option per field, its help the field's description
-and default. Values stay text and pydantic converts and validates them; an option not given is
+and default (a field marked ``json_schema_extra={"cli": False}``, a setting of a recipe, has
+none). Values stay text and pydantic converts and validates them; an option not given is
 not passed, so the model's default applies. Only the options that are not flow parameters (the
 task runner, serve's schedule, ...) are declared here.
 """
@@ -159,11 +160,18 @@ def add_positional(parser, model, field, default=None):
     parser.add_argument(field, help=_help(field, info, default), **extra)
 
 
+def is_option(info):
+    """Whether a field has an option: all have but those marked ``json_schema_extra={"cli":
+    False}``."""
+    extra = info.json_schema_extra
+    return not (isinstance(extra, dict) and extra.get("cli") is False)
+
+
 def add_model_options(parser, model, skip=()):
-    """One option per field of ``model`` (but ``skip``): values are passed as text, and only
-    where given (the model's defaults apply otherwise)."""
+    """One option per field of ``model`` (but ``skip`` and those :func:`is_option` refuses):
+    values are passed as text, and only where given (the model's defaults apply otherwise)."""
     for field, info in model.model_fields.items():
-        if field not in skip:
+        if field not in skip and is_option(info):
             option = option_name(field)
             kind = {"metavar": option.lstrip("-").replace("-", "_").upper(),
                     **_option_kind(field, info)}

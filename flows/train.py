@@ -11,15 +11,7 @@ from segmodel.training.train import TrainConfig, train
 def _train(params: TrainParams) -> str:
     """Train or resume into ``params.out_dir``; return the final model's path."""
     logger = get_run_logger()
-    config = TrainConfig(steps=params.steps, steps_per_epoch=params.steps_per_epoch,
-                         learning_rate=params.learning_rate,
-                         object_diameter=params.object_diameter, init=params.init,
-                         seed=params.seed, images_dir=params.images_dir or "",
-                         labels_dir=params.labels_dir or "", kind=params.kind, name=params.name,
-                         filters=tuple(params.filters), bottleneck=params.bottleneck,
-                         patch=params.patch, batch_size=params.batch_size,
-                         contact_weight=params.contact_weight,
-                         **({"data_dir": params.data_dir} if params.data_dir else {}))
+    config = TrainConfig(**params.model_dump(exclude={"out_dir"}))
     return str(train(params.out_dir, config, log=logger.info))
 
 

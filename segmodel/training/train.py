@@ -1,16 +1,27 @@
 """Training the nuclei model: targets, augmentation, a resumable training loop, threshold tuning.
 
-Run ``segflow train`` (a Prefect flow around :func:`train`) or, without Prefect,
-``python -m segmodel.training.train OUT_DIR``.
+The settings are :class:`TrainConfig`, declared once: ``segflow train`` (a Prefect flow around
+:func:`train`) takes them as options, or call :func:`train` with one.
 """
 
 import itertools
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
+from typing import Literal, Optional
 
 import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
@@ -25,50 +36,103 @@ from segmodel.model.unet import build_unet
 from segmodel.training import datasets
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training settings.
+def check_patch(patch, levels):
+    """Raise ValueError naming ``--patch`` unless it fits the U-Net's levels.
+
+    Raise ValueError naming ``--patch`` unless it is a positive multiple of ``2**levels`` (the U-Net
+    halves a patch ``levels`` times).
+    """
+    if patch < 2 ** levels or patch % 2 ** levels:
+        raise ValueError(f"--patch must be a multiple of {2 ** levels} with {levels} levels "
+                         f"(the network halves it {levels} times). Received: --patch {patch}")
+
+
+#: Output kinds of a trained model.
+Kind = Literal["instances", "binary", "semantic"]
+
+
+class TrainConfig(BaseModel):
+    """Training settings, declared once: typed, validated, each field described.
 
     The defaults are the recipe's first stage; the shipped model is six stages of it (README, "The
-    model": each a warm restart, at the images' own scale).
+    model": each a warm restart, at the images' own scale). The ``train-model`` flow's parameters
+    extend this model and ``segflow train``'s options are generated from it, each field's
+    description its help; fields marked ``json_schema_extra={"cli": False}`` are settings of the
+    recipe that have no option.
     """
 
-    data_dir: str = str(datasets.DEFAULT_DATA)
-    steps: int = 2600
-    steps_per_epoch: int = 100
-    batch_size: int = 16
-    patch: int = 128
-    learning_rate: float = 2e-3
-    warmup_steps: int = 100
-    filters: tuple = (16, 32, 64, 128)
-    bottleneck: int = 128
-    #: Every training image is resized so its median nucleus diameter becomes this many pixels
-    #: (times a random factor from ``scale_range``); ``--scale auto`` does the same at inference.
-    object_diameter: float = 24.0
-    scale_range: tuple = (0.6, 1.7)
-    foreground_crop_fraction: float = 0.8
-    modality_weights: dict = field(
-        default_factory=lambda: {"fluorescence": 0.5, "histology": 0.35, "brightfield": 0.15}
-    )
-    seed: int = 0
-    #: A ``.keras`` model whose weights training starts from (same architecture); "" = random.
-    init: str = ""
-    tune_images: int = 0  # 0: every image of the tune split
-    train_images: int = 0  # 0: every image of the train split
-    #: Output kind: "instances" (the shipped head), "binary" (foreground) or "semantic"
-    #: (classes background / interior / boundary, derived from the instance labels).
-    kind: str = "instances"
-    #: Your own data: a folder of images and a folder of their instance labels, paired by file
-    #: stem ("" = the DSB2018-style ``data_dir``).
-    images_dir: str = ""
-    labels_dir: str = ""
-    #: The bundle's name in its spec ("" = "<kind>-unet").
-    name: str = ""
-    #: Extra loss weight on pixels where two nuclei touch (within ``contact_radius`` pixels of
-    #: two different labels), where merges start: each such pixel counts ``1 + contact_weight``
-    #: times (0: every pixel alike). Instance models only.
-    contact_weight: float = 0.0
-    contact_radius: int = 2
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data_dir: Optional[str] = Field(
+        None, description="DSB2018-style dataset folder (default: ../shared/data/dsb2018 beside "
+        "the repository).")
+    steps: int = Field(2600, ge=1, description="Training steps (batches).")
+    steps_per_epoch: int = Field(100, ge=1, description="Steps between checkpoints.")
+    batch_size: int = Field(16, ge=1, description="Patches per training step.")
+    patch: int = Field(128, ge=1, description="Edge of the training patches in pixels (a "
+                       "multiple of 2**levels: 16 with 4 levels).")
+    learning_rate: float = Field(2e-3, gt=0, description="Peak learning rate (cosine decay).")
+    warmup_steps: int = Field(
+        100, ge=0, json_schema_extra={"cli": False},
+        description="Steps of linear learning-rate warm-up (at most a quarter of steps).")
+    filters: tuple[PositiveInt, ...] = Field(
+        (16, 32, 64, 128), min_length=1, max_length=6,
+        description="Filters per U-Net level (one level per entry; with init, the levels a "
+        "deeper network shares with that model start from its weights).")
+    bottleneck: int = Field(128, ge=1, description="Filters at the U-Net's lowest resolution.")
+    object_diameter: float = Field(
+        24.0, ge=0, description="Resize training images to this median nucleus diameter in "
+        "pixels (before the scale jitter of scale_range); automatic scale does the same at "
+        "inference (0: train at the images' own scale, and record the training images' range "
+        "of sizes as the working range).")
+    scale_range: tuple[PositiveFloat, PositiveFloat] = Field(
+        (0.6, 1.7), json_schema_extra={"cli": False},
+        description="Range of the random factor (log-uniform) each patch's scale is multiplied "
+        "by.")
+    foreground_crop_fraction: float = Field(
+        0.8, ge=0, le=1, json_schema_extra={"cli": False},
+        description="Share of patches centred near a nucleus (the others anywhere).")
+    modality_weights: dict[str, NonNegativeFloat] = Field(
+        default_factory=lambda: {"fluorescence": 0.5, "histology": 0.35, "brightfield": 0.15},
+        json_schema_extra={"cli": False},
+        description="Relative share of patches from each modality's images (0.1 for a modality "
+        "not named).")
+    seed: int = Field(0, ge=0, description="Seed of patch sampling and augmentation.")
+    init: str = Field("", description="Start from this .keras model's weights ('' = random): "
+                      "every layer with the same name and shapes is copied.")
+    tune_images: int = Field(0, ge=0, json_schema_extra={"cli": False},
+                             description="Images of the tune split to tune on (0: every one).")
+    train_images: int = Field(0, ge=0, json_schema_extra={"cli": False},
+                              description="Images of the train split to train on (0: every one).")
+    kind: Kind = Field(
+        "instances", description="Output kind of the trained model bundle: 'instances' (the "
+        "shipped head), 'binary' (foreground) or 'semantic' (classes background / interior / "
+        "boundary, derived from the instance labels).")
+    images_dir: Optional[str] = Field(
+        None, description="Your own images (instead of data_dir), paired by file stem with "
+        "labels_dir.")
+    labels_dir: Optional[str] = Field(None, description="Instance label images of images_dir.")
+    name: str = Field("", description="The bundle's name ('' = '<kind>-unet').")
+    contact_weight: float = Field(
+        0.0, ge=0, description="Extra loss weight on pixels where two nuclei touch, where "
+        "merges start: each such pixel counts 1 + contact_weight times (0: every pixel alike; "
+        "instance models only).")
+    contact_radius: int = Field(
+        2, ge=1, json_schema_extra={"cli": False},
+        description="Pixels within this distance (a square window) of two different nuclei, "
+        "gaps between them included, are where they touch.")
+
+    @model_validator(mode="after")
+    def _patch_fits_the_levels(self):
+        check_patch(self.patch, len(self.filters))
+        return self
+
+    @field_validator("labels_dir")
+    @classmethod
+    def _labels_with_images(cls, value, info):
+        if value and not info.data.get("images_dir"):
+            raise ValueError("labels_dir needs images_dir (the images the labels belong to).")
+        return value
 
 
 #: Classes of a semantic model trained from instance labels, in output-channel order.
@@ -249,7 +313,7 @@ def _samples(config, split, log=print):
     """
     limit = {"train": config.train_images, "tune": config.tune_images}[split] or None
     if not config.images_dir:
-        return datasets.list_samples(config.data_dir, split)[:limit]
+        return datasets.list_samples(config.data_dir or datasets.DEFAULT_DATA, split)[:limit]
     pairs, unpaired = datasets.list_pairs(config.images_dir, config.labels_dir or
                                           config.images_dir)
     if unpaired and split == "train" and log:
@@ -309,8 +373,7 @@ def train(out_dir, config=TrainConfig(), log=print):
     Raises
     ------
     ValueError
-        If ``config.kind`` is not one of ``{'instances', 'binary', 'semantic'}`` (when starting
-        afresh), or ``config.init`` shares no layer with the model.
+        If ``config.init`` shares no layer with the model (when starting afresh).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -353,9 +416,6 @@ def _start(config, ckpt, state_file, epochs, log):
         log(f"resuming from {ckpt} after epoch {done}/{epochs}")
         return model, done
     keras.utils.set_random_seed(config.seed)
-    if config.kind not in LOSSES:
-        raise ValueError(f"kind must be one of {', '.join(LOSSES)}. "
-                         f"Received: kind={config.kind!r}")
     model = _build(config)
     if config.init:
         copied, new = init_weights(model, keras.saving.load_model(config.init, compile=False))
@@ -378,9 +438,9 @@ def _trained_spec(config, settings, tune):
         kind=config.kind, classes=SEMANTIC_CLASSES if semantic else (),
         object_class="interior" if semantic else "", divisor=2 ** len(config.filters),
         object_diameter=diameter, object_diameter_range=span, postprocess=settings, training={
-            **{k: v for k, v in asdict(config).items()
-               if k not in ("data_dir", "images_dir", "labels_dir")},
-            "train_images": len(_samples(replace(config, train_images=0), "train", log=None)),
+            **config.model_dump(exclude={"data_dir", "images_dir", "labels_dir"}),
+            "train_images": len(_samples(config.model_copy(update={"train_images": 0}), "train",
+                                         log=None)),
             "tune_images": len(tune),
             **(tuning_record() if config.kind == "instances" and tune else {}),
         })
@@ -600,7 +660,7 @@ def parse_filters(text):
     """The U-Net's filters per level from a comma-separated option value ("16,32,64,128").
 
     Raises ValueError naming the option and the value received when an entry is not a
-    positive integer (the message both command lines show).
+    positive integer (the message ``segflow train --filters`` shows).
     """
     try:
         filters = tuple(int(f) for f in str(text).split(","))
@@ -610,74 +670,3 @@ def parse_filters(text):
         raise ValueError(f"--filters must be positive integers separated by commas, e.g. "
                          f"16,32,64,128. Received: --filters {text!r}")
     return filters
-
-
-def check_patch(patch, levels):
-    """Raise ValueError naming ``--patch`` unless it fits the U-Net's levels.
-
-    Raise ValueError naming ``--patch`` unless it is a positive multiple of ``2**levels`` (the U-Net
-    halves a patch ``levels`` times).
-    """
-    if patch < 2 ** levels or patch % 2 ** levels:
-        raise ValueError(f"--patch must be a multiple of {2 ** levels} with {levels} levels "
-                         f"(the network halves it {levels} times). Received: --patch {patch}")
-
-
-def main(argv=None):
-    """Command line: ``python -m segmodel.training.train OUT_DIR [options]``."""
-    import argparse
-
-    defaults = TrainConfig()
-    parser = argparse.ArgumentParser(description="Train the nuclei model (resumable).")
-    parser.add_argument("out_dir")
-    parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--steps-per-epoch", type=int, default=defaults.steps_per_epoch)
-    parser.add_argument("--data-dir", default=defaults.data_dir)
-    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    parser.add_argument("--patch", type=int, default=defaults.patch,
-                        help="edge of the training patches, in pixels (a multiple of 2**levels: "
-                        "16 with the default 4 levels)")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                        help="patches per step")
-    parser.add_argument("--object-diameter", type=float, default=defaults.object_diameter,
-                        help="resize training images to this median nucleus diameter (0: as is)")
-    parser.add_argument("--init", default="", help="start from this .keras model's weights")
-    parser.add_argument("--seed", type=int, default=defaults.seed,
-                        help="seed of patch sampling and augmentation")
-    parser.add_argument("--images", default="", help="folder of your own images")
-    parser.add_argument("--labels", default="", help="folder of their instance labels")
-    parser.add_argument("--kind", default="instances", choices=list(LOSSES))
-    parser.add_argument("--filters", default=",".join(map(str, defaults.filters)),
-                        help="filters per U-Net level, comma-separated (one level per entry)")
-    parser.add_argument("--bottleneck", type=int, default=defaults.bottleneck,
-                        help="filters at the lowest resolution")
-    parser.add_argument("--contact-weight", type=float, default=defaults.contact_weight,
-                        help="extra loss weight where two nuclei touch (0: none)")
-    args = parser.parse_args(argv)
-    if args.contact_weight < 0:
-        parser.error(f"--contact-weight must be >= 0. Received: --contact-weight "
-                     f"{args.contact_weight}")
-    try:
-        filters = parse_filters(args.filters)
-    except ValueError as err:
-        parser.error(str(err))
-    if args.bottleneck < 1:
-        parser.error(f"--bottleneck must be >= 1. Received: --bottleneck {args.bottleneck}")
-    try:
-        check_patch(args.patch, len(filters))
-    except ValueError as err:
-        parser.error(str(err))
-    if args.batch_size < 1:
-        parser.error(f"--batch-size must be >= 1. Received: --batch-size {args.batch_size}")
-    config = TrainConfig(steps=args.steps, steps_per_epoch=args.steps_per_epoch,
-                         patch=args.patch, batch_size=args.batch_size,
-                         data_dir=args.data_dir, learning_rate=args.learning_rate,
-                         object_diameter=args.object_diameter, init=args.init, seed=args.seed,
-                         images_dir=args.images, labels_dir=args.labels, kind=args.kind,
-                         filters=filters, bottleneck=args.bottleneck,
-                         contact_weight=args.contact_weight)
-    train(args.out_dir, config, log=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True))
-
-
-if __name__ == "__main__":
-    main()

@@ -3,6 +3,7 @@ described and defaulted by the model, and invalid values named by their option."
 
 import argparse
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from flows import cli
 from flows.cli import build_params, command_parser, option_name
 from flows.evaluate import EvaluateParams
 from flows.params import SegmentParams, TrainParams
+from segmodel.training.train import TrainConfig
 
 #: command, its parameter model, and the fields that are positional arguments
 COMMANDS = [("run", SegmentParams, {"input", "output"}),
@@ -28,7 +30,7 @@ POSITIONALS = {"run": ["in", "out"], "serve": ["in", "out"], "demo": [], "train"
 def test_every_field_has_exactly_one_option_described_by_the_model(command, model, positional):
     actions = command_parser(command)._actions
     for field, info in model.model_fields.items():
-        if field in NOT_OPTIONS.get(command, ()):
+        if field in NOT_OPTIONS.get(command, ()) or not cli.is_option(info):
             assert not [a for a in actions if a.dest == field]
             continue
         mine = [a for a in actions if a.dest == field]
@@ -81,7 +83,7 @@ def test_options_not_given_leave_the_models_defaults(command, model, positional)
     given = {f: getattr(args, f) for f in positional} | fixed
     assert params.model_dump() == model(**given).model_dump()
     if command == "train":
-        assert params.out_dir == "train-runs/nuclei" and params.filters == [16, 32, 64, 128]
+        assert params.out_dir == "train-runs/nuclei" and params.filters == (16, 32, 64, 128)
     if command == "run":
         assert params.shard_size == 32 and params.max_failure_fraction == 1.0
 
@@ -102,7 +104,7 @@ def test_given_options_reach_the_parameters():
         "o", "--filters", "8,16", "--patch", "64", "--images", "im", "--labels", "lab",
         "--learning-rate", "1e-3", "--kind", "binary"]))
     assert (train.filters, train.patch, train.images_dir, train.labels_dir) == \
-        ([8, 16], 64, "im", "lab")
+        ((8, 16), 64, "im", "lab")
     assert (train.learning_rate, train.kind, train.steps) == (1e-3, "binary", 2600)
     ev = build_params(EvaluateParams, command_parser("evaluate").parse_args([
         "p", "t", "--groups", "g.csv", "--storage-options", '{"anon": true}']))
@@ -119,12 +121,14 @@ def test_given_options_reach_the_parameters():
     ("train", ["--bottleneck", "0"], "--bottleneck: Input should be greater than or equal to 1"),
     ("train", ["--filters", "16,x"], "--filters must be positive integers separated by commas"),
     ("train", ["--labels", "lab"], "--labels: Value error, labels_dir needs images_dir"),
+    ("train", ["--filters", "16,32,64,128,256", "--patch", "48"],
+     "parameters: Value error, --patch must be a multiple of 32 with 5 levels"),
     ("evaluate", ["--storage-options", "{bad"], "--storage-options: storage_options must be a "
                                                 "JSON object: Expecting property name"),
     ("evaluate", ["--storage-options", "[1]"], "--storage-options must be a JSON object like "
                                                '{"anon": true}. Received: a list'),
 ], ids=["shard-size", "batch-size", "pattern", "block-size", "bottleneck", "filters", "labels",
-        "evaluate-json", "evaluate-list"])
+        "patch", "evaluate-json", "evaluate-list"])
 def test_a_bad_value_exits_with_one_line_naming_its_option(command, argv, line):
     model = {"run": SegmentParams, "train": TrainParams, "evaluate": EvaluateParams}[command]
     args = command_parser(command).parse_args(POSITIONALS[command] + argv)
@@ -164,6 +168,54 @@ def test_segflow_run_exits_naming_the_option(monkeypatch, tmp_path):
     assert str(err.value) == ("segflow: invalid parameters\n  --shard-size: Input should be "
                               "greater than or equal to 1 (received: '0')")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--filters", "16,x"], "--filters must be positive integers"),
+    (["--filters", "16,32,64,128,256", "--patch", "48"],
+     "--patch must be a multiple of 32 with 5 levels"),
+    (["--bottleneck", "0"], "--bottleneck: Input should be greater than or equal to 1")],
+    ids=["filters", "patch", "bottleneck"])
+def test_segflow_train_exits_naming_a_bad_architecture_option(monkeypatch, tmp_path, argv,
+                                                              message):
+    monkeypatch.setattr(cli, "_flow_server", lambda: None)  # no temporary server
+    with pytest.raises(SystemExit) as err:
+        cli.main(["train", str(tmp_path / "out"), *argv])
+    assert str(err.value).startswith("segflow: invalid parameters\n")
+    assert message in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_training_setting_users_set_is_a_segflow_train_option_with_its_default():
+    """Each field of TrainConfig is an option of ``segflow train`` described by the field and
+    defaulting to it, but the recipe's own settings (``json_schema_extra={"cli": False}``)."""
+    actions = {a.dest: a for a in command_parser("train")._actions}
+    params = build_params(TrainParams, command_parser("train").parse_args([]))
+    defaults = TrainConfig()
+    options = [f for f, info in TrainConfig.model_fields.items() if cli.is_option(info)]
+    assert {"data_dir", "steps", "filters", "kind", "images_dir", "contact_weight"} <= \
+        set(options)
+    for field in options:
+        info, action = TrainConfig.model_fields[field], actions[field]
+        assert action.option_strings == [option_name(field)], field
+        assert info.description and info.description in action.help, field
+        assert getattr(params, field) == getattr(defaults, field), field
+        shown = cli._shown_default(field, getattr(defaults, field))
+        assert action.help.endswith(f"(default: {shown})" if shown else info.description), field
+    internal = TrainConfig.model_fields.keys() - set(options)
+    assert {"warmup_steps", "modality_weights", "contact_radius"} <= internal
+    assert not internal & actions.keys()
+    assert {f: getattr(params, f) for f in internal} == {f: getattr(defaults, f) for f in internal}
+
+
+def test_the_training_options_table_lists_every_segflow_train_option():
+    table = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
+    section = table.split("## Options", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `(--[a-z-]+)|, `(--[a-z-]+)", section, re.MULTILINE))
+    documented = {o for pair in documented for o in pair if o}
+    generated = {option_name(f) for f, info in TrainParams.model_fields.items()
+                 if cli.is_option(info) and f != "out_dir"}
+    assert documented == generated
 
 
 def test_an_unknown_choice_is_refused_by_the_parser(capsys):

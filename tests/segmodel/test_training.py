@@ -199,20 +199,6 @@ def test_a_deeper_unet_starts_from_the_levels_it_shares_with_a_trained_one():
         init_weights(build_unet(filters=(3, 6), bottleneck=5), small)
 
 
-def test_the_training_command_names_a_bad_architecture_option(capsys):
-    import pytest
-
-    from segmodel.training.train import main
-
-    for argv, message in ((["--filters", "16,x"], "--filters must be positive integers"),
-                          (["--filters", "16,32,64,128,256", "--patch", "48"],
-                           "--patch must be a multiple of 32 with 5 levels"),
-                          (["--bottleneck", "0"], "--bottleneck must be >= 1")):
-        with pytest.raises(SystemExit):
-            main(["out", *argv])
-        assert message in capsys.readouterr().err
-
-
 def test_filters_option_values_parse_to_positive_levels():
     import pytest
 
