@@ -37,10 +37,19 @@ from segmodel.training import datasets
 
 
 def check_patch(patch, levels):
-    """Raise ValueError naming ``--patch`` unless it fits the U-Net's levels.
+    """Check that a patch edge fits the U-Net's levels.
 
-    Raise ValueError naming ``--patch`` unless it is a positive multiple of ``2**levels`` (the U-Net
-    halves a patch ``levels`` times).
+    Parameters
+    ----------
+    patch : int
+        Edge of the training patches in pixels.
+    levels : int
+        The U-Net's levels; it halves a patch ``levels`` times.
+
+    Raises
+    ------
+    ValueError
+        Naming ``--patch``, unless it is a positive multiple of ``2**levels``.
     """
     if patch < 2 ** levels or patch % 2 ** levels:
         raise ValueError(f"--patch must be a multiple of {2 ** levels} with {levels} levels "
@@ -140,7 +149,19 @@ SEMANTIC_CLASSES = ("background", "interior", "boundary")
 
 
 def make_targets(labels):
-    """``(H, W, 3)`` float32 training targets (foreground, boundary, distance) from labels."""
+    """Training targets of the instances head from instance labels.
+
+    Parameters
+    ----------
+    labels : (H, W) int ndarray
+        Instance labels (0 = background).
+
+    Returns
+    -------
+    (H, W, 3) float32 ndarray
+        Foreground, inner boundary, and the distance to the object's border divided by its
+        maximum.
+    """
     fg = labels > 0
     boundary = find_boundaries(labels, mode="inner") & fg
     dist = np.zeros(labels.shape, np.float32)
@@ -156,10 +177,18 @@ def make_targets(labels):
 
 
 def contact_map(labels, radius=2):
-    """Pixels within ``radius`` of two different objects.
+    """Pixels within ``radius`` of two different objects, gaps between them included.
 
-    ``(H, W)`` bool: pixels within ``radius`` (a square window) of two different objects, gaps
-    between them included.
+    Parameters
+    ----------
+    labels : (H, W) int ndarray
+        Instance labels.
+    radius : int, optional
+        Half the edge of the square window (default 2).
+
+    Returns
+    -------
+    (H, W) bool ndarray
     """
     size = 2 * radius + 1
     labels = np.asarray(labels, np.int64)
@@ -172,8 +201,18 @@ def contact_map(labels, radius=2):
 def kind_targets(labels, kind="instances"):
     """Training targets of an output kind from instance labels.
 
-    The three maps, the foreground (1 channel) or one-hot :data:`SEMANTIC_CLASSES` (boundary = each
-    object's inner outline).
+    Parameters
+    ----------
+    labels : (H, W) int ndarray
+        Instance labels.
+    kind : {"instances", "binary", "semantic"}, optional
+        The output kind (default "instances").
+
+    Returns
+    -------
+    (H, W, K) float32 ndarray
+        The three maps of :func:`make_targets` (K = 3), the foreground (K = 1), or one-hot
+        :data:`SEMANTIC_CLASSES` (K = 3; boundary = each object's inner outline).
     """
     targets = make_targets(labels)
     if kind == "binary":
@@ -187,7 +226,18 @@ def kind_targets(labels, kind="instances"):
 
 
 def prepare_image(image, spec=ModelSpec()):
-    """Model input for a raw image, prepared exactly as the pipeline prepares it."""
+    """Model input for a raw image, prepared exactly as the pipeline prepares it.
+
+    Parameters
+    ----------
+    image : (H, W) or (H, W, C) ndarray
+    spec : segmodel.model.spec.ModelSpec, optional
+        Its channels and normalisation are used (default: the nuclei model's).
+
+    Returns
+    -------
+    (H, W, C') float32 ndarray
+    """
     return prepare(image, spec).x
 
 
@@ -204,12 +254,32 @@ class PatchSampler:
         self.by_mod = {m: [i for i, it in enumerate(items) if it[0] == m] for m in mods}
 
     def batch(self, rng):
-        """``(inputs, targets)`` of ``config.batch_size`` patches drawn with ``rng``."""
+        """A batch of ``config.batch_size`` patches.
+
+        Parameters
+        ----------
+        rng : numpy.random.Generator
+
+        Returns
+        -------
+        inputs : (B, P, P, C) float32 ndarray
+        targets : (B, P, P, K) float32 ndarray
+        """
         xs, ys = zip(*(self.patch(rng) for _ in range(self.config.batch_size)))
         return np.stack(xs), np.stack(ys)
 
     def patch(self, rng):
-        """One ``(input, target)`` patch drawn with ``rng``."""
+        """One augmented patch.
+
+        Parameters
+        ----------
+        rng : numpy.random.Generator
+
+        Returns
+        -------
+        input : (P, P, C) float32 ndarray
+        target : (P, P, K) float32 ndarray
+        """
         cfg = self.config
         mod = self.mods[rng.choice(len(self.mods), p=self.mod_p)]
         modality, image, targets, coords, diameter = self.items[rng.choice(self.by_mod[mod])]
@@ -451,10 +521,23 @@ def init_weights(model, source):
 
     The same architecture copies whole; a deeper or wider one keeps what it shares with the
     source (e.g. the outer levels of a U-Net given one more level) and starts the rest from
-    its random initialisation. Returns the number of layers copied and the names of those
-    that were not (layers without weights are not counted).
+    its random initialisation.
 
-    Raises ``ValueError`` when no layer matches: the source is not a relative of ``model``.
+    Parameters
+    ----------
+    model, source : keras.Model
+
+    Returns
+    -------
+    copied : int
+        Layers copied (layers without weights are not counted).
+    new : list of str
+        Names of the layers with weights that were not copied.
+
+    Raises
+    ------
+    ValueError
+        No layer matches: the source is not a relative of ``model``.
     """
     theirs = {layer.name: layer for layer in source.layers}
     copied, new = 0, []
@@ -657,10 +740,22 @@ def _search_settings(score):
 
 
 def parse_filters(text):
-    """The U-Net's filters per level from a comma-separated option value ("16,32,64,128").
+    """The U-Net's filters per level from a comma-separated option value.
 
-    Raises ValueError naming the option and the value received when an entry is not a
-    positive integer (the message ``segflow train --filters`` shows).
+    Parameters
+    ----------
+    text : str
+        E.g. "16,32,64,128".
+
+    Returns
+    -------
+    tuple of int
+
+    Raises
+    ------
+    ValueError
+        Naming the option and the value received when an entry is not a positive integer (the
+        message ``segflow train --filters`` shows).
     """
     try:
         filters = tuple(int(f) for f in str(text).split(","))
