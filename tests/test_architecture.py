@@ -154,3 +154,59 @@ def test_the_private_api_check_finds_a_use(tmp_path):
     path.write_text('import os\nfrom prefect.server.api import server\n'
                     'os.environ["PREFECT__SERVER_EPHEMERAL"] = "1"\n')
     assert [line for line, _ in _private_prefect_uses(path)] == [2, 3]
+
+
+_SECTIONS = {"Returns", "Yields", "Raises", "Warns", "See Also", "Notes", "Examples",
+             "Attributes", "Other Parameters", "References"}
+
+
+def _documented_parameters(doc):
+    """Names listed in a numpydoc ``Parameters`` section (``a, b : type`` lines), or None."""
+    import inspect
+
+    lines = inspect.cleandoc(doc).splitlines()
+    if "Parameters" not in lines:
+        return None
+    names = set()
+    for line in lines[lines.index("Parameters") + 2:]:
+        if line.strip() in _SECTIONS:
+            break
+        if line and not line.startswith(" "):
+            names |= {n.strip().lstrip("*") for n in line.split(" : ")[0].split(",")}
+    return names
+
+
+def _parameter_drift(path):
+    """``(line, function, undocumented, unknown)`` of each public function in ``path`` with
+    parameters whose docstring has no Parameters section naming exactly those."""
+    drift = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or \
+                node.name.startswith("_") or ast.get_docstring(node) is None:
+            continue
+        a = node.args
+        params = {x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg)
+                  if x is not None and x.arg not in ("self", "cls")}
+        documented = _documented_parameters(ast.get_docstring(node)) or set()
+        if params and documented != params:
+            drift.append((node.lineno, node.name, sorted(params - documented),
+                          sorted(documented - params)))
+    return drift
+
+
+def test_engine_docstrings_name_exactly_their_functions_parameters():
+    """numpydoc Parameters sections follow the signatures (ruff does not check numpy style)."""
+    drift = [f"{p.relative_to(ROOT)}:{line} {name}: undocumented {missing}, unknown {extra}"
+             for p in sorted((ROOT / "segmodel").rglob("*.py"))
+             for line, name, missing, extra in _parameter_drift(p)]
+    assert not drift, drift
+
+
+def test_the_docstring_check_finds_drift(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text('def f(a, b, *, c=1):\n    """F.\n\n    Parameters\n    ----------\n'
+                    '    a, d : int\n    b : str\n        What b is.\n\n    Returns\n'
+                    '    -------\n    x : int\n    """\n')
+    assert _parameter_drift(path) == [(1, "f", ["c"], ["d"])]
+    path.write_text('def g(a):\n    """G, its parameter unnamed."""\n')
+    assert _parameter_drift(path) == [(1, "g", ["a"], [])]

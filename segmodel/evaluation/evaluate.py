@@ -36,9 +36,12 @@ def evaluate_folders(pred, truth, *, storage_options=None, groups=None, group_co
     pred, truth : str
         Folders or fsspec URLs. A segflow OUTPUT folder may be given for ``pred``: its
         ``labels/`` subfolder is used.
+    storage_options : dict, optional
+        Passed to fsspec for both.
     groups : pandas.DataFrame, optional
-        A table with an ``id`` (or ``image_id``) column matching the truth stems, and
-        ``group_column`` naming the group of each image (e.g. ``modality``).
+        A table with an ``id`` (or ``image_id``) column matching the truth stems.
+    group_column : str, optional
+        The column of ``groups`` naming the group of each image (e.g. ``modality``).
 
     Returns
     -------

@@ -442,6 +442,8 @@ def write_label_tiff(fh, shape, bands, *, levels=None, min_level=512):
     levels : int, optional
         Pyramid levels below full resolution (default: halve until the shorter side is under
         ``min_level``).
+    min_level : int, optional
+        Shortest side of the smallest level when ``levels`` is None (default 512).
     """
     import tifffile
 

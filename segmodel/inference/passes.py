@@ -362,10 +362,18 @@ class _Passes:
         return t1
 
     def run(self, indices, *, at_level=False):
-        """Labels of images ``indices``; None where post-processing failed.
+        """Labels of some of the images; None where post-processing failed.
 
-        Labels of images ``indices`` at their own resolution (``at_level``: at the resolution they
-        were prepared at); None for an image whose post-processing failed.
+        Parameters
+        ----------
+        indices : iterable of int
+            Positions of the images in the prepared list.
+        at_level : bool, optional
+            Labels at the resolution the images were prepared at, not their own (default False).
+
+        Returns
+        -------
+        list of ((H, W) int32 ndarray or None)
         """
         indices = list(indices)
         if not indices:
