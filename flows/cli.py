@@ -393,6 +393,10 @@ def _run(args, input_url):
     finally:
         progress.remove_listener(listener)
     _print_summary(params, summary)
+    if summary["failed"] and not summary["images"]:  # nothing a script could go on with
+        print(f"segflow: every image failed ({summary['failed']}): see "
+              f"{params.output.rstrip('/')}/failures", file=sys.stderr)
+        return 1
     return 1 if args.fail_on_error and summary["failed"] else 0
 
 

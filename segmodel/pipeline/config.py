@@ -67,18 +67,25 @@ def configure(options):
     Raises
     ------
     ValueError
-        The model's spec does not fit the model, or the tile size does not fit the model.
+        The output is the input or inside it, the model's spec does not fit the model, or the
+        tile size does not fit the model.
     FileNotFoundError
         The model file does not exist.
     """
+    source = Store(options.input, options.storage_options)
+    target = Store(options.output, options.storage_options)
+    if source.contains(target):  # each rerun would segment the masks of the one before
+        raise ValueError(
+            f"output={options.output!r} is the input or a folder inside it "
+            f"(input={options.input!r}): a rerun would list the masks written there as new "
+            "images. Choose an output folder outside the input.")
     model = load_model(options.model, trust=options.trust_model)
     problems = check_model(model.keras_model, model.spec, str(spec_path(model.path)))
     if problems:  # a bundle whose spec does not fit its model: say so before any work
         raise ValueError("; ".join(problems) + f" (check with: segflow model inspect {model.path})")
     tiling = default_tiling(model.spec, options.tile_size)
     config = RunConfig(
-        options=options, input=Store(options.input, options.storage_options),
-        output=Store(options.output, options.storage_options), model_path=model.path,
+        options=options, input=source, output=target, model_path=model.path,
         tile=tiling.tile, overlap=tiling.overlap,
         config_key=config_key(options, model.fingerprint, tiling))
     return config, model

@@ -9,6 +9,7 @@ import errno
 import fnmatch
 import hashlib
 import json
+import os
 import posixpath
 import random
 import re
@@ -226,6 +227,28 @@ class Store:
             ``path`` with this file system's protocol, e.g. ``"s3://bucket/key"``.
         """
         return self.fs.unstrip_protocol(path)
+
+    def contains(self, other):
+        """True when ``other``'s root is this root or lies under it, on the same file system.
+
+        Local paths are compared after resolving symbolic links.
+
+        Parameters
+        ----------
+        other : Store
+
+        Returns
+        -------
+        bool
+        """
+        mine, theirs = self._resolved_uri(), other._resolved_uri()
+        return theirs == mine or theirs.startswith(mine.rstrip("/") + "/")
+
+    def _resolved_uri(self):
+        protocol = self.fs.protocol
+        if "file" in (protocol if isinstance(protocol, (tuple, list)) else (protocol,)):
+            return "file://" + os.path.realpath(self.root)
+        return self.uri(self.root)
 
     def exists(self, *parts):
         """True when the path of ``parts`` under the root exists (retried on transient errors).

@@ -132,6 +132,16 @@ def test_fail_on_error_exits_non_zero(folder, tmp_path):
     assert main(["run", str(folder), str(tmp_path / "out"), "--fail-on-error"]) == 1
 
 
+def test_a_run_in_which_every_image_failed_exits_non_zero_naming_the_failures(folder, tmp_path,
+                                                                             capsys):
+    out = tmp_path / "out"
+    assert main(["run", str(folder), str(out), "--channel", "5"]) == 1  # RGB images: no channel 5
+    printed = capsys.readouterr()
+    assert printed.err.strip().splitlines()[-1] == (
+        f"segflow: every image failed (5): see {out}/failures")
+    assert len(pd.read_parquet(out / "failures")) == 5 and "5 images, 5 failed" in printed.out
+
+
 @pytest.mark.parametrize("args, message", [
     (["run", "{missing}", "{out}"], "input not found"),
     (["run", "nope://bucket/x", "{out}"], "input uses an unknown URL scheme 'nope'"),
@@ -147,9 +157,10 @@ def test_fail_on_error_exits_non_zero(folder, tmp_path):
     (["run", "{input}", "{out}", "--pattern", ""], "--pattern: Value error, patterns must"),
     (["run", "{input}", "{out}", "--dask-workers", "0"], "--dask-workers must be at least 1"),
     (["run", "{input}", "{out}", "--model", "{input}/../text.keras"], "not a Keras 3 model file"),
+    (["run", "{input}", "{input}/seg"], "is the input or a folder inside it"),
 ], ids=["missing-input", "unknown-scheme", "tile-size", "batch-size", "bad-json",
         "nothing-matched", "missing-model", "scale-word", "scale-zero", "tile-below-overlap",
-        "tile-zero", "empty-pattern", "dask-workers", "not-a-zip"])
+        "tile-zero", "empty-pattern", "dask-workers", "not-a-zip", "output-inside-input"])
 def test_wrong_parameters_fail_before_any_work_naming_the_parameter(folder, tmp_path, args,
                                                                     message):
     fill = {"missing": str(tmp_path / "missing"), "out": str(tmp_path / "out"),

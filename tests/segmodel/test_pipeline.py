@@ -21,7 +21,7 @@ SAMPLES = pathlib.Path(segmodel.__file__).parent / "samples"
 def test_the_model_warm_up_traces_each_batch_shape_of_a_run_once_per_process(tmp_path):
     import keras
 
-    config, _ = configure(RunOptions(input=str(tmp_path), output=str(tmp_path / "out"),
+    config, _ = configure(RunOptions(input=str(tmp_path / "in"), output=str(tmp_path / "out"),
                                      batch_size=3, tile_size=128))
     shapes = [(3, 128, 128, 3)]
     if keras.backend.backend() == "tensorflow":  # a shard's last batch: any size, one trace
@@ -32,7 +32,7 @@ def test_the_model_warm_up_traces_each_batch_shape_of_a_run_once_per_process(tmp
 
 def test_the_config_key_changes_with_what_changes_results_and_only_with_that(tmp_path):
     def key(**options):
-        config, _ = configure(RunOptions(input=str(tmp_path), output=str(tmp_path / "o"),
+        config, _ = configure(RunOptions(input=str(tmp_path / "in"), output=str(tmp_path / "o"),
                                          **options))
         return config.config_key
 
@@ -72,7 +72,7 @@ def test_a_run_with_a_bad_option_fails_before_any_work_naming_it(tmp_path):
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match="shard_size"):
-        run(str(tmp_path), str(tmp_path / "out"), shard_size=0)
+        run(str(tmp_path / "in"), str(tmp_path / "out"), shard_size=0)
     assert not (tmp_path / "out").exists()
 
 
@@ -81,3 +81,25 @@ def test_an_empty_folder_is_an_error_naming_the_input(tmp_path):
     with pytest.raises(FileNotFoundError, match="no images under input="):
         run(str(tmp_path / "in"), str(tmp_path / "out"))
     assert np.all([not p.name.endswith(".parquet") for p in tmp_path.rglob("*")])
+
+
+@pytest.mark.parametrize("output", ["{src}", "{src}/seg", "{src}/./seg/", "{link}/seg"],
+                         ids=["same", "inside", "unnormalised", "through-a-link"])
+def test_an_output_in_the_input_is_refused_before_any_work(tmp_path, output):
+    """Each rerun would otherwise segment the masks the previous one wrote there."""
+    src = tmp_path / "in"
+    src.mkdir()
+    (tmp_path / "link").symlink_to(src)
+    out = output.format(src=src, link=tmp_path / "link")
+    with pytest.raises(ValueError, match=r"is the input or a folder inside it.*Choose an output"):
+        run(str(src), out)
+    assert list(src.iterdir()) == []
+
+
+def test_store_containment_is_by_path_components_and_file_system():
+    from segmodel.storage.io import Store
+
+    assert Store("memory://a").contains(Store("memory://a/b"))
+    assert not Store("memory://a").contains(Store("memory://ab"))  # a sibling, not inside
+    assert not Store("memory://a/b").contains(Store("memory://a"))
+    assert not Store("/a").contains(Store("memory://a/b"))
