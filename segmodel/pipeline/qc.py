@@ -25,7 +25,7 @@ Two kinds of flags end up in the ``qc_flags`` column of the images table (names 
 * per run, once all images of a run are written (:func:`outlier_flags`): ``few_objects`` and
   ``many_objects`` for object counts that are robust outliers against the median count of all
   images in the output (at least 3x off the median and beyond 3.5 robust standard deviations,
-  on a log scale).
+  on a log scale), once the output holds at least 10 images with objects.
 
 The thresholds were checked on the 562 DSB2018 images with their true masks: none is ``flat``
 or ``saturated``; 11 have nuclei covering less than 1% of the image.
@@ -55,7 +55,9 @@ class QCSettings:
     max_diameter: float = 100.0
     outlier_z: float = 3.5
     outlier_ratio: float = 3.0
-    outlier_min_images: int = 5
+    #: Fewer images with objects than this are no population to judge one against: a 5-image
+    #: run flagged an ordinary image with a few nuclei.
+    outlier_min_images: int = 10
 
 
 #: Bit depths of cameras and files; an integer image's range is the smallest that holds it.

@@ -81,14 +81,15 @@ def test_image_and_labels_of_different_shapes_are_refused(dsb2018):
 
 
 def test_outliers_are_counts_far_from_the_median():
-    counts = [20, 22, 25, 18, 30, 24, 2, 200, 0]
-    assert qc.outlier_flags(counts) == ["", "", "", "", "", "", "few_objects", "many_objects",
-                                        ""]
+    counts = [20, 22, 25, 18, 30, 24, 21, 19, 23, 2, 200, 0]
+    assert qc.outlier_flags(counts) == [""] * 9 + ["few_objects", "many_objects", ""]
 
 
 def test_a_spread_out_run_or_a_tiny_one_has_no_outliers():
     assert qc.outlier_flags([5, 10, 20, 40, 80, 15, 30]) == [""] * 7
     assert qc.outlier_flags([1, 500, 20, 20]) == [""] * 4
+    # nine images, one a tenth of the others: too few to call it an outlier
+    assert qc.outlier_flags([20, 22, 25, 18, 30, 24, 21, 19, 2]) == [""] * 9
 
 
 def test_flags_join_and_split():
@@ -127,7 +128,7 @@ def test_run_outliers_are_written_into_this_runs_images_only(tmp_path, indexed):
     the run's last reconcile wrote: the same flags either way."""
     store = Store(str(tmp_path))
     store.write_bytes("images/old.parquet",
-                      _images_part(["a", "b", "c", "d", "e"], [20, 22, 25, 18, 1], [""] * 5))
+                      _images_part(list("abcdeijk"), [20, 22, 25, 18, 1, 24, 19, 23], [""] * 8))
     store.write_bytes("images/new.parquet",
                       _images_part(["f", "g"], [300, 21], ["saturated", "many_objects"]))
     if indexed:
@@ -140,7 +141,7 @@ def test_run_outliers_are_written_into_this_runs_images_only(tmp_path, indexed):
     assert dict(zip(rows["image_id"], rows["qc_flags"])) == {
         "f": "saturated;many_objects", "g": ""}
     old = pd.read_parquet(tmp_path / "images" / "old.parquet")
-    assert list(old["qc_flags"]) == [""] * 5  # "e" is an outlier, but from an earlier run
+    assert list(old["qc_flags"]) == [""] * 8  # "e" is an outlier, but from an earlier run
     before = (tmp_path / "images" / "new.parquet").read_bytes()
     qc.flag_run_outliers(store, ["new"])
     assert (tmp_path / "images" / "new.parquet").read_bytes() == before
