@@ -150,7 +150,21 @@ def _cmyk_to_rgb(image):
     return (rgb * top).astype(image.dtype)
 
 
+def _allow_in_pillow(max_pixels):
+    """Raise Pillow's own pixel limit to ``max_pixels`` (never lower it).
+
+    Pillow refuses images over twice its ``MAX_IMAGE_PIXELS`` (179 million by default) at open,
+    whatever ``max_pixels`` says; segflow checks ``max_pixels`` on the header itself before
+    decoding, so Pillow's limit only needs to let those images through. Process-wide, as
+    Pillow keeps it; a concurrent call can only raise it further.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and limit < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
 def _decode_pillow(data, name, max_pixels):
+    _allow_in_pillow(max_pixels)
     try:
         with Image.open(io.BytesIO(data)) as img:
             if img.width * img.height > max_pixels:

@@ -79,6 +79,18 @@ def test_images_over_max_pixels_are_refused():
         decode_image(_png(GRAY8), max_pixels=100)
 
 
+def test_max_pixels_governs_pillow_too(monkeypatch):
+    """Pillow refuses images over twice its own limit at open (179 MP by default): a raised
+    max_pixels must let them through, and a lower one still refuses."""
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 600-pixel image: over twice that
+    np.testing.assert_array_equal(decode_image(_png(GRAY8), max_pixels=1000)[..., 0], GRAY8)
+    assert Image.MAX_IMAGE_PIXELS == 1000
+    with pytest.raises(ImageDecodeError, match="max_pixels=500"):
+        decode_image(_png(GRAY8), max_pixels=500)
+
+
 def test_to_channels_repeats_gray_and_drops_alpha():
     assert to_channels(GRAY8[..., None], 3).shape == (20, 30, 3)
     np.testing.assert_array_equal(to_channels(RGBA8, 3), RGBA8[..., :3])
