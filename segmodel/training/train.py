@@ -477,7 +477,8 @@ def _start(config, ckpt, state_file, epochs, log):
     done = 0
     if state_file.exists():  # epochs done, counted in this run's --steps-per-epoch
         state = json.loads(state_file.read_text())
-        steps_done = state["epoch"] * state.get("steps_per_epoch", config.steps_per_epoch)
+        steps_done = state.get("steps", state["epoch"] * state.get("steps_per_epoch",
+                                                                   config.steps_per_epoch))
         done = -(-steps_done // config.steps_per_epoch)
     if done and ckpt.exists():
         model = keras.saving.load_model(ckpt, custom_objects={
@@ -568,7 +569,13 @@ def _schedule(config):
     )
 
 
+def _epoch_steps(config, epoch):
+    """Steps of epoch ``epoch`` (0-based): ``steps_per_epoch``, the last one what remains."""
+    return min(config.steps_per_epoch, config.steps - epoch * config.steps_per_epoch)
+
+
 def _fit(model, sampler, config, done, epochs, ckpt, state_file, log):
+    """Train epochs ``done`` to ``epochs``: exactly ``config.steps`` steps in all, a line each."""
     import keras
 
     class Batches(keras.utils.PyDataset):
@@ -576,7 +583,7 @@ def _fit(model, sampler, config, done, epochs, ckpt, state_file, log):
             super().__init__(workers=2, use_multiprocessing=False, max_queue_size=8)
 
         def __len__(self):
-            return config.steps_per_epoch
+            return _epoch_steps(config, self.epoch)
 
         def __getitem__(self, idx):
             return sampler.batch(np.random.default_rng([config.seed, self.epoch, idx]))
@@ -586,6 +593,9 @@ def _fit(model, sampler, config, done, epochs, ckpt, state_file, log):
 
     data = Batches()
     data.epoch = done
+    start, timing = time.time(), {"steps": 0}
+    log(f"training steps {done * config.steps_per_epoch + 1}-{config.steps} in epochs "
+        f"{done + 1}-{epochs} of up to {config.steps_per_epoch} steps; a line per epoch")
 
     class Checkpoint(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -596,15 +606,24 @@ def _fit(model, sampler, config, done, epochs, ckpt, state_file, log):
             tmp = ckpt.with_name(".checkpoint.tmp.keras")
             self.model.save(tmp)
             tmp.replace(ckpt)
-            state_file.write_text(json.dumps({"epoch": epoch + 1, "loss": logs.get("loss"),
+            steps = min(config.steps, (epoch + 1) * config.steps_per_epoch)
+            state_file.write_text(json.dumps({"epoch": epoch + 1, "steps": steps,
+                                              "loss": logs.get("loss"),
                                               "steps_per_epoch": config.steps_per_epoch}))
-            log(f"epoch {epoch + 1}/{epochs} loss {logs.get('loss'):.4f} "
-                f"({time.time() - self.t0:.0f}s)")
+            timing["steps"] += _epoch_steps(config, epoch)
+            eta = (time.time() - start) / timing["steps"] * (config.steps - steps)
+            log(f"epoch {epoch + 1}/{epochs} step {steps}/{config.steps} loss "
+                f"{logs.get('loss'):.4f} ({time.time() - self.t0:.0f}s, about {eta:.0f}s left)")
 
     # no shuffling by Keras: its order comes from Python's global random state, which a resumed
-    # run does not restore; each batch's content is drawn from (seed, epoch, index) anyway
-    model.fit(data, epochs=epochs, initial_epoch=done, callbacks=[Checkpoint()], verbose=0,
-              shuffle=False)
+    # run does not restore; each batch's content is drawn from (seed, epoch, index) anyway. The
+    # last epoch may be shorter: Keras reads the data's length once per fit, so it has its own.
+    full = min(epochs, config.steps // config.steps_per_epoch)
+    for first, last in ((done, full), (max(done, full), epochs)):
+        if first < last:
+            data.epoch = first
+            model.fit(data, epochs=last, initial_epoch=first, callbacks=[Checkpoint()],
+                      verbose=0, shuffle=False)
 
 
 #: Thresholds searched by :func:`tune_thresholds`: foreground, marker, outline weight.

@@ -209,3 +209,23 @@ def test_filters_option_values_parse_to_positive_levels():
     for bad in ("", "16,,32", "16,0", "-8", "16.5"):
         with pytest.raises(ValueError, match=r"--filters must be positive integers.*Received"):
             parse_filters(bad)
+
+
+def test_training_takes_exactly_the_steps_asked_and_says_how_far_it_is(dsb2018, tmp_path):
+    """--steps 3 with epochs of 2 steps: an epoch of 2, then one of 1 (it ran whole epochs)."""
+    import keras
+
+    from segmodel.training.train import LOSSES
+
+    config = TrainConfig(data_dir=str(dsb2018), steps=3, steps_per_epoch=2, batch_size=2,
+                         patch=64, tune_images=1, train_images=6)
+    messages = []
+    train(tmp_path, config, log=messages.append)
+    checkpoint = keras.saving.load_model(tmp_path / "checkpoint.keras", custom_objects={
+        f.__name__: f for f in LOSSES.values()})
+    assert int(checkpoint.optimizer.iterations.numpy()) == 3
+    assert json.loads((tmp_path / "state.json").read_text())["steps"] == 3
+    assert "training steps 1-3 in epochs 1-2 of up to 2 steps; a line per epoch" in messages
+    epochs = [m for m in messages if m.startswith("epoch ")]
+    assert [m.split(" loss")[0] for m in epochs] == ["epoch 1/2 step 2/3", "epoch 2/2 step 3/3"]
+    assert epochs[-1].endswith("about 0s left)")
