@@ -224,7 +224,7 @@ def test_a_huge_tiff_with_a_semantic_bundle_becomes_a_failures_row(semantic_bund
     tifffile.imwrite(src / "big.tif", image)
     out = tmp_path / "out"
     assert main(["run", str(src), str(out), "--model", str(semantic_bundle),
-                 "--tiled-above", "1000"]) == 0
+                 "--tiled-above", "1000"]) == 1  # its only image failed
     failures = pd.read_parquet(out / "failures")
     assert failures["image_id"].tolist() == ["big.tif"]
     assert "cannot segment block by block" in failures["message"][0]

@@ -291,7 +291,7 @@ def test_an_image_that_fails_on_a_rerun_loses_its_earlier_mask(samples, tmp_path
     mask = out / pd.read_parquet(out / "images").mask_path[0]
     assert mask.exists() and list((out / "outlines").iterdir())
     # a smaller --max-pixels is a new configuration: the image is tried again and fails
-    assert main(["run", str(src), str(out), "--outlines", "geojson", "--max-pixels", "100"]) == 0
+    assert main(["run", str(src), str(out), "--outlines", "geojson", "--max-pixels", "100"]) == 1
     assert list(pd.read_parquet(out / "failures").image_id) == [SMALL[0]]
     assert len(pd.read_parquet(out / "images")) == 0
     assert not mask.exists() and not list((out / "outlines").iterdir())
