@@ -589,7 +589,8 @@ def console(entry=None):
     closed, and Prefect's exit handlers (log and event flushing, the temporary server's stop)
     and logging's run as usual; what is skipped is the interpreter's teardown of every module
     and object, which takes 1.5-2 s after a run (most of it TensorFlow's) and does nothing a
-    finished run needs. An uncaught error (a traceback) or an interrupt exits the usual way.
+    finished run needs. Ctrl-C prints one line and exits 130 (after the shard in progress);
+    an uncaught error (a traceback) exits the usual way.
     """
     status = {}
     atexit.register(_quick_exit, status)  # registered first, so it runs after every other
@@ -598,7 +599,15 @@ def console(entry=None):
     except SystemExit as exc:  # its message, if any, is printed before the exit handlers
         status["code"] = exc.code
         raise
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback
+        print(f"\n{INTERRUPTED}", file=sys.stderr)
+        status["code"] = 130
     return status["code"]
+
+
+#: What Ctrl-C prints: shards are committed whole, so a rerun goes on where this one stopped.
+INTERRUPTED = ("segflow: interrupted; the run stopped. Run the same command again to go on: "
+               "images already written are skipped.")
 
 
 def _quick_exit(status):

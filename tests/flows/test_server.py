@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 from prefect import flow, task
 
@@ -244,3 +245,38 @@ def test_a_server_that_cannot_start_stops_the_run_with_its_reason(samples, tmp_p
         "Prefect version (a revision this one does not know): install that version (pip "
         "install -U prefect), or run with PREFECT_HOME set to a new folder.")
     assert not out.exists()
+
+
+def test_ctrl_c_prints_one_line_and_a_rerun_goes_on(dsb2018, tmp_path):
+    """An interrupted run says so in one line (no traceback), exits 130, and a rerun of the
+    same command skips the shards it wrote."""
+    import signal
+    import time
+
+    images = sorted((dsb2018 / "images").iterdir())[:40]
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for path in images:
+        shutil.copy(path, src / path.name)
+    env = _fresh_env(tmp_path / "prefect-home")
+    command = [sys.executable, "-m", "flows.cli", "run", str(src), str(out), "--shard-size", "4"]
+    proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,  # as in a terminal: SIGINT on
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 300
+    for line in proc.stdout:  # the first shard is written: interrupt in the middle of the run
+        if line.startswith("shard 1:") or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        "segflow: interrupted; the run stopped. Run the same command again to go on: images "
+        "already written are skipped.")
+    done = len(pd.read_parquet(out / "images"))
+    assert 4 <= done < len(images)
+    again = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True,
+                           timeout=600, check=False)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{done} already done" in again.stdout
+    assert len(pd.read_parquet(out / "images")) == len(images)
