@@ -593,8 +593,8 @@ def _fit(model, sampler, config, done, epochs, ckpt, state_file, log):
 
     data = Batches()
     data.epoch = done
-    start, timing = time.time(), {"steps": 0}
-    log(f"training steps {done * config.steps_per_epoch + 1}-{config.steps} in epochs "
+    start, first_step = time.time(), min(config.steps, done * config.steps_per_epoch)
+    log(f"training steps {first_step + 1}-{config.steps} in epochs "
         f"{done + 1}-{epochs} of up to {config.steps_per_epoch} steps; a line per epoch")
 
     class Checkpoint(keras.callbacks.Callback):
@@ -610,8 +610,7 @@ def _fit(model, sampler, config, done, epochs, ckpt, state_file, log):
             state_file.write_text(json.dumps({"epoch": epoch + 1, "steps": steps,
                                               "loss": logs.get("loss"),
                                               "steps_per_epoch": config.steps_per_epoch}))
-            timing["steps"] += _epoch_steps(config, epoch)
-            eta = (time.time() - start) / timing["steps"] * (config.steps - steps)
+            eta = (time.time() - start) / (steps - first_step) * (config.steps - steps)
             log(f"epoch {epoch + 1}/{epochs} step {steps}/{config.steps} loss "
                 f"{logs.get('loss'):.4f} ({time.time() - self.t0:.0f}s, about {eta:.0f}s left)")
 
