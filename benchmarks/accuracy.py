@@ -10,6 +10,7 @@ Usage::
     python benchmarks/accuracy.py                   # model + baseline, full val split
     python benchmarks/accuracy.py --scales auto,1   # automatic scale (the default) and scale 1
     python benchmarks/accuracy.py --tta             # also the model with flip averaging
+    python benchmarks/accuracy.py --engines keras,openvino  # the same model on each engine
     python benchmarks/accuracy.py --skip-model      # baseline only
     python benchmarks/accuracy.py --limit 10 --out scores.csv
 
@@ -21,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +54,9 @@ def parse_args(argv=None):
     p.add_argument("--scales", default="auto",
                    help="comma-separated model scales to compare, e.g. auto,1 (default: auto, "
                         "the pipeline's default)")
+    p.add_argument("--engines", default="auto",
+                   help="comma-separated engines to run the model on, e.g. keras,openvino "
+                        "(default: auto, the pipeline's default)")
     p.add_argument("--tta", action="store_true",
                    help="also score the model with test-time flips at the first scale")
     args = p.parse_args(argv)
@@ -92,8 +97,35 @@ def run_method(name, predict, samples, images, labels, model=None):
             raise ValueError(f"{name}: prediction for {s.id} has shape {pred.shape}, "
                              f"expected {true.shape}")
         records.append({"method": name, "id": s.id, "modality": s.modality,
+                        "objects": len(np.unique(pred)) - (pred == 0).any(),
                         **score_image(true, pred)})
     return records, seconds
+
+
+def model_methods(args):
+    """``(name, predict, model)`` of each engine x scale (and +tta) asked for."""
+    from segmodel.model.engines import resolve_engine
+    from segmodel.model.loading import load_model
+
+    scales = [s.strip() for s in args.scales.split(",") if s.strip()]
+    scales = [s if s == "auto" else float(s) for s in scales]
+    engines = [resolve_engine(e.strip()) for e in args.engines.split(",") if e.strip()]
+    methods = []
+    for engine in engines:
+        model = load_model(args.model, engine=engine)  # once, outside the timings
+        model_method(1.0, args.tta)(images_for_warmup(), model)  # one-time tracing, outside too
+        model_method(1.0)(images_for_warmup(), model)
+        tag = f" [{engine} {model.precision}]" if len(engines) > 1 else ""
+        methods += [(f"segflow scale={s}{tag}", model_method(s), model) for s in scales]
+        if args.tta:
+            methods.append((f"segflow scale={scales[0]} +tta{tag}",
+                            model_method(scales[0], True), model))
+    return methods
+
+
+def images_for_warmup():
+    """One small image to trace the model on before the timings."""
+    return [np.zeros((256, 256), np.uint8)]
 
 
 def summarize(scores):
@@ -120,21 +152,10 @@ def main(argv=None):
         return 2
     samples, images, labels = load_val(args.data_dir, args.limit)
     print(f"{len(samples)} validation images from {args.data_dir}")
-    methods, model = [], None
-    if not args.skip_model:
-        from segmodel.model.loading import load_model
-
-        model = load_model(args.model)  # once, outside the timings
-        model_method(1.0, args.tta)(images[:1], model)  # the one-time tracing, outside too
-        model_method(1.0)(images[:1], model)
-        scales = [s.strip() for s in args.scales.split(",") if s.strip()]
-        scales = [s if s == "auto" else float(s) for s in scales]
-        methods += [(f"segflow scale={s}", model_method(s)) for s in scales]
-        if args.tta:
-            methods.append((f"segflow scale={scales[0]} +tta", model_method(scales[0], True)))
-    methods.append(("classical", predict_classical))
+    methods = [] if args.skip_model else model_methods(args)
+    methods.append(("classical", predict_classical, None))
     records, seconds_per_image = [], {}
-    for name, predict in methods:
+    for name, predict, model in methods:
         recs, seconds = run_method(name, predict, samples, images, labels, model)
         records += recs
         seconds_per_image[name] = seconds / max(len(recs), 1)
@@ -143,6 +164,8 @@ def main(argv=None):
     scores = pd.DataFrame.from_records(records)
     table = summarize(scores)
     table["s/image"] = table["method"].map(seconds_per_image).round(2)
+    table["objects"] = table.apply(lambda r: scores[(scores.method == r["method"]) & (
+        (scores.modality == r["modality"]) | (r["modality"] == "all"))].objects.sum(), axis=1)
     print()
     print(format_table(table))
     if args.out is not None:

@@ -16,9 +16,13 @@ The ratio end-to-end / raw shows how close the pipeline keeps the model busy; th
 (stage seconds summed over shards, from the run summary in ``run.json``) shows where the rest
 goes. Stages of different shards overlap, so they can add up to more than the wall time.
 
+Each engine (``--engines``, default Keras on TensorFlow and OpenVINO) is measured both ways in
+the same run, and a last table puts them side by side.
+
 Usage::
 
     python benchmarks/throughput.py                       # 208 images, shard 32, batch 8
+    python benchmarks/throughput.py --mosaic 8            # 8 images of 2048x2048 instead
     python benchmarks/throughput.py --count 240 --batch-size 16 --save
     python benchmarks/throughput.py --cpu-workers 0 1    # in-thread vs one worker process
     python benchmarks/throughput.py --repeat 3 --save     # raw, run, raw, run, raw, run, raw
@@ -62,14 +66,42 @@ def pick_images(data_dir, count):
             for r in index.itertuples()]
 
 
-def raw_throughput(paths, batch_size, shard_size, warmup=2):
+def copy_images(picked, folder):
+    """Copy ``picked`` (``[(path, height, width)]``) into ``folder``; the copies' list."""
+    for path, _, _ in picked:
+        shutil.copyfile(path, folder / path.name)
+    return [(folder / path.name, h, w) for path, h, w in picked]
+
+
+def mosaics(data_dir, count, folder, side=2048, piece=256):
+    """``count`` images of ``side`` x ``side`` pixels, each a grid of real ``piece``-pixel
+    fluorescence images of the set (in id order, reused round-robin), as PNGs in ``folder``."""
+    from PIL import Image
+
+    index = pd.read_csv(data_dir / "index.csv").sort_values("id")
+    pieces = index[(index.height == piece) & (index.width == piece)
+                   & (index.modality == "fluorescence")]
+    paths = [data_dir / "images" / f"{i}.png" for i in pieces.id]
+    per, made = (side // piece) ** 2, []
+    for k in range(count):
+        canvas = Image.new("RGB", (side, side))
+        for j in range(per):
+            with Image.open(paths[(k * per + j) % len(paths)]) as im:
+                canvas.paste(im.convert("RGB"), ((j % (side // piece)) * piece,
+                                                 (j // (side // piece)) * piece))
+        canvas.save(folder / f"mosaic-{k:03d}.png")
+        made.append((folder / f"mosaic-{k:03d}.png", side, side))
+    return made
+
+
+def raw_throughput(paths, batch_size, shard_size, engine="keras", warmup=2):
     """Tiles, seconds and CPU seconds (this process) of ``predict`` alone on preloaded batches.
 
     Batches are cut as the pipeline cuts them: the tiles of each shard of ``shard_size``
     images in ``batch_size`` tiles each, a shard's last batch padded, or cut to its tiles where
     the model takes any batch size (the warm-up then traces both).
     """
-    model = load_model()
+    model = load_model(engine=engine)
     tiling = default_tiling(model.spec)
     n, batches = 0, []
     for first in range(0, len(paths), shard_size):
@@ -103,7 +135,8 @@ def end_to_end(input_dir, output_dir, shard_size, batch_size, extra=()):
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"segflow run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return wall, json.loads((Path(output_dir) / "run.json").read_text())["counts"]
+    record = json.loads((Path(output_dir) / "run.json").read_text())
+    return wall, {**record["counts"], "precision": record["model"].get("precision")}
 
 
 def accelerator(backend):
@@ -207,6 +240,49 @@ def report(n_images, megapixels, tiles, raw_runs, wall, counts, raw_cpu=None):
     return "\n".join(lines)
 
 
+def measure(args, paths, src, tmp):
+    """Raw and end-to-end measurements of every engine and ``--cpu-workers`` value, alternated.
+
+    Returns the tile count and, per ``(engine, cpu_workers)``, the rows of
+    :func:`repeats_table`: ``(run, raw before, raw after, wall, counts)``.
+    """
+    raws = {e: [raw_throughput(paths, args.batch_size, args.shard_size, e)]
+            for e in args.engines}
+    runs = {(e, n): [] for e in args.engines for n in args.cpu_workers}
+    for r in range(1, args.repeat + 1):
+        done = {(e, n): end_to_end(src, Path(tmp) / f"out-{e}-{n}-{r}", args.shard_size,
+                                   args.batch_size, ("--cpu-workers", str(n), "--engine", e,
+                                                     "--scale", args.scale))
+                for e in args.engines for n in args.cpu_workers}
+        for e in args.engines:
+            raws[e].append(raw_throughput(paths, args.batch_size, args.shard_size, e))
+        for (e, n), (wall, counts) in done.items():
+            (_, before, cpu0), (_, after, cpu1) = raws[e][-2:]
+            runs[(e, n)].append((r, before, after, wall, {**counts, "raw_cpu": (cpu0 + cpu1) / 2}))
+    return raws[args.engines[0]][0][0], runs
+
+
+def side_by_side(picked, megapixels, tiles, chosen):
+    """One row per (engine, cpu_workers): raw, flow and whole-command rates, and the ratios.
+
+    ``chosen`` maps ``(engine, cpu_workers)`` to its median-ratio row; the last column is the
+    whole command's MP/s against the first engine's with the same workers.
+    """
+    rows = []
+    for (engine, n), (_, before, after, wall, counts) in chosen.items():
+        raw = (before + after) / 2
+        rows.append({"engine": engine, "cpu workers": n, "precision": counts.get("precision"),
+                     "raw tiles/s": tiles / raw, "raw MP/s": megapixels / raw,
+                     "flow MP/s": megapixels / counts["seconds"],
+                     "whole command MP/s": megapixels / wall,
+                     "flow / raw": raw / counts["seconds"]})
+    table = pd.DataFrame(rows)
+    first = table.groupby("cpu workers")["whole command MP/s"].transform("first")
+    table["whole command vs first engine"] = table["whole command MP/s"] / first
+    return (f"{len(picked)} images, {megapixels:.1f} megapixels, {tiles} tiles\n"
+            + table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--count", type=int, default=208, help="number of images (default 208)")
@@ -218,6 +294,15 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=1,
                    help="end-to-end runs of each --cpu-workers value, alternating with raw "
                         "measurements (default 1)")
+    p.add_argument("--engines", nargs="+", default=["keras", "openvino"],
+                   choices=["keras", "openvino"],
+                   help="engines to measure side by side (default: keras openvino)")
+    p.add_argument("--scale", default="1",
+                   help="--scale of the end-to-end runs (default 1: the raw measurement's; "
+                        "'auto' adds the automatic scale's extra passes to the flow only)")
+    p.add_argument("--mosaic", type=int, default=0,
+                   help="measure N images of 2048x2048 assembled from 64 real 256x256 ones "
+                        "each, instead of the set's own images (default 0: off)")
     p.add_argument("--save", action="store_true", help=f"also write the tables to {RESULTS}")
     args = p.parse_args(argv)
     if args.repeat < 1:
@@ -225,46 +310,36 @@ def main(argv=None):
     if not (args.data_dir / "index.csv").is_file():
         print(f"dataset not found under {args.data_dir}", file=sys.stderr)
         return 2
-    picked = pick_images(args.data_dir, args.count)
-    megapixels = sum(h * w for _, h, w in picked) / 1e6
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "in"
         src.mkdir()
-        for path, _, _ in picked:
-            shutil.copyfile(path, src / path.name)
-        paths = [src / p.name for p, _, _ in picked]
-        # raw before and after each end-to-end run: their mean is the limit, their spread
-        # shows how much the machine's load moved while measuring (the machine may be shared)
-        tiles, raw, cpu = raw_throughput(paths, args.batch_size, args.shard_size)
-        raws, cpus, runs = [raw], [cpu], {n: [] for n in args.cpu_workers}
-        for _ in range(args.repeat):
-            done = {n: end_to_end(src, Path(tmp) / f"out{n}-{len(raws)}", args.shard_size,
-                                  args.batch_size, ("--cpu-workers", str(n)))
-                    for n in args.cpu_workers}
-            _, raw, cpu = raw_throughput(paths, args.batch_size, args.shard_size)
-            raws.append(raw)
-            cpus.append(cpu)
-            for n, (wall, counts) in done.items():
-                runs[n].append((len(raws) - 1, raws[-2], raws[-1], wall,
-                                {**counts, "raw_cpu": (cpus[-2] + cpus[-1]) / 2}))
-    parts = []
-    for n, rows in runs.items():
-        text = f"## --cpu-workers {n}\n"
+        picked = (mosaics(args.data_dir, args.mosaic, src) if args.mosaic
+                  else copy_images(pick_images(args.data_dir, args.count), src))
+        megapixels = sum(h * w for _, h, w in picked) / 1e6
+        tiles, runs = measure(args, [path for path, _, _ in picked], src, tmp)
+    parts, chosen = [], {}
+    for (engine, n), rows in runs.items():
+        text = f"## --engine {engine} --cpu-workers {n}\n"
         if len(rows) > 1:
             table, summary = repeats_table(rows)
             text += (table.to_string(index=False, float_format=lambda v: f"{v:.3f}") + "\n"
                      + summary + "\n\nthe run with the median ratio:\n")
             order = np.argsort(table["ratio flow / raw"].to_numpy(), kind="stable")
             rows = [rows[order[(len(rows) - 1) // 2]]]
+        chosen[(engine, n)] = rows[0]
         _, before, after, wall, counts = rows[0]
         parts.append(text + report(len(picked), megapixels, tiles, (before, after), wall,
                                    counts, raw_cpu=counts["raw_cpu"]))
+    parts.append("## side by side (the run with the median ratio of each)\n"
+                 + side_by_side(picked, megapixels, tiles, chosen))
     text = "\n\n".join(parts)
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     workers = " ".join(map(str, args.cpu_workers))
     repeat = f" --repeat {args.repeat}" if args.repeat > 1 else ""
-    header = (f"# python benchmarks/throughput.py --count {args.count} --shard-size "
+    images = f"--mosaic {args.mosaic}" if args.mosaic else f"--count {args.count}"
+    header = (f"# python benchmarks/throughput.py {images} --shard-size "
               f"{args.shard_size} --batch-size {args.batch_size} --cpu-workers {workers}"
+              f" --engines {' '.join(args.engines)} --scale {args.scale}"
               f"{repeat}  ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores, "
               f"{accelerator(backend)}, Keras backend {backend})")
     print(header + "\n" + text)

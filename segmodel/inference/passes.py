@@ -52,12 +52,13 @@ def resolve_model(model):
     ----------
     model : str, Path, LoadedModel or None
         A ``.keras`` file with its spec, a model already loaded (returned as it is), or None.
+        Files load on the default engine, ``'auto'`` (see :mod:`segmodel.model.engines`).
 
     Returns
     -------
     LoadedModel
     """
-    return model if isinstance(model, LoadedModel) else load_model(model)
+    return model if isinstance(model, LoadedModel) else load_model(model, engine="auto")
 
 
 #: ``scale="auto"`` (the default): each image's nucleus size is estimated and images whose

@@ -8,14 +8,18 @@ the weights. Other Keras models (binary and semantic heads too) come as bundles:
 
 import hashlib
 import json
+import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from segmodel.model.engines import EngineError, OpenVinoModel, resolve_engine
 from segmodel.model.spec import ModelSpec, find_spec, read_spec, resolve_bundle
+
+_log = logging.getLogger("segflow")
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "weights" / "nuclei.keras"
 
@@ -115,12 +119,23 @@ class LoadedModel:
         :func:`fingerprint` of its files.
     path : str
         The ``.keras`` file.
+    engine : {'keras', 'openvino'}
+        What runs :meth:`predict_batch` (see :mod:`segmodel.model.engines`).
+    runner : callable or None
+        The OpenVINO model where ``engine`` is ``'openvino'``, else None (Keras runs it).
     """
 
     keras_model: object
     spec: ModelSpec
     fingerprint: str
     path: str
+    engine: str = "keras"
+    runner: object = field(default=None, repr=False)
+
+    @property
+    def precision(self):
+        """The precision the model computes in: ``'f32'``, or OpenVINO's choice here."""
+        return self.runner.precision if self.runner is not None else "f32"
 
     @property
     def any_batch_size(self):
@@ -130,18 +145,22 @@ class LoadedModel:
         ``reduce_retracing``, so the second batch shape gives a trace that takes every batch
         size, and a call costs in proportion to its batch. Elsewhere (JAX compiles each shape;
         an accelerator costs nearly the same for any batch up to its width) batches keep one
-        fixed shape.
+        fixed shape. True with OpenVINO, whose CPU runtime takes any batch size.
         """
         import keras
+
+        if self.engine == "openvino":
+            return True
 
         return keras.backend.backend() == "tensorflow"
 
     def predict_batch(self, batch):
         """Predict a fixed-shape float32 batch.
 
-        Uses Keras' compiled predict step, traced once per batch shape (the pipeline only ever
-        sends one shape). A ``'CYX'`` model gets the batch channels first and its output is moved
-        back to channels last.
+        Uses the OpenVINO model where :attr:`engine` is ``'openvino'``, else Keras' compiled
+        predict step, traced once per batch shape (the pipeline only ever sends one shape).
+        A ``'CYX'`` model gets the batch channels first and its output is moved back to
+        channels last.
 
         Parameters
         ----------
@@ -153,19 +172,19 @@ class LoadedModel:
         (N, T, T, K) ndarray
             The model's maps, channels last (``K`` = 3 for the instance model).
         """
+        run = self.runner or self.keras_model.predict_on_batch
         if self.spec.axes == "CYX":  # a channels-first model: same batch, axes moved
             channels_first = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
-            out = self.keras_model.predict_on_batch(channels_first)
-            return np.asarray(out).transpose(0, 2, 3, 1)
-        return self.keras_model.predict_on_batch(batch)
+            return np.asarray(run(channels_first)).transpose(0, 2, 3, 1)
+        return np.asarray(run(batch))
 
 
 _CACHE = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def load_model(path=None, *, trust=False):
-    """Load a model once per process, cached by its file's fingerprint.
+def load_model(path=None, *, trust=False, engine="keras"):
+    """Load a model once per process, cached by its file's fingerprint and engine.
 
     Models load in Keras' safe mode: a file carrying Python code (a ``Lambda`` layer's
     function, ...) is refused, because loading it would run that code.
@@ -176,6 +195,10 @@ def load_model(path=None, *, trust=False):
         A ``.keras`` file with a ``.json`` sidecar. Default: the bundled nuclei model.
     trust : bool, optional
         Load with safe mode off. Only for files from a source you trust.
+    engine : {'keras', 'openvino', 'auto'}, optional
+        What runs the model (default ``'keras'``; see :mod:`segmodel.model.engines`). With
+        ``'openvino'`` the model is converted on first use and the conversion cached;
+        ``'auto'`` falls back to Keras, with a warning, where the model does not convert.
 
     Returns
     -------
@@ -186,7 +209,10 @@ def load_model(path=None, *, trust=False):
     FileNotFoundError
         The file does not exist.
     ValueError
-        The file carries Python code and ``trust`` is False.
+        The file carries Python code and ``trust`` is False, or ``engine`` is unknown.
+    EngineError
+        ``engine`` is ``'openvino'`` and OpenVINO is missing or the model does not convert.
+
     """
     path = resolve_bundle(path) if path is not None else DEFAULT_MODEL
     if not path.is_file():
@@ -194,13 +220,22 @@ def load_model(path=None, *, trust=False):
             f"model file not found: {str(path)!r}. Pass the path of a .keras file, or omit it "
             "to use the bundled nuclei model."
         )
-    key = (fingerprint(path), bool(trust))
+    chosen = resolve_engine(engine)
+    key = (fingerprint(path), bool(trust), chosen)
     with _CACHE_LOCK:
         if key not in _CACHE:
             sp = spec_path(path)
             spec = read_spec(sp) if sp.exists() else ModelSpec()
-            kmodel = load_keras(path, trust)
-            _CACHE[key] = LoadedModel(kmodel, spec, key[0], str(path))
+            shared = _CACHE.get(key[:2] + ("keras",))  # one Keras model for both engines
+            kmodel = shared.keras_model if shared else load_keras(path, trust)
+            try:
+                runner = OpenVinoModel(kmodel, key[0]) if chosen == "openvino" else None
+            except EngineError as exc:
+                if engine != "auto":
+                    raise
+                _log.warning("engine 'auto': the model runs with Keras, as %s", exc)
+                chosen, runner = "keras", None  # kept under the key: asked again, no retry
+            _CACHE[key] = LoadedModel(kmodel, spec, key[0], str(path), chosen, runner)
         return _CACHE[key]
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from segmodel.inference import autoscale
 from segmodel.inference.passes import default_tiling
 from segmodel.model.bundle import check_model
+from segmodel.model.engines import EngineError
 from segmodel.model.loading import load_model, spec_path
 from segmodel.storage.io import Store
 
@@ -29,6 +30,9 @@ class RunConfig:
         Where images are read and masks and tables written.
     model_path : str
         The resolved ``.keras`` file of the model.
+    engine : {'keras', 'openvino'}
+        What runs the model in every process of the run (``options.engine`` resolved; see
+        :mod:`segmodel.model.engines`).
     tile, overlap : int
         The tiling, checked against the model's divisor.
     config_key : str
@@ -40,9 +44,14 @@ class RunConfig:
     input: Store
     output: Store
     model_path: str
+    engine: str
     tile: int
     overlap: int
     config_key: str
+
+    def load_model(self):
+        """The run's model on its engine, loaded once per process (cached by ``load_model``)."""
+        return load_model(self.model_path, trust=self.options.trust_model, engine=self.engine)
 
     def choices(self):
         """The input choices a reader needs: ``{'channel', 'plane', 'pyramid_level'}``."""
@@ -79,26 +88,35 @@ def configure(options):
             f"output={options.output!r} is the input or a folder inside it "
             f"(input={options.input!r}): a rerun would list the masks written there as new "
             "images. Choose an output folder outside the input.")
-    model = load_model(options.model, trust=options.trust_model)
+    model = _load(options)
     problems = check_model(model.keras_model, model.spec, str(spec_path(model.path)))
     if problems:  # a bundle whose spec does not fit its model: say so before any work
         raise ValueError("; ".join(problems) + f" (check with: segflow model inspect {model.path})")
     tiling = default_tiling(model.spec, options.tile_size)
     config = RunConfig(
         options=options, input=source, output=target, model_path=model.path,
-        tile=tiling.tile, overlap=tiling.overlap,
-        config_key=config_key(options, model.fingerprint, tiling))
+        engine=model.engine, tile=tiling.tile, overlap=tiling.overlap,
+        config_key=config_key(options, model, tiling))
     return config, model
 
 
-def config_key(options, fingerprint, tiling):
+def _load(options):
+    """The run's model on its engine (``auto`` falls back to Keras where OpenVINO cannot run it)."""
+    try:
+        return load_model(options.model, trust=options.trust_model, engine=options.engine)
+    except EngineError as exc:  # the engine asked for by name cannot run here
+        raise ValueError(f"engine={options.engine!r}: {exc}") from None
+
+
+def config_key(options, model, tiling):
     """Hash everything in a run's configuration that changes an image's result.
 
     Parameters
     ----------
     options : RunOptions
-    fingerprint : str
-        The model's fingerprint.
+    model : segmodel.model.loading.LoadedModel
+        The model on its engine: its fingerprint, and its engine and precision where OpenVINO
+        runs it (their maps differ from Keras' in the third decimal).
     tiling : segmodel.inference.preprocess.Tiling
 
     Returns
@@ -108,10 +126,11 @@ def config_key(options, fingerprint, tiling):
     """
     scale = [options.scale, repr(autoscale.DEFAULT)] if options.scale == "auto" else [
         options.scale]
-    key = json.dumps([fingerprint, *scale, tiling.tile, tiling.overlap,
+    engine = [f"openvino-{model.precision}"] if model.engine == "openvino" else []
+    key = json.dumps([model.fingerprint, *scale, tiling.tile, tiling.overlap,
                       options.mask_format, options.max_pixels]
                      + ([True] if options.tta else []) + _input_key(options)
-                     + ([options.outlines] if options.outlines != "none" else []))
+                     + ([options.outlines] if options.outlines != "none" else []) + engine)
     return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 

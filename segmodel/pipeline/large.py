@@ -13,7 +13,6 @@ import time
 
 from segmodel.inference import blockwise
 from segmodel.inference.preprocess import ImageDecodeError, Tiling
-from segmodel.model.loading import load_model
 from segmodel.pipeline import outputs, runtime
 from segmodel.pipeline.plan import ShardResult
 from segmodel.pipeline.rows import Segmented, failure_row, image_row
@@ -41,7 +40,7 @@ def process_large(config, job):
     """
     span0, t0 = time.time(), time.perf_counter()
     (ref,) = job.refs
-    model = load_model(config.model_path, trust=config.options.trust_model)
+    model = config.load_model()
     try:
         _check_model(config, ref, model)
         seg, objects = _segment(config, job, ref, model)

@@ -49,6 +49,10 @@ class RunOptions(BaseModel):
     mask_format: Literal["tif", "png", "ome-zarr"] = Field(
         "tif", description="Label mask format: 'ome-zarr' writes OME-Zarr (NGFF 0.4) labels with "
         "a pyramid beside the image, for napari.")
+    engine: Literal["auto", "openvino", "keras"] = Field(
+        "auto", description="What runs the model: 'openvino' (OpenVINO's CPU runtime; converted "
+        "once and cached), 'keras' (Keras' backend: TensorFlow, or JAX with KERAS_BACKEND=jax) or "
+        "'auto' (default: OpenVINO where it is installed and Keras runs on TensorFlow).")
     model: Optional[str] = Field(None, description="Path of a .keras model, or of a bundle "
                                  "folder (model + spec; default: bundled).")
     max_pixels: int = Field(MAX_PIXELS, ge=1, description="Images larger than this fail.")

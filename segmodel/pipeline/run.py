@@ -86,12 +86,14 @@ def manifest(config, model, summary):
     Returns
     -------
     dict
-        Parameters (storage options left out), model, version, configuration key, finish time
+        Parameters (storage options left out), model (with the engine that ran it and its
+        precision), version, configuration key, finish time
         and counts.
     """
     return {"parameters": config.options.model_dump(mode="json", exclude={"storage_options"}),
             "model": {"name": model.spec.name, "path": model.path,
-                      "fingerprint": model.fingerprint},
+                      "fingerprint": model.fingerprint, "engine": model.engine,
+                      "precision": model.precision},
             "segflow_version": __version__, "config_key": config.config_key,
             "finished_at": datetime.now(timezone.utc).isoformat(), "counts": summary}
 

@@ -30,11 +30,10 @@ import threading
 import numpy as np
 
 from segmodel.inference import workers
-from segmodel.model.loading import load_model
 
 _MODEL_LOCK = threading.Lock()
 _MODEL_THREAD = []  # at most one ModelThread
-_WARM = set()  # (model fingerprint, batch size, tile size) already traced in this process
+_WARM = set()  # (model fingerprint, engine, batch size, tile size) already run in this process
 
 
 def model_lock():
@@ -109,8 +108,8 @@ def warm_up(config):
     list of tuple
         The batch shapes called now (empty when all were warm).
     """
-    model = load_model(config.model_path, trust=config.options.trust_model)
-    key = (model.fingerprint, config.options.batch_size, config.tile)
+    model = config.load_model()
+    key = (model.fingerprint, model.engine, config.options.batch_size, config.tile)
     if key in _WARM:
         return []
     _WARM.add(key)

@@ -18,7 +18,6 @@ from segmodel.inference.measure import CHANNELS, ObjectPixels, measure_objects
 from segmodel.inference.passes import ModelCalls, predict_labels, prepare
 from segmodel.inference.preprocess import MAX_PIXELS, ImageDecodeError, Tiling, to_channels
 from segmodel.inference.workers import CpuPool
-from segmodel.model.loading import load_model
 from segmodel.pipeline import outputs, qc, runtime
 from segmodel.pipeline.plan import ShardResult
 from segmodel.pipeline.rows import Segmented, failure_row, image_row
@@ -306,7 +305,7 @@ def process_shard(config, job):
     t0 = time.time()
     try:
         model_thread = runtime.model_thread()
-        model = load_model(config.model_path, trust=config.options.trust_model)
+        model = config.load_model()
         pool = runtime.cpu_pool(config.options.cpu_workers)
         items = read_shard(config.input, list(job.refs), model.spec, scale=config.options.scale,
                            max_pixels=config.options.max_pixels, **config.choices())

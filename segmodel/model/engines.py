@@ -1,0 +1,156 @@
+"""Inference engines: the model run by Keras, or converted once and run by OpenVINO.
+
+``keras`` runs the model with Keras' own backend (TensorFlow here; JAX where
+``KERAS_BACKEND=jax``). ``openvino`` converts the model to OpenVINO's format once, caches it
+under :func:`cache_dir` keyed by the model's fingerprint and OpenVINO's version, and runs it
+with OpenVINO's CPU runtime, which computes in bfloat16 on CPUs with native bfloat16 (AVX512-BF16
+or AMX) and in float32 elsewhere. ``auto`` picks ``openvino`` where it is installed and Keras
+runs on TensorFlow, ``keras`` otherwise (on JAX, where an accelerator is the reason to use it).
+"""
+
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+ENGINES = ("auto", "openvino", "keras")
+
+
+class EngineError(RuntimeError):
+    """The chosen engine cannot run this model here (not installed, or the model converts not)."""
+
+
+def openvino_installed():
+    """Whether the ``openvino`` package imports.
+
+    Returns
+    -------
+    bool
+    """
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_engine(engine):
+    """The engine ``engine`` names here: ``auto`` becomes ``openvino`` or ``keras``.
+
+    Parameters
+    ----------
+    engine : {'auto', 'openvino', 'keras'}
+
+    Returns
+    -------
+    {'openvino', 'keras'}
+
+    Raises
+    ------
+    ValueError
+        If ``engine`` is not one of :data:`ENGINES`.
+    EngineError
+        If ``engine`` is ``'openvino'`` and OpenVINO is not installed.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}. Received: engine={engine!r}")
+    if engine == "keras":
+        return engine
+    usable = openvino_installed()
+    if engine == "openvino" and not usable:
+        raise EngineError("engine='openvino' needs the openvino package: pip install openvino "
+                          "(or choose engine 'keras').")
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    return "openvino" if usable and (engine == "openvino" or backend == "tensorflow") else "keras"
+
+
+def cache_dir():
+    """Where converted models are kept: ``$SEGFLOW_CACHE_DIR``, else the user's cache folder.
+
+    Returns
+    -------
+    Path
+        ``$SEGFLOW_CACHE_DIR``, else ``$XDG_CACHE_HOME/segflow``, else ``~/.cache/segflow``.
+    """
+    if os.environ.get("SEGFLOW_CACHE_DIR"):
+        return Path(os.environ["SEGFLOW_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "segflow"
+
+
+class OpenVinoModel:
+    """A Keras model converted to OpenVINO (once, cached) and compiled for the CPU.
+
+    Calls are thread-safe: each thread gets its own inference request. The input takes any
+    batch size and tile size.
+
+    Parameters
+    ----------
+    keras_model : keras.Model
+        The model, channels as it expects them.
+    fingerprint : str
+        The model's content hash: the cache key with OpenVINO's version.
+    """
+
+    def __init__(self, keras_model, fingerprint):
+        import openvino as ov
+
+        xml = converted(keras_model, fingerprint)
+        self.compiled = ov.Core().compile_model(str(xml), "CPU")
+        self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        self._local = threading.local()
+
+    def __call__(self, batch):
+        """Maps for ``batch`` (``(N, ...) float32``), as the Keras model's first output."""
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        return request.infer({0: batch})[0].copy()
+
+
+def converted(keras_model, fingerprint):
+    """The OpenVINO model file for ``keras_model``, converted now unless cached.
+
+    Parameters
+    ----------
+    keras_model : keras.Model
+    fingerprint : str
+        The model's content hash.
+
+    Returns
+    -------
+    Path
+        ``model.xml`` (weights in ``model.bin`` beside it) under :func:`cache_dir`.
+
+    Raises
+    ------
+    EngineError
+        If the model does not convert (the message carries the converter's reason).
+    """
+    import openvino as ov
+
+    folder = cache_dir() / "openvino" / f"{fingerprint}-{ov.__version__.split('-')[0]}"
+    if (folder / "model.xml").is_file():
+        return folder / "model.xml"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
+    try:
+        _export(keras_model, tmp / "model.xml")
+        try:
+            os.rename(tmp, folder)  # atomic; another process may have won the race
+        except OSError:
+            if not (folder / "model.xml").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder / "model.xml"
+
+
+def _export(keras_model, xml):
+    """Write ``keras_model`` as OpenVINO IR at ``xml``, its weights in float32."""
+    try:
+        keras_model.export(str(xml), format="openvino", verbose=False)
+    except Exception as exc:  # the converter's own error types vary by layer and version
+        raise EngineError(f"the model does not convert to OpenVINO ({type(exc).__name__}: "
+                          f"{str(exc)[:300]}); run it with engine 'keras'.") from exc
