@@ -522,16 +522,31 @@ def _evaluate(args):
 
     params = build_params(EvaluateParams, args)
     try:
-        preflight(params)
+        pairing = preflight(params)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"segflow: {exc}") from None
+    _print_pairing(pairing)
     try:
         with _on(server):
             table = evaluate_labels(params)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"segflow: {exc}") from None
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.3f}"))
     return 0
+
+
+def _print_pairing(pairing, shown=5):
+    """What ``segflow evaluate`` matched: the counts, and the first names found on one side."""
+    n = pairing.counts()
+    print(f"{n['both']} images with a prediction and a label (scored), {n['pred_only']} with "
+          f"only a prediction, {n['truth_only']} with only a label: the scores are over the "
+          f"{n['both']} scored images")
+    for what, refs in (("only a prediction", pairing.pred_only),
+                       ("only a label", pairing.truth_only)):
+        if refs:
+            names = ", ".join(r.image_id for r in refs[:shown])
+            more = f", ... ({len(refs)} in all)" if len(refs) > shown else ""
+            print(f"{what}: {names}{more}")
 
 
 def _inspect(args):
