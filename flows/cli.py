@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+import traceback
 import types
 import typing
 from pathlib import Path
@@ -38,7 +39,26 @@ def option_name(field):
     return OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
 
 
-class _Command(argparse.ArgumentParser):
+#: The help of ``--debug``, an option of ``segflow`` and of each of its commands.
+DEBUG_HELP = ("Also print the traceback behind an error's one-line message (as does "
+              "SEGFLOW_DEBUG=1 in the environment).")
+
+
+class _Parser(argparse.ArgumentParser):
+    """A parser whose every option has a sentence for its help, ``--debug`` included: given
+    before the command (``segflow --debug run ...``) or after it (``segflow run ... --debug``)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for action in self._actions:
+            if isinstance(action, argparse._HelpAction):
+                action.help = "Show this help message and exit."
+        # a command's own default would overwrite a --debug given before the command
+        self.add_argument("--debug", action="store_true", help=DEBUG_HELP,
+                          default=False if kwargs.get("prog") == "segflow" else argparse.SUPPRESS)
+
+
+class _Command(_Parser):
     """A subcommand's parser whose options are added when it is used (to parse or for its
     help): a parameter model imports pandas or Prefect, which the other commands do without."""
 
@@ -61,25 +81,25 @@ class _Command(argparse.ArgumentParser):
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="segflow", description="Batch nuclei segmentation.")
+    p = _Parser(prog="segflow", description="Batch nuclei segmentation.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Command)
-    sub.add_parser("run", help="segment every image under INPUT into OUTPUT",
+    sub.add_parser("run", help="Segment every image under INPUT into OUTPUT.",
                    options=_run_options)
-    sub.add_parser("serve", help="serve a deployment that segments new images of INPUT on a "
-                                 "schedule (needs a Prefect server)", options=_serve_options)
-    sub.add_parser("demo", help="segment the sample images shipped with segflow",
+    sub.add_parser("serve", help="Serve a deployment that segments new images of INPUT on a "
+                                 "schedule (needs a Prefect server).", options=_serve_options)
+    sub.add_parser("demo", help="Segment the sample images shipped with segflow.",
                    options=_demo_options)
-    sub.add_parser("evaluate", help="score predicted masks against ground-truth masks",
+    sub.add_parser("evaluate", help="Score predicted masks against ground-truth masks.",
                    options=_evaluate_options)
-    sub.add_parser("train", help="train the nuclei model (resumes an interrupted run)",
+    sub.add_parser("train", help="Train the nuclei model (resumes an interrupted run).",
                    options=_train_options)
-    model = sub.add_parser("model", help="model bundles (a .keras file and its spec)")
-    model_sub = model.add_subparsers(dest="model_command", required=True)
-    inspect = model_sub.add_parser("inspect", help="print a bundle's spec and check it against "
-                                                   "its model (exit 1 on any problem)")
-    inspect.add_argument("bundle", help="a .keras file with its spec beside it, or their folder")
+    model = sub.add_parser("model", help="Model bundles (a .keras file and its spec).")
+    model_sub = model.add_subparsers(dest="model_command", required=True, parser_class=_Parser)
+    inspect = model_sub.add_parser("inspect", help="Print a bundle's spec and check it against "
+                                                   "its model (exit 1 on any problem).")
+    inspect.add_argument("bundle", help="A .keras file with its spec beside it, or their folder.")
     inspect.add_argument("--trust-model", action="store_true",
-                         help="load a model that carries Python code; only for files you trust")
+                         help="Load a model that carries Python code; only for files you trust.")
     return p
 
 
@@ -111,10 +131,11 @@ def _serve_options(p):
     add_positional(p, _segment_model(), "input")
     add_positional(p, _segment_model(), "output")
     when = p.add_mutually_exclusive_group()
-    when.add_argument("--cron", default=None, help='cron schedule, e.g. "0 * * * *" (hourly)')
-    when.add_argument("--interval", type=float, default=None, help="seconds between runs")
+    when.add_argument("--cron", default=None,
+                      help='Cron schedule of the runs, e.g. "0 * * * *" (hourly).')
+    when.add_argument("--interval", type=float, default=None, help="Seconds between runs.")
     p.add_argument("--name", default="scheduled",
-                   help="deployment name (default: scheduled): segment-images/NAME")
+                   help="Deployment name: segment-images/NAME. (default: scheduled)")
     add_model_options(p, _segment_model(), skip={"input", "output"})
     _add_execution_options(p)
 
@@ -143,14 +164,15 @@ def _train_options(p):
 def _add_execution_options(p):
     """How a run executes: options of the command, not parameters of the flow."""
     p.add_argument("--task-runner", choices=["threads", "dask"], default="threads",
-                   help="threads in this process (default), or Dask (needs PREFECT_API_URL)")
+                   help="Where shards run: threads in this process, or a Dask cluster (needs "
+                        "PREFECT_API_URL). (default: threads)")
     p.add_argument("--dask-address", default=None,
-                   help="scheduler of an existing Dask cluster, e.g. tcp://host:8786 "
-                        "(default with --task-runner dask: a new local cluster)")
+                   help="Scheduler of an existing Dask cluster, e.g. tcp://host:8786 (default "
+                        "with --task-runner dask: a new local cluster).")
     p.add_argument("--dask-workers", type=int, default=None,
-                   help="worker processes of the new local Dask cluster (default: cores / 2)")
+                   help="Worker processes of the new local Dask cluster (default: cores / 2).")
     p.add_argument("--fail-on-error", action="store_true",
-                   help="exit with status 1 when any image failed")
+                   help="Exit with status 1 when any image failed.")
 
 
 def add_positional(parser, model, field, default=None):
@@ -522,16 +544,31 @@ def _evaluate(args):
 
     params = build_params(EvaluateParams, args)
     try:
-        preflight(params)
+        pairing = preflight(params)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"segflow: {exc}") from None
+    _print_pairing(pairing)
     try:
         with _on(server):
             table = evaluate_labels(params)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"segflow: {exc}") from None
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.3f}"))
     return 0
+
+
+def _print_pairing(pairing, shown=5):
+    """What ``segflow evaluate`` matched: the counts, and the first names found on one side."""
+    n = pairing.counts()
+    print(f"{n['both']} images with a prediction and a label (scored), {n['pred_only']} with "
+          f"only a prediction, {n['truth_only']} with only a label: the scores are over the "
+          f"{n['both']} scored images")
+    for what, refs in (("only a prediction", pairing.pred_only),
+                       ("only a label", pairing.truth_only)):
+        if refs:
+            names = ", ".join(r.image_id for r in refs[:shown])
+            more = f", ... ({len(refs)} in all)" if len(refs) > shown else ""
+            print(f"{what}: {names}{more}")
 
 
 def _inspect(args):
@@ -594,15 +631,36 @@ def console(entry=None):
     """
     status = {}
     atexit.register(_quick_exit, status)  # registered first, so it runs after every other
+    debug = debug_wanted(sys.argv[1:])
     try:
         status["code"] = (entry or main)()
     except SystemExit as exc:  # its message, if any, is printed before the exit handlers
         status["code"] = exc.code
+        if debug and isinstance(exc.code, str):
+            _print_traceback(exc)
         raise
-    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line, not a traceback
+        if debug:
+            _print_traceback(exc)
         print(f"\n{INTERRUPTED}", file=sys.stderr)
         status["code"] = 130
     return status["code"]
+
+
+def debug_wanted(argv, environ=None):
+    """Whether ``argv`` holds ``--debug`` (before a ``--``) or ``SEGFLOW_DEBUG`` is set to
+    anything but ``""``, ``0``, ``false`` or ``no``."""
+    value = (os.environ if environ is None else environ).get("SEGFLOW_DEBUG", "")
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    return "--debug" in argv or value.strip().lower() not in ("", "0", "false", "no")
+
+
+def _print_traceback(exc):
+    """``--debug``: the error behind a one-line message (the one it was raised from, where
+    there is one), as Python prints an uncaught error."""
+    behind = exc.__context__ if exc.__context__ is not None else exc
+    traceback.print_exception(behind, file=sys.stderr)
+    sys.stderr.flush()
 
 
 #: What Ctrl-C prints: shards are committed whole, so a rerun goes on where this one stopped.

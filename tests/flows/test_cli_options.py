@@ -245,3 +245,51 @@ def test_no_cli_function_is_over_60_lines_or_8_parameters():
             params = len(a.posonlyargs + a.args + a.kwonlyargs) + bool(a.vararg) + bool(a.kwarg)
             assert node.end_lineno - node.lineno + 1 <= 60, node.name
             assert params <= 8, node.name
+
+
+def _parsers(parser, name="segflow"):
+    """``(command line, parser)`` of ``segflow`` and of each command under it, options added."""
+    if isinstance(parser, cli._Command):
+        parser._add_options()
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command, sub in action.choices.items():
+                yield from _parsers(sub, f"{name} {command}")
+
+
+#: The rule of a help text: a sentence that starts with a capital letter or a quoted or
+#: backticked name and ends with a period, before the notes ``_help`` appends
+#: ("(default: 32)", "(repeatable; default: ...)").
+SENTENCE = re.compile(r"^[A-Z'\"`].*\.$", re.DOTALL)
+NOTES = re.compile(r" \((?:default: |repeatable)[^()]*\)$")
+
+
+def test_every_option_and_command_of_segflow_has_a_sentence_for_help():
+    parsers = dict(_parsers(cli._parser()))
+    assert {"segflow run", "segflow serve", "segflow demo", "segflow evaluate", "segflow train",
+            "segflow model", "segflow model inspect"} <= parsers.keys()
+    bad = []
+    for name, parser in parsers.items():
+        for action in parser._actions:
+            texts = [(c.dest, c.help) for c in getattr(action, "_choices_actions", [])] \
+                if isinstance(action, argparse._SubParsersAction) else \
+                [("/".join(action.option_strings) or action.dest, action.help)]
+            bad += [(name, what, text) for what, text in texts
+                    if not SENTENCE.match(NOTES.sub("", text or ""))]
+        assert "--debug" in parser.format_help(), name
+    assert bad == []
+
+
+def test_debug_is_taken_before_or_after_the_command_or_from_the_environment():
+    parse = cli._parser().parse_args
+    assert parse(["--debug", "evaluate", "p", "t"]).debug is True
+    assert parse(["evaluate", "p", "t", "--debug"]).debug is True
+    assert parse(["model", "inspect", "b", "--debug"]).debug is True
+    assert parse(["evaluate", "p", "t"]).debug is False
+    assert cli.debug_wanted(["run", "a", "b", "--debug"], environ={})
+    assert not cli.debug_wanted(["run", "a", "b"], environ={})
+    assert not cli.debug_wanted(["run", "--", "--debug"], environ={})  # a path named --debug
+    assert cli.debug_wanted(["run"], environ={"SEGFLOW_DEBUG": "1"})
+    assert not any(cli.debug_wanted(["run"], environ={"SEGFLOW_DEBUG": v})
+                   for v in ("", "0", "false", "no"))
