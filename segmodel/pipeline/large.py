@@ -61,6 +61,8 @@ def process_large(config, job):
     outputs.write_shard(config.output, job.name, {
         **tables, "images": outputs.table("images", [row]),
         "failures": outputs.table("failures", [])})
+    for old in job.superseded.values():  # committed: the mask of another format goes
+        export.remove_superseded(config.output, old, seg.mask_path)
     return ShardResult(shard=job.name, index=job.index, images=1, failed=0,
                        objects=seg.n_objects, seconds=seconds, timings={},
                        span=(span0, time.time()))
@@ -169,5 +171,7 @@ def _failed(config, job, ref, failure, span0):
         "objects": outputs.table("objects", []), "intensities": outputs.table("intensities", []),
         "images": outputs.table("images", []), "failures": outputs.table("failures", [row])})
     export.remove_outputs(config.output, job.mask_paths[ref.image_id])  # an earlier run's
+    for old in job.superseded.values():
+        export.remove_superseded(config.output, old, job.mask_paths[ref.image_id])
     return ShardResult(shard=job.name, index=job.index, images=0, failed=1, objects=0,
                        seconds=0.0, timings={}, span=(span0, time.time()), failures=(row,))

@@ -348,6 +348,8 @@ def _write(config, job, model, items, pool):
     outputs.write_shard(config.output, job.name, parts)
     for f in failures:  # committed: a mask (and outline) of an earlier run must not outlive
         export.remove_outputs(config.output, job.mask_paths[f["image_id"]])  # its image's record
+    for image_id, old in job.superseded.items():  # and the image's mask of another format goes
+        export.remove_superseded(config.output, old, job.mask_paths[image_id])
     timings = {**stage_seconds(items), "write": time.perf_counter() - t0}
     counts = {"images": len(images), "failed": len(failures), "objects": len(parts["objects"]),
               "seconds": sum(it.seconds for it in items), "failures": tuple(failures)}

@@ -160,3 +160,44 @@ def test_every_table_reads_whole_with_pandas_over_images_with_different_channels
             assert (row["mean"], row["min"], row["max"]) == pytest.approx(
                 (inside.mean(), inside.min(), inside.max())), (image_id, label, c)
     assert read_table(str(out), "intensities").shape == values.shape
+
+
+def _files(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                  if p.is_file() or p.name.endswith(".zarr"))
+
+
+def test_a_changed_mask_format_removes_the_masks_it_supersedes(tmp_path):
+    import shutil
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for name in ("fluor-3bfd6bb1.png", "fluor-62570c4f.png"):
+        shutil.copy(SAMPLES / name, src / name)
+    run(str(src), str(out), mask_format="tif", outlines="geojson")
+    assert _files(out / "labels") == ["fluor-3bfd6bb1.tif", "fluor-62570c4f.tif"]
+    (src / "fluor-62570c4f.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)  # now broken
+    summary = run(str(src), str(out), mask_format="png", outlines="geojson")
+    assert (summary["images"], summary["failed"]) == (1, 1)
+    # the new mask replaces the other format's; a failed image keeps no mask of either
+    assert _files(out / "labels") == ["fluor-3bfd6bb1.png"]
+    assert _files(out / "outlines") == ["fluor-3bfd6bb1.geojson"]
+    run(str(src), str(out), mask_format="ome-zarr", outlines="geojson")
+    assert [p.name for p in (out / "labels").iterdir()] == ["fluor-3bfd6bb1.ome.zarr"]
+    images = read_table(str(out), "images")
+    assert images["mask_path"].tolist() == ["labels/fluor-3bfd6bb1.ome.zarr"]
+    run(str(src), str(out), mask_format="tif")  # back again: the OME-Zarr folder goes whole
+    assert _files(out / "labels") == ["fluor-3bfd6bb1.tif"]
+    assert tifffile.imread(out / "labels" / "fluor-3bfd6bb1.tif").max() == \
+        read_table(str(out), "images")["n_objects"].iloc[0]
+
+
+def test_only_an_images_own_earlier_mask_is_superseded():
+    from segmodel.pipeline.plan import superseded_masks
+
+    masks = {"a": "labels/a.png", "b": "labels/b.png", "c": "labels/c.png",
+             "d": "labels/d.tif", "e": "labels/e.png", "f": "labels/x.png"}
+    recorded = {"a": "labels/a.tif", "b": "labels/b.png", "c": "labels/d.tif",
+                "d": "labels/d.tif", "e": "labels/x.png"}
+    # b keeps its path; c's and d's record the same path; e's is f's new mask
+    assert superseded_masks(["a", "b", "c", "e", "f"], masks, recorded) == {"a": "labels/a.tif"}
