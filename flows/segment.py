@@ -71,7 +71,7 @@ def _segment(config, model, stamp, meter):
         _collect(segment_large.submit(config, job), meter, logger)
     progress.remove_listener(artifact)
     summary = meter.summary(plan)
-    finish = finalize(config, manifest(config, model, summary))
+    finish = finalize(config, manifest(config, model, summary, stamp))
     published = publish(config, [j.name for j in plan.jobs], summary)  # UI: table, gallery
     # the engine's seconds after ``seconds``: reconciling tables, QC flags, thumbnails
     summary["finish_seconds"] = round(finish + published.pop("engine_seconds"), 3)

@@ -201,3 +201,28 @@ def test_only_an_images_own_earlier_mask_is_superseded():
                 "d": "labels/d.tif", "e": "labels/x.png"}
     # b keeps its path; c's and d's record the same path; e's is f's new mask
     assert superseded_masks(["a", "b", "c", "e", "f"], masks, recorded) == {"a": "labels/a.tif"}
+
+
+def test_every_run_keeps_its_record_and_run_json_is_the_last_that_segmented(tmp_path):
+    import shutil
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    shutil.copy(SAMPLES / "fluor-3bfd6bb1.png", src / "a.png")
+    run(str(src), str(out))
+    first = (out / "run.json").read_bytes()
+    assert run(str(src), str(out))["images"] == 0  # nothing to do
+    assert (out / "run.json").read_bytes() == first  # the segmenting run's record stays
+    records = sorted((out / "runs").glob("*.json"))
+    assert len(records) == 2 and records[0].read_bytes() == first
+    noop = json.loads(records[1].read_text())
+    assert noop["counts"]["images"] == 0 and noop["counts"]["skipped"] == 1
+    assert records[1].name == f"{noop['run_stamp']}.json" and records[0].name < records[1].name
+    images = read_table(str(out), "images")
+    assert images["shard"].iloc[0].startswith(json.loads(first)["run_stamp"])
+    shutil.copy(SAMPLES / "fluor-62570c4f.png", src / "b.png")
+    run(str(src), str(out))
+    latest = json.loads((out / "run.json").read_text())
+    assert latest["counts"]["images"] == 1 and len(list((out / "runs").glob("*.json"))) == 3
+    assert (out / "runs" / f"{latest['run_stamp']}.json").read_text() == \
+        (out / "run.json").read_text()
