@@ -52,8 +52,8 @@ SHARD = 32
 
 
 def _parts(shard_index):
-    """The three parts of one committed shard (failures empty, no objects: the reads that
-    matter are the images and failures parts)."""
+    """The parts of one committed shard (failures empty, no objects: the reads that matter are
+    the images and failures parts)."""
     name = f"20261206T000000{shard_index:06d}Z-{shard_index:05d}"
     rows = [{"image_id": f"plate{shard_index:06d}/well{i:02d}.tif", "uri": "x", "height": 256,
              "width": 256, "n_objects": 20 + i, "mean_object_area": 100.0,
@@ -64,6 +64,7 @@ def _parts(shard_index):
              "qc_flags": "", "pixel_size_um": float("nan")} for i in range(SHARD)]
     return name, {
         f"objects/{name}.parquet": outputs.encode_parquet(outputs.table("objects", [])),
+        f"intensities/{name}.parquet": outputs.encode_parquet(outputs.table("intensities", [])),
         f"failures/{name}.parquet": outputs.encode_parquet(outputs.table("failures", [])),
         f"images/{name}.parquet": outputs.encode_parquet(outputs.table("images", rows))}
 

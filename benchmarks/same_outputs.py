@@ -2,10 +2,10 @@
 
     python benchmarks/same_outputs.py OUT_A OUT_B
 
-Compares the objects, images, failures (and classes) tables row for row, sorted by image and
-label, leaving out the columns that differ between any two runs (``seconds``, ``shard``,
-``finished_at``); every label mask pixel for pixel (TIFF, PNG, OME-Zarr); every GeoJSON outline
-file. Prints one line per check and exits 1 on any difference.
+Compares the objects, intensities, images, failures (and classes) tables row for row, sorted by
+image and label, leaving out the columns that differ between any two runs (``seconds``,
+``shard``, ``finished_at``); every label mask pixel for pixel (TIFF, PNG, OME-Zarr); every
+GeoJSON outline file. Prints one line per check and exits 1 on any difference.
 """
 
 import argparse
@@ -24,8 +24,8 @@ from segmodel.storage import export
 from segmodel.storage.io import Store
 
 VOLATILE = {"seconds", "shard"}
-KEYS = {"objects": ["image_id", "label"], "images": ["image_id"], "failures": ["image_id"],
-        "classes": ["image_id", "class"]}
+KEYS = {"objects": ["image_id", "label"], "intensities": ["image_id", "label", "channel"],
+        "images": ["image_id"], "failures": ["image_id"], "classes": ["image_id", "class"]}
 
 
 def _table(out, name):

@@ -431,8 +431,8 @@ def _print_summary(params, summary):
     print(f"{summary['skipped']} already done, {summary['objects']} objects, "
           f"{summary['seconds']:.1f} s ({summary['images_per_second']:.2f} images/s)")
     extra = f", {out}/outlines" if params.outlines != "none" else ""
-    print(f"outputs: {out}/labels{extra}, {out}/objects, {out}/images, {out}/failures, "
-          f"{out}/run.json")
+    print(f"outputs: {out}/labels{extra}, {out}/objects, {out}/intensities, {out}/images, "
+          f"{out}/failures, {out}/run.json")
 
 
 def _demo_table(output):

@@ -19,7 +19,7 @@ from segmodel.pipeline.plan import run_stamp
 from segmodel.pipeline.run import manifest, no_images_message
 from segmodel.storage.lease import Lease, OutputBusy
 from tasks.large import segment_large
-from tasks.report import publish
+from tasks.report import LISTED, publish
 from tasks.shards import finalize, ingest, process_shard
 
 
@@ -60,19 +60,19 @@ def _segment(config, model, stamp, meter):
         if plan.jobs:  # threads: the model gets its own, at this thread's priority
             runtime.start_model_thread(config)
         meter.model_started()
-    window, depth = deque(), runners.in_flight(task_runner)
+    window, depth, failures = deque(), runners.in_flight(task_runner), []
     for job in plan.jobs:  # one task per shard: its arrays never leave the process reading it
         window.append(process_shard.submit(config, job))
         while len(window) >= depth:
-            _collect(window.popleft(), meter, logger)
+            _collect(window.popleft(), meter, logger, failures)
     while window:
-        _collect(window.popleft(), meter, logger)
+        _collect(window.popleft(), meter, logger, failures)
     for job in plan.large_jobs:  # one at a time: each holds its blocks' memory
-        _collect(segment_large.submit(config, job), meter, logger)
+        _collect(segment_large.submit(config, job), meter, logger, failures)
     progress.remove_listener(artifact)
     summary = meter.summary(plan)
-    finish = finalize(config, manifest(config, model, summary))
-    published = publish(config, [j.name for j in plan.jobs], summary)  # UI: table, gallery
+    finish = finalize(config, manifest(config, model, summary, stamp))
+    published = publish(config, [j.name for j in plan.jobs], summary, failures)  # UI
     # the engine's seconds after ``seconds``: reconciling tables, QC flags, thumbnails
     summary["finish_seconds"] = round(finish + published.pop("engine_seconds"), 3)
     summary.update(published)
@@ -81,9 +81,11 @@ def _segment(config, model, stamp, meter):
     return summary
 
 
-def _collect(future, meter, logger):
+def _collect(future, meter, logger, failures):
+    """Count a job's result; keep its failures rows for the gallery (the first ``LISTED``)."""
     result = future.result()
     meter.add(result)
+    failures.extend(result.failures[: max(0, LISTED - len(failures))])
     logger.info("shard %s: %d images, %d objects, %d failed", result.shard, result.images,
                 result.objects, result.failed)
     progress.update({"images": result.images, "failed": result.failed, "index": result.index})

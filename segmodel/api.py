@@ -1,7 +1,8 @@
 """segflow from a notebook, without Prefect: one image, a list of images, or a whole folder.
 
->>> from segmodel.api import segment, run, read_table
+>>> from segmodel.api import segment, intensities, run, read_table
 >>> labels, objects = segment(image)                  # doctest: +SKIP
+>>> per_channel = intensities(labels, image)          # doctest: +SKIP
 >>> summary = run("images/", "out/")                   # doctest: +SKIP
 >>> objects = read_table("out/", "objects")           # doctest: +SKIP
 """
@@ -9,7 +10,7 @@
 import numpy as np
 
 from segmodel.inference.heads import object_labels
-from segmodel.inference.measure import CHANNELS, measure_objects
+from segmodel.inference.measure import measure_intensities, measure_objects
 from segmodel.inference.passes import (
     AUTO,
     ModelCalls,
@@ -19,7 +20,7 @@ from segmodel.inference.passes import (
     resolve_model,
     validate_scale,
 )
-from segmodel.inference.preprocess import check_values, to_channels
+from segmodel.inference.preprocess import check_values
 
 
 def segment_many(images, model=None, *, scale=AUTO, batch_size=8, tiling=None, tta=False):
@@ -85,7 +86,8 @@ def segment(image, model=None, *, scale=AUTO, tta=False, image_id=""):
     labels : (H, W) ndarray of int32
         Instance labels (a semantic model's class map).
     objects : pandas.DataFrame
-        One row per object (see :data:`segmodel.inference.measure.OBJECT_SCHEMA`).
+        One row per object (see :data:`segmodel.inference.measure.OBJECT_SCHEMA`); the
+        intensities of its channels: :func:`intensities`.
 
     Raises
     ------
@@ -96,8 +98,36 @@ def segment(image, model=None, *, scale=AUTO, tta=False, image_id=""):
     """
     lm = resolve_model(model)
     labels = segment_many([image], lm, scale=scale, tta=tta)[0]
-    intensity = to_channels(np.asarray(image), CHANNELS)
-    return labels, measure_objects(object_labels(labels, lm.spec), intensity, image_id)
+    return labels, measure_objects(object_labels(labels, lm.spec), image_id)
+
+
+def intensities(labels, image, *, image_id=""):
+    """Mean, min and max of every channel of ``image`` on every object of ``labels``.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+        Instance labels (as :func:`segment` gives them), 0 = background.
+    image : (H, W[, C]) ndarray
+        The raw image; an RGBA (or gray + alpha) image's alpha is left out.
+    image_id : str, optional
+        Written into the ``image_id`` column.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per object and channel (see
+        :data:`segmodel.inference.measure.INTENSITY_SCHEMA`), by label, then channel.
+
+    Raises
+    ------
+    ValueError
+        If ``image``'s height and width are not ``labels``'.
+    """
+    image = np.asarray(image)
+    planes = image[..., None] if image.ndim == 2 else image
+    n = planes.shape[-1] - (1 if planes.shape[-1] in (2, 4) else 0)
+    return measure_intensities(np.asarray(labels), planes[..., :n], image_id=image_id)
 
 
 def run(input, output, **options):
@@ -140,7 +170,7 @@ def read_table(output, name, storage_options=None):
     ----------
     output : str
         The run's output folder or URL.
-    name : {'objects', 'images', 'failures', 'classes'}
+    name : {'objects', 'intensities', 'images', 'failures', 'classes'}
     storage_options : dict, optional
         Passed to fsspec.
 

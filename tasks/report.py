@@ -5,7 +5,6 @@ in :mod:`flows.report`. The gallery re-reads the few chosen images and their mas
 the run, so no pixel data is kept by the flow while shards are processed.
 """
 
-import base64
 import time
 
 from prefect import get_run_logger, task
@@ -13,8 +12,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from segmodel.pipeline import qc
+from segmodel.pipeline import gallery, qc
 from segmodel.pipeline.config import RunConfig
+from segmodel.pipeline.gallery import escape
 from segmodel.pipeline.run import flag_outliers
 
 PROGRESS_KEY = "segflow-progress"
@@ -27,8 +27,10 @@ LISTED = 50  # flagged images and failures listed by name
 
 
 @task(name="report", task_run_name="report and QC gallery", cache_policy=NO_CACHE)
-def publish(config: RunConfig, shards: list, summary: dict) -> dict:
+def publish(config: RunConfig, shards: list, summary: dict, failures: list) -> dict:
     """Flag run outliers, then publish the summary table and the QC gallery.
+
+    ``failures``: the run's first failures rows (the gallery lists up to ``LISTED``).
 
     Returns the QC counts, and ``engine_seconds``: the task's own work (QC flags, thumbnails)
     without the API calls.
@@ -47,7 +49,7 @@ def publish(config: RunConfig, shards: list, summary: dict) -> dict:
     work = found.seconds
     create_table_artifact(table, key=SUMMARY_KEY, description=f"segment-images run into {out}")
     t0 = time.perf_counter()
-    markdown = _gallery(config, rows, flagged, summary, logger)
+    markdown = _gallery(config, rows, flagged, summary, failures, logger)
     work += time.perf_counter() - t0
     create_markdown_artifact(markdown, key=GALLERY_KEY, description=f"QC gallery of {out}")
     if flagged is not None and len(flagged):
@@ -64,13 +66,14 @@ def _choose(rows):
     return order.head(GALLERY_IMAGES)
 
 
-def _gallery(config, rows, flagged, summary, logger):
+def _gallery(config, rows, flagged, summary, failures, logger):
     out = config.output.url.rstrip("/")
-    lines = [f"# QC gallery: {flow_run.get_name() or 'segment-images'}", "",
+    where = escape(out)
+    lines = [f"# QC gallery: {escape(flow_run.get_name() or 'segment-images')}", "",
              (f"{summary['images']} images segmented, {summary['failed']} failed, "
               f"{len(flagged)} flagged by QC, {summary['skipped']} already done."), "",
-             (f"Outputs: masks `{out}/labels/`, tables `{out}/images/`, `{out}/objects/`, "
-              f"`{out}/failures/`, manifest `{out}/run.json`."), ""]
+             (f"Outputs: masks {where}/labels/, tables {where}/images/, {where}/objects/, "
+              f"{where}/intensities/, {where}/failures/, run record {where}/run.json."), ""]
     cells, used = [], 0
     for row in _choose(rows).itertuples():
         try:
@@ -82,21 +85,15 @@ def _gallery(config, rows, flagged, summary, logger):
         if used + len(png) > GALLERY_BYTES:
             break
         used += len(png)
-        data = base64.b64encode(png).decode()
-        cells.append(f"| ![{row.image_id}](data:image/png;base64,{data}) | `{row.image_id}` | "
-                     f"{row.n_objects} | {row.qc_flags or 'ok'} | `{out}/{row.mask_path}` |")
+        cells.append(gallery.thumbnail_row(png, image_id=row.image_id, n_objects=row.n_objects,
+                                           qc_flags=row.qc_flags, mask=f"{out}/{row.mask_path}"))
     if cells:
         lines += ["| outlines | image | objects | QC flags | mask |", "|---|---|---|---|---|",
                   *cells, ""]
     else:
         lines += ["No image was segmented in this run.", ""]
-    if len(flagged):
-        lines += ["## Flagged images", "", "| image | objects | QC flags |", "|---|---|---|"]
-        lines += [f"| `{r.image_id}` | {r.n_objects} | {r.qc_flags} |"
-                  for r in flagged.head(LISTED).itertuples()]
-        if len(flagged) > LISTED:
-            lines.append(f"\n... and {len(flagged) - LISTED} more: see `{out}/images/`.")
-        lines.append("")
+    lines += gallery.failed_section(failures[:LISTED], total=summary["failed"], out=out)
+    lines += gallery.flagged_section(flagged, out=out, limit=LISTED)
     lines.append("QC flags: `no_objects`, `flat`, `saturated`, `sparse_foreground` (nuclei under "
                  "1% of the image), `objects_small`/`objects_large` (median nucleus under 8 px "
                  "or over 100 px at the working scale), `scale_fallback` (too few nuclei to "
@@ -106,4 +103,4 @@ def _gallery(config, rows, flagged, summary, logger):
     return "\n".join(lines)
 
 
-__all__ = ["GALLERY_KEY", "PROGRESS_KEY", "SUMMARY_KEY", "publish"]
+__all__ = ["GALLERY_KEY", "LISTED", "PROGRESS_KEY", "SUMMARY_KEY", "publish"]

@@ -20,7 +20,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from segmodel.inference.measure import CHANNELS, empty_objects, measure_objects
+from segmodel.inference.measure import (
+    ObjectPixels,
+    empty_intensities,
+    empty_objects,
+    measure_intensities,
+    measure_objects,
+)
 from segmodel.inference.passes import Prepared, estimate_scales, finish, prepare
 from segmodel.inference.predict import predict_maps
 from segmodel.inference.preprocess import (
@@ -109,6 +115,17 @@ class TiffRegions:
         from segmodel.storage.formats import tiff_metadata
 
         return tiff_metadata(self._tif, int(self._page.samplesperpixel))[1]
+
+    @property
+    def channel_names(self):
+        """Names of the measured channels (an RGBA alpha left out): the file's, else indices."""
+        from segmodel.storage.formats import tiff_metadata
+
+        samples = int(self._page.samplesperpixel)
+        names = tiff_metadata(self._tif, samples)[0]
+        if names is None or len(names) != samples:
+            names = [str(c) for c in range(samples)]
+        return tuple(names[: 3 if samples == 4 else samples])
 
     def unsupported(self, *, plane=None, channel=None, pyramid_level=0):
         """Why this TIFF cannot be segmented block by block with these input options, or None.
@@ -271,7 +288,7 @@ def estimate_stats(regions, spec, block):
 
 
 class BlockRun:
-    """One block-wise segmentation: iterate :meth:`rows`; then read ``objects`` and ``n``.
+    """One block-wise segmentation: iterate :meth:`rows`; then read the tables and ``n``.
 
     Parameters
     ----------
@@ -312,7 +329,7 @@ class BlockRun:
         self.scale, self.tiling, self.batch_size, self.lock = scale, tiling, batch_size, lock
         self.n = 0
         self.foreground = 0
-        self._tables = []
+        self._tables, self._intensities = [], []
 
     def rows(self):
         """Yield ``(y0, rows)``: final uint32 label rows, 256-row bands in order.
@@ -357,6 +374,13 @@ class BlockRun:
         """The objects table of the blocks done so far (labels as in the written image)."""
         return pd.concat(self._tables, ignore_index=True) if self._tables else empty_objects()
 
+    @property
+    def intensities(self):
+        """The intensities table of the blocks done so far (every channel but an alpha)."""
+        if not self._intensities:
+            return empty_intensities()
+        return pd.concat(self._intensities, ignore_index=True)
+
     def _block(self, stats, core, halo, buf, base):
         h, w = self.regions.shape
         cy0, cy1, cx0, cx1 = core
@@ -381,7 +405,12 @@ class BlockRun:
         k = int(local.max())
         if not k:
             return
-        table = measure_objects(local, to_channels(raw, CHANNELS), self.image_id)
+        groups = ObjectPixels(local)
+        table = measure_objects(local, self.image_id, groups)
+        names = self.regions.channel_names
+        values = measure_intensities(local, raw[..., : len(names)], names, self.image_id, groups)
+        values["label"] += self.n
+        self._intensities.append(values)
         table["label"] += self.n
         for col, off in (("centroid_y", ey0), ("bbox_min_y", ey0), ("bbox_max_y", ey0),
                          ("centroid_x", ex0), ("bbox_min_x", ex0), ("bbox_max_x", ex0)):

@@ -1,11 +1,13 @@
-"""Per-object measurements with a fixed schema (the empty image gives zero rows)."""
+"""Per-object measurements with fixed schemas (the empty image gives zero rows).
+
+Two tables: :func:`measure_objects` gives one row per object (shape and position, the same
+columns for every image), :func:`measure_intensities` one row per object and channel (so images
+with different channels share one schema too).
+"""
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
-
-#: Intensity channels measured: the image converted to 3 channels (gray repeated).
-CHANNELS = 3
 
 _PROPS = {  # regionprops name -> our column name(s)
     "label": ["label"],
@@ -19,9 +21,6 @@ _PROPS = {  # regionprops name -> our column name(s)
     "orientation": ["orientation"],
     "axis_major_length": ["major_axis_length"],
     "axis_minor_length": ["minor_axis_length"],
-    "intensity_mean": [f"mean_intensity_{c}" for c in range(CHANNELS)],
-    "intensity_min": [f"min_intensity_{c}" for c in range(CHANNELS)],
-    "intensity_max": [f"max_intensity_{c}" for c in range(CHANNELS)],
 }
 
 #: Column -> dtype of the objects table (``image_id`` first).
@@ -30,20 +29,22 @@ OBJECT_SCHEMA.update({c: "float64" for cols in _PROPS.values() for c in cols
                       if c not in OBJECT_SCHEMA})
 OBJECT_SCHEMA.update({c: "int64" for c in _PROPS["bbox"]})
 #: Area in square micrometres where the image gives its pixel size, else NaN (see
-#: :func:`segmodel.storage.formats.add_measurements`, which also appends ``channel_<name>_*``
-#: columns).
+#: :func:`with_area_um2`).
 OBJECT_SCHEMA["area_um2"] = "float64"
 
+#: Column -> dtype of the intensities table: one row per object and channel, raw values.
+INTENSITY_SCHEMA = {"image_id": "string", "label": "int64", "channel": "int64",
+                    "channel_name": "string", "mean": "float64", "min": "float64",
+                    "max": "float64"}
 
-def measure_objects(labels, intensity, image_id="", groups=None):
-    """One row per object of ``labels`` with shape, position and intensity measurements.
+
+def measure_objects(labels, image_id="", groups=None):
+    """One row per object of ``labels`` with shape and position measurements.
 
     Parameters
     ----------
     labels : (H, W) ndarray of int
         Instance labels, 0 = background.
-    intensity : (H, W, 3) ndarray
-        The image (raw values) the intensities are measured on.
     image_id : str, optional
         Stored in the ``image_id`` column (default ``""``).
     groups : ObjectPixels, optional
@@ -57,14 +58,10 @@ def measure_objects(labels, intensity, image_id="", groups=None):
     Raises
     ------
     ValueError
-        If ``intensity`` is not ``(H, W, 3)`` with the height and width of ``labels``.
+        If ``labels`` is not 2-D.
     """
-    if (labels.shape != intensity.shape[:2] or intensity.ndim != 3
-            or intensity.shape[-1] != CHANNELS):
-        raise ValueError(
-            f"labels (H, W) and intensity (H, W, {CHANNELS}) must match. "
-            f"Received: labels {labels.shape}, intensity {intensity.shape}"
-        )
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be (H, W). Received: labels {labels.shape}")
     if labels.max() == 0:
         return empty_objects()
     groups = groups if groups is not None else ObjectPixels(labels)
@@ -78,10 +75,6 @@ def measure_objects(labels, intensity, image_id="", groups=None):
     table["perimeter"] = _perimeters(labels, ids)
     table["solidity"] = table["area"] / convex_areas(labels, groups)[1]
     table.update(_moment_props(groups))
-    for c in range(CHANNELS):
-        stats = groups.intensity(intensity[..., c])
-        for name, values in zip(("mean", "min", "max"), stats):
-            table[f"intensity_{name}-{c}"] = values
     columns = {"image_id": pd.array([image_id] * len(ids), dtype="string")}
     for prop, names in _PROPS.items():
         keys = [prop] if len(names) == 1 else [f"{prop}-{i}" for i in range(len(names))]
@@ -94,8 +87,8 @@ def measure_objects(labels, intensity, image_id="", groups=None):
 class ObjectPixels:
     """The pixels of every object of ``labels``, sorted by label once.
 
-    So each per-object statistic (here and in
-    :func:`segmodel.storage.formats.channel_measurements`) is one vectorised reduction
+    So each per-object statistic (shape and every channel's intensities) is one vectorised
+    reduction
     (regionprops loops over objects in Python, which was most of the measuring time).
     Definitions and values are regionprops'.
 
@@ -123,14 +116,9 @@ class ObjectPixels:
         self.ids, self.starts, self.count = np.unique(
             self.label, return_index=True, return_counts=True)
         self.y, self.x = np.divmod(self.pixels, labels.shape[1])
-        self._intensity = {}
 
     def intensity(self, channel):
         """``(mean, min, max)`` per object of one ``(H, W)`` channel.
-
-        Remembered per channel (by its memory and layout, holding a reference so the memory
-        is not reused meanwhile): the model's view of an RGB picture and the picture's own
-        channels are the same pixels, measured once.
 
         Parameters
         ----------
@@ -142,17 +130,11 @@ class ObjectPixels:
         mean, min, max : ndarray of float64
             One value per object, in the order of :attr:`ids`.
         """
-        key = (channel.__array_interface__["data"][0], channel.strides, channel.shape,
-               channel.dtype.str)
-        if key not in self._intensity:
-            values = channel.ravel()[self.pixels].astype(np.float64)
-            if len(self.ids):
-                stats = (self.reduce(np.add, values) / self.count,
-                         self.reduce(np.minimum, values), self.reduce(np.maximum, values))
-            else:
-                stats = (values, values, values)
-            self._intensity[key] = (channel, stats)
-        return self._intensity[key][1]
+        values = channel.ravel()[self.pixels].astype(np.float64)
+        if not len(self.ids):
+            return values, values, values
+        return (self.reduce(np.add, values) / self.count, self.reduce(np.minimum, values),
+                self.reduce(np.maximum, values))
 
     def reduce(self, ufunc, values):
         """``ufunc`` reduced over each object's run of ``values``.
@@ -333,3 +315,91 @@ def empty_objects():
         Columns and dtypes of :data:`OBJECT_SCHEMA`.
     """
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in OBJECT_SCHEMA.items()})
+
+
+def measure_intensities(labels, image, channel_names=None, image_id="", groups=None):
+    """Mean, min and max of every channel of ``image`` on every object of ``labels``.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+        Instance labels, 0 = background.
+    image : (H, W[, C]) ndarray
+        The raw pixel values measured, every channel (a 2-D image is one channel).
+    channel_names : sequence of str, optional
+        ``C`` names (default: the indices ``"0"``, ``"1"``, ...).
+    image_id : str, optional
+        Stored in the ``image_id`` column (default ``""``).
+    groups : ObjectPixels, optional
+        The object pixels of ``labels``, when the caller has grouped them already.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns and dtypes of :data:`INTENSITY_SCHEMA`: one row per object and channel, by
+        label, then channel; zero rows when there are no objects.
+
+    Raises
+    ------
+    ValueError
+        If ``image``'s height and width are not ``labels``', or the names are not one per
+        channel.
+    """
+    image = image[..., None] if image.ndim == 2 else image
+    names = [str(c) for c in range(image.shape[-1])] if channel_names is None \
+        else [str(n) for n in channel_names]
+    _validate_intensity(labels, image, names)
+    if labels.max() == 0:
+        return empty_intensities()
+    groups = groups if groups is not None else ObjectPixels(labels)
+    n, c = len(groups.ids), image.shape[-1]
+    stats = [groups.intensity(image[..., k]) for k in range(c)]  # channel -> (mean, min, max)
+    columns = {"image_id": pd.array([image_id] * (n * c), dtype="string"),
+               "label": np.repeat(groups.ids.astype(np.int64), c),
+               "channel": np.tile(np.arange(c, dtype=np.int64), n),
+               "channel_name": pd.array(names * n, dtype="string")}
+    for i, name in enumerate(("mean", "min", "max")):  # (n, c) row-major: by label, then channel
+        columns[name] = np.stack([s[i] for s in stats], axis=1).ravel()
+    return pd.DataFrame(columns, copy=False)
+
+
+def _validate_intensity(labels, image, names):
+    if labels.ndim != 2 or image.ndim != 3 or image.shape[:2] != labels.shape:
+        raise ValueError(
+            "labels (H, W) and image (H, W[, C]) must have the same height and width. "
+            f"Received: labels {labels.shape}, image {image.shape}")
+    if len(names) != image.shape[-1]:
+        raise ValueError(
+            f"channel_names must name each of the image's {image.shape[-1]} channels. "
+            f"Received: channel_names={names!r}")
+
+
+def empty_intensities():
+    """The intensities table with every column and zero rows.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns and dtypes of :data:`INTENSITY_SCHEMA`.
+    """
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in INTENSITY_SCHEMA.items()})
+
+
+def with_area_um2(table, pixel_size_um):
+    """Fill the objects table's ``area_um2`` where the pixel size is known.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Objects from :func:`measure_objects` (changed in place).
+    pixel_size_um : float or None
+        The pixel's edge in micrometres; None (or 0) leaves ``area_um2`` NaN.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``table``.
+    """
+    if pixel_size_um:
+        table["area_um2"] = table["area"] * float(pixel_size_um) ** 2
+    return table

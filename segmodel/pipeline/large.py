@@ -12,6 +12,7 @@ import tempfile
 import time
 
 from segmodel.inference import blockwise
+from segmodel.inference.measure import with_area_um2
 from segmodel.inference.preprocess import ImageDecodeError, Tiling
 from segmodel.pipeline import outputs, runtime
 from segmodel.pipeline.plan import ShardResult
@@ -43,7 +44,7 @@ def process_large(config, job):
     model = config.load_model()
     try:
         _check_model(config, ref, model)
-        seg, objects = _segment(config, job, ref, model)
+        seg, tables = _segment(config, job, ref, model)
     except Exception as exc:
         if is_transient(exc):
             raise
@@ -57,8 +58,10 @@ def process_large(config, job):
     row = image_row(ref, Segmented(**{**seg.__dict__, "seconds": seconds}), model=model,
                     config_key=config.config_key, shard=job.name)
     outputs.write_shard(config.output, job.name, {
-        "objects": objects, "images": outputs.table("images", [row]),
+        **tables, "images": outputs.table("images", [row]),
         "failures": outputs.table("failures", [])})
+    for old in job.superseded.values():  # committed: the mask of another format goes
+        export.remove_superseded(config.output, old, seg.mask_path)
     return ShardResult(shard=job.name, index=job.index, images=1, failed=0,
                        objects=seg.n_objects, seconds=seconds, timings={},
                        span=(span0, time.time()))
@@ -79,7 +82,7 @@ def _check_model(config, ref, model):
 
 
 def _segment(config, job, ref, model):
-    """Segment and write one huge image's labels; ``(Segmented, objects table)``."""
+    """Segment and write one huge image's labels; ``(Segmented, {table name: DataFrame})``."""
     o = config.options
     zarr_out = o.mask_format == "ome-zarr"
     relpath = job.mask_paths[ref.image_id]
@@ -105,16 +108,15 @@ def _segment(config, job, ref, model):
             _write_outlines(config, relpath, local, zarr_out, run.objects)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
-    objects, pixel_size = run.objects, regions.pixel_size_um
-    if pixel_size:
-        objects["area_um2"] = objects["area"] * pixel_size**2
+    pixel_size = regions.pixel_size_um
+    objects = with_area_um2(run.objects, pixel_size)
     h, w = regions.shape
     seg = Segmented(
         height=h, width=w, n_objects=run.n,
         mean_object_area=float(objects["area"].mean()) if run.n else 0.0,
         foreground_fraction=run.foreground / (h * w), scale=float(scale), estimate=estimate,
         qc_flags="", pixel_size_um=pixel_size, mask_path=relpath, seconds=0.0)
-    return seg, objects
+    return seg, {"objects": objects, "intensities": run.intensities}
 
 
 def _check_regions(config, regions):
@@ -165,8 +167,10 @@ def _failed(config, job, ref, failure, span0):
     """Write the failures row of a huge image that could not be segmented."""
     row = failure_row(ref, failure, config_key=config.config_key, shard=job.name)
     outputs.write_shard(config.output, job.name, {
-        "objects": outputs.table("objects", []), "images": outputs.table("images", []),
-        "failures": outputs.table("failures", [row])})
+        "objects": outputs.table("objects", []), "intensities": outputs.table("intensities", []),
+        "images": outputs.table("images", []), "failures": outputs.table("failures", [row])})
     export.remove_outputs(config.output, job.mask_paths[ref.image_id])  # an earlier run's
+    for old in job.superseded.values():
+        export.remove_superseded(config.output, old, job.mask_paths[ref.image_id])
     return ShardResult(shard=job.name, index=job.index, images=0, failed=1, objects=0,
                        seconds=0.0, timings={}, span=(span0, time.time()), failures=(row,))

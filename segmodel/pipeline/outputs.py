@@ -5,19 +5,23 @@ Layout under OUTPUT::
     labels/<image id, extension replaced>.tif   instance masks (or .png, .ome.zarr)
     outlines/<image id, ext. replaced>.geojson  object outlines (with outlines='geojson')
     objects/<shard>.parquet                     one row per object
+    intensities/<shard>.parquet                 one row per object and channel
     images/<shard>.parquet                      one row per segmented image
     failures/<shard>.parquet                    one row per image that failed
     classes/<shard>.parquet                     semantic models: one row per image and class
-    run.json                                    the last run's parameters, model and counts
+    run.json                                    the last run that segmented an image: parameters,
+                                                model and counts
+    runs/<run stamp>.json                       every run's record, the same fields
     _index.parquet                              current record of every image (derived: see
                                                 INDEX; removing it only costs a slower rerun)
     run.lock                                    while a run writes here (segmodel.storage.lease)
 
-A shard's parts are written objects, failures, then images: the images part is the commit
-marker. :func:`reconcile` removes parts of shards that never committed and rows superseded by
-a newer shard (a changed image reprocessed), so every image has exactly one current record,
-and keeps the index of those records, so that a rerun reads one file plus the parts of the
-shards committed since, not two parts of every shard.
+A shard's parts are written objects, intensities, failures, then images: the images part is
+the commit marker. :func:`reconcile` removes parts of shards that never committed and rows
+superseded by a newer shard (a changed image reprocessed), so every image has exactly one
+current record, and keeps the index of those records, so that a rerun reads one file plus the
+parts of the shards committed since, not two parts of every shard. Every part of a table has
+the table's declared columns, whatever its images' channels.
 """
 
 import hashlib
@@ -28,9 +32,10 @@ from collections import Counter
 import pandas as pd
 
 from segmodel.inference.heads import CLASS_SCHEMA
-from segmodel.inference.measure import OBJECT_SCHEMA
+from segmodel.inference.measure import INTENSITY_SCHEMA, OBJECT_SCHEMA
 
-TABLES = ("objects", "classes", "failures", "images")  # write order: images last (commit marker)
+#: Write order: images last (the commit marker).
+TABLES = ("objects", "intensities", "classes", "failures", "images")
 #: Tables whose parts only some runs write (``classes``: semantic models).
 OPTIONAL = ("classes",)
 
@@ -48,8 +53,8 @@ FAILURE_SCHEMA = {
     "image_id": "string", "uri": "string", "stage": "string", "error_type": "string",
     "message": "string", "fingerprint": "string", "config_key": "string", "shard": "string",
 }
-SCHEMAS = {"objects": OBJECT_SCHEMA, "images": IMAGE_SCHEMA, "failures": FAILURE_SCHEMA,
-           "classes": CLASS_SCHEMA}
+SCHEMAS = {"objects": OBJECT_SCHEMA, "intensities": INTENSITY_SCHEMA, "images": IMAGE_SCHEMA,
+           "failures": FAILURE_SCHEMA, "classes": CLASS_SCHEMA}
 MASK_FORMATS = ("tif", "png", "ome-zarr")
 #: File name ending of each mask format.
 MASK_SUFFIXES = {"tif": "tif", "png": "png", "ome-zarr": "ome.zarr"}
@@ -60,7 +65,7 @@ def table(name, rows):
 
     Parameters
     ----------
-    name : {'objects', 'images', 'failures', 'classes'}
+    name : {'objects', 'intensities', 'images', 'failures', 'classes'}
     rows : list of dict
         One dict per row; an empty list gives zero rows with every column.
 
@@ -175,7 +180,8 @@ def write_shard(store, shard, tables):
     shard : str
         The shard's name: each part is ``<table>/<shard>.parquet``.
     tables : dict
-        ``{'objects': df, 'failures': df, 'images': df}``, and ``'classes'`` where given.
+        ``{'objects': df, 'intensities': df, 'failures': df, 'images': df}``, and
+        ``'classes'`` where given.
     """
     for name in TABLES:
         if name in OPTIONAL and name not in tables:
@@ -248,7 +254,7 @@ def reconcile(store, masks=None):
     """
     store.remove_temporaries()
     committed = _shards(store, "images")
-    for name in ("objects", "classes", "failures"):
+    for name in TABLES[:-1]:
         for shard in set(_shards(store, name)) - set(committed):
             store.remove(store.path(name, f"{shard}.parquet"))
     latest, owner, seen, paths, counts = {}, {}, {}, {}, {}
@@ -403,14 +409,15 @@ def pending(refs, latest, config_key, *, retry_failed=False):
 def read_table(url, name, storage_options=None):
     """Read one table of an output as a DataFrame whose columns are the union over its parts.
 
-    The ``channel_<name>_*`` columns of the objects table depend on each image's channels, so
-    parts differ; ``pandas.read_parquet`` on the folder keeps only the first part's columns.
+    Every part of a table has the table's declared columns (:data:`SCHEMAS`), so
+    ``pandas.read_parquet`` on the folder reads them whole too; the union keeps the columns of
+    parts written by older segflow versions.
 
     Parameters
     ----------
     url : str
         The output folder or URL.
-    name : {'objects', 'images', 'failures', 'classes'}
+    name : {'objects', 'intensities', 'images', 'failures', 'classes'}
     storage_options : dict, optional
         Passed to fsspec.
 

@@ -7,7 +7,8 @@ above ``tiled_above`` pixels are jobs of their own, segmented block by block
 """
 
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from segmodel.inference import blockwise
@@ -29,6 +30,9 @@ class ShardJob:
     refs : tuple of ImageRef
     mask_paths : dict
         ``{image_id: mask path relative to the output}``.
+    superseded : dict, optional
+        ``{image_id: mask path}`` of earlier masks of these images at another path (another
+        mask format), removed once the job commits (default: none).
     """
 
     name: str
@@ -36,6 +40,7 @@ class ShardJob:
     total: int
     refs: tuple
     mask_paths: dict
+    superseded: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -93,17 +98,46 @@ def plan_run(config, stamp):
         export.remove_partial(config.output)
     todo = outputs.pending(refs, latest, config.config_key, retry_failed=options.retry_failed)
     masks = outputs.mask_paths([r.image_id for r in refs], options.mask_format, recorded)
+    old = superseded_masks([r.image_id for r in todo], masks, recorded)
     todo, big = find_large(config, todo)
     size = options.shard_size
     total = -(-len(todo) // size)
-    jobs = tuple(
-        ShardJob(f"{stamp}-{k:05d}", k + 1, total, tuple(todo[i : i + size]),
-                 {r.image_id: masks[r.image_id] for r in todo[i : i + size]})
-        for k, i in enumerate(range(0, len(todo), size)))
-    large_jobs = tuple(ShardJob(f"{stamp}-L{k:05d}", k + 1, len(big), (r,),
-                                {r.image_id: masks[r.image_id]}) for k, r in enumerate(big))
+
+    def job(name, k, n, refs):
+        ids = [r.image_id for r in refs]
+        return ShardJob(name, k + 1, n, tuple(refs), {i: masks[i] for i in ids},
+                        {i: old[i] for i in ids if i in old})
+
+    jobs = tuple(job(f"{stamp}-{k:05d}", k, total, todo[i : i + size])
+                 for k, i in enumerate(range(0, len(todo), size)))
+    large_jobs = tuple(job(f"{stamp}-L{k:05d}", k, len(big), [r]) for k, r in enumerate(big))
     return Plan(found=len(refs), skipped=len(refs) - len(todo) - len(big), jobs=jobs,
                 large_jobs=large_jobs, span=(t0, time.time()))
+
+
+def superseded_masks(image_ids, masks, recorded):
+    """The earlier masks that the images to segment leave behind: another format's path.
+
+    Parameters
+    ----------
+    image_ids : list of str
+        The images to segment.
+    masks : dict
+        ``{image_id: mask path}`` of this run (:func:`segmodel.pipeline.outputs.mask_paths`).
+    recorded : dict
+        ``{image_id: mask path}`` of the images done before (see
+        :func:`segmodel.pipeline.outputs.reconcile`).
+
+    Returns
+    -------
+    dict
+        ``{image_id: earlier mask path}`` where it differs from the new one and is no other
+        image's mask, new or recorded.
+    """
+    new, owners = set(masks.values()), Counter(recorded.values())
+    return {i: recorded[i] for i in image_ids
+            if i in recorded and recorded[i] != masks[i] and recorded[i] not in new
+            and owners[recorded[i]] == 1}
 
 
 def find_large(config, refs):

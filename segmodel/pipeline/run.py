@@ -52,7 +52,7 @@ def run(options):
         for job in plan.large_jobs:
             meter.add(process_large(config, job))
         summary = meter.summary(plan)
-        seconds = finalize(config, manifest(config, model, summary))
+        seconds = finalize(config, manifest(config, model, summary, stamp))
         found = flag_outliers(config, [j.name for j in plan.jobs])
     return {**summary, "finish_seconds": round(seconds + found.seconds, 3),
             "flagged": len(found.flagged), "qc": found.counts}
@@ -73,8 +73,8 @@ def no_images_message(options):
             "Check the path, or pass --pattern.")
 
 
-def manifest(config, model, summary):
-    """Build the run manifest written as ``run.json``.
+def manifest(config, model, summary, stamp):
+    """Build the run's record, written as ``runs/<stamp>.json`` (and ``run.json``).
 
     Parameters
     ----------
@@ -82,15 +82,17 @@ def manifest(config, model, summary):
     model : LoadedModel
     summary : dict
         The run's counts (:meth:`segmodel.pipeline.clock.RunMeter.summary`).
+    stamp : str
+        The run's stamp (:func:`segmodel.pipeline.plan.run_stamp`).
 
     Returns
     -------
     dict
         Parameters (storage options left out), model (with the engine that ran it and its
-        precision), version, configuration key, finish time
-        and counts.
+        precision), version, configuration key, the run's stamp, finish time and counts.
     """
     return {"parameters": config.options.model_dump(mode="json", exclude={"storage_options"}),
+            "run_stamp": stamp,
             "model": {"name": model.spec.name, "path": model.path,
                       "fingerprint": model.fingerprint, "engine": model.engine,
                       "precision": model.precision},
@@ -99,7 +101,10 @@ def manifest(config, model, summary):
 
 
 def finalize(config, manifest):
-    """Reconcile the tables once more and write ``run.json``.
+    """Reconcile the tables once more and write the run's record.
+
+    Every run's record is kept as ``runs/<run stamp>.json``; ``run.json`` is the record of
+    the last run that segmented an image, so a rerun with nothing to do leaves it as it was.
 
     Parameters
     ----------
@@ -114,8 +119,14 @@ def finalize(config, manifest):
     """
     t0 = time.perf_counter()
     outputs.reconcile(config.output)
-    config.output.write_json("run.json", manifest)
+    config.output.write_json(f"{RUNS}/{manifest['run_stamp']}.json", manifest)
+    if manifest["counts"]["images"]:
+        config.output.write_json("run.json", manifest)
     return round(time.perf_counter() - t0, 3)
+
+
+#: The folder of every run's record, one ``<run stamp>.json`` each (stamps sort by time).
+RUNS = "runs"
 
 
 @dataclass(frozen=True)

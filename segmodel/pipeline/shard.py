@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 
 from segmodel.inference.heads import class_rows, object_labels
-from segmodel.inference.measure import CHANNELS, ObjectPixels, measure_objects
+from segmodel.inference.measure import ObjectPixels, measure_objects, with_area_um2
 from segmodel.inference.passes import ModelCalls, predict_labels, prepare
-from segmodel.inference.preprocess import MAX_PIXELS, ImageDecodeError, Tiling, to_channels
+from segmodel.inference.preprocess import MAX_PIXELS, ImageDecodeError, Tiling
 from segmodel.inference.workers import CpuPool
 from segmodel.pipeline import outputs, qc, runtime
 from segmodel.pipeline.plan import ShardResult
@@ -178,7 +178,7 @@ def segment_shard(model, items, config, *, pool=None, model_thread=None):
     return items
 
 
-def tabulate_shard(items, *, shard, config_key, mask_paths, model, classes=None, pool=None):
+def tabulate_shard(items, *, shard, config_key, mask_paths, model, pool=None):
     """Measure the segmented items into table rows, and collect the masks to write.
 
     A semantic model's mask is its class map; its objects are the components of the spec's
@@ -193,14 +193,14 @@ def tabulate_shard(items, *, shard, config_key, mask_paths, model, classes=None,
     mask_paths : dict
         ``{image_id: mask path}``.
     model : LoadedModel
-    classes : list, optional
-        Receives each image's per-class table (semantic models).
     pool : segmodel.inference.workers.CpuPool, optional
         Measures the images in worker processes.
 
     Returns
     -------
-    objects : list of pandas.DataFrame
+    tables : dict
+        ``{'objects': [DataFrame], 'intensities': [DataFrame]}``, one frame per image, and
+        ``'classes'`` for a semantic model.
     images, failures : list of dict
         Rows of the images and failures tables.
     masks : dict
@@ -221,23 +221,27 @@ def tabulate_shard(items, *, shard, config_key, mask_paths, model, classes=None,
             it.timings["tabulate"] = it.timings.get("tabulate", 0.0) + share
             it.seconds += share
             measured[id(it)] = result
-    objects, images, failures, masks = [], [], [], {}
+    tables = {"objects": [], "intensities": []}
+    if model.spec.kind == "semantic":
+        tables["classes"] = []
+    images, failures, masks = [], [], {}
     for it in items:
         if it.failure is None:
-            table, class_table, flags = measured[id(it)]
-            if classes is not None and class_table is not None:
-                classes.append(class_table)
-            objects.append(table)
+            table, intensities, class_table, flags = measured[id(it)]
+            for name, df in (("objects", table), ("intensities", intensities),
+                             ("classes", class_table)):
+                if name in tables and df is not None:
+                    tables[name].append(df)
             masks[mask_paths[it.ref.image_id]] = it.labels
             images.append(image_row(it.ref, _segmented(it, table, flags, mask_paths), model=model,
                                     config_key=config_key, shard=shard))
         else:
             failures.append(failure_row(it.ref, it.failure, config_key=config_key, shard=shard))
-    return objects, images, failures, masks
+    return tables, images, failures, masks
 
 
 def measure_item(labels, image, source, spec, image_id, scale):
-    """Measure one image: its objects table, per-class table and QC flags.
+    """Measure one image: its objects and intensities tables, per-class table and QC flags.
 
     Module-level and free of Keras, so a worker process can run it.
 
@@ -248,7 +252,7 @@ def measure_item(labels, image, source, spec, image_id, scale):
     image : (H, W[, C]) ndarray
         The image the model saw (at its own resolution).
     source : segmodel.storage.formats.ImageData or None
-        Every channel of the file, measured too.
+        Every channel of the file, each measured (None: the channels of ``image``).
     spec : ModelSpec
     image_id : str
     scale : float
@@ -258,6 +262,8 @@ def measure_item(labels, image, source, spec, image_id, scale):
     -------
     table : pandas.DataFrame
         The objects table.
+    intensities : pandas.DataFrame
+        The intensities table: every channel of ``source`` on every object.
     class_table : pandas.DataFrame or None
         The per-class table of a semantic model, else None.
     flags : str
@@ -265,12 +271,15 @@ def measure_item(labels, image, source, spec, image_id, scale):
     """
     objects_of = object_labels(labels, spec)
     groups = ObjectPixels(objects_of)  # sorted once for the shape and every channel
-    table = measure_objects(objects_of, to_channels(image, CHANNELS), image_id, groups)
-    table = formats.add_measurements(table, objects_of, source, groups)
+    if source is None:
+        planes = image if image.ndim == 3 else image[..., None]
+        source = formats.ImageData(planes, tuple(str(c) for c in range(planes.shape[-1])))
+    table = with_area_um2(measure_objects(objects_of, image_id, groups), source.pixel_size_um)
+    intensities = formats.measure_channels(objects_of, source, image_id, groups)
     class_table = class_rows(labels, spec, image_id) if spec.kind == "semantic" else None
     flags = qc.join_flags(qc.image_flags(image, objects_of if spec.object_class else labels,
                                          scale=scale))
-    return table, class_table, flags
+    return table, intensities, class_table, flags
 
 
 def _segmented(it, table, flags, mask_paths):
@@ -320,10 +329,9 @@ def process_shard(config, job):
 
 def _write(config, job, model, items, pool):
     """Measure the items, write masks then table parts; ``(counts, timings)``."""
-    classes = [] if model.spec.kind == "semantic" else None
-    objects, images, failures, masks = tabulate_shard(
+    tables, images, failures, masks = tabulate_shard(
         items, shard=job.name, config_key=config.config_key, mask_paths=job.mask_paths,
-        model=model, classes=classes, pool=pool)
+        model=model, pool=pool)
     t0 = time.perf_counter()
     by_mask = {job.mask_paths[it.ref.image_id]: it for it in items if it.failure is None}
     o = config.options
@@ -332,16 +340,16 @@ def _write(config, job, model, items, pool):
         export.write_outputs(config.output, relpath, labels, o.mask_format, o.outlines,
                              image=it.prepared.image, name=it.ref.image_id,
                              pixel_size=getattr(it.source, "pixel_size_um", None))
-    objects_df = pd.concat(objects, ignore_index=True) if objects else outputs.table("objects", [])
-    parts = {"objects": objects_df, "images": outputs.table("images", images),
-             "failures": outputs.table("failures", failures)}
-    if classes is not None:  # semantic models: the per-class table
-        parts["classes"] = (pd.concat(classes, ignore_index=True) if classes
-                            else outputs.table("classes", []))
+    parts = {name: pd.concat(dfs, ignore_index=True) if dfs else outputs.table(name, [])
+             for name, dfs in tables.items()}
+    parts.update(images=outputs.table("images", images),
+                 failures=outputs.table("failures", failures))
     outputs.write_shard(config.output, job.name, parts)
     for f in failures:  # committed: a mask (and outline) of an earlier run must not outlive
         export.remove_outputs(config.output, job.mask_paths[f["image_id"]])  # its image's record
+    for image_id, old in job.superseded.items():  # and the image's mask of another format goes
+        export.remove_superseded(config.output, old, job.mask_paths[image_id])
     timings = {**stage_seconds(items), "write": time.perf_counter() - t0}
-    counts = {"images": len(images), "failed": len(failures), "objects": len(objects_df),
+    counts = {"images": len(images), "failed": len(failures), "objects": len(parts["objects"]),
               "seconds": sum(it.seconds for it in items), "failures": tuple(failures)}
     return counts, timings

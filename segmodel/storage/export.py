@@ -583,11 +583,35 @@ def remove_outputs(store, mask_path):
     mask_path : str
         The mask's path relative to the root (a ``*.ome.zarr`` folder or a file).
     """
+    _remove_mask(store, mask_path)
+    store.remove(store.path(outline_path(mask_path)))
+
+
+def remove_superseded(store, old_path, new_path):
+    """Delete an image's earlier mask at ``old_path`` now that its mask is ``new_path``.
+
+    The earlier mask was of another mask format (``labels/a.tif`` beside a new
+    ``labels/a.png``). Its outlines go too, unless they are the new mask's (the same path).
+
+    Parameters
+    ----------
+    store : segmodel.storage.io.Store
+        The output store.
+    old_path, new_path : str
+        Mask paths relative to the root; nothing is removed where they are equal.
+    """
+    if old_path == new_path:
+        return
+    _remove_mask(store, old_path)
+    if outline_path(old_path) != outline_path(new_path):
+        store.remove(store.path(outline_path(old_path)))
+
+
+def _remove_mask(store, mask_path):
     if mask_path.endswith(".ome.zarr"):
         remove_store(store, mask_path)
     else:
         store.remove(store.path(mask_path))
-    store.remove(store.path(outline_path(mask_path)))
 
 
 def remove_store(store, relpath):

@@ -3,7 +3,7 @@
 :func:`read_image` turns one input (a file's bytes, or an OME-Zarr folder) into an
 :class:`ImageData`: one 2-D plane with every channel, the channel names and the pixel size the
 file gives. :func:`model_image` picks what the model segments (``channel``), and
-:func:`add_measurements` adds per-channel intensities and physical areas to an objects table.
+:func:`measure_channels` measures every channel on every object (the intensities table).
 
 Decoding is left to tifffile, zarr and Pillow. Sizes are checked from headers (TIFF tags, zarr
 array metadata) before any pixel is read, and only the chosen plane is read.
@@ -16,9 +16,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
-from segmodel.inference.measure import ObjectPixels
+from segmodel.inference.measure import measure_intensities
 from segmodel.inference.preprocess import MAX_PIXELS, ImageDecodeError, check_values, decode_image
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -549,89 +548,41 @@ def model_image(data, channel=None, name="<image>"):
     )
 
 
-def column_names(names):
-    """``channel_<name>`` column stems, safe and distinct (``"Alexa 488"`` -> ``Alexa_488``).
+def measured_channels(data):
+    """How many channels of ``data`` are measured: all but an RGBA (or gray + alpha) alpha.
 
     Parameters
     ----------
-    names : sequence of str
-        Channel names; an empty stem becomes the index, a repeated one gets ``_<index>``.
+    data : ImageData
 
     Returns
     -------
-    list of str
-        ``"channel_<stem>"`` for each name, in order.
+    int
     """
-    out, seen = [], set()
-    for i, n in enumerate(names):
-        stem = re.sub(r"[^0-9A-Za-z]+", "_", str(n)).strip("_") or str(i)
-        if stem in seen:
-            stem = f"{stem}_{i}"
-        seen.add(stem)
-        out.append(f"channel_{stem}")
-    return out
+    c = data.image.shape[-1]
+    return c - (1 if data.rgb and c in (2, 4) else 0)
 
 
-def channel_measurements(labels, data, groups=None):
-    """Per object (in label order) and channel: mean, min and max of the raw values.
-
-    The alpha channel of an RGBA (or gray + alpha) picture is left out.
+def measure_channels(labels, data, image_id="", groups=None):
+    """The intensities table of one image: every channel's raw values on every object.
 
     Parameters
     ----------
     labels : (H, W) ndarray of int
         The label image.
     data : ImageData
-        The image measured, of the same height and width.
+        The image measured, of the same height and width; its alpha is left out.
+    image_id : str, optional
+        Stored in the ``image_id`` column (default ``""``).
     groups : segmodel.inference.measure.ObjectPixels, optional
         The object pixels of ``labels`` when the caller has them already (default: computed).
 
     Returns
     -------
-    dict of str to ndarray
-        Columns ``channel_<name>_mean``, ``_min``, ``_max``, one value per object.
-    """
-    image = data.image
-    n = image.shape[-1] - (1 if data.rgb and image.shape[-1] in (2, 4) else 0)
-    if groups is None:
-        groups = ObjectPixels(labels)  # one sort of the object pixels serves every channel
-    out = {}
-    for stem, c in zip(column_names(data.channel_names[:n]), range(n)):
-        stats = groups.intensity(image[..., c])  # measured once if the model's view had it
-        out.update({f"{stem}_{name}": v for name, v in zip(("mean", "min", "max"), stats)})
-    return out
-
-
-def add_measurements(table, labels, data, groups=None):
-    """``table`` with ``area_um2`` filled and the ``channel_*`` columns appended.
-
-    ``area_um2`` is filled only when the pixel size is known; the channel columns only for a
-    non-empty table.
-
-    Parameters
-    ----------
-    table : pandas.DataFrame
-        Objects from :func:`segmodel.inference.measure.measure_objects` (changed in place for
-        ``area_um2``).
-    labels : (H, W) ndarray of int
-        The label image.
-    data : ImageData or None
-        The image measured; None leaves ``table`` as it is.
-    groups : segmodel.inference.measure.ObjectPixels, optional
-        As in :func:`channel_measurements`.
-
-    Returns
-    -------
     pandas.DataFrame
+        See :func:`segmodel.inference.measure.measure_intensities`; ``channel_name`` is the
+        file's name of the channel, else its index.
     """
-    size = data.pixel_size_um if data is not None else None
-    if size:
-        table["area_um2"] = table["area"] * size**2
-    if data is None or not len(table):
-        return table
-    columns = channel_measurements(labels, data, groups)
-    extra = {k: v for k, v in columns.items() if len(v) == len(table)}
-    if not extra:
-        return table
-    # one concatenation: inserting the columns one by one costs several times more
-    return pd.concat([table, pd.DataFrame(extra, index=table.index, copy=False)], axis=1)
+    n = measured_channels(data)
+    return measure_intensities(labels, data.image[..., :n], data.channel_names[:n], image_id,
+                               groups)

@@ -12,7 +12,8 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[2]
 #: Columns that differ between two correct runs (timing, shard names from the run's clock).
 VOLATILE = {"seconds", "shard"}
-SORT = {"images": ["image_id"], "failures": ["image_id"], "objects": ["image_id", "label"]}
+SORT = {"images": ["image_id"], "failures": ["image_id"], "objects": ["image_id", "label"],
+        "intensities": ["image_id", "label", "channel"]}
 
 
 def segflow_env():
@@ -51,7 +52,7 @@ def small_png(path, side):
 
 
 def read_tables(fs, root):
-    """The three tables under ``root`` of ``fs``, rows sorted, volatile columns dropped."""
+    """The tables under ``root`` of ``fs`` (:data:`SORT`), rows sorted, volatile columns dropped."""
     out = {}
     for name, keys in SORT.items():
         parts = [pd.read_parquet(io.BytesIO(fs.cat_file(p)))

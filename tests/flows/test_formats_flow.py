@@ -49,7 +49,14 @@ def folder(gray, tmp_path_factory):
 
 def _run(src, out, *args):
     assert main(["run", str(src), str(out), "--shard-size", "2", *args]) == 0
-    return {name: read_table(str(out), name) for name in ("images", "objects", "failures")}
+    return {name: read_table(str(out), name)
+            for name in ("images", "objects", "intensities", "failures")}
+
+
+def _channel(t, image_id, stat):
+    """One statistic of an image's objects, a column per channel name, a row per label."""
+    values = t["intensities"][t["intensities"]["image_id"] == image_id]
+    return values.pivot(index="label", columns="channel_name", values=stat)
 
 
 def _mask(out, images, image_id):
@@ -71,7 +78,7 @@ def test_microscopy_inputs_channels_planes_and_units_end_to_end(folder, gray, tm
     assert sorted(images.index) == FLAT
     assert sorted(failures.index) == ["img.ome.zarr", "ome.ome.tif", "stack.tif"]
     assert list(t["images"].columns) == list(IMAGE_SCHEMA)
-    assert list(t["objects"].columns)[: len(OBJECT_SCHEMA)] == list(OBJECT_SCHEMA)
+    assert list(t["objects"].columns) == list(OBJECT_SCHEMA)
     assert "--channel" in failures.loc["ome.ome.tif", "message"]
     assert "0='DAPI', 1='GFP', 2='RFP', 3='Cy5'" in failures.loc["ome.ome.tif", "message"]
     assert "--channel" in failures.loc["img.ome.zarr", "message"]
@@ -82,9 +89,13 @@ def test_microscopy_inputs_channels_planes_and_units_end_to_end(folder, gray, tm
     for image_id in FLAT[1:]:  # 16-bit and float32 TIFFs: the same nuclei as the PNG
         assert _same_objects(_mask(out, t["images"], image_id), reference), image_id
     assert images["pixel_size_um"].isna().all()
-    objects = t["objects"][t["objects"]["image_id"] == "a.png"]
+    objects = t["objects"][t["objects"]["image_id"] == "a.png"].set_index("label")
     assert objects["area_um2"].isna().all()
-    np.testing.assert_allclose(objects["channel_0_mean"], objects["mean_intensity_0"])
+    means = _channel(t, "a.png", "mean")
+    assert list(means.columns) == ["0"] and list(means.index) == list(objects.index)
+    mask = _mask(out, t["images"], "a.png")
+    for label in means.index[:5]:
+        assert means.loc[label, "0"] == pytest.approx(gray[mask == label].mean())
 
     # 2. --channel DAPI --plane 1: a new configuration, so every image is done again
     capsys.readouterr()
@@ -100,19 +111,21 @@ def test_microscopy_inputs_channels_planes_and_units_end_to_end(folder, gray, tm
     dapi_ome = _mask(out, t["images"], "ome.ome.tif")
     ome = t["objects"][t["objects"]["image_id"] == "ome.ome.tif"].set_index("label")
     assert len(ome) == images.loc["ome.ome.tif", "n_objects"] > 0
-    np.testing.assert_allclose(ome["channel_GFP_mean"], 3 * ome["channel_DAPI_mean"])
-    np.testing.assert_allclose(ome["channel_GFP_max"], 3 * ome["channel_DAPI_max"])
-    np.testing.assert_allclose(ome["channel_RFP_min"], 255 - ome["channel_DAPI_max"])
-    assert (ome["channel_Cy5_mean"] == 7).all()
+    mean, low, high = (_channel(t, "ome.ome.tif", s) for s in ("mean", "min", "max"))
+    assert list(mean.index) == list(ome.index)
+    np.testing.assert_allclose(mean["GFP"], 3 * mean["DAPI"])
+    np.testing.assert_allclose(high["GFP"], 3 * high["DAPI"])
+    np.testing.assert_allclose(low["RFP"], 255 - high["DAPI"])
+    assert (mean["Cy5"] == 7).all()
     for label in ome.index[:5]:  # the values of the pixels of each object
         pixels = gray[dapi_ome == label]
-        assert ome.loc[label, "channel_DAPI_mean"] == pytest.approx(pixels.mean())
-        assert ome.loc[label, "channel_DAPI_min"] == pixels.min()
+        assert mean.loc[label, "DAPI"] == pytest.approx(pixels.mean())
+        assert low.loc[label, "DAPI"] == pixels.min()
     assert images.loc["ome.ome.tif", "pixel_size_um"] == pytest.approx(0.5)
     np.testing.assert_allclose(ome["area_um2"], ome["area"] * 0.25)
     zarr_objects = t["objects"][t["objects"]["image_id"] == "img.ome.zarr"]
-    np.testing.assert_allclose(zarr_objects["channel_GFP_mean"],
-                               2 * zarr_objects["channel_DAPI_mean"])
+    zarr_means = _channel(t, "img.ome.zarr", "mean")
+    np.testing.assert_allclose(zarr_means["GFP"], 2 * zarr_means["DAPI"])
     np.testing.assert_allclose(zarr_objects["area_um2"], zarr_objects["area"] * 0.09)
     assert images.loc["img.ome.zarr", "pixel_size_um"] == pytest.approx(0.3)
 

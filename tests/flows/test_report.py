@@ -13,6 +13,7 @@ from PIL import Image
 
 from flows.cli import main
 from flows.report import GALLERY_KEY, PROGRESS_KEY, SUMMARY_KEY
+from segmodel.pipeline.gallery import escape
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -69,12 +70,32 @@ def test_a_run_publishes_progress_summary_and_qc_gallery(folder, tmp_path, flow_
     assert sorted(name for name, _ in thumbs) == sorted(["blank.png", *SMALL])
     for _, data in thumbs:
         assert max(Image.open(io.BytesIO(base64.b64decode(data))).size) <= 256
-    assert f"{out}/labels/{SMALL[0].replace('.png', '.tif')}" in gallery
+    assert escape(f"{out}/labels/{SMALL[0].replace('.png', '.tif')}") in gallery
+    failed = gallery[gallery.index("## Failed images"):]
+    assert "| corrupt.png | decode | ImageDecodeError: corrupt.png" in failed
 
     logs = [m for _, m in record["logs"]]
     assert sum(m.startswith("shard ") for m in logs) == 3  # one line per shard
     warnings = [m for level, m in record["logs"] if level == 30]
     assert any(m.startswith("failed corrupt.png at decode") for m in warnings)
+
+
+def test_odd_file_names_keep_the_gallery_tables_whole(samples, tmp_path, flow_run_record):
+    src = tmp_path / "in"
+    src.mkdir()
+    by_name = {p.name: p for p, _ in samples}
+    odd = ["two\nlines.png", "a|b*c*.png"]
+    for name in odd:
+        shutil.copy(by_name[SMALL[0]], src / name)
+    (src / "bad|<b>.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 50)
+    assert main(["run", str(src), str(tmp_path / "out")]) == 0
+    gallery = flow_run_record()["artifacts"][GALLERY_KEY].data
+    tables = [line for line in gallery.split("\n") if line.startswith("|")]
+    widths = {len(re.split(r"(?<!\\)\|", line)) - 2 for line in tables}
+    assert widths == {5, 3}  # thumbnails: 5 columns; failed images: 3; no row split or merged
+    for name in odd:
+        assert f"| {escape(name)} | " in gallery
+    assert f"| {escape('bad|<b>.png')} | decode | " in gallery
 
 
 def test_a_rerun_with_nothing_new_says_so_in_the_gallery(folder, tmp_path, flow_run_record):

@@ -9,7 +9,7 @@ import pytest
 import tifffile
 
 from flows.cli import main
-from segmodel.inference.measure import OBJECT_SCHEMA
+from segmodel.inference.measure import INTENSITY_SCHEMA, OBJECT_SCHEMA
 from segmodel.pipeline.outputs import FAILURE_SCHEMA, IMAGE_SCHEMA, read_table
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -32,7 +32,8 @@ def folder(tmp_path, samples):
 
 
 def _tables(out):
-    return {name: pd.read_parquet(out / name) for name in ("images", "objects", "failures")}
+    return {name: pd.read_parquet(out / name)
+            for name in ("images", "objects", "intensities", "failures")}
 
 
 def test_run_writes_masks_and_tables_and_bad_files_become_failures(folder, tmp_path, capsys):
@@ -41,9 +42,8 @@ def test_run_writes_masks_and_tables_and_bad_files_become_failures(folder, tmp_p
     t = _tables(out)
     assert sorted(t["images"]["image_id"]) == sorted([SMALL[0], SMALL[1], f"plate2/{SMALL[2]}"])
     assert list(t["images"].columns) == list(IMAGE_SCHEMA)
-    columns = list(read_table(str(out), "objects").columns)  # plus one set per channel
-    assert columns == list(OBJECT_SCHEMA) + [f"channel_{c}_{s}" for c in range(3)
-                                             for s in ("mean", "min", "max")]
+    assert list(read_table(str(out), "objects").columns) == list(OBJECT_SCHEMA)
+    assert list(t["intensities"].columns) == list(INTENSITY_SCHEMA)
     assert list(t["failures"].columns) == list(FAILURE_SCHEMA)
     assert sorted(t["failures"]["image_id"]) == ["corrupt.png", "empty.tif"]
     assert set(t["failures"]["stage"]) == {"decode"}
@@ -53,6 +53,7 @@ def test_run_writes_masks_and_tables_and_bad_files_become_failures(folder, tmp_p
         assert mask.max() == row.n_objects
         n = (t["objects"]["image_id"] == row.image_id).sum()
         assert n == row.n_objects
+        assert (t["intensities"]["image_id"] == row.image_id).sum() == 3 * n  # RGB(A) samples
     assert (out / "labels" / "plate2" / SMALL[2].replace(".png", ".tif")).is_file()
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["counts"]["images"] == 3 and manifest["counts"]["failed"] == 2
@@ -247,7 +248,8 @@ def test_cpu_workers_give_the_same_outputs_as_in_thread_work(folder, samples, tm
                      "--cpu-workers", str(workers)]) == 0
         runs[workers] = (out, _tables(out))
     (out0, t0), (out2, t2) = runs[0], runs[2]
-    keys = {"images": ["image_id"], "objects": ["image_id", "label"], "failures": ["image_id"]}
+    keys = {"images": ["image_id"], "objects": ["image_id", "label"], "failures": ["image_id"],
+            "intensities": ["image_id", "label", "channel"]}
     for name, cols in keys.items():
         a = t0[name].sort_values(cols).reset_index(drop=True)
         b = t2[name].sort_values(cols).reset_index(drop=True)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segmodel.api import segment, segment_many
+from segmodel.api import intensities, segment, segment_many
 from segmodel.evaluation.metrics import iou_matrix
 from segmodel.inference.preprocess import Tiling, tile_origins
 
@@ -24,6 +24,13 @@ def test_segment_gives_a_label_image_and_its_table_in_one_call(samples):
     assert labels.shape == (int(row["height"]), int(row["width"])) and labels.dtype == np.int32
     assert len(table) == labels.max() and (table["image_id"] == row["file"]).all()
     assert sorted(table["label"]) == list(range(1, labels.max() + 1))
+    image = _load(path)  # RGBA: the alpha is not measured
+    values = intensities(labels, image, image_id=row["file"])
+    assert len(values) == 3 * len(table) and (values["image_id"] == row["file"]).all()
+    first = values[values["label"] == 1].set_index("channel")
+    for c in range(3):
+        assert first.loc[c, "mean"] == pytest.approx(image[..., c][labels == 1].mean())
+        assert first.loc[c, "max"] == image[..., c][labels == 1].max()
 
 
 def test_counts_match_the_hand_annotations_within_tolerance(samples):

@@ -3,13 +3,12 @@
 import io
 
 import numpy as np
-import pandas as pd
 import pytest
 import tifffile
 from microscopy import fluorescence_gray, write_ngff, write_ome_tiff
 from PIL import Image
 
-from segmodel.inference.measure import measure_objects
+from segmodel.inference.measure import measure_objects, with_area_um2
 from segmodel.inference.preprocess import ImageDecodeError
 from segmodel.storage import formats
 from segmodel.storage.io import Store, list_images
@@ -183,7 +182,7 @@ def test_ome_zarr_on_s3_is_listed_and_read_through_fsspec(gray, tmp_path, s3_opt
         fs.rm("zarr-in", recursive=True)
 
 
-def test_channel_measurements_per_object(gray, tmp_path):
+def test_every_channel_is_measured_per_object(gray, tmp_path):
     labels = np.zeros(gray.shape, np.int32)
     labels[10:20, 10:30] = 1
     labels[100:140, 50:60] = 2
@@ -191,17 +190,25 @@ def test_channel_measurements_per_object(gray, tmp_path):
     write_ome_tiff(tmp_path / "a.ome.tif", cyx, "CYX", names=["DAPI", "GFP 488", "RFP"],
                    pixel_size=0.5)
     data = formats.decode((tmp_path / "a.ome.tif").read_bytes())
-    table = measure_objects(labels, np.dstack([gray] * 3), "a")
-    table = formats.add_measurements(table, labels, data)
-    for k, region in enumerate([labels == 1, labels == 2]):
-        row = table.iloc[k]
-        assert row["channel_DAPI_mean"] == pytest.approx(gray[region].mean())
-        assert row["channel_GFP_488_mean"] == pytest.approx(3 * gray[region].mean())
-        assert row["channel_RFP_max"] == 255 - gray[region].min()
-        assert row["channel_DAPI_min"] == gray[region].min()
+    values = formats.measure_channels(labels, data, "a").set_index(["label", "channel_name"])
+    assert len(values) == 2 * 3 and (values["image_id"] == "a").all()
+    for k, region in enumerate([labels == 1, labels == 2], start=1):
+        assert values.loc[(k, "DAPI"), "mean"] == pytest.approx(gray[region].mean())
+        assert values.loc[(k, "GFP 488"), "mean"] == pytest.approx(3 * gray[region].mean())
+        assert values.loc[(k, "RFP"), "max"] == 255 - gray[region].min()
+        assert values.loc[(k, "DAPI"), "min"] == gray[region].min()
+        assert values.loc[(k, "RFP"), "channel"] == 2
+    table = with_area_um2(measure_objects(labels, "a"), data.pixel_size_um)
     assert table["area_um2"].tolist() == pytest.approx((table["area"] * 0.25).tolist())
-    pd.testing.assert_series_equal(table["channel_DAPI_mean"], table["mean_intensity_0"],
-                                   check_names=False)
+
+
+def test_an_rgba_pictures_alpha_is_not_measured():
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 9, 255
+    labels = np.zeros((8, 8), np.int32)
+    labels[2:4, 2:4] = 1
+    values = formats.measure_channels(labels, formats.ImageData(rgba, ("0", "1", "2", "3")))
+    assert values["channel"].tolist() == [0, 1, 2] and values["mean"].tolist() == [9, 0, 0]
 
 
 def test_channel_is_parsed_as_an_index_or_a_name():
@@ -211,8 +218,6 @@ def test_channel_is_parsed_as_an_index_or_a_name():
         formats.parse_channel("")
     with pytest.raises(TypeError, match="Received: a list"):
         formats.parse_channel([0])
-    assert formats.column_names(["DAPI", "Alexa Fluor 488", "DAPI", ""]) == [
-        "channel_DAPI", "channel_Alexa_Fluor_488", "channel_DAPI_2", "channel_3"]
 
 
 def test_imagej_hyperstack_gives_its_calibration(gray):

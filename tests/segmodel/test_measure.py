@@ -3,14 +3,26 @@
 import numpy as np
 import pytest
 
-from segmodel.inference.measure import OBJECT_SCHEMA, measure_objects
+from segmodel.inference.measure import (
+    INTENSITY_SCHEMA,
+    OBJECT_SCHEMA,
+    measure_intensities,
+    measure_objects,
+)
+
+
+def _dtypes(table):
+    return {c: str(t) for c, t in table.dtypes.items()}
 
 
 def test_no_objects_gives_every_column_and_zero_rows():
-    table = measure_objects(np.zeros((10, 10), np.int32), np.zeros((10, 10, 3)), "a.png")
+    labels, intensity, _ = _two_squares()
+    table = measure_objects(np.zeros((20, 20), np.int32), "a.png")
     assert list(table.columns) == list(OBJECT_SCHEMA) and len(table) == 0
-    assert {c: str(t) for c, t in table.dtypes.items()} == \
-        {c: str(t) for c, t in measure_objects(*_two_squares()).dtypes.items()}
+    assert _dtypes(table) == _dtypes(measure_objects(labels, "img.png"))
+    values = measure_intensities(np.zeros((20, 20), np.int32), intensity, image_id="a.png")
+    assert list(values.columns) == list(INTENSITY_SCHEMA) and len(values) == 0
+    assert _dtypes(values) == _dtypes(measure_intensities(labels, intensity))
 
 
 def _two_squares():
@@ -24,20 +36,39 @@ def _two_squares():
 
 
 def test_two_squares_have_their_areas_centroids_and_intensities():
-    table = measure_objects(*_two_squares())
+    labels, intensity, image_id = _two_squares()
+    table = measure_objects(labels, image_id)
     assert table["label"].tolist() == [1, 2]
     assert table["area"].tolist() == [16, 36]
     assert table[["centroid_y", "centroid_x"]].values.tolist() == [[3.5, 3.5], [12.5, 14.5]]
     assert table[["bbox_min_y", "bbox_min_x", "bbox_max_y", "bbox_max_x"]].values[1].tolist() == \
         [10, 12, 16, 18]
-    assert table["mean_intensity_0"].tolist() == [10.0, 10.0]
-    assert table["max_intensity_1"].tolist() == [0.0, 5.0]
     assert (table["image_id"] == "img.png").all()
+    assert list(table.columns) == list(OBJECT_SCHEMA)  # no per-channel column
+    values = measure_intensities(labels, intensity, ["R", "G", "B"], image_id)
+    # by label, then channel
+    assert values[["label", "channel"]].values.tolist() == [
+        [1, 0], [1, 1], [1, 2], [2, 0], [2, 1], [2, 2]]
+    assert values["channel_name"].tolist() == ["R", "G", "B"] * 2
+    assert values["mean"].tolist() == [10.0, 0.0, 0.0, 10.0, 5.0, 0.0]
+    assert values["max"].tolist() == [10.0, 0.0, 0.0, 10.0, 5.0, 0.0]
+    assert (values["image_id"] == "img.png").all()
+
+
+def test_a_gray_image_is_one_channel_named_by_its_index():
+    labels, intensity, _ = _two_squares()
+    values = measure_intensities(labels, intensity[..., 1])
+    assert values["channel"].tolist() == [0, 0] and values["channel_name"].tolist() == ["0", "0"]
+    assert values["min"].tolist() == [0.0, 5.0]
 
 
 def test_mismatched_shapes_are_refused():
-    with pytest.raises(ValueError, match="must match"):
-        measure_objects(np.zeros((10, 10), np.int32), np.zeros((10, 11, 3)))
+    with pytest.raises(ValueError, match="same height and width"):
+        measure_intensities(np.zeros((10, 10), np.int32), np.zeros((10, 11, 3)))
+    with pytest.raises(ValueError, match="channel_names must name each"):
+        measure_intensities(np.zeros((10, 10), np.int32), np.zeros((10, 10, 3)), ["DAPI"])
+    with pytest.raises(ValueError, match="labels must be"):
+        measure_objects(np.zeros((10, 10, 3), np.int32))
 
 
 def test_every_column_equals_regionprops_on_real_labels(dsb2018):
@@ -53,9 +84,15 @@ def test_every_column_equals_regionprops_on_real_labels(dsb2018):
     for sample in list_samples(dsb2018, "val")[:12]:
         image, labels = sample.load()
         intensity = to_channels(image, 3)
-        got = measure_objects(labels, intensity, sample.id)
+        got = measure_objects(labels, sample.id)
         ref = regionprops_table(labels, intensity_image=intensity.astype(np.float32),
-                                properties=list(_PROPS))
+                                properties=[*_PROPS, "intensity_mean", "intensity_min",
+                                            "intensity_max"])
+        values = measure_intensities(labels, intensity, image_id=sample.id)
+        for stat in ("mean", "min", "max"):  # (objects, channels): label-major rows
+            np.testing.assert_allclose(
+                values[stat].to_numpy().reshape(-1, 3),
+                np.stack([ref[f"intensity_{stat}-{c}"] for c in range(3)], axis=1), rtol=1e-6)
         for prop, names in _PROPS.items():
             keys = [prop] if len(names) == 1 else [f"{prop}-{i}" for i in range(len(names))]
             for name, key in zip(names, keys):
@@ -85,7 +122,7 @@ def test_orientation_of_objects_with_equal_second_moments_is_regionprops():
     for i in range(6):  # "\" and "/" diagonals of single pixels
         labels[10 + i, 2 + i] = 3
         labels[10 + i, 20 - i] = 4
-    got = measure_objects(labels, np.zeros((40, 60, 3), np.uint8), "x")["orientation"]
+    got = measure_objects(labels, "x")["orientation"]
     ref = regionprops_table(labels, properties=["orientation"])["orientation"]
     np.testing.assert_allclose(got.to_numpy(), ref, atol=1e-12)
 

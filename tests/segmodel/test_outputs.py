@@ -45,6 +45,7 @@ def _images_row(image_id, fp, shard):
 def _write(store, shard, rows, objects=()):
     outputs.write_shard(store, shard, {
         "objects": outputs.table("objects", list(objects)),
+        "intensities": outputs.table("intensities", [_intensity(o) for o in objects]),
         "failures": outputs.table("failures", []),
         "images": outputs.table("images", rows)})
 
@@ -58,6 +59,11 @@ def _object(image_id, label):
     row = {c: 0 for c in outputs.SCHEMAS["objects"]}
     row.update(image_id=image_id, label=label)
     return row
+
+
+def _intensity(obj):
+    return {"image_id": obj["image_id"], "label": obj["label"], "channel": 0,
+            "channel_name": "DAPI", "mean": 1.0, "min": 0.0, "max": 2.0}
 
 
 def test_reconcile_keeps_only_the_newest_record_of_each_image(store):
@@ -74,13 +80,16 @@ def test_reconcile_keeps_only_the_newest_record_of_each_image(store):
     objects = pd.read_parquet(store.path("objects"), filesystem=store.fs)
     assert sorted(images["image_id"]) == ["a", "b"]
     assert sorted(zip(objects["image_id"], objects["label"])) == [("a", 1), ("a", 2), ("b", 1)]
+    values = pd.read_parquet(store.path("intensities"), filesystem=store.fs)
+    assert sorted(zip(values["image_id"], values["label"])) == [("a", 1), ("a", 2), ("b", 1)]
 
 
 def test_reconcile_removes_parts_of_shards_that_never_committed(store):
-    store.write_bytes("objects/20260101T000000Z-00007.parquet",
-                      outputs.encode_parquet(outputs.table("objects", [_object("z", 1)])))
+    for name, row in (("objects", _object("z", 1)), ("intensities", _intensity(_object("z", 1)))):
+        store.write_bytes(f"{name}/20260101T000000Z-00007.parquet",
+                          outputs.encode_parquet(outputs.table(name, [row])))
     assert outputs.reconcile(store) == {}
-    assert store.list("objects", ".parquet") == []
+    assert store.list("objects", ".parquet") == store.list("intensities", ".parquet") == []
 
 
 def test_pending_skips_done_images_with_the_same_fingerprint_and_config():
