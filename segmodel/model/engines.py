@@ -80,23 +80,20 @@ def cache_dir():
 
 
 class OpenVinoModel:
-    """A Keras model converted to OpenVINO (once, cached) and compiled for the CPU.
+    """A model converted to OpenVINO (:func:`converted`), compiled for the CPU.
 
     Calls are thread-safe: each thread gets its own inference request. The input takes any
     batch size and tile size.
 
     Parameters
     ----------
-    keras_model : keras.Model
-        The model, channels as it expects them.
-    fingerprint : str
-        The model's content hash: the cache key with OpenVINO's version.
+    xml : str or Path
+        The converted model's ``model.xml``.
     """
 
-    def __init__(self, keras_model, fingerprint):
+    def __init__(self, xml):
         import openvino as ov
 
-        xml = converted(keras_model, fingerprint)
         self.compiled = ov.Core().compile_model(str(xml), "CPU")
         self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
         self._local = threading.local()
@@ -109,7 +106,39 @@ class OpenVinoModel:
         return request.infer({0: batch})[0].copy()
 
 
-def converted(keras_model, fingerprint):
+def _folder(fingerprint, trust):
+    """The cache folder of one model's conversion.
+
+    Named by fingerprint, OpenVINO's version and whether the model was loaded trusted (its code
+    run), so an untrusted run never skips Keras' safe-mode check through a conversion made by a
+    trusted one.
+    """
+    import openvino as ov
+
+    name = f"{fingerprint}-{ov.__version__.split('-')[0]}" + ("-trusted" if trust else "")
+    return cache_dir() / "openvino" / name
+
+
+def cached(fingerprint, trust=False):
+    """The cached conversion of the model with ``fingerprint``, or None.
+
+    Parameters
+    ----------
+    fingerprint : str
+        The model's content hash.
+    trust : bool, optional
+        Whether the model is loaded trusted (default False).
+
+    Returns
+    -------
+    Path or None
+        Its ``model.xml``.
+    """
+    xml = _folder(fingerprint, trust) / "model.xml"
+    return xml if xml.is_file() else None
+
+
+def converted(keras_model, fingerprint, trust=False):
     """The OpenVINO model file for ``keras_model``, converted now unless cached.
 
     Parameters
@@ -117,6 +146,8 @@ def converted(keras_model, fingerprint):
     keras_model : keras.Model
     fingerprint : str
         The model's content hash.
+    trust : bool, optional
+        Whether the model was loaded trusted (default False): kept apart in the cache.
 
     Returns
     -------
@@ -128,9 +159,7 @@ def converted(keras_model, fingerprint):
     EngineError
         If the model does not convert (the message carries the converter's reason).
     """
-    import openvino as ov
-
-    folder = cache_dir() / "openvino" / f"{fingerprint}-{ov.__version__.split('-')[0]}"
+    folder = _folder(fingerprint, trust)
     if (folder / "model.xml").is_file():
         return folder / "model.xml"
     folder.parent.mkdir(parents=True, exist_ok=True)

@@ -12,11 +12,12 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from segmodel.model.engines import EngineError, OpenVinoModel, resolve_engine
+from segmodel.model.engines import EngineError, OpenVinoModel, cached, converted, resolve_engine
 from segmodel.model.spec import ModelSpec, find_spec, read_spec, resolve_bundle
 
 _log = logging.getLogger("segflow")
@@ -112,7 +113,8 @@ class LoadedModel:
     Attributes
     ----------
     keras_model : keras.Model
-        The model, uncompiled.
+        The model, uncompiled. Where OpenVINO runs a conversion cached earlier, the Keras model
+        (and TensorFlow with it) loads only when first asked for (see ``loader``).
     spec : ModelSpec
         Its spec (defaults where the file has none).
     fingerprint : str
@@ -123,14 +125,26 @@ class LoadedModel:
         What runs :meth:`predict_batch` (see :mod:`segmodel.model.engines`).
     runner : callable or None
         The OpenVINO model where ``engine`` is ``'openvino'``, else None (Keras runs it).
+    loader : callable or None
+        ``() -> keras.Model``, called once where the model was given as None.
     """
 
-    keras_model: object
+    loaded: object
     spec: ModelSpec
     fingerprint: str
     path: str
     engine: str = "keras"
     runner: object = field(default=None, repr=False)
+    loader: object = field(default=None, repr=False, compare=False)
+
+    @property
+    def keras_model(self):
+        """The Keras model, loaded now if it was not yet (once, under the cache's lock)."""
+        if self.loaded is None:
+            with _KERAS_LOCK:
+                if self.loaded is None:
+                    self.loaded = self.loader()
+        return self.loaded
 
     @property
     def precision(self):
@@ -181,6 +195,7 @@ class LoadedModel:
 
 _CACHE = {}
 _CACHE_LOCK = threading.Lock()
+_KERAS_LOCK = threading.Lock()
 
 
 def load_model(path=None, *, trust=False, engine="keras"):
@@ -227,16 +242,33 @@ def load_model(path=None, *, trust=False, engine="keras"):
             sp = spec_path(path)
             spec = read_spec(sp) if sp.exists() else ModelSpec()
             shared = _CACHE.get(key[:2] + ("keras",))  # one Keras model for both engines
-            kmodel = shared.keras_model if shared else load_keras(path, trust)
-            try:
-                runner = OpenVinoModel(kmodel, key[0]) if chosen == "openvino" else None
-            except EngineError as exc:
-                if engine != "auto":
-                    raise
-                _log.warning("engine 'auto': the model runs with Keras, as %s", exc)
-                chosen, runner = "keras", None  # kept under the key: asked again, no retry
-            _CACHE[key] = LoadedModel(kmodel, spec, key[0], str(path), chosen, runner)
+            loaded = shared.keras_model if shared else None
+            model = LoadedModel(loaded, spec, key[0], str(path), chosen,
+                                loader=partial(load_keras, path, trust))
+            _CACHE[key] = _with_runner(model, trust, engine)
         return _CACHE[key]
+
+
+def _with_runner(model, trust, engine):
+    """``model`` with its OpenVINO runner where its engine is OpenVINO.
+
+    The runner comes from the conversion cache without loading Keras, else from converting now.
+    Where ``auto`` cannot convert, the model runs with Keras.
+    """
+    if model.engine == "keras":
+        model.keras_model  # loaded now: a bad file fails here, not mid-run
+        return model
+    try:
+        xml = cached(model.fingerprint, trust) or converted(model.keras_model, model.fingerprint,
+                                                            trust)
+        model.runner = OpenVinoModel(xml)
+    except EngineError as exc:
+        if engine != "auto":
+            raise
+        _log.warning("engine 'auto': the model runs with Keras, as %s", exc)
+        model.engine = "keras"  # kept under the key: asked again, no retry
+        model.keras_model
+    return model
 
 
 def load_keras(path, trust):

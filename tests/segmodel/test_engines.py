@@ -83,7 +83,9 @@ def test_conversion_happens_once_and_is_kept_by_fingerprint(cache, samples):
     again = engines.converted(model.keras_model, model.fingerprint)
     assert again == first and again.stat().st_mtime_ns == stamp  # not converted again
     assert [p.name for p in (cache / "openvino").iterdir()] == [first.parent.name]  # no debris
-    runner = engines.OpenVinoModel(model.keras_model, model.fingerprint)
+    assert engines.cached(model.fingerprint) == first
+    assert engines.cached(model.fingerprint, trust=True) is None  # trusted loads kept apart
+    runner = engines.OpenVinoModel(first)
     out = runner(np.stack([_tile(samples[0][0])]))
     assert out.shape == (1, 256, 256, 3) and 0 <= out.min() and out.max() <= 1
 
