@@ -36,6 +36,9 @@ def run(options):
     ------
     FileNotFoundError
         No image under the input matches the patterns.
+    PermissionError, ConnectionError
+        The input cannot be listed or the output cannot be written (see
+        :func:`segmodel.pipeline.config.configure`).
     segmodel.storage.lease.OutputBusy
         Another run is writing to the same output.
     """
