@@ -51,7 +51,7 @@ def _segment(config, model, stamp, meter):
     logger = get_run_logger()
     plan = ingest(config, stamp)
     if plan.found == 0:  # the run fails with the message alone, not a traceback
-        return Failed(message=no_images_message(config.options))
+        return Failed(message=no_images_message(config.options, plan.not_listed))
     meter.add_span(meter.start, plan.span[1])  # loading the model and planning: the engine's
     artifact = report.ProgressArtifact()  # UI: progress artifact, removed again below
     progress.add_listener(artifact)

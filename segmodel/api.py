@@ -118,7 +118,8 @@ def run(input, output, **options):
     -------
     dict
         The run's summary: ``found``, ``skipped``, ``images``, ``failed``, ``objects``,
-        ``seconds`` and timings (see :meth:`segmodel.pipeline.clock.RunMeter.summary`).
+        ``seconds`` and timings (see :meth:`segmodel.pipeline.clock.RunMeter.summary`), and
+        ``not_listed``: symbolic links and folders the listing skipped, by reason.
 
     Raises
     ------

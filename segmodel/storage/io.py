@@ -4,11 +4,13 @@ This is the one module that calls :func:`fsspec.core.url_to_fs`; the rest of seg
 around a :class:`Store` (a file system plus a root path), which pickles cheaply.
 """
 
+import collections
 import contextlib
 import copy
 import errno
 import fnmatch
 import hashlib
+import heapq
 import json
 import os
 import posixpath
@@ -938,20 +940,98 @@ def _is_local(fs):
     return "file" in _protocols(fs)
 
 
-def list_images(store, patterns=DEFAULT_PATTERNS):
-    """Images under the store's root matching ``patterns`` (case-insensitive), sorted by id.
+@dataclass(frozen=True)
+class Listing:
+    """The images under an input, and what the listing skipped.
 
-    A ``*.zarr`` folder (OME-Zarr) is one image; its size and fingerprint sum up its files.
+    Attributes
+    ----------
+    refs : list of ImageRef
+        Sorted by id.
+    skipped : dict
+        ``{reason: count}`` of what was not listed under a local folder (keys of
+        :data:`SKIPPED`); empty when nothing was, and always for object stores.
+    """
+
+    refs: list
+    skipped: dict
+
+
+#: Why a local listing left something out: ``{reason: (one, several)}``.
+SKIPPED = {
+    "outside": ("link leading outside the input", "links leading outside the input"),
+    "repeat": ("link to a folder already listed (a loop or a second link)",
+               "links to folders already listed (loops or second links)"),
+    "broken": ("broken link", "broken links"),
+    "unreadable": ("folder that cannot be read", "folders that cannot be read"),
+}
+
+
+def describe_skipped(skipped):
+    """One sentence saying what a listing skipped (see :class:`Listing`).
+
+    Parameters
+    ----------
+    skipped : dict
+        ``{reason: count}``, reasons among the keys of :data:`SKIPPED`.
+
+    Returns
+    -------
+    str
+        Empty when nothing was skipped.
+
+    Examples
+    --------
+    >>> describe_skipped({"broken": 1, "repeat": 2})
+    'skipped under the input: 2 links to folders already listed (loops or second links), 1 broken link.'
+    """  # noqa: E501
+    parts = []
+    for reason, (one, several) in SKIPPED.items():
+        n = skipped.get(reason, 0)
+        if n:
+            hint = " (--follow-external-links follows them)" if reason == "outside" else ""
+            parts.append(f"{n} {several if n != 1 else one}{hint}")
+    return f"skipped under the input: {', '.join(parts)}." if parts else ""
+
+
+def list_images(store, patterns=DEFAULT_PATTERNS, *, follow_external_links=False):
+    """Images under the store's root matching ``patterns``: :func:`scan_images`'s ``refs``.
 
     Parameters
     ----------
     store : Store
     patterns : sequence of str, optional
         Globs of names or relative paths (default :data:`DEFAULT_PATTERNS`).
+    follow_external_links : bool, optional
+        Also list files whose real path lies outside a local root (default False).
 
     Returns
     -------
     list of ImageRef
+    """
+    return scan_images(store, patterns, follow_external_links=follow_external_links).refs
+
+
+def scan_images(store, patterns=DEFAULT_PATTERNS, *, follow_external_links=False):
+    """Images under the store's root matching ``patterns`` (case-insensitive), sorted by id.
+
+    A ``*.zarr`` folder (OME-Zarr) is one image; its size and fingerprint sum up its files.
+    Under a local folder, symbolic links are followed where their real path stays inside the
+    root, each real folder listed once (a link to a folder already listed, such as a loop, is
+    skipped); a link leading outside the root is skipped unless ``follow_external_links``, and
+    a broken link or a folder that cannot be read is skipped. Object stores have no links.
+
+    Parameters
+    ----------
+    store : Store
+    patterns : sequence of str, optional
+        Globs of names or relative paths (default :data:`DEFAULT_PATTERNS`).
+    follow_external_links : bool, optional
+        Also follow links whose real path lies outside a local root (default False).
+
+    Returns
+    -------
+    Listing
 
     Raises
     ------
@@ -963,15 +1043,33 @@ def list_images(store, patterns=DEFAULT_PATTERNS):
         raise FileNotFoundError(
             f"input not found: {store.url!r}. Check the path or URL (and --storage-options)."
         )
-    if retry(store.fs.isfile, root):
-        infos = {root: retry(store.fs.info, root)}
-        base = posixpath.dirname(root)
-    else:
-        infos = retry(store.fs.find, root, detail=True)
-        base = root
-        if _zarr_name(root):
-            base = posixpath.dirname(root)
+    infos, base, skipped = _find(store, follow_external_links)
     pats = [p.lower() for p in patterns]
+    refs = []
+    for rel, (path, info) in _group_zarrs(infos, base).items():
+        name = posixpath.basename(rel)
+        if name.startswith(".") or not any(fnmatch.fnmatch(rel.lower(), p) or
+                                           fnmatch.fnmatch(name.lower(), p) for p in pats):
+            continue
+        refs.append(ImageRef(rel, path, store.uri(path), int(info.get("size") or 0),
+                             _fingerprint(info)))
+    return Listing(sorted(refs, key=lambda r: r.image_id), skipped)
+
+
+def _find(store, follow_external):
+    """``({path: info}, base, skipped)``: the files under the root, and the folder ids start in."""
+    root, fs = store.root, store.fs
+    if retry(fs.isfile, root):
+        return {root: retry(fs.info, root)}, posixpath.dirname(root), {}
+    base = posixpath.dirname(root) if _zarr_name(root) else root
+    if _is_local(fs):
+        infos, skipped = _LocalWalk(fs, root, follow_external).run()
+        return infos, base, skipped
+    return retry(fs.find, root, detail=True), base, {}
+
+
+def _group_zarrs(infos, base):
+    """``{id: (path, info)}``: each file, but the files of an OME-Zarr folder as that folder."""
     entries, zarrs = {}, {}
     for path, info in infos.items():
         rel = posixpath.relpath(path, base) if base else path
@@ -989,15 +1087,70 @@ def list_images(store, patterns=DEFAULT_PATTERNS):
             files, key=lambda f: f[0]))
         entries[zrel] = (path, {"size": size,
                                 "digest": hashlib.sha1(prints.encode()).hexdigest()})
-    refs = []
-    for rel, (path, info) in entries.items():
-        name = posixpath.basename(rel)
-        if name.startswith(".") or not any(fnmatch.fnmatch(rel.lower(), p) or
-                                           fnmatch.fnmatch(name.lower(), p) for p in pats):
-            continue
-        refs.append(ImageRef(rel, path, store.uri(path), int(info.get("size") or 0),
-                             _fingerprint(info)))
-    return sorted(refs, key=lambda r: r.image_id)
+    return entries
+
+
+class _LocalWalk:
+    """The files under a local folder, following symbolic links as :func:`scan_images` says.
+
+    Real folders are listed before links to folders, so a folder reached both ways keeps its
+    own path; every real folder is listed once (loop protection by real path).
+    """
+
+    def __init__(self, fs, root, follow_external):
+        self.fs, self.root, self.follow_external = fs, root, follow_external
+        self.top = os.path.realpath(root)
+        self.infos, self.skipped, self.seen = {}, collections.Counter(), {self.top}
+        self.folders, self.links = collections.deque([(root, self.top)]), []
+
+    def run(self):
+        """``({path: info}, {reason: count})`` of the files and of what was skipped."""
+        while self.folders or self.links:
+            if self.folders:
+                self._list(*self.folders.popleft())
+            else:
+                self._enter(heapq.heappop(self.links))
+        return self.infos, dict(self.skipped)
+
+    def _list(self, path, real):
+        try:
+            entries = sorted(self.fs.ls(path, detail=True), key=lambda i: i["name"])
+        except PermissionError:
+            if path == self.root:
+                raise
+            self.skipped["unreadable"] += 1
+            return
+        for info in entries:
+            name = info["name"]
+            if info.get("islink"):
+                self._link(name)
+            elif info["type"] == "directory":
+                self._enter(name, posixpath.join(real, posixpath.basename(name)))
+            else:
+                self.infos[name] = info
+
+    def _link(self, path):
+        real = os.path.realpath(path)
+        if not os.path.exists(real):
+            self.skipped["broken"] += 1
+        elif not (self.follow_external or _inside(real, self.top)):
+            self.skipped["outside"] += 1
+        elif os.path.isdir(real):
+            heapq.heappush(self.links, path)  # after the real folders
+        else:
+            self.infos[path] = self.fs.info(path)  # the target's size and times
+
+    def _enter(self, path, real=None):
+        real = real or os.path.realpath(path)
+        if real in self.seen:
+            self.skipped["repeat"] += 1
+        else:
+            self.seen.add(real)
+            self.folders.append((path, real))
+
+
+def _inside(real, top):
+    return real == top or real.startswith(top.rstrip("/") + "/")
 
 
 def _zarr_name(path):

@@ -1,11 +1,13 @@
-"""``segflow run`` on storage it cannot use: one line each, before any work."""
+"""``segflow run`` on storage it cannot use, and on inputs with symbolic links: one line each."""
 
 import json
+import logging
 import os
 import shutil
 import socket
 import time
 
+import pandas as pd
 import pytest
 
 from flows.cli import main
@@ -52,3 +54,25 @@ def test_a_read_only_output_is_one_line(tmp_path, samples):
     assert line == (f"segflow: output={str(out)!r} is not writable (Permission denied: "
                     f"{str(out)!r}). Fix the folder's permissions, or choose a folder you can "
                     "write to.")
+
+
+def test_a_folder_link_leading_outside_is_named_and_followed_on_request(tmp_path, samples,
+                                                                       caplog, capsys):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    by_name = {p.name: p for p, _ in samples}
+    shutil.copy(by_name["fluor-3bfd6bb1.png"], elsewhere)
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "batch2").symlink_to(elsewhere)
+    line = _exit_line(["run", str(src), str(tmp_path / "out")])
+    assert line == (f"segflow: no images under input={str(src)!r} match patterns="
+                    "['*.png', '*.jpg', '*.jpeg', '*.tif', '*.tiff', '*.bmp', '*.zarr']; skipped "
+                    "under the input: 1 link leading outside the input "
+                    "(--follow-external-links follows them).")
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "skipped under the input: 1 link leading outside the input" in " ".join(warned)
+    capsys.readouterr()
+    assert main(["run", str(src), str(tmp_path / "out"), "--follow-external-links"]) == 0
+    images = pd.read_parquet(tmp_path / "out" / "images")
+    assert images["image_id"].tolist() == ["batch2/fluor-3bfd6bb1.png"]
