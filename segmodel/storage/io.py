@@ -896,7 +896,7 @@ def with_client_defaults(url, storage_options=None):
     protocol = split_protocol(url)[0]
     if protocol not in ("s3", "s3a"):
         return options
-    configured = fsspec.config.conf.get(protocol, {}).get("config_kwargs") or {}
+    configured = fsspec.config.conf.get("s3", {}).get("config_kwargs") or {}  # s3fs reads "s3"
     options["config_kwargs"] = copy.deepcopy(  # botocore rewrites ``retries`` in place
         {**S3_CLIENT_DEFAULTS, **configured, **(options.get("config_kwargs") or {})})
     return options
