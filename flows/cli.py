@@ -463,7 +463,7 @@ def _serve(args):
     try:
         check_api(api_url())
         preflight(params)
-    except (ValueError, FileNotFoundError, TypeError, ConnectionError) as exc:
+    except (ValueError, FileNotFoundError, PermissionError, TypeError, ConnectionError) as exc:
         raise SystemExit(f"segflow: {exc}") from None
     serve_segment(params, name=args.name, cron=args.cron, interval=args.interval)
     return 0

@@ -17,6 +17,7 @@ from segmodel.pipeline.clock import RunMeter
 from segmodel.pipeline.config import configure
 from segmodel.pipeline.plan import run_stamp
 from segmodel.pipeline.run import manifest, no_images_message
+from segmodel.storage.io import check_readable
 from segmodel.storage.lease import Lease, OutputBusy
 from tasks.large import segment_large
 from tasks.report import LISTED, publish
@@ -50,7 +51,7 @@ def _segment(config, model, stamp, meter):
     logger = get_run_logger()
     plan = ingest(config, stamp)
     if plan.found == 0:  # the run fails with the message alone, not a traceback
-        return Failed(message=no_images_message(config.options))
+        return Failed(message=no_images_message(config.options, plan.not_listed))
     meter.add_span(meter.start, plan.span[1])  # loading the model and planning: the engine's
     artifact = report.ProgressArtifact()  # UI: progress artifact, removed again below
     progress.add_listener(artifact)
@@ -92,33 +93,16 @@ def _collect(future, meter, logger, failures):
 
 
 def preflight(params, warm_up=False):
-    """Fail fast, before any Prefect run: model, tiling, URLs and the input's existence.
+    """Fail fast, before any Prefect run: model, tiling, URLs, access and the input's existence.
 
     With ``warm_up`` (runs on the default thread runner, called from the thread that then
     calls the flow), the model thread starts and traces the run's batch shapes now, so that
     one-time cost overlaps whatever the caller waits for next (the temporary server's start).
     """
-    config, _ = configure(params)
-    try:
-        found = config.input.exists()
-        if not found:  # some file systems answer "no" for a bucket they may not read
-            config.input.fs.ls(config.input.root)
-    except FileNotFoundError:
-        found = False
-    except PermissionError as exc:
-        raise PermissionError(
-            f"access denied to input={params.input!r} ({exc}). Check the credentials "
-            "(--storage-options or the environment) and the bucket's permissions."
-        ) from None
-    if not found:
+    config, _ = configure(params)  # refuses an input it cannot list, an output it cannot write
+    if not check_readable(config.input, "input"):
         raise FileNotFoundError(
             f"input not found: {params.input!r}. Check the path or URL (and --storage-options)."
-        )
-    bucket = config.output.container()
-    if bucket is not None and not config.output.fs.exists(bucket):
-        raise FileNotFoundError(
-            f"output bucket not found: {bucket!r} (output={params.output!r}). Create it, or "
-            "check the URL and --storage-options."
         )
     if warm_up:
         runtime.start_model_thread(config)

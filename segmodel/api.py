@@ -148,7 +148,8 @@ def run(input, output, **options):
     -------
     dict
         The run's summary: ``found``, ``skipped``, ``images``, ``failed``, ``objects``,
-        ``seconds`` and timings (see :meth:`segmodel.pipeline.clock.RunMeter.summary`).
+        ``seconds`` and timings (see :meth:`segmodel.pipeline.clock.RunMeter.summary`), and
+        ``not_listed``: symbolic links and folders the listing skipped, by reason.
 
     Raises
     ------
@@ -156,6 +157,9 @@ def run(input, output, **options):
         An option is unknown or has a wrong value.
     FileNotFoundError
         No image under ``input`` matches the patterns.
+    PermissionError, ConnectionError
+        ``input`` cannot be listed or ``output`` cannot be written (no credentials, access
+        denied, a read-only folder, an endpoint that does not answer): one line says which.
     """
     from segmodel.pipeline.options import RunOptions
     from segmodel.pipeline.run import run as run_pipeline

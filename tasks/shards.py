@@ -14,7 +14,7 @@ from segmodel.pipeline.config import RunConfig
 from segmodel.pipeline.plan import Plan, ShardJob, ShardResult, plan_run
 from segmodel.pipeline.run import finalize as finalize_run
 from segmodel.pipeline.shard import process_shard as run_shard
-from segmodel.storage.io import is_transient
+from segmodel.storage.io import describe_skipped, is_transient
 
 
 def _transient_only(task, task_run, state):
@@ -35,10 +35,13 @@ IO_RETRIES = dict(retries=4, retry_delay_seconds=exponential_backoff(backoff_fac
 def ingest(config: RunConfig, stamp: str) -> Plan:
     """List the input, reconcile earlier outputs and cut what is not done into shards."""
     plan = plan_run(config, stamp)
-    get_run_logger().info(
+    logger = get_run_logger()
+    logger.info(
         "%d images found, %d already done, %d to segment in %d shards, %d block-wise",
         plan.found, plan.skipped, plan.to_segment - len(plan.large_jobs), len(plan.jobs),
         len(plan.large_jobs))
+    if plan.not_listed:
+        logger.warning("%s", describe_skipped(plan.not_listed))
     return plan
 
 

@@ -15,7 +15,7 @@ from segmodel.inference.passes import default_tiling
 from segmodel.model.bundle import check_model
 from segmodel.model.engines import EngineError
 from segmodel.model.loading import load_model, spec_path
-from segmodel.storage.io import Store
+from segmodel.storage.io import Store, check_readable, check_writable
 
 
 @dataclass(frozen=True)
@@ -76,10 +76,15 @@ def configure(options):
     Raises
     ------
     ValueError
-        The output is the input or inside it, the model's spec does not fit the model, or the
-        tile size does not fit the model.
+        The output is the input or inside it (or a file stands where it would be), the model's
+        spec does not fit the model, or the tile size does not fit the model.
+    PermissionError
+        The input cannot be listed or the output cannot be written: no credentials, access
+        denied, a read-only folder (see :func:`segmodel.storage.io.check_writable`).
+    ConnectionError
+        The storage of the input or output cannot be reached.
     FileNotFoundError
-        The model file does not exist.
+        The model file or the output's bucket does not exist.
     """
     source = Store(options.input, options.storage_options)
     target = Store(options.output, options.storage_options)
@@ -88,6 +93,8 @@ def configure(options):
             f"output={options.output!r} is the input or a folder inside it "
             f"(input={options.input!r}): a rerun would list the masks written there as new "
             "images. Choose an output folder outside the input.")
+    check_readable(source, "input")  # before the model loads: a refusal answers in seconds
+    check_writable(target, "output")
     model = _load(options)
     problems = check_model(model.keras_model, model.spec, str(spec_path(model.path)))
     if problems:  # a bundle whose spec does not fit its model: say so before any work

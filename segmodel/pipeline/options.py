@@ -57,6 +57,9 @@ class RunOptions(BaseModel):
                                  "folder (model + spec; default: bundled).")
     max_pixels: int = Field(MAX_PIXELS, ge=1, description="Images larger than this fail.")
     retry_failed: bool = Field(False, description="Try unchanged images that failed before again.")
+    follow_external_links: bool = Field(False, description=(
+        "Read files through symbolic links whose real path lies outside the input folder "
+        "(default: such links are skipped and counted). Local folders only."))
     trust_model: bool = Field(False, description="Load a model that carries Python code "
                               "(Keras safe mode off); only for files you trust.")
     tiled_above: int = Field(TILED_ABOVE, ge=1, description=(

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from segmodel.inference import blockwise
 from segmodel.pipeline import outputs
 from segmodel.storage import export
-from segmodel.storage.io import list_images
+from segmodel.storage.io import scan_images
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,10 @@ class Plan:
         One job per image segmented block by block.
     span : tuple of float
         ``(start, end)`` wall-clock time of planning (:func:`time.time`).
+    not_listed : dict
+        What the listing of a local input skipped, ``{reason: count}`` (symbolic links leading
+        outside it, loops, broken links, unreadable folders; see
+        :func:`segmodel.storage.io.scan_images`); empty when nothing was.
     """
 
     found: int
@@ -64,6 +68,7 @@ class Plan:
     jobs: tuple
     large_jobs: tuple
     span: tuple
+    not_listed: dict = field(default_factory=dict)
 
     @property
     def to_segment(self):
@@ -91,7 +96,9 @@ def plan_run(config, stamp):
     """
     t0 = time.time()
     options = config.options
-    refs = list_images(config.input, tuple(options.patterns))
+    listing = scan_images(config.input, tuple(options.patterns),
+                          follow_external_links=options.follow_external_links)
+    refs = listing.refs
     recorded = {}
     latest = outputs.reconcile(config.output, masks=recorded)
     if options.mask_format == "ome-zarr":
@@ -112,7 +119,7 @@ def plan_run(config, stamp):
                  for k, i in enumerate(range(0, len(todo), size)))
     large_jobs = tuple(job(f"{stamp}-L{k:05d}", k, len(big), [r]) for k, r in enumerate(big))
     return Plan(found=len(refs), skipped=len(refs) - len(todo) - len(big), jobs=jobs,
-                large_jobs=large_jobs, span=(t0, time.time()))
+                large_jobs=large_jobs, span=(t0, time.time()), not_listed=listing.skipped)
 
 
 def superseded_masks(image_ids, masks, recorded):

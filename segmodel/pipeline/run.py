@@ -16,6 +16,7 @@ from segmodel.pipeline.config import configure
 from segmodel.pipeline.large import process_large
 from segmodel.pipeline.plan import plan_run, run_stamp
 from segmodel.pipeline.shard import process_shard
+from segmodel.storage.io import describe_skipped
 from segmodel.storage.lease import Lease
 
 
@@ -30,12 +31,16 @@ def run(options):
     -------
     dict
         The run's summary (see :meth:`segmodel.pipeline.clock.RunMeter.summary`), plus
-        ``flagged`` and ``qc`` (see :func:`flag_outliers`).
+        ``flagged`` and ``qc`` (see :func:`flag_outliers`) and ``not_listed`` (what the
+        listing skipped: :attr:`segmodel.pipeline.plan.Plan.not_listed`).
 
     Raises
     ------
     FileNotFoundError
         No image under the input matches the patterns.
+    PermissionError, ConnectionError
+        The input cannot be listed or the output cannot be written (see
+        :func:`segmodel.pipeline.config.configure`).
     segmodel.storage.lease.OutputBusy
         Another run is writing to the same output.
     """
@@ -45,7 +50,7 @@ def run(options):
     with Lease(config.output, stamp):
         plan = plan_run(config, stamp)
         if plan.found == 0:
-            raise FileNotFoundError(no_images_message(options))
+            raise FileNotFoundError(no_images_message(options, plan.not_listed))
         meter.add_span(meter.start, plan.span[1])
         for job in plan.jobs:
             meter.add(process_shard(config, job))
@@ -55,22 +60,27 @@ def run(options):
         seconds = finalize(config, manifest(config, model, summary, stamp))
         found = flag_outliers(config, [j.name for j in plan.jobs])
     return {**summary, "finish_seconds": round(seconds + found.seconds, 3),
-            "flagged": len(found.flagged), "qc": found.counts}
+            "flagged": len(found.flagged), "qc": found.counts, "not_listed": plan.not_listed}
 
 
-def no_images_message(options):
-    """Say that a run found no image, naming the input and patterns.
+def no_images_message(options, not_listed=None):
+    """Say that a run found no image, naming the input, the patterns and what was skipped.
 
     Parameters
     ----------
     options : RunOptions
+    not_listed : dict, optional
+        What the listing skipped (:attr:`segmodel.pipeline.plan.Plan.not_listed`).
 
     Returns
     -------
     str
     """
-    return (f"no images under input={options.input!r} match patterns={list(options.patterns)}. "
-            "Check the path, or pass --pattern.")
+    text = f"no images under input={options.input!r} match patterns={list(options.patterns)}"
+    skipped = describe_skipped(not_listed or {})
+    if skipped:  # the links, not the patterns, may be why
+        return f"{text}; {skipped}"
+    return f"{text}. Check the path, or pass --pattern."
 
 
 def manifest(config, model, summary, stamp):

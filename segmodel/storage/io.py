@@ -4,10 +4,13 @@ This is the one module that calls :func:`fsspec.core.url_to_fs`; the rest of seg
 around a :class:`Store` (a file system plus a root path), which pickles cheaply.
 """
 
+import collections
 import contextlib
+import copy
 import errno
 import fnmatch
 import hashlib
+import heapq
 import json
 import os
 import posixpath
@@ -93,7 +96,7 @@ def _classify(exc):
     return None
 
 
-def retry(fn, *args, attempts=5, base_delay=0.2, max_delay=5.0, **kwargs):
+def retry(fn, *args, attempts=5, base_delay=0.2, max_delay=5.0, transient=None, **kwargs):
     """Call ``fn(*args, **kwargs)``, retrying transient errors with jittered exponential backoff.
 
     Parameters
@@ -107,6 +110,8 @@ def retry(fn, *args, attempts=5, base_delay=0.2, max_delay=5.0, **kwargs):
     base_delay, max_delay : float, optional
         Seconds before the first retry (default 0.2), doubled each time up to ``max_delay``
         (default 5.0), times a random factor in [0.5, 1.5).
+    transient : callable, optional
+        Tells whether an error is worth retrying (default :func:`is_transient`).
     **kwargs
         Keyword arguments of ``fn``.
 
@@ -121,11 +126,12 @@ def retry(fn, *args, attempts=5, base_delay=0.2, max_delay=5.0, **kwargs):
         The error of ``fn`` itself when it is not transient (see :func:`is_transient`) or the
         last attempt fails.
     """
+    transient = transient or is_transient
     for attempt in range(attempts):
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
-            if attempt == attempts - 1 or not is_transient(exc):
+            if attempt == attempts - 1 or not transient(exc):
                 raise
             delay = min(max_delay, base_delay * 2**attempt) * (0.5 + random.random())
             time.sleep(delay)
@@ -448,8 +454,9 @@ class Store:
 
         if _is_local(self.fs):
             return zarr.storage.LocalStore(path, read_only=True)
-        return zarr.storage.FsspecStore.from_url(self.uri(path), read_only=True,
-                                                 storage_options=dict(self.storage_options))
+        uri = self.uri(path)
+        return zarr.storage.FsspecStore.from_url(
+            uri, read_only=True, storage_options=with_client_defaults(uri, self.storage_options))
 
     def write_json(self, relpath, obj):
         """Write ``obj`` as indented, key-sorted JSON at ``relpath`` (atomically).
@@ -612,6 +619,205 @@ def check_url(url, parameter="url"):
         )
 
 
+#: The name of the empty file :func:`check_writable` writes (atomically) and deletes: hidden,
+#: so listings and tables never take it for output.
+PROBE_NAME = ".segflow-write-check-{}"
+
+#: Exception classes (by name) of a storage that cannot be reached at all: the connection
+#: is refused or times out, or the host name does not resolve (botocore, aiohttp, the OS).
+_UNREACHABLE_CLASSES = {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError",
+                        "ConnectionRefusedError", "gaierror"}
+_NO_CREDENTIALS_CLASSES = {"NoCredentialsError", "PartialCredentialsError"}
+_DENIED_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def check_readable(store, parameter="input"):
+    """List the root of ``store`` once, turning a refusal into a one-line error.
+
+    Object stores first get one small request (``info``), and a listing only where that is
+    refused or finds nothing; local folders are listed. Transient errors are retried; a storage
+    that cannot be reached is not.
+
+    Parameters
+    ----------
+    store : Store
+    parameter : str, optional
+        The name the error gives the URL (default ``"input"``).
+
+    Returns
+    -------
+    bool
+        True when the root exists, False when it does not.
+
+    Raises
+    ------
+    PermissionError
+        No credentials were found, or access is denied.
+    ConnectionError
+        The storage's endpoint cannot be reached.
+    """
+    try:
+        return _readable(store)
+    except Exception as exc:
+        problem = access_error(exc, parameter, store.url)
+        if problem is None:
+            raise
+        raise problem from exc
+
+
+def _readable(store):
+    """True when the root exists, False when not; the storage's error when it cannot be listed."""
+    if not _is_local(store.fs):  # some stores refuse a HEAD the listing would be allowed
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            _probe(store.fs.info, store.root)
+            return True
+    try:
+        _probe(store.fs.ls, store.root)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def check_writable(store, parameter="output"):
+    """Write and delete a small file under the root of ``store`` (see :data:`PROBE_NAME`).
+
+    Local folders the probe had to create are removed again, so nothing is left behind.
+
+    Parameters
+    ----------
+    store : Store
+    parameter : str, optional
+        The name the error gives the URL (default ``"output"``).
+
+    Raises
+    ------
+    PermissionError
+        The folder is not writable, no credentials were found, or access is denied.
+    ConnectionError
+        The storage's endpoint cannot be reached.
+    FileNotFoundError
+        The bucket does not exist.
+    ValueError
+        A file stands where the folder (or one of its parents) would be.
+    """
+    path = store.path(PROBE_NAME.format(uuid.uuid4().hex[:8]))
+    local = _is_local(store.fs)
+    created = _missing_folders(store.root) if local else []
+    try:  # object stores: one PUT, not write_atomic, whose own retries would wait on a dead host
+        _probe(write_atomic if local else _put, store.fs, path, b"")
+        _probe(store.fs.rm_file, path)
+    except Exception as exc:
+        problem = access_error(exc, parameter, store.url, bucket=store.container())
+        if problem is None:
+            raise
+        raise problem from exc
+    finally:
+        for folder in reversed(created):  # innermost first
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+
+
+def _probe(fn, *args):
+    """``fn(*args)``, retried on transient errors but not when the storage cannot be reached."""
+    return retry(fn, *args, attempts=3, transient=lambda e: is_transient(e) and not (
+        _in_chain(e, _UNREACHABLE_CLASSES) or _in_chain(e, _NO_CREDENTIALS_CLASSES)))
+
+
+def _put(fs, path, data):
+    fs.pipe_file(path, data)
+
+
+def _missing_folders(path):
+    """The local folders from the first missing ancestor of ``path`` down to ``path``."""
+    missing = []
+    while path and not os.path.lexists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        path = None if parent == path else parent
+    return missing[::-1]
+
+
+def _in_chain(exc, names):
+    """The first error in ``exc``'s chain of causes of a class (or base class) in ``names``."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if any(c.__name__ in names for c in type(exc).__mro__):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def access_error(exc, parameter, url, bucket=None):
+    """A one-line error for a storage that refuses access or cannot be reached, else None.
+
+    Parameters
+    ----------
+    exc : BaseException
+        The error caught; its chain of causes is inspected too.
+    parameter : {'input', 'output'}
+        Which of the run's URLs it is.
+    url : str
+        The URL, as the user gave it.
+    bucket : str, optional
+        The bucket of an object-store ``url``: a missing file is then a missing bucket.
+
+    Returns
+    -------
+    Exception or None
+        ``PermissionError`` (no credentials, access denied, not writable),
+        ``ConnectionError`` (unreachable), ``FileNotFoundError`` (no such bucket),
+        ``ValueError`` (a file in the way); None for any other error.
+    """
+    where = f"{parameter}={url!r}"
+    if (found := _in_chain(exc, _NO_CREDENTIALS_CLASSES)) is not None:
+        return PermissionError(
+            f"no credentials for {where} ({_first_line(found)}). Pass them in --storage-options "
+            "(e.g. {\"profile\": \"lab\"}; {\"anon\": true} for a public bucket) or the "
+            "environment (AWS_PROFILE, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY).")
+    if (found := _in_chain(exc, _UNREACHABLE_CLASSES)) is not None:
+        return ConnectionError(
+            f"cannot reach the storage of {where} ({_first_line(found)}). Check the URL, "
+            "endpoint_url in --storage-options and the network; a connection attempt gives up "
+            "after config_kwargs' connect_timeout (default 5 s) and retries (default 2).")
+    if _denied(exc):
+        return PermissionError(_denied_message(exc, where, url))
+    if isinstance(exc, FileNotFoundError) and bucket is not None:
+        return FileNotFoundError(f"output bucket not found: {bucket!r} ({where}). Create it, "
+                                 "or check the URL and --storage-options.")
+    if isinstance(exc, (NotADirectoryError, FileExistsError)):
+        return ValueError(f"{where} cannot be a folder: a file is in the way "
+                          f"({_first_line(exc)}). Choose another folder.")
+    return None
+
+
+def _denied(exc):
+    return isinstance(exc, PermissionError) or (
+        isinstance(exc, OSError) and exc.errno in _DENIED_ERRNOS)
+
+
+def _denied_message(exc, where, url):
+    protocol = split_protocol(url)[0]
+    if protocol not in (None, "file", "local"):
+        return (f"access denied to {where} ({_first_line(exc)}). Check the credentials "
+                "(--storage-options or the environment) and the bucket's permissions: segflow "
+                "lists the input, and writes and deletes files under the output.")
+    name = getattr(exc, "filename", None)
+    if name and PROBE_NAME.format("") in str(name):  # the folder, not the probe's name
+        name = os.path.dirname(name)
+    detail = f"{exc.strerror}: {name!r}" if name else exc
+    if where.startswith("output"):
+        return (f"{where} is not writable ({detail}). Fix the folder's permissions, or "
+                "choose a folder you can write to.")
+    return (f"{where} cannot be read ({detail}). Fix the folder's permissions, or run as a "
+            "user who can read it.")
+
+
+def _first_line(exc):
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
 def _missing_or_raise(read, path):
     """``read(path)``, or None where the file does not exist."""
     try:
@@ -648,13 +854,52 @@ def open_url(url, storage_options=None, *, parameter="url"):
     """
     check_url(url, parameter)
     try:
-        fs, path = url_to_fs(url, **(storage_options or {}))
+        fs, path = url_to_fs(url, **with_client_defaults(url, storage_options))
     except ImportError as exc:
         raise ValueError(
             f"{parameter}={url!r} needs a package that is not installed ({exc}). "
             f"Install it, e.g. pip install s3fs for s3:// or gcsfs for gs://."
         ) from exc
     return fs, path.rstrip("/") or path
+
+
+#: S3 client settings segflow gives where neither the storage options nor fsspec's configuration
+#: (``FSSPEC_S3``) set them: an endpoint that does not answer fails in seconds, not minutes.
+S3_CLIENT_DEFAULTS = {"connect_timeout": 5, "retries": {"max_attempts": 2}}
+
+
+def with_client_defaults(url, storage_options=None):
+    """The storage options of ``url`` with segflow's client defaults filled in.
+
+    For ``s3://``, ``config_kwargs`` (botocore's ``Config``) gets :data:`S3_CLIENT_DEFAULTS`
+    for each key that neither ``storage_options`` nor fsspec's configuration sets; other
+    schemes get the options unchanged.
+
+    Parameters
+    ----------
+    url : str
+        A local path or an fsspec URL.
+    storage_options : dict, optional
+        Options of the fsspec file system (default none); not modified.
+
+    Returns
+    -------
+    dict
+        A new dict of options.
+
+    Examples
+    --------
+    >>> with_client_defaults("s3://b/x", {"config_kwargs": {"connect_timeout": 1}})
+    {'config_kwargs': {'connect_timeout': 1, 'retries': {'max_attempts': 2}}}
+    """
+    options = dict(storage_options or {})
+    protocol = split_protocol(url)[0]
+    if protocol not in ("s3", "s3a"):
+        return options
+    configured = fsspec.config.conf.get("s3", {}).get("config_kwargs") or {}  # s3fs reads "s3"
+    options["config_kwargs"] = copy.deepcopy(  # botocore rewrites ``retries`` in place
+        {**S3_CLIENT_DEFAULTS, **configured, **(options.get("config_kwargs") or {})})
+    return options
 
 
 def write_atomic(fs, path, data):
@@ -695,20 +940,98 @@ def _is_local(fs):
     return "file" in _protocols(fs)
 
 
-def list_images(store, patterns=DEFAULT_PATTERNS):
-    """Images under the store's root matching ``patterns`` (case-insensitive), sorted by id.
+@dataclass(frozen=True)
+class Listing:
+    """The images under an input, and what the listing skipped.
 
-    A ``*.zarr`` folder (OME-Zarr) is one image; its size and fingerprint sum up its files.
+    Attributes
+    ----------
+    refs : list of ImageRef
+        Sorted by id.
+    skipped : dict
+        ``{reason: count}`` of what was not listed under a local folder (keys of
+        :data:`SKIPPED`); empty when nothing was, and always for object stores.
+    """
+
+    refs: list
+    skipped: dict
+
+
+#: Why a local listing left something out: ``{reason: (one, several)}``.
+SKIPPED = {
+    "outside": ("link leading outside the input", "links leading outside the input"),
+    "repeat": ("link to a folder already listed (a loop or a second link)",
+               "links to folders already listed (loops or second links)"),
+    "broken": ("broken link", "broken links"),
+    "unreadable": ("folder that cannot be read", "folders that cannot be read"),
+}
+
+
+def describe_skipped(skipped):
+    """One sentence saying what a listing skipped (see :class:`Listing`).
+
+    Parameters
+    ----------
+    skipped : dict
+        ``{reason: count}``, reasons among the keys of :data:`SKIPPED`.
+
+    Returns
+    -------
+    str
+        Empty when nothing was skipped.
+
+    Examples
+    --------
+    >>> describe_skipped({"broken": 1, "repeat": 2})
+    'skipped under the input: 2 links to folders already listed (loops or second links), 1 broken link.'
+    """  # noqa: E501
+    parts = []
+    for reason, (one, several) in SKIPPED.items():
+        n = skipped.get(reason, 0)
+        if n:
+            hint = " (--follow-external-links follows them)" if reason == "outside" else ""
+            parts.append(f"{n} {several if n != 1 else one}{hint}")
+    return f"skipped under the input: {', '.join(parts)}." if parts else ""
+
+
+def list_images(store, patterns=DEFAULT_PATTERNS, *, follow_external_links=False):
+    """Images under the store's root matching ``patterns``: :func:`scan_images`'s ``refs``.
 
     Parameters
     ----------
     store : Store
     patterns : sequence of str, optional
         Globs of names or relative paths (default :data:`DEFAULT_PATTERNS`).
+    follow_external_links : bool, optional
+        Also list files whose real path lies outside a local root (default False).
 
     Returns
     -------
     list of ImageRef
+    """
+    return scan_images(store, patterns, follow_external_links=follow_external_links).refs
+
+
+def scan_images(store, patterns=DEFAULT_PATTERNS, *, follow_external_links=False):
+    """Images under the store's root matching ``patterns`` (case-insensitive), sorted by id.
+
+    A ``*.zarr`` folder (OME-Zarr) is one image; its size and fingerprint sum up its files.
+    Under a local folder, symbolic links are followed where their real path stays inside the
+    root, each real folder listed once (a link to a folder already listed, such as a loop, is
+    skipped); a link leading outside the root is skipped unless ``follow_external_links``, and
+    a broken link or a folder that cannot be read is skipped. Object stores have no links.
+
+    Parameters
+    ----------
+    store : Store
+    patterns : sequence of str, optional
+        Globs of names or relative paths (default :data:`DEFAULT_PATTERNS`).
+    follow_external_links : bool, optional
+        Also follow links whose real path lies outside a local root (default False).
+
+    Returns
+    -------
+    Listing
 
     Raises
     ------
@@ -720,15 +1043,33 @@ def list_images(store, patterns=DEFAULT_PATTERNS):
         raise FileNotFoundError(
             f"input not found: {store.url!r}. Check the path or URL (and --storage-options)."
         )
-    if retry(store.fs.isfile, root):
-        infos = {root: retry(store.fs.info, root)}
-        base = posixpath.dirname(root)
-    else:
-        infos = retry(store.fs.find, root, detail=True)
-        base = root
-        if _zarr_name(root):
-            base = posixpath.dirname(root)
+    infos, base, skipped = _find(store, follow_external_links)
     pats = [p.lower() for p in patterns]
+    refs = []
+    for rel, (path, info) in _group_zarrs(infos, base).items():
+        name = posixpath.basename(rel)
+        if name.startswith(".") or not any(fnmatch.fnmatch(rel.lower(), p) or
+                                           fnmatch.fnmatch(name.lower(), p) for p in pats):
+            continue
+        refs.append(ImageRef(rel, path, store.uri(path), int(info.get("size") or 0),
+                             _fingerprint(info)))
+    return Listing(sorted(refs, key=lambda r: r.image_id), skipped)
+
+
+def _find(store, follow_external):
+    """``({path: info}, base, skipped)``: the files under the root, and the folder ids start in."""
+    root, fs = store.root, store.fs
+    if retry(fs.isfile, root):
+        return {root: retry(fs.info, root)}, posixpath.dirname(root), {}
+    base = posixpath.dirname(root) if _zarr_name(root) else root
+    if _is_local(fs):
+        infos, skipped = _LocalWalk(fs, root, follow_external).run()
+        return infos, base, skipped
+    return retry(fs.find, root, detail=True), base, {}
+
+
+def _group_zarrs(infos, base):
+    """``{id: (path, info)}``: each file, but the files of an OME-Zarr folder as that folder."""
     entries, zarrs = {}, {}
     for path, info in infos.items():
         rel = posixpath.relpath(path, base) if base else path
@@ -746,15 +1087,70 @@ def list_images(store, patterns=DEFAULT_PATTERNS):
             files, key=lambda f: f[0]))
         entries[zrel] = (path, {"size": size,
                                 "digest": hashlib.sha1(prints.encode()).hexdigest()})
-    refs = []
-    for rel, (path, info) in entries.items():
-        name = posixpath.basename(rel)
-        if name.startswith(".") or not any(fnmatch.fnmatch(rel.lower(), p) or
-                                           fnmatch.fnmatch(name.lower(), p) for p in pats):
-            continue
-        refs.append(ImageRef(rel, path, store.uri(path), int(info.get("size") or 0),
-                             _fingerprint(info)))
-    return sorted(refs, key=lambda r: r.image_id)
+    return entries
+
+
+class _LocalWalk:
+    """The files under a local folder, following symbolic links as :func:`scan_images` says.
+
+    Real folders are listed before links to folders, so a folder reached both ways keeps its
+    own path; every real folder is listed once (loop protection by real path).
+    """
+
+    def __init__(self, fs, root, follow_external):
+        self.fs, self.root, self.follow_external = fs, root, follow_external
+        self.top = os.path.realpath(root)
+        self.infos, self.skipped, self.seen = {}, collections.Counter(), {self.top}
+        self.folders, self.links = collections.deque([(root, self.top)]), []
+
+    def run(self):
+        """``({path: info}, {reason: count})`` of the files and of what was skipped."""
+        while self.folders or self.links:
+            if self.folders:
+                self._list(*self.folders.popleft())
+            else:
+                self._enter(heapq.heappop(self.links))
+        return self.infos, dict(self.skipped)
+
+    def _list(self, path, real):
+        try:
+            entries = sorted(self.fs.ls(path, detail=True), key=lambda i: i["name"])
+        except PermissionError:
+            if path == self.root:
+                raise
+            self.skipped["unreadable"] += 1
+            return
+        for info in entries:
+            name = info["name"]
+            if info.get("islink"):
+                self._link(name)
+            elif info["type"] == "directory":
+                self._enter(name, posixpath.join(real, posixpath.basename(name)))
+            else:
+                self.infos[name] = info
+
+    def _link(self, path):
+        real = os.path.realpath(path)
+        if not os.path.exists(real):
+            self.skipped["broken"] += 1
+        elif not (self.follow_external or _inside(real, self.top)):
+            self.skipped["outside"] += 1
+        elif os.path.isdir(real):
+            heapq.heappush(self.links, path)  # after the real folders
+        else:
+            self.infos[path] = self.fs.info(path)  # the target's size and times
+
+    def _enter(self, path, real=None):
+        real = real or os.path.realpath(path)
+        if real in self.seen:
+            self.skipped["repeat"] += 1
+        else:
+            self.seen.add(real)
+            self.folders.append((path, real))
+
+
+def _inside(real, top):
+    return real == top or real.startswith(top.rstrip("/") + "/")
 
 
 def _zarr_name(path):
