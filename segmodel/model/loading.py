@@ -161,10 +161,9 @@ class LoadedModel:
         an accelerator costs nearly the same for any batch up to its width) batches keep one
         fixed shape. True with OpenVINO, whose CPU runtime takes any batch size.
         """
-        import keras
-
         if self.engine == "openvino":
             return True
+        import keras
 
         return keras.backend.backend() == "tensorflow"
 

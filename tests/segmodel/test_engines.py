@@ -109,3 +109,33 @@ def _tile(path):
 def test_the_precision_is_named_as_openvino_names_it():
     assert load_model(engine="openvino").precision in ("bf16", "f16", "f32")
     assert load_model(engine="keras").precision == "f32"
+
+
+def test_the_shipped_model_fits_its_spec_so_runs_may_skip_the_check():
+    from segmodel.model.bundle import check_model
+    from segmodel.model.loading import DEFAULT_MODEL, spec_path
+
+    model = load_model()
+    assert model.path == str(DEFAULT_MODEL)
+    assert check_model(model.keras_model, model.spec, str(spec_path(model.path))) == []
+
+
+def test_a_run_on_a_cached_conversion_never_loads_tensorflow(cache, tmp_path):
+    """The first run converts (Keras and TensorFlow load); the next, in a new process, does not."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import SAMPLES
+
+    script = ("import sys; from segmodel.api import run; "
+              f"s = run({str(SAMPLES)!r}, sys.argv[1], shard_size=4); "
+              "print(json.dumps([s['images'], 'tensorflow' in sys.modules, 'keras' in sys.modules]))")
+    env = {**__import__("os").environ, "SEGFLOW_CACHE_DIR": str(cache)}
+    seen = []
+    for out in ("first", "second"):
+        proc = subprocess.run([sys.executable, "-c", "import json; " + script,
+                               str(tmp_path / out)], capture_output=True, text=True, env=env,
+                              check=True, timeout=300)
+        seen.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert seen == [[8, True, True], [8, False, False]]
