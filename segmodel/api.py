@@ -14,7 +14,7 @@ from segmodel.inference.measure import measure_intensities, measure_objects
 from segmodel.inference.passes import (
     AUTO,
     ModelCalls,
-    default_tiling,
+    model_tiling,
     predict_labels,
     prepare,
     resolve_model,
@@ -40,7 +40,9 @@ def segment_many(images, model=None, *, scale=AUTO, batch_size=8, tiling=None, t
     batch_size : int, optional
         Tiles per model call.
     tiling : Tiling, optional
-        Default: the model's own tile size and overlap.
+        Default: the model's own tile size and overlap, and twice the tile size for images it
+        covers computing fewer pixels (as ``segflow run`` tiles; see
+        :func:`segmodel.inference.passes.model_tiling`).
     tta : bool, optional
         Test-time augmentation: average the model's maps over the four flips of each tile
         (four times the model calls).
@@ -53,7 +55,7 @@ def segment_many(images, model=None, *, scale=AUTO, batch_size=8, tiling=None, t
     lm = resolve_model(model)
     scale = validate_scale(scale)
     if tiling is None:
-        tiling = default_tiling(lm.spec)
+        tiling = model_tiling(lm)
     else:
         tiling.validate(lm.spec.divisor)
     images = [np.asarray(im) for im in images]

@@ -10,6 +10,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -27,8 +28,8 @@ from segmodel.inference.preprocess import (
     to_channels,
 )
 from segmodel.inference.workers import CpuPool
-from segmodel.model.bundle import n_outputs, normalize
-from segmodel.model.loading import LoadedModel, load_model
+from segmodel.model.bundle import n_outputs, normalize, takes_any_size
+from segmodel.model.loading import DEFAULT_MODEL, LoadedModel, load_model
 
 
 @dataclass(frozen=True)
@@ -418,7 +419,7 @@ class _NotedLock:
         return self.lock.__exit__(*exc)
 
 
-def default_tiling(spec, tile=None, overlap=None):
+def default_tiling(spec, tile=None, overlap=None, *, large=False):
     """The model's tiling, with optional overrides, validated against the model's divisor.
 
     Parameters
@@ -429,6 +430,10 @@ def default_tiling(spec, tile=None, overlap=None):
         Tile size in pixels (default: the spec's).
     overlap : int, optional
         Overlap in pixels (default: the spec's).
+    large : bool, optional
+        Add twice the spec's tile as a larger tile size for the images it covers computing fewer
+        pixels (see :class:`Tiling`), unless ``tile`` is given (default False). Only for models
+        that take any input size.
 
     Returns
     -------
@@ -439,6 +444,33 @@ def default_tiling(spec, tile=None, overlap=None):
     ValueError
         If the tile or overlap does not fit the model (see :meth:`Tiling.validate`).
     """
-    tiling = Tiling(tile or spec.tile, spec.overlap if overlap is None else overlap)
+    tiling = Tiling(tile or spec.tile, spec.overlap if overlap is None else overlap,
+                    2 * spec.tile if large and tile is None else 0)
     tiling.validate(spec.divisor)
     return tiling
+
+
+def model_tiling(lm, tile=None):
+    """The tiling a run uses for ``lm``: larger tiles for large images unless ``tile`` is set.
+
+    Larger tiles need a model that takes any input size: the shipped model does; another is
+    asked (this loads it in Keras).
+
+    Parameters
+    ----------
+    lm : LoadedModel
+    tile : int, optional
+        A fixed tile size (no larger tiles). Default: the model's, and twice it for large images.
+
+    Returns
+    -------
+    Tiling
+
+    Raises
+    ------
+    ValueError
+        If the tile does not fit the model (see :meth:`Tiling.validate`).
+    """
+    flexible = tile is None and (Path(lm.path) == DEFAULT_MODEL or takes_any_size(
+        lm.keras_model, lm.spec))
+    return default_tiling(lm.spec, tile, large=flexible)

@@ -17,7 +17,10 @@ def predict_maps(predict_batch, images, *, tiling=Tiling(), batch_size=8, n_out=
     overlap, grouped into batches of exactly ``batch_size`` (the last padded with zeros, or cut
     to its tiles with ``exact_last``), passed to ``predict_batch`` and stitched back: each
     pixel is taken from a tile that saw at least ``tiling.overlap`` pixels of context around
-    it (see :func:`segmodel.inference.preprocess.owned_region`).
+    it (see :func:`segmodel.inference.preprocess.owned_region`). Where ``tiling.large`` is set,
+    the images it suits (:meth:`~segmodel.inference.preprocess.Tiling.for_shape`) are cut at
+    that size instead, in batches of their own holding about as many pixels (``batch_size``
+    scaled by the tiles' area ratio, at least 1): two fixed batch shapes.
 
     Parameters
     ----------
@@ -26,7 +29,8 @@ def predict_maps(predict_batch, images, *, tiling=Tiling(), batch_size=8, n_out=
     images : list of (H, W, C) ndarray
         Normalised float32 images.
     tiling : Tiling, optional
-        Tile size and overlap (default ``Tiling()``: 256 and 32).
+        Tile size, overlap and the larger tile size, if any (default ``Tiling()``: 256 and 32,
+        no larger size).
     batch_size : int, optional
         Tiles per model call (default 8).
     n_out : int, optional
@@ -58,16 +62,20 @@ def predict_maps(predict_batch, images, *, tiling=Tiling(), batch_size=8, n_out=
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
-    jobs = [(i, o) for i, img in enumerate(images) for o in tile_origins(img.shape, tiling)]
+    classes = [tiling.for_shape(img.shape) for img in images]
     maps = [np.empty(img.shape[:2] + (n_out,), np.float32) for img in images]
-    queued = deque()  # (tiles, future) of submitted batches, oldest first
+    queued = deque()  # (tiling, tiles, future) of submitted batches, oldest first
     with lock if lock is not None else contextlib.nullcontext():
-        for chunk, batch in _batches(images, jobs, tiling.tile, batch_size, exact_last):
-            queued.append((chunk, (submit or _run_here)(predict_batch, batch)))
-            if len(queued) > 1:  # one batch stays queued behind the one the model is running
-                _stitch(maps, images, tiling, *queued.popleft())
+        for tl in sorted(set(classes), key=lambda c: c.tile):
+            jobs = [(i, o) for i, img in enumerate(images) if classes[i] == tl
+                    for o in tile_origins(img.shape, tl)]
+            size = max(1, batch_size * tiling.tile ** 2 // tl.tile ** 2)
+            for chunk, batch in _batches(images, jobs, tl.tile, size, exact_last):
+                queued.append((tl, chunk, (submit or _run_here)(predict_batch, batch)))
+                if len(queued) > 1:  # one batch stays queued behind the one the model runs
+                    _stitch(maps, images, *queued.popleft())
     while queued:
-        _stitch(maps, images, tiling, *queued.popleft())
+        _stitch(maps, images, *queued.popleft())
     return maps
 
 

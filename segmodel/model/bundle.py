@@ -199,6 +199,24 @@ def check_model(keras_model, spec, source):
             + _tiling_errors(keras_model, ishape, spec, source))
 
 
+def takes_any_size(keras_model, spec):
+    """Whether the model's input takes any height and width (both spatial sizes are None).
+
+    Parameters
+    ----------
+    keras_model : keras.Model
+    spec : ModelSpec
+        Gives the axes.
+
+    Returns
+    -------
+    bool
+    """
+    shape = tuple(keras_model.inputs[0].shape)
+    spatial = shape[2:] if spec.axes == "CYX" else shape[1:3]
+    return len(shape) == 4 and all(d is None for d in spatial)
+
+
 def _channel_errors(ishape, oshape, spec, source):
     """Problems with the model's input channels and its output maps."""
     errors = []

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from segmodel.inference import autoscale
-from segmodel.inference.passes import default_tiling
+from segmodel.inference.passes import model_tiling
+from segmodel.inference.preprocess import Tiling
 from segmodel.model.bundle import check_model
 from segmodel.model.engines import EngineError
 from segmodel.model.loading import DEFAULT_MODEL, load_model, spec_path
@@ -36,6 +37,9 @@ class RunConfig:
         :mod:`segmodel.model.engines`).
     tile, overlap : int
         The tiling, checked against the model's divisor.
+    large_tile : int
+        The larger tile size for the images it covers computing fewer pixels, or 0 (``tile``
+        alone: the option ``tile_size`` set, or a model with a fixed input size).
     config_key : str
         16 hex digits over everything that changes an image's result (model fingerprint, scale
         rule, tiling, mask format, input choices); an image recorded under another key is redone.
@@ -48,7 +52,12 @@ class RunConfig:
     engine: str
     tile: int
     overlap: int
+    large_tile: int
     config_key: str
+
+    def tiling(self):
+        """The run's :class:`~segmodel.inference.preprocess.Tiling`."""
+        return Tiling(self.tile, self.overlap, self.large_tile)
 
     def load_model(self):
         """The run's model on its engine, loaded once per process (cached by ``load_model``)."""
@@ -103,10 +112,10 @@ def configure(options):
         model.keras_model, model.spec, str(spec_path(model.path)))
     if problems:  # a bundle whose spec does not fit its model: say so before any work
         raise ValueError("; ".join(problems) + f" (check with: segflow model inspect {model.path})")
-    tiling = default_tiling(model.spec, options.tile_size)
+    tiling = model_tiling(model, options.tile_size)
     config = RunConfig(
         options=options, input=source, output=target, model_path=model.path,
-        engine=model.engine, tile=tiling.tile, overlap=tiling.overlap,
+        engine=model.engine, tile=tiling.tile, overlap=tiling.overlap, large_tile=tiling.large,
         config_key=config_key(options, model, tiling))
     return config, model
 
@@ -138,7 +147,8 @@ def config_key(options, model, tiling):
     scale = [options.scale, repr(autoscale.DEFAULT)] if options.scale == "auto" else [
         options.scale]
     engine = [f"openvino-{model.precision}"] if model.engine == "openvino" else []
-    key = json.dumps([model.fingerprint, *scale, tiling.tile, tiling.overlap,
+    large = [{"large_tile": tiling.large}] if tiling.large else []
+    key = json.dumps([model.fingerprint, *scale, tiling.tile, tiling.overlap, *large,
                       options.mask_format, options.max_pixels]
                      + ([True] if options.tta else []) + _input_key(options)
                      + ([options.outlines] if options.outlines != "none" else []) + engine)

@@ -13,7 +13,7 @@ import time
 
 from segmodel.inference import blockwise
 from segmodel.inference.measure import with_area_um2
-from segmodel.inference.preprocess import ImageDecodeError, Tiling
+from segmodel.inference.preprocess import ImageDecodeError
 from segmodel.pipeline import outputs, runtime
 from segmodel.pipeline.plan import ShardResult
 from segmodel.pipeline.rows import Segmented, failure_row, image_row
@@ -97,7 +97,7 @@ def _segment(config, job, ref, model):
             scale, estimate = _scale(config, regions, model)
             run = blockwise.BlockRun(
                 regions, model, image_id=ref.image_id, scale=scale,
-                tiling=Tiling(config.tile, config.overlap), batch_size=o.batch_size,
+                tiling=config.tiling(), batch_size=o.batch_size,
                 blocks=blockwise.Blocks(block=o.block_size), lock=runtime.model_lock())
             _write_labels(local, regions, run, model, ref, zarr_out)
         if zarr_out:
@@ -135,7 +135,7 @@ def _scale(config, regions, model):
     if config.options.scale != "auto":
         return config.options.scale, None
     estimate = blockwise.estimate_scale(
-        regions, model, tiling=Tiling(config.tile, config.overlap),
+        regions, model, tiling=config.tiling(),
         batch_size=config.options.batch_size, lock=runtime.model_lock())
     return (estimate.scale if estimate is not None else 1.0), estimate
 

@@ -16,7 +16,7 @@ import pandas as pd
 from segmodel.inference.heads import class_rows, object_labels
 from segmodel.inference.measure import ObjectPixels, measure_objects, with_area_um2
 from segmodel.inference.passes import ModelCalls, predict_labels, prepare
-from segmodel.inference.preprocess import MAX_PIXELS, ImageDecodeError, Tiling
+from segmodel.inference.preprocess import MAX_PIXELS, ImageDecodeError
 from segmodel.inference.workers import CpuPool
 from segmodel.pipeline import outputs, qc, runtime
 from segmodel.pipeline.plan import ShardResult
@@ -162,7 +162,7 @@ def segment_shard(model, items, config, *, pool=None, model_thread=None):
         return items
     spent = {}
     labels, prepared = predict_labels(
-        model, [it.prepared for it in live], Tiling(config.tile, config.overlap),
+        model, [it.prepared for it in live], config.tiling(),
         auto=config.options.scale == "auto", calls=ModelCalls(
             batch_size=config.options.batch_size, tta=config.options.tta,
             lock=runtime.model_lock(), on_error=lambda i, exc: _fail(live[i], "postprocess", exc),

@@ -139,3 +139,26 @@ def test_a_run_on_a_cached_conversion_never_loads_tensorflow(cache, tmp_path):
                               check=True, timeout=300)
         seen.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     assert seen == [[8, True, True], [8, False, False]]
+
+
+@pytest.mark.parametrize("engine", ["keras", "openvino"])
+def test_large_tiles_find_the_same_nuclei_as_small_ones(samples, engine):
+    """A 2080x2784 mosaic of a real 520x696 sample: 512 px tiles (the run's choice for it)
+    against 256 px tiles only, on each engine: the same nuclei, seams included."""
+    path = next(p for p, r in samples if r["height"] == "520")
+    image = np.tile(np.asarray(Image.open(path)), (4, 4, 1))
+    model = load_model(engine=engine)
+    assert Tiling(256, 32, 512).for_shape(image.shape).tile == 512
+    small = segment_many([image], model=model, tiling=Tiling(256, 32), scale=1.0)[0]
+    large = segment_many([image], model=model, tiling=Tiling(256, 32, 512), scale=1.0)[0]
+    best = iou_matrix(small, large).max(axis=1)
+    assert small.max() > 500 and abs(int(large.max()) - int(small.max())) <= 0.01 * small.max()
+    assert (best >= 0.9).mean() >= 0.98, f"{(best < 0.9).sum()} of {len(best)} objects changed"
+
+
+def test_runs_tile_large_images_large_unless_the_tile_size_is_set():
+    from segmodel.inference.passes import model_tiling
+
+    model = load_model()
+    assert model_tiling(model) == Tiling(256, 32, 512)
+    assert model_tiling(model, 256) == Tiling(256, 32)

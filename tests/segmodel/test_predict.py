@@ -145,3 +145,21 @@ def test_a_model_error_reaches_the_caller():
     with pytest.raises(RuntimeError, match="model failed"):
         predict_maps(broken, [np.ones((40, 40, 3), np.float32)], tiling=Tiling(32, 8),
                      submit=ModelThread().submit)
+
+
+def test_large_images_get_large_tiles_in_batches_of_their_own_with_the_same_maps():
+    """Two tile classes: the large image's tiles come in their own fixed-shape batches holding
+    about as many pixels, and stitching is exact for both."""
+    rng = np.random.default_rng(3)
+    images = [rng.random((300, 280, 3), dtype=np.float32),   # small tiles compute fewer pixels
+              rng.random((1100, 900, 3), dtype=np.float32),  # large tiles do
+              rng.random((40, 60, 3), dtype=np.float32)]
+    tiling = Tiling(64, 8, 128)
+    assert [tiling.for_shape(im.shape).tile for im in images] == [64, 128, 64]
+    predictor = Doubler()
+    maps = predict_maps(predictor, images, tiling=tiling, batch_size=8)
+    for image, m in zip(images, maps):
+        np.testing.assert_allclose(m, image * 2, rtol=1e-5, atol=1e-5)
+    assert set(predictor.shapes) == {(8, 64, 64, 3), (2, 128, 128, 3)}
+    large_calls = [s for s in predictor.shapes if s[1] == 128]
+    assert len(large_calls) == -(-len(tile_origins(images[1].shape, Tiling(128, 8))) // 2)

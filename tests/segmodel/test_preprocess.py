@@ -255,3 +255,28 @@ def test_percentiles_of_strided_8_bit_views_equal_numpy():
             expected = np.percentile(view.astype(np.float32), [0.5, 1, 50, 99.8])
             np.testing.assert_allclose(_percentiles(view, [0.5, 1, 50, 99.8]), expected,
                                        rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape, chosen", [
+    ((2048, 2048), 512),  # 121 tiles of 256 (7.9 MP computed) or 25 of 512 (6.6 MP)
+    ((1040, 1388), 512),  # 42 of 256 (2.8 MP) or 9 of 512 (2.4 MP)
+    ((520, 696), 256),    # 12 of 256 (0.8 MP) or 4 of 512 (1.0 MP)
+    ((256, 320), 256),
+    ((100, 100), 256),
+])
+def test_the_large_tile_is_used_where_it_computes_fewer_pixels(shape, chosen):
+    from segmodel.inference.preprocess import computed_pixels
+
+    tiling = Tiling(256, 32, 512)
+    assert tiling.for_shape(shape) == Tiling(chosen, 32)
+    small, large = computed_pixels(shape, Tiling(256, 32)), computed_pixels(shape, Tiling(512, 32))
+    assert (large < small) == (chosen == 512)
+    assert Tiling(256, 32).for_shape(shape) == Tiling(256, 32)  # no large size: one class
+
+
+def test_a_large_tile_that_does_not_fit_the_model_is_refused():
+    with pytest.raises(ValueError, match="large must be 0 or a multiple of 16 above tile_size. "
+                                         "Received: large=500 with tile_size=256"):
+        Tiling(256, 32, 500).validate(16)
+    with pytest.raises(ValueError, match="Received: large=256 with tile_size=256"):
+        Tiling(256, 32, 256).validate(16)
