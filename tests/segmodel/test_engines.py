@@ -130,7 +130,8 @@ def test_a_run_on_a_cached_conversion_never_loads_tensorflow(cache, tmp_path):
 
     script = ("import sys; from segmodel.api import run; "
               f"s = run({str(SAMPLES)!r}, sys.argv[1], shard_size=4); "
-              "print(json.dumps([s['images'], 'tensorflow' in sys.modules, 'keras' in sys.modules]))")
+              "print(json.dumps([s['images'], 'tensorflow' in sys.modules, "
+              "'keras' in sys.modules]))")
     env = {**__import__("os").environ, "SEGFLOW_CACHE_DIR": str(cache)}
     seen = []
     for out in ("first", "second"):
