@@ -50,7 +50,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from segmodel.inference.passes import default_tiling, prepare
+from segmodel.inference.passes import model_tiling, prepare
 from segmodel.inference.preprocess import decode_image, extract_tile, tile_origins
 from segmodel.model.loading import load_model
 from segmodel.pipeline.clock import STAGES
@@ -94,35 +94,47 @@ def mosaics(data_dir, count, folder, side=2048, piece=256):
     return made
 
 
-def raw_throughput(paths, batch_size, shard_size, engine="keras", warmup=2):
+def raw_throughput(paths, batch_size, shard_size, engine="keras", tile_size=None):
     """Tiles, seconds and CPU seconds (this process) of ``predict`` alone on preloaded batches.
 
     Batches are cut as the pipeline cuts them: the tiles of each shard of ``shard_size``
-    images in ``batch_size`` tiles each, a shard's last batch padded, or cut to its tiles where
-    the model takes any batch size (the warm-up then traces both).
+    images, each image at its tile size (the run's tiling, ``model_tiling``: large images in
+    larger tiles unless ``tile_size`` fixes one), in ``batch_size`` tiles each (fewer larger
+    ones), a shard's last batch padded, or cut to its tiles where the model takes any batch
+    size. Every batch shape is called once before the timing.
     """
     model = load_model(engine=engine)
-    tiling = default_tiling(model.spec)
+    tiling = model_tiling(model, tile_size)
     n, batches = 0, []
     for first in range(0, len(paths), shard_size):
-        tiles = []
+        by_size = {}
         for path in paths[first : first + shard_size]:
             x = prepare(decode_image(path.read_bytes(), name=path.name), model.spec).x
-            tiles.extend(extract_tile(x, o, tiling.tile) for o in tile_origins(x.shape, tiling))
-        n += len(tiles)
-        for start in range(0, len(tiles), batch_size):
-            chunk = tiles[start : start + batch_size]
-            size = len(chunk) if model.any_batch_size else batch_size
-            batch = np.zeros((size,) + tiles[0].shape, np.float32)
-            batch[: len(chunk)] = chunk
-            batches.append(batch)
-    del tiles
-    for batch in batches[:warmup] + batches[-1:]:
+            tl = tiling.for_shape(x.shape)
+            by_size.setdefault(tl.tile, []).extend(
+                extract_tile(x, o, tl.tile) for o in tile_origins(x.shape, tl))
+        for tile, tiles in by_size.items():
+            n += len(tiles)
+            batches += _batches(tiles, max(1, batch_size * tiling.tile ** 2 // tile ** 2),
+                                model.any_batch_size)
+    for batch in {b.shape: b for b in batches}.values():
         model.predict_batch(batch)
     t0, cpu0 = time.perf_counter(), time.process_time()
     for batch in batches:
         model.predict_batch(batch)
     return n, time.perf_counter() - t0, time.process_time() - cpu0
+
+
+def _batches(tiles, batch_size, exact_last):
+    """``tiles`` in batches of ``batch_size``, the last padded unless ``exact_last``."""
+    batches = []
+    for start in range(0, len(tiles), batch_size):
+        chunk = tiles[start : start + batch_size]
+        batch = np.zeros((len(chunk) if exact_last else batch_size,) + tiles[0].shape,
+                         np.float32)
+        batch[: len(chunk)] = chunk
+        batches.append(batch)
+    return batches
 
 
 def end_to_end(input_dir, output_dir, shard_size, batch_size, extra=()):
@@ -246,16 +258,18 @@ def measure(args, paths, src, tmp):
     Returns the tile count and, per ``(engine, cpu_workers)``, the rows of
     :func:`repeats_table`: ``(run, raw before, raw after, wall, counts)``.
     """
-    raws = {e: [raw_throughput(paths, args.batch_size, args.shard_size, e)]
+    raws = {e: [raw_throughput(paths, args.batch_size, args.shard_size, e, args.tile_size)]
             for e in args.engines}
     runs = {(e, n): [] for e in args.engines for n in args.cpu_workers}
+    tile = ("--tile-size", str(args.tile_size)) if args.tile_size else ()
     for r in range(1, args.repeat + 1):
         done = {(e, n): end_to_end(src, Path(tmp) / f"out-{e}-{n}-{r}", args.shard_size,
                                    args.batch_size, ("--cpu-workers", str(n), "--engine", e,
-                                                     "--scale", args.scale))
+                                                     "--scale", args.scale, *tile))
                 for e in args.engines for n in args.cpu_workers}
         for e in args.engines:
-            raws[e].append(raw_throughput(paths, args.batch_size, args.shard_size, e))
+            raws[e].append(raw_throughput(paths, args.batch_size, args.shard_size, e,
+                                          args.tile_size))
         for (e, n), (wall, counts) in done.items():
             (_, before, cpu0), (_, after, cpu1) = raws[e][-2:]
             runs[(e, n)].append((r, before, after, wall, {**counts, "raw_cpu": (cpu0 + cpu1) / 2}))
@@ -300,6 +314,9 @@ def main(argv=None):
     p.add_argument("--scale", default="1",
                    help="--scale of the end-to-end runs (default 1: the raw measurement's; "
                         "'auto' adds the automatic scale's extra passes to the flow only)")
+    p.add_argument("--tile-size", type=int, default=None,
+                   help="one tile size for every image (default: the run's, larger tiles for "
+                        "large images)")
     p.add_argument("--mosaic", type=int, default=0,
                    help="measure N images of 2048x2048 assembled from 64 real 256x256 ones "
                         "each, instead of the set's own images (default 0: off)")
@@ -340,7 +357,8 @@ def main(argv=None):
     header = (f"# python benchmarks/throughput.py {images} --shard-size "
               f"{args.shard_size} --batch-size {args.batch_size} --cpu-workers {workers}"
               f" --engines {' '.join(args.engines)} --scale {args.scale}"
-              f"{repeat}  ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores, "
+              + (f" --tile-size {args.tile_size}" if args.tile_size else "")
+              + f"{repeat}  ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores, "
               f"{accelerator(backend)}, Keras backend {backend})")
     print(header + "\n" + text)
     if args.save:

@@ -66,17 +66,28 @@ def predict_maps(predict_batch, images, *, tiling=Tiling(), batch_size=8, n_out=
     maps = [np.empty(img.shape[:2] + (n_out,), np.float32) for img in images]
     queued = deque()  # (tiling, tiles, future) of submitted batches, oldest first
     with lock if lock is not None else contextlib.nullcontext():
-        for tl in sorted(set(classes), key=lambda c: c.tile):
-            jobs = [(i, o) for i, img in enumerate(images) if classes[i] == tl
-                    for o in tile_origins(img.shape, tl)]
-            size = max(1, batch_size * tiling.tile ** 2 // tl.tile ** 2)
-            for chunk, batch in _batches(images, jobs, tl.tile, size, exact_last):
-                queued.append((tl, chunk, (submit or _run_here)(predict_batch, batch)))
-                if len(queued) > 1:  # one batch stays queued behind the one the model runs
-                    _stitch(maps, images, *queued.popleft())
+        for tl, chunk, batch in _class_batches(images, classes, tiling.tile, batch_size,
+                                               exact_last):
+            queued.append((tl, chunk, (submit or _run_here)(predict_batch, batch)))
+            if len(queued) > 1:  # one batch stays queued behind the one the model is running
+                _stitch(maps, images, *queued.popleft())
     while queued:
         _stitch(maps, images, *queued.popleft())
     return maps
+
+
+def _class_batches(images, classes, tile, batch_size, exact_last):
+    """``(tiling, tiles, batch)`` of each tile class in turn, smaller tiles first.
+
+    A class of larger tiles than ``tile`` gets batches of about as many pixels: ``batch_size``
+    scaled by the area ratio, at least 1.
+    """
+    for tl in sorted(set(classes), key=lambda c: c.tile):
+        jobs = [(i, o) for i, img in enumerate(images) if classes[i] == tl
+                for o in tile_origins(img.shape, tl)]
+        size = max(1, batch_size * tile ** 2 // tl.tile ** 2)
+        for chunk, batch in _batches(images, jobs, tl.tile, size, exact_last):
+            yield tl, chunk, batch
 
 
 def _batches(images, jobs, t, batch_size, exact_last):

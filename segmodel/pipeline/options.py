@@ -44,8 +44,9 @@ class RunOptions(BaseModel):
         "images whose nuclei lie outside the model's working range) or a resize factor to the "
         "model's scale (1.0 = as is).")
     tta: bool = Field(False, description="Average the model over four flips (4x the compute).")
-    tile_size: Optional[int] = Field(None, ge=1, description="Tile edge in pixels, a "
-                                     "multiple of 16 and 80 or more (default: the model's, 256).")
+    tile_size: Optional[int] = Field(None, ge=1, description=(
+        "Tile edge in pixels for every image, a multiple of 16 and 80 or more (default: the "
+        "model's, 256, and twice it for the large images it covers computing fewer pixels)."))
     mask_format: Literal["tif", "png", "ome-zarr"] = Field(
         "tif", description="Label mask format: 'ome-zarr' writes OME-Zarr (NGFF 0.4) labels with "
         "a pyramid beside the image, for napari.")
