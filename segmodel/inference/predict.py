@@ -17,10 +17,8 @@ def predict_maps(predict_batch, images, *, tiling=Tiling(), batch_size=8, n_out=
     overlap, grouped into batches of exactly ``batch_size`` (the last padded with zeros, or cut
     to its tiles with ``exact_last``), passed to ``predict_batch`` and stitched back: each
     pixel is taken from a tile that saw at least ``tiling.overlap`` pixels of context around
-    it (see :func:`segmodel.inference.preprocess.owned_region`). Where ``tiling.large`` is set,
-    the images it suits (:meth:`~segmodel.inference.preprocess.Tiling.for_shape`) are cut at
-    that size instead, in batches of their own holding about as many pixels (``batch_size``
-    scaled by the tiles' area ratio, at least 1): two fixed batch shapes.
+    it (see :func:`segmodel.inference.preprocess.owned_region`). Images that suit
+    ``tiling.large`` (``Tiling.for_shape``) get those tiles, in batches of as many pixels.
 
     Parameters
     ----------
@@ -29,8 +27,7 @@ def predict_maps(predict_batch, images, *, tiling=Tiling(), batch_size=8, n_out=
     images : list of (H, W, C) ndarray
         Normalised float32 images.
     tiling : Tiling, optional
-        Tile size, overlap and the larger tile size, if any (default ``Tiling()``: 256 and 32,
-        no larger size).
+        Tile size, overlap, larger size (default ``Tiling()``: 256, 32, none).
     batch_size : int, optional
         Tiles per model call (default 8).
     n_out : int, optional
@@ -45,10 +42,8 @@ def predict_maps(predict_batch, images, *, tiling=Tiling(), batch_size=8, n_out=
         interleave) and released before the last ones are stitched: the next call queues its
         first batch while this one's last batch runs.
     exact_last : bool, optional
-        Send the last batch with only its tiles instead of padding it to ``batch_size``: for
-        models whose calls cost in proportion to the batch and take any batch size without
-        compiling again (:attr:`segmodel.model.loading.LoadedModel.any_batch_size`).
-        Default False.
+        Send the last batch with only its tiles, not padded: for models whose calls cost in
+        proportion to the batch (``LoadedModel.any_batch_size``). Default False.
 
     Returns
     -------
@@ -62,12 +57,10 @@ def predict_maps(predict_batch, images, *, tiling=Tiling(), batch_size=8, n_out=
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
-    classes = [tiling.for_shape(img.shape) for img in images]
     maps = [np.empty(img.shape[:2] + (n_out,), np.float32) for img in images]
     queued = deque()  # (tiling, tiles, future) of submitted batches, oldest first
     with lock if lock is not None else contextlib.nullcontext():
-        for tl, chunk, batch in _class_batches(images, classes, tiling.tile, batch_size,
-                                               exact_last):
+        for tl, chunk, batch in _class_batches(images, tiling, batch_size, exact_last):
             queued.append((tl, chunk, (submit or _run_here)(predict_batch, batch)))
             if len(queued) > 1:  # one batch stays queued behind the one the model is running
                 _stitch(maps, images, *queued.popleft())
@@ -76,12 +69,14 @@ def predict_maps(predict_batch, images, *, tiling=Tiling(), batch_size=8, n_out=
     return maps
 
 
-def _class_batches(images, classes, tile, batch_size, exact_last):
+def _class_batches(images, tiling, batch_size, exact_last):
     """``(tiling, tiles, batch)`` of each tile class in turn, smaller tiles first.
 
-    A class of larger tiles than ``tile`` gets batches of about as many pixels: ``batch_size``
-    scaled by the area ratio, at least 1.
+    A class of larger tiles than ``tiling.tile`` gets batches of about as many pixels:
+    ``batch_size`` scaled by the area ratio, at least 1.
     """
+    classes = [tiling.for_shape(img.shape) for img in images]
+    tile = tiling.tile
     for tl in sorted(set(classes), key=lambda c: c.tile):
         jobs = [(i, o) for i, img in enumerate(images) if classes[i] == tl
                 for o in tile_origins(img.shape, tl)]
