@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from segmodel.model.engines import EngineError, OpenVinoModel, cached, converted, resolve_engine
+from segmodel.model.keras_import import import_keras
 from segmodel.model.spec import ModelSpec, find_spec, read_spec, resolve_bundle
 
 _log = logging.getLogger("segflow")
@@ -163,9 +164,7 @@ class LoadedModel:
         """
         if self.engine == "openvino":
             return True
-        import keras
-
-        return keras.backend.backend() == "tensorflow"
+        return import_keras().backend.backend() == "tensorflow"
 
     def predict_batch(self, batch):
         """Predict a fixed-shape float32 batch.
@@ -240,12 +239,19 @@ def load_model(path=None, *, trust=False, engine="keras"):
         if key not in _CACHE:
             sp = spec_path(path)
             spec = read_spec(sp) if sp.exists() else ModelSpec()
-            shared = _CACHE.get(key[:2] + ("keras",))  # one Keras model for both engines
-            loaded = shared.keras_model if shared else None
-            model = LoadedModel(loaded, spec, key[0], str(path), chosen,
-                                loader=partial(load_keras, path, trust))
+            model = LoadedModel(None, spec, key[0], str(path), chosen,
+                                loader=partial(_keras_for, path, trust, key[0]))
             _CACHE[key] = _with_runner(model, trust, engine)
         return _CACHE[key]
+
+
+def _keras_for(path, trust, fingerprint):
+    """One Keras model per file in the process: the one another engine loaded, else a new one."""
+    for engine in ("keras", "openvino"):
+        other = _CACHE.get((fingerprint, bool(trust), engine))
+        if other is not None and other.loaded is not None:
+            return other.loaded
+    return load_keras(path, trust)
 
 
 def _with_runner(model, trust, engine):
@@ -292,7 +298,7 @@ def load_keras(path, trust):
     """
     import zipfile
 
-    import keras
+    keras = import_keras()
 
     if not zipfile.is_zipfile(path):
         raise ValueError(

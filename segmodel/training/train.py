@@ -30,6 +30,7 @@ from segmodel.inference.autoscale import median_diameter, working_sizes
 from segmodel.inference.passes import Prepared, default_tiling, finish, predict_labels, prepare
 from segmodel.inference.predict import predict_maps
 from segmodel.inference.preprocess import resize
+from segmodel.model.keras_import import import_keras
 from segmodel.model.loading import save_model
 from segmodel.model.spec import ModelSpec, PostprocessSettings
 from segmodel.model.unet import build_unet
@@ -472,7 +473,7 @@ def train(out_dir, config=TrainConfig(), log=print):
 
 def _start(config, ckpt, state_file, epochs, log):
     """``(model, epochs done)``: resumed from the checkpoint, or built and compiled afresh."""
-    import keras
+    keras = import_keras()
 
     done = 0
     if state_file.exists():  # epochs done, counted in this run's --steps-per-epoch

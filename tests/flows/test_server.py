@@ -280,3 +280,20 @@ def test_ctrl_c_prints_one_line_and_a_rerun_goes_on(dsb2018, tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"{done} already done" in again.stdout
     assert len(pd.read_parquet(out / "images")) == len(images)
+
+
+def test_no_tensorflow_start_up_lines_reach_the_terminal(samples, tmp_path):
+    """On Keras (TensorFlow loaded) the output is segflow's own lines and nothing else: none of
+    TensorFlow's native "oneDNN custom operations are on" or absl lines (#33 case 9)."""
+    env = _fresh_env(tmp_path / "prefect-home")
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user's shell has it
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(samples[0][0], src / samples[0][0].name)
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(src),
+                           str(tmp_path / "out"), "--engine", "keras"], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    for line in ("oneDNN", "absl", "cpu_feature_guard", "rebuild TensorFlow"):
+        assert line not in proc.stderr and line not in proc.stdout, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["model"]["engine"] == "keras"
