@@ -6,6 +6,10 @@
 #   bash benchmarks/gpu.sh                 # segflow's dependencies from PyPI
 #   bash benchmarks/gpu.sh WHEELS          # ...or from a folder of wheels (no network)
 #
+# A wheel folder for a machine without network, made on one with it (Python 3.12, Linux x86-64):
+#   pip download --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
+#       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d WHEELS \
+#       $(the dependencies printed by the python snippet below)
 # JAX with CUDA must already be installed (`pip install "jax[cuda12]"`); TensorFlow and OpenVINO
 # are not needed there. The shared DSB2018 set must lie at ../shared/data/dsb2018, or pass
 # DATA=/path/to/dsb2018. Results go to stdout and, with SAVE=1, to
