@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from flows.report import GALLERY_KEY, PROGRESS_KEY, SUMMARY_KEY
+from segmodel.pipeline.gallery import escape
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOYMENT = "segment-images/service-test"
@@ -222,7 +223,7 @@ def test_the_next_run_segments_only_the_new_image(served):
     assert (summary["images segmented"], summary["skipped (already done)"]) == (1, 2)
     assert [t for t in record["task_runs"] if t.startswith("shard ")] == ["shard 1/1"]
     gallery = record["artifacts"][GALLERY_KEY].data
-    assert f"`{LATER}`" in gallery and f"`{FIRST[0]}`" not in gallery
+    assert escape(LATER) in gallery and escape(FIRST[0]) not in gallery
     images = pd.read_parquet(served["out"] / "images")
     assert sorted(images["image_id"]) == sorted([*FIRST, LATER])
 
