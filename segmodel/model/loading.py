@@ -225,7 +225,6 @@ def load_model(path=None, *, trust=False, engine="keras"):
         The file carries Python code and ``trust`` is False, or ``engine`` is unknown.
     EngineError
         ``engine`` is ``'openvino'`` and OpenVINO is missing or the model does not convert.
-
     """
     path = resolve_bundle(path) if path is not None else DEFAULT_MODEL
     if not path.is_file():
