@@ -13,8 +13,11 @@ import argparse
 import atexit
 import contextlib
 import json
+import logging
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 import types
@@ -632,6 +635,8 @@ def console(entry=None):
     status = {}
     atexit.register(_quick_exit, status)  # registered first, so it runs after every other
     debug = debug_wanted(sys.argv[1:])
+    if not debug:
+        _quiet_after_interrupt()
     try:
         status["code"] = (entry or main)()
     except SystemExit as exc:  # its message, if any, is printed before the exit handlers
@@ -645,6 +650,34 @@ def console(entry=None):
         print(f"\n{INTERRUPTED}", file=sys.stderr)
         status["code"] = 130
     return status["code"]
+
+
+class _AfterInterrupt(logging.Filter):
+    """Drops the run loggers' error records once Ctrl-C was pressed: Prefect's lines about the
+    runs it interrupted ("Crash detected! ...", "Finished in state Crashed") repeat what
+    segflow's one line says."""
+
+    interrupted = False
+
+    def filter(self, record):
+        return not (self.interrupted and record.levelno >= logging.ERROR)
+
+
+def _quiet_after_interrupt():
+    """Ctrl-C (in the main thread) notes the interrupt for :class:`_AfterInterrupt`, then
+    raises ``KeyboardInterrupt`` as Python's own handler does."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    quiet = _AfterInterrupt()
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(quiet)
+
+    def interrupt(signum, frame):
+        quiet.interrupted = True
+        signal.default_int_handler(signum, frame)
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, interrupt)
 
 
 def debug_wanted(argv, environ=None):
