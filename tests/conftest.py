@@ -58,6 +58,18 @@ def free_port():
         return s.getsockname()[1]
 
 
+def port_answers(port, timeout=60):
+    """Whether a server on the loopback ``port`` accepts a connection within ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """A real S3 protocol server (moto in server mode) on a free loopback port."""
@@ -66,14 +78,7 @@ def s3_server():
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                              str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    else:
+    if not port_answers(port):
         proc.kill()
         pytest.fail(f"moto server did not start on {endpoint}")
     yield endpoint

@@ -23,6 +23,7 @@ from segmodel.storage.io import (
     check_writable,
     with_client_defaults,
 )
+from tests.conftest import port_answers
 
 
 def free_port():
@@ -148,7 +149,8 @@ def iam_s3():
                              str(port)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
-    _wait_for(port)
+    if not port_answers(port):
+        pytest.fail(f"moto server did not start on port {port}")
     admin = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
                  aws_secret_access_key="testing")
     s3, iam = boto3.client("s3", **admin), boto3.client("iam", **admin)
@@ -166,15 +168,6 @@ def iam_s3():
     proc.wait(10)
 
 
-def _wait_for(port):
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    pytest.fail(f"moto server did not start on port {port}")
 
 
 def test_s3_a_read_only_user_may_read_the_input_but_not_write_the_output(iam_s3):
