@@ -758,9 +758,11 @@ def _signed_area(ring_xy):
 def object_geometry(mask, offset=(0, 0)):
     """GeoJSON geometry of one object's binary ``mask`` whose top-left pixel is ``offset``.
 
-    Exterior rings come from the object's outer boundaries, interior rings from its holes;
-    one exterior gives a Polygon, several a MultiPolygon. Coordinates ``[x, y]`` are pixel
-    corners (pixel centres at ``+0.5``), rounded to 3 decimals; rings are closed.
+    Exterior rings come from the object's outer boundaries, interior rings from its holes; a
+    hole belongs to the smallest exterior around it (an island inside another piece's hole
+    holds its own holes). One exterior gives a Polygon, several a MultiPolygon. Coordinates
+    ``[x, y]`` are pixel corners (pixel centres at ``+0.5``), rounded to 3 decimals; rings are
+    closed, exteriors counter-clockwise and holes clockwise in ``x, y`` (RFC 7946).
 
     Parameters
     ----------
@@ -783,11 +785,11 @@ def object_geometry(mask, offset=(0, 0)):
         xy = np.stack([ring[:, 1] + x0 - 0.5, ring[:, 0] + y0 - 0.5], axis=1)[::-1]
         (outer if _signed_area(xy) > 0 else holes).append(xy)  # exteriors: positive area
     polys = [[o] for o in outer]
-    for h in holes:
-        for poly in polys:
-            if points_in_poly(h[:1], poly[0])[0]:
-                poly.append(h)
-                break
+    areas = [_signed_area(o) for o in outer]
+    for h in holes:  # rings never touch, so one vertex tells inside from outside
+        around = [i for i, o in enumerate(outer) if points_in_poly(h[:1], o)[0]]
+        if around:
+            polys[min(around, key=areas.__getitem__)].append(h)
     coords = [[np.round(r, 3).tolist() for r in poly] for poly in polys]
     if len(coords) == 1:
         return {"type": "Polygon", "coordinates": coords[0]}
