@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 import tifffile
 import zarr
+from PIL import Image
 from skimage.draw import polygon as fill_polygon
+from viewers import check_geojson, check_ome_zarr
 
 from flows.cli import main
 from segmodel.storage import export
@@ -97,6 +99,31 @@ def test_geojson_outlines_match_each_object_of_the_mask(runs):
                 drawn |= _ring_mask(rings, mask.shape)
             obj = mask == f["id"]
             assert (drawn & obj).sum() / (drawn | obj).sum() > 0.9, (image_id, f["id"])
+
+
+def test_napari_s_reader_opens_every_store_with_its_image_levels_and_labels(runs):
+    """ome-zarr-py's Reader (napari-ome-zarr's) on each written store: the image node with
+    every level (the input's pixels, then 2x2 means), the nuclei labels through its labels
+    group, equal to the TIFF mask of the same images and to the objects table's labels."""
+    zrr, tif = _images(runs["zarr"]), _images(runs["tif"])
+    objects = pd.read_parquet(runs["zarr"] / "objects")
+    for image_id, row in zrr.iterrows():
+        pixels = np.asarray(Image.open(runs["src"] / image_id))[..., :3]  # RGBA: the model's RGB
+        mask = tifffile.imread(runs["tif"] / tif.loc[image_id, "mask_path"])
+        check_ome_zarr(runs["zarr"] / row.mask_path, pixels, mask,
+                       objects.loc[objects["image_id"] == image_id, "label"].tolist())
+
+
+def test_every_outline_file_is_valid_geojson_for_shapely_and_qupath(runs):
+    zrr = _images(runs["zarr"])
+    objects = pd.read_parquet(runs["zarr"] / "objects")
+    files = sorted(p.relative_to(runs["zarr"]).as_posix()
+                   for p in (runs["zarr"] / "outlines").rglob("*") if p.is_file())
+    assert files == sorted(export.outline_path(p) for p in zrr.mask_path)  # one per image
+    for image_id, row in zrr.iterrows():
+        mask = export.read_labels(Store(str(runs["zarr"])), row.mask_path)
+        check_geojson((runs["zarr"] / export.outline_path(row.mask_path)).read_text(), mask,
+                      objects.loc[objects["image_id"] == image_id, "label"].tolist())
 
 
 def test_a_rerun_skips_and_rewrites_nothing(runs, capsys):
@@ -198,7 +225,10 @@ def test_large_images_write_ome_zarr_and_outlines_block_by_block(runs, tmp_path)
     assert [group[f"labels/nuclei/{k}"].shape for k in range(3)] == \
         [(520, 696), (260, 348), (130, 174)]
     np.testing.assert_array_equal(np.moveaxis(group["0"][:], 0, -1), pixels)
+    objects = pd.read_parquet(tmp_path / "zarr" / "objects")
+    check_ome_zarr(tmp_path / "zarr" / row.mask_path, pixels, mask, objects["label"].tolist())
     for out in ("tif", "zarr"):
+        check_geojson((tmp_path / out / "outlines" / "slide.geojson").read_text(), mask)
         doc = json.loads((tmp_path / out / "outlines" / "slide.geojson").read_text())
         assert sorted(f["id"] for f in doc["features"]) == sorted(set(np.unique(mask)) - {0})
         for f in doc["features"]:

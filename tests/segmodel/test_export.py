@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import zarr
 from skimage.draw import polygon as fill_polygon
+from viewers import check_geojson, check_ome_zarr
 
+from segmodel.inference.measure import measure_objects
 from segmodel.storage import export
 from segmodel.storage.io import Store
 from segmodel.training.datasets import list_samples
@@ -113,6 +115,16 @@ def test_ome_zarr_of_a_calibrated_image_is_in_micrometres(annotated, store):
             if k:
                 np.testing.assert_allclose(transforms[1]["translation"],
                                            [0.0] * len(lead) + [0.325 * (2**k - 1) / 2] * 2)
+
+
+def test_ome_zarr_py_reads_a_calibrated_store_in_micrometres(annotated, tmp_path):
+    """napari's reader on a store with a pixel size: the 1024x1024 image's three levels, its
+    labels, and scales in micrometres on both."""
+    image_id, image, labels = annotated[2]
+    export.write_ome_zarr(Store(str(tmp_path)), "labels/c.ome.zarr", labels, image[..., :3],
+                          name=image_id, pixel_size=0.325)
+    check_ome_zarr(tmp_path / "labels" / "c.ome.zarr", image[..., :3], labels,
+                   measure_objects(labels)["label"].tolist(), pixel_size=0.325)
 
 
 class _DiesAfter(Store):
@@ -226,3 +238,27 @@ def test_no_objects_give_an_empty_feature_collection():
 ], ids=["tif", "ome-zarr-with-kept-extension", "png"])
 def test_outline_path_follows_the_mask_path(mask, expected):
     assert export.outline_path(mask) == expected
+
+
+def test_outlines_of_real_masks_are_valid_shapely_geometries_qupath_imports(annotated):
+    for _, _, labels in annotated:
+        text = export.encode_geojson(export.outline_features(labels)).decode()
+        check_geojson(text, labels)
+
+
+def test_a_hole_inside_an_island_inside_a_hole_belongs_to_the_island():
+    labels = np.zeros((16, 16), np.int32)
+    labels[1:14, 1:14] = 3  # a square frame ...
+    labels[3:12, 3:12] = 0
+    labels[5:10, 5:10] = 3  # ... around an island of the same object, with a hole
+    labels[7, 7] = 0
+    labels[12:16, 12:16] = 5  # another object: its hole touches its notch at one corner
+    labels[12, 12], labels[13, 13] = 0, 0
+    features = export.outline_features(labels)
+    check_geojson(export.encode_geojson(features).decode(), labels)
+    frame = features[0]["geometry"]
+    assert frame["type"] == "MultiPolygon"
+    outer, island = frame["coordinates"]
+    assert [len(outer), len(island)] == [2, 2]  # each piece with its own hole
+    assert np.asarray(island[1]).mean(axis=0) == pytest.approx([7.5, 7.5], abs=0.1)
+    assert len(features[1]["geometry"]["coordinates"]) == 2  # object 5: a Polygon with a hole
