@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import tifffile
 from pydantic import BaseModel, ConfigDict, Field
 
-from segmodel.model.bundle import check_model
+from segmodel.model.bundle import _layers, check_model, takes_any_size
 from segmodel.model.loading import DEFAULT_MODEL, load_keras
 from segmodel.model.spec import OUTPUTS, BundleError, find_spec, read_spec, resolve_bundle
 
@@ -318,29 +319,35 @@ def build_description(model_path, spec, keras_model, folder):
     from bioimageio.spec.model import v0_5
 
     size = _test_size(keras_model, spec)
-    raw = test_tile(spec, size)
-    maps = np.asarray(keras_model.predict_on_batch(_to_model(preprocess(raw, spec), spec)[None]),
-                      np.float32)
-    np.save(folder / "test_input.npy", _to_model(raw, spec)[None])
-    np.save(folder / "test_output.npy", maps)
-    _cover(raw, _from_model(maps[0], spec), folder / "cover.png")
+    _write_tensors(spec, keras_model, size, folder)
     (folder / "README.md").write_text(readme(spec, model_path))
     weights, notes = _weights(model_path, keras_model, folder)
     shipped = model_path.resolve() == DEFAULT_MODEL.resolve()
     descr = v0_5.ModelDescr(
         name=_name(spec), description=_summary(spec, shipped),
         authors=[{"name": "segflow contributors"}], cite=_cite(spec, shipped),
-        license="Apache-2.0", tags=_tags(spec), documentation=v0_5.FileDescr(source=folder / "README.md"),
+        license="Apache-2.0", tags=_tags(spec),
+        documentation=v0_5.FileDescr(source=folder / "README.md"),
         covers=[v0_5.FileDescr(source=folder / "cover.png")],
-        inputs=[_input(spec, keras_model, folder / "test_input.npy")],
-        outputs=[_output(spec, folder / "test_output.npy")],
+        inputs=[_input(spec, None if takes_any_size(keras_model, spec) else size, folder)],
+        outputs=[_output(spec, folder)],
         weights=weights, config={"segflow": json.loads(json.dumps(spec.to_dict()))})
     return descr, notes
 
 
-def _test_size(keras_model, spec):
-    from segmodel.model.bundle import takes_any_size
+def _write_tensors(spec, keras_model, size, folder):
+    """Test tensors (``.npy``), sample tensors (``.tif``) and the cover of the test tile."""
+    raw = test_tile(spec, size)
+    x = _to_model(preprocess(raw, spec), spec)[None]
+    maps = np.asarray(keras_model.predict_on_batch(x), np.float32)
+    np.save(folder / "test_input.npy", _to_model(raw, spec)[None])
+    np.save(folder / "test_output.npy", maps)
+    tifffile.imwrite(folder / "sample_input.tif", _to_model(raw, spec))
+    tifffile.imwrite(folder / "sample_output.tif", maps[0])
+    _cover(raw, _from_model(maps[0], spec), folder / "cover.png")
 
+
+def _test_size(keras_model, spec):
     if takes_any_size(keras_model, spec):
         return max(spec.divisor, TEST_SIZE // spec.divisor * spec.divisor)
     return spec.tile
@@ -363,27 +370,22 @@ def _axes(spec, channel, space):
     return [v0_5.BatchAxis()] + inner
 
 
-def _input(spec, keras_model, test):
+def _input(spec, fixed, folder):
+    """The ``raw`` tensor: ``fixed`` its height and width, or None for multiples of divisor."""
     from bioimageio.spec.model import v0_5
 
-    fixed = not _any_size(keras_model, spec)
-    size = spec.tile if fixed else v0_5.ParameterizedSize(min=spec.divisor, step=spec.divisor)
+    size = fixed or v0_5.ParameterizedSize(min=spec.divisor, step=spec.divisor)
     channel = v0_5.ChannelAxis(channel_names=input_names(spec))
     return v0_5.InputTensorDescr(
         id=INPUT_ID, axes=_axes(spec, channel, lambda a: v0_5.SpaceInputAxis(id=a, size=size)),
         description=f"A {spec.channels}-channel image, raw pixel values (gray images repeated "
                     "to every channel, as segflow does).",
-        test_tensor=v0_5.FileDescr(source=test), data=v0_5.IntervalOrRatioDataDescr(),
-        preprocessing=preprocessing(spec))
+        test_tensor=v0_5.FileDescr(source=folder / "test_input.npy"),
+        sample_tensor=v0_5.FileDescr(source=folder / "sample_input.tif"),
+        data=v0_5.IntervalOrRatioDataDescr(type="float32"), preprocessing=preprocessing(spec))
 
 
-def _any_size(keras_model, spec):
-    from segmodel.model.bundle import takes_any_size
-
-    return takes_any_size(keras_model, spec)
-
-
-def _output(spec, test):
+def _output(spec, folder):
     from bioimageio.spec.model import v0_5
 
     channel = v0_5.ChannelAxis(channel_names=map_names(spec))
@@ -392,7 +394,8 @@ def _output(spec, test):
         id=OUTPUT_ID, axes=_axes(spec, channel, lambda a: v0_5.SpaceOutputAxis(
             id=a, size=v0_5.SizeReference(tensor_id=INPUT_ID, axis_id=a))),
         description=f"{', '.join(map_names(spec))}: {activation}, in [0, 1].",
-        test_tensor=v0_5.FileDescr(source=test),
+        test_tensor=v0_5.FileDescr(source=folder / "test_output.npy"),
+        sample_tensor=v0_5.FileDescr(source=folder / "sample_output.tif"),
         data=v0_5.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)))
 
 
@@ -420,10 +423,6 @@ def _weights(model_path, keras_model, folder):
     return v0_5.WeightsDescr(keras_v3=v3, keras_hdf5=hdf5), []
 
 
-def _layers(model):
-    from segmodel.model.bundle import _layers as layers
-
-    return layers(model)
 
 
 def _name(spec):
@@ -503,9 +502,14 @@ def validate_package(path):
     summary = load_description(Path(path), perform_io_checks=True).validation_summary
     errors, warnings = [], []
     for detail in summary.details:
-        errors += [f"{'.'.join(map(str, e.loc))}: {e.msg}" for e in detail.errors]
-        warnings += [f"{'.'.join(map(str, w.loc))}: {w.msg}" for w in detail.warnings]
+        errors += [_line(e) for e in detail.errors]
+        warnings += [_line(w) for w in detail.warnings]
     return errors, sorted(set(warnings))
+
+
+def _line(entry):
+    where = ".".join(map(str, entry.loc))
+    return f"{where}: {entry.msg}" if where else entry.msg
 
 
 def readme(spec, model_path):
