@@ -33,8 +33,6 @@ from segmodel.model.bundle import _layers, check_model, takes_any_size
 from segmodel.model.loading import DEFAULT_MODEL, load_keras
 from segmodel.model.spec import OUTPUTS, BundleError, find_spec, read_spec, resolve_bundle
 
-#: Package formats ``segflow model export`` writes.
-FORMATS = ("bioimageio",)
 #: The shipped sample whose first tile is the test input (fluorescence, 32 nuclei).
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "fluor-3bfd6bb1.png"
 #: Tensor ids of the rdf: the contract with :mod:`segmodel.model.zoo`.
@@ -108,8 +106,8 @@ def export_package(options):
     Raises
     ------
     ValueError
-        ``out`` does not end in ``.zip``, ``format`` is unknown, the bundle's spec does not fit
-        its model (:class:`~segmodel.model.spec.BundleError`), or the package does not validate.
+        ``out`` does not end in ``.zip``, the bundle has no spec or its spec does not fit its
+        model (:class:`~segmodel.model.spec.BundleError`), or the package does not validate.
     FileNotFoundError
         The model does not exist.
 
@@ -137,9 +135,6 @@ def export_package(options):
 
 
 def _validate(options):
-    if options.format not in FORMATS:
-        raise ValueError(f"--format must be one of {', '.join(FORMATS)}. Received: "
-                         f"format={options.format!r}")
     if not options.out.lower().endswith(".zip"):
         raise ValueError(f"OUT must be a .zip file (a model package is a zip). Received: "
                          f"{options.out!r}. Add .zip to the name.")

@@ -158,6 +158,53 @@ def test_the_cover_is_the_tile_beside_its_maps(package):
     assert cover.size == (512, 256)
 
 
+@pytest.fixture(scope="module")
+def scaled_layer():
+    """A custom layer class (registered, so this process loads it; plain Keras elsewhere not)."""
+    import keras
+
+    @keras.saving.register_keras_serializable(package="segflow_tests")
+    class Doubled(keras.layers.Layer):
+        def call(self, x):
+            return 2.0 * x
+
+    return Doubled
+
+
+def test_a_model_with_a_custom_layer_gets_keras_v3_weights_only(scaled_layer, tmp_path):
+    import keras
+
+    x = keras.Input((64, 64, 1), name="image")
+    y = keras.layers.Conv2D(1, 1, activation="sigmoid", name="maps")(scaled_layer()(x))
+    spec = ModelSpec(name="fixed-binary", kind="binary", channels=1, divisor=1, tile=64,
+                     overlap=8, normalization="range")
+    save_bundle(keras.Model(x, y), spec, tmp_path / "fixed.keras")
+    out = tmp_path / "fixed.zip"
+    done = export_package(ExportOptions(model=str(tmp_path / "fixed.keras"), out=str(out)))
+    assert done.weights == ("keras_v3",)
+    assert "keras_hdf5 left out" in done.notes[0] and "Doubled" in done.notes[0]
+    assert validate_package(out)[0] == []
+    rdf, names = _rdf(out)
+    assert "fixed.h5" not in names and set(rdf["weights"]) == {"keras_v3"}
+    (raw,), (maps,) = rdf["inputs"], rdf["outputs"]
+    assert [a.get("size") for a in raw["axes"][1:3]] == [64, 64]
+    assert raw["axes"][3]["channel_names"] == ["gray"]
+    assert maps["axes"][3]["channel_names"] == ["foreground"]
+    steps = [s for s in raw["preprocessing"] if s["id"] != "ensure_dtype"]
+    assert steps == [{"id": "scale_linear", "kwargs": {"gain": 1 / 255, "offset": 0.0}}]
+    gray = np.asarray(Image.open(SAMPLE))[:64, :64, :3].astype(np.float32).mean(-1)
+    np.testing.assert_allclose(_npy(out, "test_input.npy")[0, ..., 0], gray, rtol=1e-6)
+
+
+def test_a_spec_that_does_not_fit_its_model_is_refused(bundle, tmp_path):
+    misfit = tmp_path / "misfit.keras"
+    misfit.write_bytes(bundle[0].read_bytes())
+    misfit.with_suffix(".json").write_text(json.dumps({"kind": "binary", "axes": "CYX"}))
+    with pytest.raises(ValueError, match="field 'kind' is 'binary'.*segflow model inspect"):
+        export_package(ExportOptions(model=str(misfit), out=str(tmp_path / "p.zip")))
+    assert not (tmp_path / "p.zip").exists()
+
+
 @pytest.mark.parametrize("options, match", [
     ({"out": "pkg.tar"}, "OUT must be a .zip file .* Received: 'pkg.tar'"),
     ({"out": "pkg.zip", "model": "no/such.keras"}, "MODEL 'no/such.keras' not found"),
