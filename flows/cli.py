@@ -603,7 +603,7 @@ def _export(args):
     options = build_params(ExportOptions, args)
     try:
         done = export_package(options)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # missing files, storage refusals, bundle errors
         raise SystemExit(f"segflow: {exc}") from None
     for note in done.notes:
         print(f"note: {note}")

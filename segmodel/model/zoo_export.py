@@ -109,17 +109,19 @@ def export_package(options):
         ``out`` does not end in ``.zip``, the bundle has no spec or its spec does not fit its
         model (:class:`~segmodel.model.spec.BundleError`), or the package does not validate.
     FileNotFoundError
-        The model does not exist.
+        The model does not exist, or OUT's bucket does not.
+    PermissionError, ConnectionError
+        OUT's folder is not writable, or its storage cannot be reached.
 
     Examples
     --------
     >>> export_package(ExportOptions(out="nuclei.zip"))  # doctest: +SKIP
     Exported(url='nuclei.zip', weights=('keras_v3', 'keras_hdf5'), ...)
     """
-    from segmodel.storage.io import open_url, write_atomic
+    from segmodel.storage.io import write_atomic
 
     _validate(options)
-    fs, path = open_url(options.out, options.storage_options, parameter="OUT")
+    fs, path = _writable(options.out, options.storage_options)
     model_path, spec, keras_model = load_bundle(options.model, trust=options.trust_model)
     with tempfile.TemporaryDirectory(prefix="segflow-zoo-") as tmp:
         descr, notes = build_description(model_path, spec, keras_model, Path(tmp))
@@ -135,12 +137,26 @@ def export_package(options):
 
 
 def _validate(options):
+    from segmodel.storage.io import check_url
+
+    check_url(options.out, "OUT")
     if not options.out.lower().endswith(".zip"):
         raise ValueError(f"OUT must be a .zip file (a model package is a zip). Received: "
                          f"{options.out!r}. Add .zip to the name.")
     if options.model != "default" and not Path(options.model).exists():
         raise FileNotFoundError(f"MODEL {options.model!r} not found: pass a .keras file with "
                                 "its spec beside it, their folder, or 'default'.")
+
+
+def _writable(out, storage_options):
+    """``(fs, path)`` of ``out`` once a probe file was written and removed beside it."""
+    import posixpath
+
+    from segmodel.storage.io import Store, check_writable, open_url
+
+    fs, path = open_url(out, storage_options, parameter="OUT")
+    check_writable(Store(fs.unstrip_protocol(posixpath.dirname(path)), storage_options), "OUT")
+    return fs, path
 
 
 def load_bundle(model, *, trust=False):

@@ -4,6 +4,7 @@ reproduce the test output."""
 
 import io
 import json
+import time
 import zipfile
 
 import fsspec
@@ -224,6 +225,14 @@ def test_a_model_without_a_spec_is_refused(bundle, tmp_path):
     lone.write_bytes(bundle[0].read_bytes())
     with pytest.raises(ValueError, match="has no spec beside it"):
         export_package(ExportOptions(model=str(lone), out=str(tmp_path / "p.zip")))
+
+
+def test_an_out_under_a_file_is_refused_before_the_model_loads(tmp_path):
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="OUT"):
+        export_package(ExportOptions(out=str(tmp_path / "notes.txt" / "p.zip")))
+    assert time.monotonic() - started < 1.0  # refused before the model loads
 
 
 @pytest.mark.parametrize("argv, message", [
