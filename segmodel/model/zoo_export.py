@@ -7,6 +7,7 @@ A package is a zip holding ``rdf.yaml`` and the files it names::
     cover.png         a sample tile beside the model's maps
     test_input.npy    the ``raw`` test tensor: a shipped sample tile, float32
     test_output.npy   the ``maps`` test tensor: the model run on it (float32)
+    sample_*.tif      the same two tensors as TIFF (the zoo's sample tensors, for viewers)
     <name>.keras      weights ``keras_v3``: the bundle's ``.keras`` file as it is
     <name>.h5         weights ``keras_hdf5`` (only where plain Keras loads the model)
 
@@ -337,7 +338,7 @@ def build_description(model_path, spec, keras_model, folder):
     descr = v0_5.ModelDescr(
         name=_name(spec), description=_summary(spec, shipped),
         authors=[{"name": "segflow contributors"}], cite=_cite(spec, shipped),
-        license="Apache-2.0", tags=_tags(spec),
+        license="Apache-2.0", tags=_tags(spec, shipped),
         documentation=v0_5.FileDescr(source=folder / "README.md"),
         covers=[v0_5.FileDescr(source=folder / "cover.png")],
         inputs=[_input(spec, None if takes_any_size(keras_model, spec) else size, folder)],
@@ -389,8 +390,7 @@ def _input(spec, fixed, folder):
     channel = v0_5.ChannelAxis(channel_names=input_names(spec))
     return v0_5.InputTensorDescr(
         id=INPUT_ID, axes=_axes(spec, channel, lambda a: v0_5.SpaceInputAxis(id=a, size=size)),
-        description=f"A {spec.channels}-channel image, raw pixel values (gray images repeated "
-                    "to every channel, as segflow does).",
+        description=f"A {spec.channels}-channel image, raw pixel values. {_channels_text(spec)}",
         test_tensor=v0_5.FileDescr(source=folder / "test_input.npy"),
         sample_tensor=v0_5.FileDescr(source=folder / "sample_input.tif"),
         data=v0_5.IntervalOrRatioDataDescr(type="float32"), preprocessing=preprocessing(spec))
@@ -447,25 +447,37 @@ def _summary(spec, shipped):
                          "marker-controlled watershed gives nucleus instance labels",
             "binary": "a foreground probability map from which segflow gives object labels",
             "semantic": f"per-pixel class probabilities ({', '.join(spec.classes)})"}[spec.kind]
+    network = "U-Net" if _is_unet(spec, shipped) else "model"
     data = " trained on the DSB2018 nuclei images" if shipped else ""
-    return (f"segflow {spec.kind} model {spec.name!r}: a Keras U-Net{data} predicting {what}. "
-            "Labels: segflow run INPUT OUTPUT --model package.zip.")
+    return (f"segflow {spec.kind} model {spec.name!r}: a Keras {network}{data} predicting "
+            f"{what}. Labels: segflow run INPUT OUTPUT --model package.zip.")
+
+
+def _is_unet(spec, shipped):
+    """Whether the model is segflow's U-Net: the shipped one, or one ``segflow train`` made."""
+    return shipped or "filters" in spec.training
 
 
 def _cite(spec, shipped):
-    cite = [{"text": "Ronneberger, Fischer and Brox 2015. U-Net: Convolutional Networks for "
-                     "Biomedical Image Segmentation. MICCAI 2015.", "doi": UNET_DOI}]
+    cite = []
     if shipped:
-        cite.insert(0, {"text": "Caicedo et al. 2019. Nucleus segmentation across imaging "
-                                "experiments: the 2018 Data Science Bowl. Nature Methods 16, "
-                                "1247-1253.", "doi": DSB2018_DOI})
+        cite.append({"text": "Caicedo et al. 2019. Nucleus segmentation across imaging "
+                             "experiments: the 2018 Data Science Bowl. Nature Methods 16, "
+                             "1247-1253.", "doi": DSB2018_DOI})
+    if _is_unet(spec, shipped):
+        cite.append({"text": "Ronneberger, Fischer and Brox 2015. U-Net: Convolutional Networks "
+                             "for Biomedical Image Segmentation. MICCAI 2015.", "doi": UNET_DOI})
     return cite
 
 
-def _tags(spec):
+def _tags(spec, shipped):
     kind = {"instances": "instance-segmentation", "binary": "semantic-segmentation",
             "semantic": "semantic-segmentation"}[spec.kind]
-    return ["segflow", "keras", "unet", "2d", "nuclei", kind, "fluorescence-light-microscopy"]
+    tags = ["segflow", "keras", "2d", kind] + (["unet"] if _is_unet(spec, shipped) else [])
+    if shipped:
+        tags += ["nuclei", "dsb2018", "fluorescence-light-microscopy", "histology",
+                 "brightfield-microscopy"]
+    return tags
 
 
 def _cover(raw, maps, path):
@@ -548,12 +560,17 @@ def readme(spec, model_path):
              "## Outputs\n", _output_text(spec, names),
              "## From maps to labels\n", _labels_text(spec),
              "## Validation\n", _validation_text(spec, shipped),
-             "## License and citation\n",
-             "Apache-2.0 (the weights and this package), by the segflow contributors. Cite the "
-             "papers listed in the rdf's `cite`" + (" (the DSB2018 data: Caicedo et al. 2019, "
-                                                    f"Nature Methods, doi:{DSB2018_DOI})."
-                                                    if shipped else ".") + "\n"]
+             "## License and citation\n", _license_text(spec, shipped)]
     return "\n".join(parts)
+
+
+def _license_text(spec, shipped):
+    text = "Apache-2.0 (the weights and this package), by the segflow contributors."
+    if shipped:
+        return text + (" Cite the papers in the rdf's `cite`: the DSB2018 data (Caicedo et "
+                       f"al. 2019, Nature Methods, doi:{DSB2018_DOI}) and the U-Net.\n")
+    return text + (" Cite the U-Net paper in the rdf's `cite`.\n" if _is_unet(spec, shipped)
+                   else "\n")
 
 
 def _data_text(spec, shipped):
@@ -579,7 +596,7 @@ def _input_text(spec):
     axes = "batch, channel, y, x" if spec.axes == "CYX" else "batch, y, x, channel"
     text = (f"`{INPUT_ID}`: axes {axes}; {spec.channels} channel(s) "
             f"({', '.join(input_names(spec))}); height and width multiples of {spec.divisor}. "
-            "segflow repeats a gray image to every channel and drops an alpha channel.\n\n")
+            f"{_channels_text(spec)}\n\n")
     if spec.normalization == "percentile":
         text += (f"Pre-processing, as declared: `scale_range` with percentiles {spec.p_low} and "
                  f"{spec.p_high} taken jointly over y, x and the channels of each image (one "
@@ -611,6 +628,13 @@ def _input_text(spec):
                  f"{low:g}-{high:g} px towards it (automatic scale); resize such images "
                  "yourself elsewhere.")
     return text + "\n"
+
+
+def _channels_text(spec):
+    """How segflow brings an image to the model's channels (see ``to_channels``)."""
+    if spec.channels == 1:
+        return "segflow averages the colour channels of a colour image (alpha dropped)."
+    return "segflow repeats a gray image to every channel and drops an alpha channel."
 
 
 def _output_text(spec, names):
