@@ -1,10 +1,11 @@
 """The ``segflow`` command: a thin layer that builds flow parameters and calls the flows.
 
-The options of ``run``, ``serve``, ``demo``, ``train`` and ``evaluate`` are generated from the
-flows' parameter models (:class:`~flows.params.SegmentParams`, :class:`~flows.params.TrainParams`,
-:class:`~flows.evaluate.EvaluateParams`): one option per field, its help the field's description
-and default (a field marked ``json_schema_extra={"cli": False}``, a setting of a recipe, has
-none). Values stay text and pydantic converts and validates them; an option not given is
+The options of ``run``, ``serve``, ``demo``, ``train``, ``evaluate`` and ``model export`` are
+generated from the flows' parameter models (:class:`~flows.params.SegmentParams`,
+:class:`~flows.params.TrainParams`, :class:`~flows.evaluate.EvaluateParams`) and the engine's
+:class:`~segmodel.model.zoo_export.ExportOptions`: one option per field, its help the field's
+description and default (a field marked ``json_schema_extra={"cli": False}``, a setting of a
+recipe, has none). Values stay text and pydantic converts and validates them; an option not given is
 not passed, so the model's default applies. Only the options that are not flow parameters (the
 task runner, serve's schedule, ...) are declared here.
 """
