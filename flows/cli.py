@@ -1,10 +1,11 @@
 """The ``segflow`` command: a thin layer that builds flow parameters and calls the flows.
 
-The options of ``run``, ``serve``, ``demo``, ``train`` and ``evaluate`` are generated from the
-flows' parameter models (:class:`~flows.params.SegmentParams`, :class:`~flows.params.TrainParams`,
-:class:`~flows.evaluate.EvaluateParams`): one option per field, its help the field's description
-and default (a field marked ``json_schema_extra={"cli": False}``, a setting of a recipe, has
-none). Values stay text and pydantic converts and validates them; an option not given is
+The options of ``run``, ``serve``, ``demo``, ``train``, ``evaluate`` and ``model export`` are
+generated from the flows' parameter models (:class:`~flows.params.SegmentParams`,
+:class:`~flows.params.TrainParams`, :class:`~flows.evaluate.EvaluateParams`) and the engine's
+:class:`~segmodel.model.zoo_export.ExportOptions`: one option per field, its help the field's
+description and default (a field marked ``json_schema_extra={"cli": False}``, a setting of a
+recipe, has none). Values stay text and pydantic converts and validates them; an option not given is
 not passed, so the model's default applies. Only the options that are not flow parameters (the
 task runner, serve's schedule, ...) are declared here.
 """
@@ -97,12 +98,15 @@ def _parser():
     sub.add_parser("train", help="Train the nuclei model (resumes an interrupted run).",
                    options=_train_options)
     model = sub.add_parser("model", help="Model bundles (a .keras file and its spec).")
-    model_sub = model.add_subparsers(dest="model_command", required=True, parser_class=_Parser)
+    model_sub = model.add_subparsers(dest="model_command", required=True, parser_class=_Command)
     inspect = model_sub.add_parser("inspect", help="Print a bundle's spec and check it against "
                                                    "its model (exit 1 on any problem).")
     inspect.add_argument("bundle", help="A .keras file with its spec beside it, or their folder.")
     inspect.add_argument("--trust-model", action="store_true",
                          help="Load a model that carries Python code; only for files you trust.")
+    model_sub.add_parser("export", help="Write a model as a BioImage Model Zoo package "
+                                        "(bioimage.io), checked by its validator.",
+                         options=_export_options)
     return p
 
 
@@ -155,6 +159,14 @@ def _evaluate_options(p):
     add_positional(p, EvaluateParams, "pred")
     add_positional(p, EvaluateParams, "truth")
     add_model_options(p, EvaluateParams, skip={"pred", "truth"})
+
+
+def _export_options(p):
+    from segmodel.model.zoo_export import ExportOptions
+
+    add_positional(p, ExportOptions, "model", default="default")
+    add_positional(p, ExportOptions, "out")
+    add_model_options(p, ExportOptions, skip={"model", "out"})
 
 
 def _train_options(p):
@@ -586,6 +598,23 @@ def _inspect(args):
     return 1 if errors else 0
 
 
+def _export(args):
+    from segmodel.model.zoo_export import ExportOptions, export_package
+
+    options = build_params(ExportOptions, args)
+    try:
+        done = export_package(options)
+    except (OSError, ValueError) as exc:  # missing files, storage refusals, bundle errors
+        raise SystemExit(f"segflow: {exc}") from None
+    for note in done.notes:
+        print(f"note: {note}")
+    for warning in done.warnings:
+        print(f"bioimageio.spec warning: {warning}")
+    print(f"wrote {done.url}: a {options.format} model package of {done.size / 1e6:.1f} MB, "
+          f"weights {', '.join(done.weights)}; it validates with no error")
+    return 0
+
+
 #: Commands whose flows run on this process' temporary server (without PREFECT_API_URL).
 _ON_SERVER = {"run", "demo", "train", "evaluate"}
 
@@ -618,7 +647,7 @@ def main(argv=None):
     if args.command == "train":
         return _train(args)
     if args.command == "model":
-        return _inspect(args)
+        return _inspect(args) if args.model_command == "inspect" else _export(args)
     return 2
 
 
