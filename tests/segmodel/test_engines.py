@@ -142,6 +142,7 @@ def test_a_run_on_a_cached_conversion_never_loads_tensorflow(cache, tmp_path):
     assert seen == [[8, True, True], [8, False, False]]
 
 
+@pytest.mark.slow  # a 2080x2784 mosaic twice per engine: ~30 s each
 @pytest.mark.parametrize("engine", ["keras", "openvino"])
 def test_large_tiles_find_the_same_nuclei_as_small_ones(samples, engine):
     """A 2080x2784 mosaic of a real 520x696 sample: 512 px tiles (the run's choice for it)
