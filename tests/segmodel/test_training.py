@@ -78,7 +78,7 @@ def test_patches_have_fixed_shape_and_nuclei(dsb2018):
     assert np.isfinite(x).all() and 0 <= y.min() and y.max() <= 1 and y[..., 0].sum() > 0
 
 
-@pytest.mark.slow  # trains twice on real images: ~1 min on 2 cores
+@pytest.mark.slow  # trains three times on real images: ~1.5 min on 2 cores
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(dsb2018, tmp_path):
     config = TrainConfig(data_dir=str(dsb2018), steps=2, steps_per_epoch=1, batch_size=2,
                          patch=64, tune_images=2, train_images=12)
@@ -103,7 +103,7 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(dsb2018, tmp_path):
     assert (state["epoch"], state["steps_per_epoch"]) == (2, 2)
 
 
-@pytest.mark.slow  # trains twice on real images: ~1 min on 2 cores
+@pytest.mark.slow  # trains and tunes on real images: ~40 s on 2 cores
 def test_a_model_trained_at_the_images_own_scale_records_their_range_of_sizes(dsb2018, tmp_path):
     """The sidecar's working size and range are the median and 5th-95th percentiles of the
     training images' median nucleus diameters: automatic scale leaves such images as they are."""
