@@ -471,6 +471,9 @@ def model_tiling(lm, tile=None):
     ValueError
         If the tile does not fit the model (see :meth:`Tiling.validate`).
     """
-    flexible = tile is None and (Path(lm.path) == DEFAULT_MODEL or takes_any_size(
-        lm.keras_model, lm.spec))
+    if lm.package is not None:  # a package's input sizes say (segmodel.model.zoo)
+        flexible = tile is None and lm.package.any_size
+    else:
+        flexible = tile is None and (Path(lm.path) == DEFAULT_MODEL or takes_any_size(
+            lm.keras_model, lm.spec))
     return default_tiling(lm.spec, tile, large=flexible)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segmodel.inference.steps import apply_steps, estimate_steps
 from segmodel.model.loading import load_keras, save_model
 from segmodel.model.spec import BundleError, ModelSpec, find_spec, read_spec, resolve_bundle
 
@@ -88,7 +89,8 @@ def normalize(image, spec):
     """Model input of an ``(H, W, C)`` image for ``normalization`` other than percentile.
 
     ``'range'`` divides integer images by their dtype's maximum; ``'none'`` (and real-valued
-    images) only convert to float32.
+    images) only convert to float32; ``'preprocessing'`` estimates the spec's steps on the whole
+    image once and applies them (:mod:`segmodel.inference.steps`).
 
     Parameters
     ----------
@@ -101,6 +103,8 @@ def normalize(image, spec):
     -------
     (H, W, C) ndarray of float32
     """
+    if spec.normalization == "preprocessing":
+        return apply_steps(image, estimate_steps(image, spec.preprocessing))
     x = np.asarray(image, dtype=np.float32)
     if spec.normalization == "range":
         dtype = np.asarray(image).dtype
@@ -332,7 +336,8 @@ def _spec_lines(spec):
     """The spec's fields that matter for its kind and normalisation, one line each."""
     data, lines = spec.to_dict(), []
     for key in ("name", "kind", "classes", "object_class", "split", "channels", "axes",
-                "divisor", "tile", "overlap", "normalization", "p_low", "p_high", "invert",
+                "divisor", "tile", "overlap", "normalization", "preprocessing", "p_low",
+                "p_high", "invert",
                 "object_diameter", "object_diameter_range", "pixel_size", "postprocess"):
         value = data[key]
         if key in ("classes", "object_class") and spec.kind != "semantic":
@@ -340,6 +345,8 @@ def _spec_lines(spec):
         if key == "split" and spec.kind != "binary":
             continue
         if key in ("p_low", "p_high", "invert") and spec.normalization != "percentile":
+            continue
+        if key == "preprocessing" and not value:
             continue
         lines.append(f"  {key}: {list(value) if isinstance(value, tuple) else value}")
     return lines
