@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from segmodel.inference.steps import apply_steps, estimate_steps
+from segmodel.model import zoo
 from segmodel.model.loading import load_keras, save_model
 from segmodel.model.spec import BundleError, ModelSpec, find_spec, read_spec, resolve_bundle
 
@@ -280,7 +281,8 @@ def inspect(path, *, trust=False):
     Parameters
     ----------
     path : str or Path
-        A ``.keras`` file or a bundle folder.
+        A ``.keras`` file, a bundle folder, or a BioImage Model Zoo package (the spec segflow
+        reads from it is described; see :mod:`segmodel.model.zoo`).
     trust : bool, optional
         Load the model outside Keras' safe mode (default False); only for files you trust.
 
@@ -291,6 +293,8 @@ def inspect(path, *, trust=False):
     errors : list of str
         Problems found; empty when all is well. Problems are returned, never raised.
     """
+    if zoo.is_package(path):
+        return _inspect_package(path)
     lines, errors = [], []
     path = Path(str(path))
     if not path.exists():
@@ -330,6 +334,21 @@ def inspect(path, *, trust=False):
                  f"{f'{down}x' if down else 'not detected'}")
     errors += check_model(kmodel, spec, str(spec_file or model_path))
     return lines, errors
+
+
+def _inspect_package(path):
+    """``inspect`` of a zoo package: what segflow reads from it, or why it cannot run it."""
+    try:
+        package = zoo.read_package(zoo.local_package(path))
+    except (BundleError, FileNotFoundError) as exc:
+        return [], [str(exc)]
+    lay = package.layout
+    lines = [f"package: {package.root}",
+             f"weights: {package.weights_format} ({package.weights.name})",
+             f"axes: input {lay.inputs}, output {lay.outputs}"
+             + (f", output channels taken {list(lay.channels)}" if lay.channels else "")
+             + (f", post-processing {[s['step'] for s in lay.post]}" if lay.post else "")]
+    return lines + _spec_lines(package.spec), []
 
 
 def _spec_lines(spec):

@@ -1,6 +1,10 @@
 """BioImage Model Zoo packages: pre-processing steps, the spec read from a package, the
 runner's axes and channels, and the one-line errors for packages segflow cannot run."""
 
+import hashlib
+import zipfile
+
+import fsspec
 import numpy as np
 import pytest
 from bioimageio.spec.model import v0_5 as m
@@ -154,3 +158,23 @@ def test_a_package_segflow_cannot_run_fails_in_one_line(tmp_path, weights, fmt, 
         assert "Pass --model-kind instances|binary|semantic" in str(err.value)
         assert zoo.read_package(pkg, kind="semantic").spec.classes == ("a", "b", "c")
         assert zoo.read_package(pkg, kind="instances").layout.channels == ()
+
+
+def test_a_remote_package_is_fetched_into_the_cache_by_its_content(tmp_path, weights,
+                                                                   monkeypatch):
+    monkeypatch.setenv("SEGFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    pkg = write_package(tmp_path / "p.zip", {"keras_v3": weights / "w.keras"})
+    fs = fsspec.filesystem("memory")
+    url = f"memory://zoo-{tmp_path.name}"
+    fs.pipe(f"{url}/p.zip", pkg.read_bytes())
+    root = zoo.local_package(f"{url}/p.zip")
+    assert root == tmp_path / "cache" / "zoo" / hashlib.sha256(pkg.read_bytes()).hexdigest()[:16]
+    assert zoo.read_package(root).spec.kind == "instances"
+    with zipfile.ZipFile(pkg) as z:  # the same package as a remote folder
+        for name in z.namelist():
+            fs.pipe(f"{url}/folder/{name}", z.read(name))
+    folder = zoo.local_package(f"{url}/folder/rdf.yaml")
+    assert folder.parent == root.parent and folder != root
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in root.iterdir())
+    with pytest.raises(FileNotFoundError, match="model package not found"):
+        zoo.local_package(f"{url}/missing.zip")
