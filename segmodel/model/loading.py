@@ -264,11 +264,16 @@ def load_model(path=None, *, trust=False, engine="keras", kind=None, storage_opt
             model = LoadedModel(None, spec, key[0], str(path), chosen,
                                 loader=partial(_keras_for, path, trust, key[0]))
             _CACHE[key] = _with_runner(model, trust, engine)
-    if kind is not None and kind != _CACHE[key].spec.kind:
-        raise BundleError(f"model_kind={kind!r} but the bundle {str(path)!r} has kind "
-                          f"{_CACHE[key].spec.kind!r} in its spec; model_kind is for BioImage "
-                          "Model Zoo packages whose kind cannot be told. Leave it unset.")
-    return _CACHE[key]
+    return _same_kind(_CACHE[key], kind)
+
+
+def _same_kind(model, kind):
+    """``model``, unless ``kind`` is given and its bundle's spec says another."""
+    if kind is not None and kind != model.spec.kind:
+        raise BundleError(f"model_kind={kind!r} but the bundle {model.path!r} has kind "
+                          f"{model.spec.kind!r} in its spec; model_kind is for BioImage Model "
+                          "Zoo packages whose kind cannot be told. Leave it unset.")
+    return model
 
 
 def _load_package(root, trust, engine, kind):

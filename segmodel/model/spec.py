@@ -169,7 +169,7 @@ class ModelSpec:
         """
         d = dict(d)
         d["postprocess"] = PostprocessSettings(**d.get("postprocess", {}))
-        for key in ("classes", "object_diameter_range", "preprocessing"):
+        for key in _LISTS:
             if key in d:
                 d[key] = tuple(d[key])
         return cls(**d)
@@ -185,6 +185,8 @@ class ModelSpec:
 
 
 SPEC_SUFFIXES = (".json", ".yaml", ".yml")
+#: Fields held as tuples (lists in spec files).
+_LISTS = ("classes", "object_diameter_range", "preprocessing")
 
 
 class BundleError(ValueError):
@@ -321,8 +323,7 @@ def spec_from_dict(data, source="<spec>"):
         want = _TYPES[key]
         ok = (isinstance(value, want) and not isinstance(value, bool)) or (
             want is float and isinstance(value, int) and not isinstance(value, bool))
-        if key in ("classes", "object_diameter_range", "preprocessing") and isinstance(
-                value, tuple):
+        if key in _LISTS and isinstance(value, tuple):
             ok, value = True, list(value)
         if not ok:
             raise BundleError(f"spec {source!r}: field {key!r} must be a {want.__name__}. "
@@ -352,8 +353,7 @@ def spec_from_dict(data, source="<spec>"):
                           f"half the tile ({tile}): each tile keeps its centre. Received: "
                           f"overlap={clean['overlap']}")
     _check_diameters(clean, source)
-    _check_preprocessing(clean, source)
-    spec = ModelSpec.from_dict(clean)
+    spec = ModelSpec.from_dict(_check_preprocessing(clean, source))
     _check_kind(spec, source)
     return spec
 
@@ -376,6 +376,7 @@ def _check_diameters(clean, source):
 
 
 def _check_preprocessing(clean, source):
+    """``clean`` with its ``preprocessing`` steps checked and filled in."""
     steps = clean.get("preprocessing", [])
     try:
         clean["preprocessing"] = list(check_steps(steps))
@@ -390,6 +391,7 @@ def _check_preprocessing(clean, source):
         raise BundleError(f"spec {source!r}: 'preprocessing' steps are applied only with "
                           f"normalization: preprocessing; this spec has normalization: {chosen}. "
                           "Set normalization: preprocessing, or remove the steps.")
+    return clean
 
 
 def _check_kind(spec, source):
