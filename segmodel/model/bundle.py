@@ -339,7 +339,7 @@ def inspect(path, *, trust=False):
 def _inspect_package(path):
     """``inspect`` of a zoo package: what segflow reads from it, or why it cannot run it."""
     try:
-        package = zoo.read_package(zoo.local_package(path))
+        package = zoo.read_package(zoo.local_package(path), name=str(path))
     except (BundleError, FileNotFoundError) as exc:
         return [], [str(exc)]
     lay = package.layout

@@ -248,7 +248,8 @@ def load_model(path=None, *, trust=False, engine="keras", kind=None, storage_opt
         contradicts a bundle's spec.
     """
     if path is not None and zoo.is_package(path):
-        return _load_package(zoo.local_package(path, storage_options), trust, engine, kind)
+        return _load_package(zoo.local_package(path, storage_options), trust, engine, kind,
+                             str(path))
     path = resolve_bundle(path) if path is not None else DEFAULT_MODEL
     if not path.is_file():
         raise FileNotFoundError(
@@ -276,14 +277,14 @@ def _same_kind(model, kind):
     return model
 
 
-def _load_package(root, trust, engine, kind):
+def _load_package(root, trust, engine, kind, name):
     """A BioImage Model Zoo package's model on its engine (cached as :func:`load_model`)."""
     chosen = resolve_engine(engine)
     formats = zoo.KERAS_FORMATS if chosen == "keras" else zoo.WEIGHTS_ORDER
     key = ("zoo", zoo.package_digest(root), kind, bool(trust), chosen)
     with _CACHE_LOCK:
         if key not in _CACHE:
-            package = zoo.read_package(root, kind=kind, formats=formats)
+            package = zoo.read_package(root, kind=kind, formats=formats, name=name)
             model = LoadedModel(None, package.spec, package.fingerprint, str(root), chosen,
                                 loader=partial(_package_keras, package, trust), package=package)
             _CACHE[key] = _with_package_runner(model, trust, engine)

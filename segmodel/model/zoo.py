@@ -269,7 +269,7 @@ class ZooPackage:
     any_size: bool = False
 
 
-def read_package(root, *, kind=None, formats=WEIGHTS_ORDER):
+def read_package(root, *, kind=None, formats=WEIGHTS_ORDER, name=None):
     """Read a package folder and map it to a spec, weights and a layout.
 
     Parameters
@@ -281,6 +281,8 @@ def read_package(root, *, kind=None, formats=WEIGHTS_ORDER):
     formats : sequence of str, optional
         Weight formats the chosen engine runs, in order of preference (default
         :data:`WEIGHTS_ORDER`).
+    name : str, optional
+        The package as the user gave it, for messages (default: ``root``).
 
     Returns
     -------
@@ -295,7 +297,7 @@ def read_package(root, *, kind=None, formats=WEIGHTS_ORDER):
     root = Path(root)
     if kind is not None and kind not in KINDS:
         raise ValueError(f"model_kind must be one of {', '.join(KINDS)}. Received: {kind!r}")
-    descr, source = _describe(root)
+    descr, source = _describe(root, name or str(root))
     inp, out = descr.inputs[0], _output(descr, source)
     weights_format, weights = _weights(descr, source, formats)
     segflow = (descr.config.model_extra or {}).get("segflow") if descr.config else None
@@ -318,13 +320,13 @@ def read_package(root, *, kind=None, formats=WEIGHTS_ORDER):
                       any_size)
 
 
-def _describe(root):
+def _describe(root, name):
     """The package's model description (format 0.4 is updated to 0.5), and its name."""
     from bioimageio.spec import load_model_description
     from bioimageio.spec.model import v0_5
 
     rdf = next((root / n for n in RDF_NAMES if (root / n).is_file()), None)
-    source = f"model package {str(root)!r}"
+    source = f"model package {name!r}"
     if rdf is None:
         raise ZooError(f"{source} holds no rdf.yaml or bioimageio.yaml.")
     descr = load_model_description(rdf, format_version="latest")
@@ -509,8 +511,8 @@ def _kind(out, source, kind):
         raise ZooError(f"{source}: model_kind={kind!r} does not fit output {str(out.id)!r} with "
                        f"{len(names)} channels {names} (instances: 3, binary: 1, semantic: 2 "
                        "or more).")
-    if kind == "instances":
-        return {"kind": kind}, tuple(roles) if roles is not None else ()
+    if kind == "instances":  # channels reordered by name, where needed
+        return {"kind": kind}, tuple(roles) if roles not in (None, [0, 1, 2]) else ()
     if kind == "binary":
         return {"kind": kind}, ()
     return {"kind": kind, "classes": names, "object_class": _object_class(names)}, ()

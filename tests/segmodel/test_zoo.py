@@ -178,3 +178,10 @@ def test_a_remote_package_is_fetched_into_the_cache_by_its_content(tmp_path, wei
     assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in root.iterdir())
     with pytest.raises(FileNotFoundError, match="model package not found"):
         zoo.local_package(f"{url}/missing.zip")
+
+
+def test_model_kind_is_refused_for_a_bundle_whose_spec_says_another():
+    with pytest.raises(specs.BundleError, match="model_kind='binary' but the bundle .*nuclei"
+                       r"\.keras' has kind 'instances' in its spec"):
+        load_model(None, kind="binary")
+    assert load_model(None, kind="instances").spec.kind == "instances"
