@@ -26,13 +26,19 @@ shipped model's behaviour, so the shipped ``nuclei.json`` is a bundle spec too::
 """
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from segmodel.inference.preprocess import (
+    Normalization,
+    apply_normalization,
+    estimate_normalization,
+)
 from segmodel.inference.steps import apply_steps, estimate_steps
 from segmodel.model import zoo
-from segmodel.model.loading import load_keras, save_model
+from segmodel.model.loading import load_keras, load_model, save_model
 from segmodel.model.spec import BundleError, ModelSpec, find_spec, read_spec, resolve_bundle
 
 
@@ -112,6 +118,26 @@ def normalize(image, spec):
         if np.issubdtype(dtype, np.integer):
             x = x / float(np.iinfo(dtype).max)
     return x
+
+
+def model_input(image, spec):
+    """Model input of an ``(H, W, C)`` image under any ``normalization`` (statistics of the image).
+
+    Parameters
+    ----------
+    image : (H, W, C) array_like
+        The image, with the model's channels.
+    spec : ModelSpec
+        Its normalisation fields are read.
+
+    Returns
+    -------
+    (H, W, C) ndarray of float32
+    """
+    if spec.normalization != "percentile":
+        return normalize(image, spec)
+    settings = Normalization(spec.p_low, spec.p_high, spec.invert)
+    return apply_normalization(image, estimate_normalization(image, settings))
 
 
 def scale_for_pixel_size(image_pixel_size, spec):
@@ -294,7 +320,7 @@ def inspect(path, *, trust=False):
         Problems found; empty when all is well. Problems are returned, never raised.
     """
     if zoo.is_package(path):
-        return _inspect_package(path)
+        return _inspect_package(path, trust)
     lines, errors = [], []
     path = Path(str(path))
     if not path.exists():
@@ -336,19 +362,29 @@ def inspect(path, *, trust=False):
     return lines, errors
 
 
-def _inspect_package(path):
-    """``inspect`` of a zoo package: what segflow reads from it, or why it cannot run it."""
+def _inspect_package(path, trust):
+    """``inspect`` of a zoo package: what segflow reads from it, and its test tensors run."""
     try:
-        package = zoo.read_package(zoo.local_package(path), name=str(path))
+        model = load_model(path, trust=trust, engine="auto")
     except (BundleError, FileNotFoundError) as exc:
         return [], [str(exc)]
-    lay = package.layout
+    package, lay = model.package, model.package.layout
     lines = [f"package: {package.root}",
-             f"weights: {package.weights_format} ({package.weights.name})",
+             f"weights: {package.weights_format} ({package.weights.name}), engine "
+             f"{model.engine} ({model.precision})",
              f"axes: input {lay.inputs}, output {lay.outputs}"
              + (f", output channels taken {list(lay.channels)}" if lay.channels else "")
              + (f", post-processing {[s['step'] for s in lay.post]}" if lay.post else "")]
-    return lines + _spec_lines(package.spec), []
+    lines += _spec_lines(package.spec)
+    diff = zoo.reproduce(package, model.runner, partial(model_input, spec=package.spec))
+    tolerance = 1e-3 if model.precision == "f32" else 3e-2  # bfloat16 keeps 8 bits
+    lines.append("test tensors: none in the package" if diff is None else
+                 f"test tensors: largest difference {diff:.2g} (tolerance {tolerance:g})")
+    if diff is not None and diff > tolerance:
+        return lines, [f"{path}: the package's test input gives maps {diff:.2g} away from its "
+                       f"test output (tolerance {tolerance:g}): its axes, pre-processing or "
+                       "weights are not read as they were meant."]
+    return lines, []
 
 
 def _spec_lines(spec):

@@ -258,6 +258,8 @@ class ZooPackage:
         Content hash of the package, the weights chosen and the kind asked for.
     any_size : bool
         The input takes any multiple of the divisor (min/step sizes), so larger tiles too.
+    test_tensors : tuple of Path
+        The package's test input and output (``.npy``), or empty where it has none.
     """
 
     root: Path
@@ -267,6 +269,7 @@ class ZooPackage:
     layout: Layout
     fingerprint: str
     any_size: bool = False
+    test_tensors: tuple = ()
 
 
 def read_package(root, *, kind=None, formats=WEIGHTS_ORDER, name=None):
@@ -316,8 +319,10 @@ def read_package(root, *, kind=None, formats=WEIGHTS_ORDER, name=None):
     sizes = [a.size for a in inp.axes if a.type == "space" and str(a.id) in ("y", "x")]
     any_size = all(hasattr(s, "step") and spec.divisor % s.step == 0 == s.min % s.step
                    for s in sizes)
+    tests = tuple(Path(t.test_tensor.source.absolute()) for t in (inp, out)
+                  if t.test_tensor is not None and hasattr(t.test_tensor.source, "absolute"))
     return ZooPackage(root, spec, weights_format, weights, layout, digest.hexdigest()[:16],
-                      any_size)
+                      any_size, tests if len(tests) == 2 else ())
 
 
 def _describe(root, name):
@@ -565,6 +570,35 @@ def weights_for_openvino(package):
         inner = [p.parent for p in folder.rglob("saved_model.pb")]
         return inner[0] if inner else folder
     return path
+
+
+def reproduce(package, runner, prepare):
+    """Largest difference between the package's test output and segflow's for its test input.
+
+    Parameters
+    ----------
+    package : ZooPackage
+    runner : PackageRunner
+        The model on its engine (a :class:`~segmodel.model.loading.LoadedModel`'s runner).
+    prepare : callable
+        ``prepare((H, W, C) image) -> (H, W, C) float32``: the spec's normalisation, its
+        statistics estimated on the whole test input.
+
+    Returns
+    -------
+    float or None
+        The maximum absolute difference; None where the package has no test tensors.
+    """
+    if not package.test_tensors:
+        return None
+    lay = package.layout
+    raw, want = (np.load(p) for p in package.test_tensors)
+    x = prepare(_moved(raw, lay.inputs, "byxc")[0])
+    got = _moved(runner(_moved(x[None], "byxc", lay.spec_axes)), lay.spec_axes, "byxc")
+    want = _moved(want.astype(np.float32), lay.outputs, "byxc")
+    if lay.channels:
+        want = want[..., list(lay.channels)]
+    return float(np.abs(got - want).max())
 
 
 class PackageRunner:

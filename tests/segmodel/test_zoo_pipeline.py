@@ -17,7 +17,7 @@ from skimage.segmentation import find_boundaries
 
 from segmodel import api
 from segmodel.inference.steps import apply_steps, check_steps, estimate_steps
-from segmodel.model.bundle import save_bundle
+from segmodel.model.bundle import inspect, save_bundle
 from segmodel.model.loading import load_model
 from segmodel.training import datasets
 from segmodel.training.train import TrainConfig, train
@@ -75,6 +75,15 @@ def _masks(out):
     return images, {i: tifffile.imread(out / r["mask_path"]) for i, r in images.iterrows()}
 
 
+def _reproduces(package, tolerance=1e-3):
+    """``segflow model inspect`` runs the package's test input and meets its test output."""
+    lines, errors = inspect(package)
+    assert errors == [], errors
+    diff = float(lines[-1].split("largest difference ")[1].split()[0])
+    assert lines[-1].startswith("test tensors:") and diff <= tolerance, lines[-1]
+    return diff
+
+
 def _run_both(package, bundle, inputs, tmp_path, **options):
     """Masks and image tables of the package and the bundle, run the same way."""
     runs = {}
@@ -109,6 +118,7 @@ def test_an_instances_package_with_keras_v3_weights_and_named_channels_runs_as_i
     assert lm.spec.kind == "instances" and lm.package.layout.channels == (1, 2, 0)
     assert lm.spec.normalization == "preprocessing" and lm.spec.tile == 256
     assert list(lm.spec.preprocessing) == steps
+    _reproduces(package, 3e-2)  # OpenVINO, in bfloat16 where the CPU has it
     save_bundle(model, lm.spec, tmp_path / "bundle" / "model.keras")  # same spec, plain model
     (zoo_images, zoo), (_, plain) = _run_both(package, tmp_path / "bundle", inputs, tmp_path)
     assert zoo.keys() == plain.keys()
@@ -138,6 +148,7 @@ def test_a_binary_package_with_keras_hdf5_weights_runs_as_its_bundle(own_data, i
     assert lm.spec.kind == "binary" and lm.package.weights_format == "keras_hdf5"
     assert lm.spec.preprocessing == check_steps(steps)
     assert (lm.spec.divisor, lm.spec.tile) == (4, 256)
+    _reproduces(package, 3e-2)
     save_bundle(model, lm.spec, tmp_path / "bundle" / "model.keras")
     (images, zoo), (_, plain) = _run_both(package, tmp_path / "bundle", inputs, tmp_path,
                                           mask_format="tif")
@@ -219,6 +230,12 @@ def test_a_semantic_package_with_onnx_weights_bcyx_axes_and_zero_mean_unit_varia
     got = lm.predict_batch(batch)
     tolerance = 1e-4 if lm.precision == "f32" else 2e-2
     assert np.abs(got - net.predict_on_batch(batch)).max() < tolerance
+    _reproduces(package, tolerance)
+    wrong = write_package(  # the same package whose test output has its classes swapped
+        tmp_path / "wrong", {"onnx": onnx_path}, in_axes="bcyx", in_names=("dapi",),
+        out_names=CLASSES, out_id="classes", description="class probabilities (softmax)",
+        test_io=(raw.transpose(0, 3, 1, 2), maps.transpose(0, 3, 1, 2)[:, ::-1]), size=32)
+    assert "the package's test input gives maps" in inspect(wrong)[1][0]
     spec = type(lm.spec).from_dict({**lm.spec.to_dict(), "axes": "YXC"})
     save_bundle(net, spec, tmp_path / "bundle" / "model.keras")
     outs = {}
