@@ -17,6 +17,8 @@ _WEIGHTS = {
                                                 backend=("tensorflow", "2.16")),
     "keras_hdf5": lambda p: m.KerasHdf5WeightsDescr(source=p, tensorflow_version="2.16"),
     "onnx": lambda p: m.OnnxWeightsDescr(source=p, opset_version=13),
+    "tensorflow_saved_model_bundle": lambda p: m.TensorflowSavedModelBundleWeightsDescr(
+        source=p, tensorflow_version="2.16"),
     "torchscript": lambda p: m.TorchscriptWeightsDescr(source=p, pytorch_version="2.1"),
     "tensorflow_js": lambda p: m.TensorflowJsWeightsDescr(source=p, tensorflow_version="2.16"),
 }

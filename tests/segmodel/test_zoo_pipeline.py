@@ -4,6 +4,7 @@ ONNX weights; byxc and bcyx axes), run with ``segmodel.api.run`` and checked aga
 Keras model run as a plain segflow bundle with the package's spec."""
 
 import json
+import shutil
 
 import keras
 import numpy as np
@@ -17,6 +18,7 @@ from skimage.segmentation import find_boundaries
 
 from segmodel import api
 from segmodel.inference.steps import apply_steps, check_steps, estimate_steps
+from segmodel.model import zoo
 from segmodel.model.bundle import inspect, save_bundle
 from segmodel.model.loading import load_model
 from segmodel.training import datasets
@@ -267,3 +269,33 @@ def test_a_package_carrying_a_segflow_spec_segments_as_the_bundle_it_came_from(
     for image_id in zoo:
         assert np.array_equal(zoo[image_id], plain[image_id]), image_id
     assert images["n_objects"].min() > 0
+
+
+def test_a_package_with_tensorflow_saved_model_weights_runs_through_openvino(own_data, inputs,
+                                                                             tmp_path):
+    net = _semantic_net(own_data)
+    net.export(str(tmp_path / "saved"), format="tf_saved_model", verbose=False)
+    bundle = shutil.make_archive(str(tmp_path / "saved_model"), "zip", tmp_path / "saved")
+    gray = np.asarray(Image.open(sorted(inputs.iterdir())[0]).convert("L"), np.float32)
+    steps = [{"step": "zero_mean_unit_variance", "eps": 1e-6, "per_channel": True}]
+    package = write_package(
+        tmp_path / "savedmodel.zip", {"tensorflow_saved_model_bundle": bundle},
+        in_names=("dapi",), out_names=CLASSES, out_id="classes",
+        postprocessing=[m.SoftmaxDescr(kwargs=m.SoftmaxKwargs(axis=m.AxisId("channel")))],
+        preprocessing=[m.ZeroMeanUnitVarianceDescr(kwargs=m.ZeroMeanUnitVarianceKwargs(
+            axes=[m.AxisId("y"), m.AxisId("x")]))],
+        test_io=_test_io(net.predict_on_batch, gray[..., None], steps), size=32)
+    lm = load_model(package, engine="auto")
+    assert lm.engine == "openvino" and lm.package.weights_format == "tensorflow_saved_model_bundle"
+    assert lm.spec.kind == "semantic" and lm.spec.axes == "YXC"  # softmax: semantic
+    batch = np.random.default_rng(1).normal(size=(3, 32, 48, 1)).astype(np.float32)
+    tolerance = 1e-4 if lm.precision == "f32" else 2e-2
+    # the model's softmax maps pass the package's softmax once more: both sides get it
+    assert np.abs(lm.predict_batch(batch) - keras.ops.convert_to_numpy(keras.ops.softmax(
+        net.predict_on_batch(batch), axis=-1))).max() < tolerance
+    summary = api.run(str(inputs), str(tmp_path / "out"), model=str(package))
+    assert summary["failed"] == 0 and summary["images"] == 3
+    images, masks = _masks(tmp_path / "out")
+    assert images["n_objects"].min() > 0 and all(mk.max() <= 2 for mk in masks.values())
+    with pytest.raises(zoo.ZooError, match="which run with OpenVINO, not with engine 'keras'"):
+        load_model(package, engine="keras")
