@@ -261,20 +261,21 @@ def load_model(path=None, *, trust=False, engine="keras", kind=None, storage_opt
     with _CACHE_LOCK:
         if key not in _CACHE:
             sp = spec_path(path)
-            spec = read_spec(sp) if sp.exists() else ModelSpec()
+            spec = _same_kind(read_spec(sp) if sp.exists() else ModelSpec(), kind, path)
             model = LoadedModel(None, spec, key[0], str(path), chosen,
                                 loader=partial(_keras_for, path, trust, key[0]))
             _CACHE[key] = _with_runner(model, trust, engine)
-    return _same_kind(_CACHE[key], kind)
+        _same_kind(_CACHE[key].spec, kind, path)  # checked before loading, and when cached
+        return _CACHE[key]
 
 
-def _same_kind(model, kind):
-    """``model``, unless ``kind`` is given and its bundle's spec says another."""
-    if kind is not None and kind != model.spec.kind:
-        raise BundleError(f"model_kind={kind!r} but the bundle {model.path!r} has kind "
-                          f"{model.spec.kind!r} in its spec; model_kind is for BioImage Model "
-                          "Zoo packages whose kind cannot be told. Leave it unset.")
-    return model
+def _same_kind(spec, kind, path):
+    """``spec``, unless ``kind`` is given and the bundle's spec says another."""
+    if kind is not None and kind != spec.kind:
+        raise BundleError(f"model_kind={kind!r} but the bundle {str(path)!r} has kind "
+                          f"{spec.kind!r} in its spec; model_kind is for BioImage Model Zoo "
+                          "packages whose kind cannot be told. Leave it unset.")
+    return spec
 
 
 def _load_package(root, trust, engine, kind, name):

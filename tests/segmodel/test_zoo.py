@@ -183,5 +183,4 @@ def test_a_remote_package_is_fetched_into_the_cache_by_its_content(tmp_path, wei
 def test_model_kind_is_refused_for_a_bundle_whose_spec_says_another():
     with pytest.raises(specs.BundleError, match="model_kind='binary' but the bundle .*nuclei"
                        r"\.keras' has kind 'instances' in its spec"):
-        load_model(None, kind="binary")
-    assert load_model(None, kind="instances").spec.kind == "instances"
+        load_model(None, kind="binary")  # refused before the model loads
