@@ -299,3 +299,25 @@ def test_a_package_with_tensorflow_saved_model_weights_runs_through_openvino(own
     assert images["n_objects"].min() > 0 and all(mk.max() <= 2 for mk in masks.values())
     with pytest.raises(zoo.ZooError, match="which run with OpenVINO, not with engine 'keras'"):
         load_model(package, engine="keras")
+
+
+def test_an_ambiguous_package_runs_with_model_kind_and_reruns_by_its_configuration(
+        own_data, inputs, tmp_path):
+    net = _semantic_net(own_data)
+    package = write_package(  # three channels without names or softmax: instances or classes?
+        tmp_path / "ambiguous.zip", {"onnx": _onnx_of(net, tmp_path / "w.onnx")},
+        in_axes="bcyx", in_names=("dapi",), out_names=("c0", "c1", "c2"), size=32)
+    out = tmp_path / "out"
+    with pytest.raises(zoo.ZooError, match="Pass --model-kind"):
+        api.run(str(inputs), str(out), model=str(package))
+    assert not out.exists()  # refused before any work
+    first = api.run(str(inputs), str(out), model=str(package), model_kind="semantic")
+    assert first["images"] == 3 and first["failed"] == 0
+    classes = api.read_table(str(out), "classes")
+    assert sorted(set(classes["class"])) == ["c0", "c1", "c2"]
+    again = api.run(str(inputs), str(out), model=str(package), model_kind="semantic")
+    assert again["skipped"] == 3 and again["images"] == 0  # same package, same kind: done
+    other = api.run(str(inputs), str(out), model=str(package), model_kind="instances")
+    assert other["images"] == 3  # another kind is another configuration: redone
+    keys = set(api.read_table(str(out), "images")["config_key"])
+    assert len(keys) == 1
