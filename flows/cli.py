@@ -101,7 +101,8 @@ def _parser():
     model_sub = model.add_subparsers(dest="model_command", required=True, parser_class=_Command)
     inspect = model_sub.add_parser("inspect", help="Print a bundle's spec and check it against "
                                                    "its model (exit 1 on any problem).")
-    inspect.add_argument("bundle", help="A .keras file with its spec beside it, or their folder.")
+    inspect.add_argument("bundle", help="A .keras file with its spec beside it, or their folder; "
+                         "or a BioImage Model Zoo package (.zip or folder with rdf.yaml).")
     inspect.add_argument("--trust-model", action="store_true",
                          help="Load a model that carries Python code; only for files you trust.")
     model_sub.add_parser("export", help="Write a model as a BioImage Model Zoo package "

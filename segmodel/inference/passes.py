@@ -19,16 +19,13 @@ from segmodel.inference.autoscale import Estimate
 from segmodel.inference.heads import mask_from_maps, object_labels
 from segmodel.inference.predict import predict_maps, with_flips
 from segmodel.inference.preprocess import (
-    Normalization,
     Tiling,
-    apply_normalization,
-    estimate_normalization,
     resize,
     scaled_shape,
     to_channels,
 )
 from segmodel.inference.workers import CpuPool
-from segmodel.model.bundle import n_outputs, normalize, takes_any_size
+from segmodel.model.bundle import model_input, n_outputs, takes_any_size
 from segmodel.model.loading import DEFAULT_MODEL, LoadedModel, load_model
 
 
@@ -130,12 +127,7 @@ def prepare(image, spec, scale=1.0):
         If the image's channels cannot be converted to the spec's.
     """
     image = to_channels(np.asarray(image), spec.channels)
-    if spec.normalization != "percentile":
-        prepared = Prepared(image, normalize(image, spec), 1.0)
-        return rescale(prepared, 1.0 if scale == AUTO else scale)
-    stats = estimate_normalization(image, Normalization(spec.p_low, spec.p_high, spec.invert))
-    x = apply_normalization(image, stats)
-    return rescale(Prepared(image, x, 1.0), 1.0 if scale == AUTO else scale)
+    return rescale(Prepared(image, model_input(image, spec), 1.0), 1.0 if scale == AUTO else scale)
 
 
 def rescale(prepared, scale):
@@ -471,6 +463,9 @@ def model_tiling(lm, tile=None):
     ValueError
         If the tile does not fit the model (see :meth:`Tiling.validate`).
     """
-    flexible = tile is None and (Path(lm.path) == DEFAULT_MODEL or takes_any_size(
-        lm.keras_model, lm.spec))
+    if lm.package is not None:  # a package's input sizes say (segmodel.model.zoo)
+        flexible = tile is None and lm.package.any_size
+    else:
+        flexible = tile is None and (Path(lm.path) == DEFAULT_MODEL or takes_any_size(
+            lm.keras_model, lm.spec))
     return default_tiling(lm.spec, tile, large=flexible)

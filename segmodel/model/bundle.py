@@ -26,11 +26,19 @@ shipped model's behaviour, so the shipped ``nuclei.json`` is a bundle spec too::
 """
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from segmodel.model.loading import load_keras, save_model
+from segmodel.inference.preprocess import (
+    Normalization,
+    apply_normalization,
+    estimate_normalization,
+)
+from segmodel.inference.steps import apply_steps, estimate_steps
+from segmodel.model import zoo
+from segmodel.model.loading import load_keras, load_model, save_model
 from segmodel.model.spec import BundleError, ModelSpec, find_spec, read_spec, resolve_bundle
 
 
@@ -88,7 +96,8 @@ def normalize(image, spec):
     """Model input of an ``(H, W, C)`` image for ``normalization`` other than percentile.
 
     ``'range'`` divides integer images by their dtype's maximum; ``'none'`` (and real-valued
-    images) only convert to float32.
+    images) only convert to float32; ``'preprocessing'`` estimates the spec's steps on the whole
+    image once and applies them (:mod:`segmodel.inference.steps`).
 
     Parameters
     ----------
@@ -101,12 +110,34 @@ def normalize(image, spec):
     -------
     (H, W, C) ndarray of float32
     """
+    if spec.normalization == "preprocessing":
+        return apply_steps(image, estimate_steps(image, spec.preprocessing))
     x = np.asarray(image, dtype=np.float32)
     if spec.normalization == "range":
         dtype = np.asarray(image).dtype
         if np.issubdtype(dtype, np.integer):
             x = x / float(np.iinfo(dtype).max)
     return x
+
+
+def model_input(image, spec):
+    """Model input of an ``(H, W, C)`` image under any ``normalization`` (statistics of the image).
+
+    Parameters
+    ----------
+    image : (H, W, C) array_like
+        The image, with the model's channels.
+    spec : ModelSpec
+        Its normalisation fields are read.
+
+    Returns
+    -------
+    (H, W, C) ndarray of float32
+    """
+    if spec.normalization != "percentile":
+        return normalize(image, spec)
+    settings = Normalization(spec.p_low, spec.p_high, spec.invert)
+    return apply_normalization(image, estimate_normalization(image, settings))
 
 
 def scale_for_pixel_size(image_pixel_size, spec):
@@ -276,7 +307,8 @@ def inspect(path, *, trust=False):
     Parameters
     ----------
     path : str or Path
-        A ``.keras`` file or a bundle folder.
+        A ``.keras`` file, a bundle folder, or a BioImage Model Zoo package (the spec segflow
+        reads from it is described; see :mod:`segmodel.model.zoo`).
     trust : bool, optional
         Load the model outside Keras' safe mode (default False); only for files you trust.
 
@@ -287,6 +319,8 @@ def inspect(path, *, trust=False):
     errors : list of str
         Problems found; empty when all is well. Problems are returned, never raised.
     """
+    if zoo.is_package(path):
+        return _inspect_package(path, trust)
     lines, errors = [], []
     path = Path(str(path))
     if not path.exists():
@@ -328,11 +362,37 @@ def inspect(path, *, trust=False):
     return lines, errors
 
 
+def _inspect_package(path, trust):
+    """``inspect`` of a zoo package: what segflow reads from it, and its test tensors run."""
+    try:
+        model = load_model(path, trust=trust, engine="auto")
+    except (BundleError, FileNotFoundError) as exc:
+        return [], [str(exc)]
+    package, lay = model.package, model.package.layout
+    lines = [f"package: {package.root}",
+             f"weights: {package.weights_format} ({package.weights.name}), engine "
+             f"{model.engine} ({model.precision})",
+             f"axes: input {lay.inputs}, output {lay.outputs}"
+             + (f", output channels taken {list(lay.channels)}" if lay.channels else "")
+             + (f", post-processing {[s['step'] for s in lay.post]}" if lay.post else "")]
+    lines += _spec_lines(package.spec)
+    diff = zoo.reproduce(package, model.runner, partial(model_input, spec=package.spec))
+    tolerance = 1e-3 if model.precision == "f32" else 3e-2  # bfloat16 keeps 8 bits
+    lines.append("test tensors: none in the package" if diff is None else
+                 f"test tensors: largest difference {diff:.2g} (tolerance {tolerance:g})")
+    if diff is not None and diff > tolerance:
+        return lines, [f"{path}: the package's test input gives maps {diff:.2g} away from its "
+                       f"test output (tolerance {tolerance:g}): its axes, pre-processing or "
+                       "weights are not read as they were meant."]
+    return lines, []
+
+
 def _spec_lines(spec):
     """The spec's fields that matter for its kind and normalisation, one line each."""
     data, lines = spec.to_dict(), []
     for key in ("name", "kind", "classes", "object_class", "split", "channels", "axes",
-                "divisor", "tile", "overlap", "normalization", "p_low", "p_high", "invert",
+                "divisor", "tile", "overlap", "normalization", "preprocessing", "p_low",
+                "p_high", "invert",
                 "object_diameter", "object_diameter_range", "pixel_size", "postprocess"):
         value = data[key]
         if key in ("classes", "object_class") and spec.kind != "semantic":
@@ -340,6 +400,8 @@ def _spec_lines(spec):
         if key == "split" and spec.kind != "binary":
             continue
         if key in ("p_low", "p_high", "invert") and spec.normalization != "percentile":
+            continue
+        if key == "preprocessing" and not value:
             continue
         lines.append(f"  {key}: {list(value) if isinstance(value, tuple) else value}")
     return lines

@@ -159,13 +159,46 @@ def converted(keras_model, fingerprint, trust=False):
     EngineError
         If the model does not convert (the message carries the converter's reason).
     """
+    return _convert_once(lambda xml: _export(keras_model, xml), fingerprint, trust)
+
+
+def converted_file(source, fingerprint):
+    """The OpenVINO model file for an ONNX file or TensorFlow SavedModel folder, cached.
+
+    OpenVINO's converter reads both formats itself: no Keras or TensorFlow model is built.
+
+    Parameters
+    ----------
+    source : str or Path
+        A ``.onnx`` file or a SavedModel folder.
+    fingerprint : str
+        A content hash of the model (the cache key).
+
+    Returns
+    -------
+    Path
+        ``model.xml`` under :func:`cache_dir`.
+
+    Raises
+    ------
+    EngineError
+        If OpenVINO is not installed or the model does not convert.
+    """
+    if not openvino_installed():
+        raise EngineError("this model runs with OpenVINO, which is not installed: pip install "
+                          "openvino.")
+    return _convert_once(lambda xml: _export_file(source, xml), fingerprint, False)
+
+
+def _convert_once(export, fingerprint, trust):
+    """Run ``export(xml)`` into the cache folder of ``fingerprint`` unless it is there already."""
     folder = _folder(fingerprint, trust)
     if (folder / "model.xml").is_file():
         return folder / "model.xml"
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
     try:
-        _export(keras_model, tmp / "model.xml")
+        export(tmp / "model.xml")
         try:
             os.rename(tmp, folder)  # atomic; another process may have won the race
         except OSError:
@@ -174,6 +207,18 @@ def converted(keras_model, fingerprint, trust=False):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder / "model.xml"
+
+
+def _export_file(source, xml):
+    """Write an ONNX file or SavedModel folder as OpenVINO IR at ``xml``, in float32."""
+    import openvino as ov
+
+    try:
+        model = ov.convert_model(str(source))
+        ov.save_model(model, str(xml), compress_to_fp16=False)
+    except Exception as exc:  # the converter's own error types vary by format and version
+        raise EngineError(f"{Path(source).name} does not convert to OpenVINO "
+                          f"({type(exc).__name__}: {str(exc)[:300]}).") from exc
 
 
 def _export(keras_model, xml):

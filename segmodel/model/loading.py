@@ -17,9 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from segmodel.model.engines import EngineError, OpenVinoModel, cached, converted, resolve_engine
+from segmodel.model import zoo
+from segmodel.model.engines import (
+    EngineError,
+    OpenVinoModel,
+    cached,
+    converted,
+    converted_file,
+    resolve_engine,
+)
 from segmodel.model.keras_import import import_keras
-from segmodel.model.spec import ModelSpec, find_spec, read_spec, resolve_bundle
+from segmodel.model.spec import BundleError, ModelSpec, find_spec, read_spec, resolve_bundle
 
 _log = logging.getLogger("segflow")
 
@@ -128,6 +136,8 @@ class LoadedModel:
         The OpenVINO model where ``engine`` is ``'openvino'``, else None (Keras runs it).
     loader : callable or None
         ``() -> keras.Model``, called once where the model was given as None.
+    package : segmodel.model.zoo.ZooPackage or None
+        The BioImage Model Zoo package the model came from (``path`` is its folder), or None.
     """
 
     loaded: object
@@ -137,6 +147,7 @@ class LoadedModel:
     engine: str = "keras"
     runner: object = field(default=None, repr=False)
     loader: object = field(default=None, repr=False, compare=False)
+    package: object = field(default=None, repr=False)
 
     @property
     def keras_model(self):
@@ -196,7 +207,7 @@ _CACHE_LOCK = threading.Lock()
 _KERAS_LOCK = threading.Lock()
 
 
-def load_model(path=None, *, trust=False, engine="keras"):
+def load_model(path=None, *, trust=False, engine="keras", kind=None, storage_options=None):
     """Load a model once per process, cached by its file's fingerprint and engine.
 
     Models load in Keras' safe mode: a file carrying Python code (a ``Lambda`` layer's
@@ -205,13 +216,20 @@ def load_model(path=None, *, trust=False, engine="keras"):
     Parameters
     ----------
     path : str or Path, optional
-        A ``.keras`` file with a ``.json`` sidecar. Default: the bundled nuclei model.
+        A ``.keras`` file with a ``.json`` sidecar, a bundle folder, or a BioImage Model Zoo
+        package (``.zip`` or folder with ``rdf.yaml``, local or an fsspec URL; see
+        :mod:`segmodel.model.zoo`). Default: the bundled nuclei model.
     trust : bool, optional
         Load with safe mode off. Only for files from a source you trust.
     engine : {'keras', 'openvino', 'auto'}, optional
         What runs the model (default ``'keras'``; see :mod:`segmodel.model.engines`). With
         ``'openvino'`` the model is converted on first use and the conversion cached;
         ``'auto'`` falls back to Keras, with a warning, where the model does not convert.
+    kind : {'instances', 'binary', 'semantic'}, optional
+        A package's output kind where it does not tell (default: inferred; a bundle's spec
+        gives its own, and another ``kind`` is refused).
+    storage_options : dict, optional
+        fsspec options for a remote package (default none).
 
     Returns
     -------
@@ -225,7 +243,13 @@ def load_model(path=None, *, trust=False, engine="keras"):
         The file carries Python code and ``trust`` is False, or ``engine`` is unknown.
     EngineError
         ``engine`` is ``'openvino'`` and OpenVINO is missing or the model does not convert.
+    BundleError
+        A package segflow cannot run (:class:`segmodel.model.zoo.ZooError`), or ``kind``
+        contradicts a bundle's spec.
     """
+    if path is not None and zoo.is_package(path):
+        return _load_package(zoo.local_package(path, storage_options), trust, engine, kind,
+                             str(path))
     path = resolve_bundle(path) if path is not None else DEFAULT_MODEL
     if not path.is_file():
         raise FileNotFoundError(
@@ -237,11 +261,75 @@ def load_model(path=None, *, trust=False, engine="keras"):
     with _CACHE_LOCK:
         if key not in _CACHE:
             sp = spec_path(path)
-            spec = read_spec(sp) if sp.exists() else ModelSpec()
+            spec = _same_kind(read_spec(sp) if sp.exists() else ModelSpec(), kind, path)
             model = LoadedModel(None, spec, key[0], str(path), chosen,
                                 loader=partial(_keras_for, path, trust, key[0]))
             _CACHE[key] = _with_runner(model, trust, engine)
+        _same_kind(_CACHE[key].spec, kind, path)  # checked before loading, and when cached
         return _CACHE[key]
+
+
+def _same_kind(spec, kind, path):
+    """``spec``, unless ``kind`` is given and the bundle's spec says another."""
+    if kind is not None and kind != spec.kind:
+        raise BundleError(f"model_kind={kind!r} but the bundle {str(path)!r} has kind "
+                          f"{spec.kind!r} in its spec; model_kind is for BioImage Model Zoo "
+                          "packages whose kind cannot be told. Leave it unset.")
+    return spec
+
+
+def _load_package(root, trust, engine, kind, name):
+    """A BioImage Model Zoo package's model on its engine (cached as :func:`load_model`)."""
+    chosen = resolve_engine(engine)
+    formats = zoo.KERAS_FORMATS if chosen == "keras" else zoo.WEIGHTS_ORDER
+    key = ("zoo", zoo.package_digest(root), kind, bool(trust), chosen)
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            package = zoo.read_package(root, kind=kind, formats=formats, name=name)
+            model = LoadedModel(None, package.spec, package.fingerprint, str(root), chosen,
+                                loader=partial(_package_keras, package, trust), package=package)
+            _CACHE[key] = _with_package_runner(model, trust, engine)
+        return _CACHE[key]
+
+
+def _with_package_runner(model, trust, engine):
+    """``model`` with a :class:`~segmodel.model.zoo.PackageRunner` on its engine."""
+    package = model.package
+    keras_weights = package.weights_format in zoo.KERAS_FORMATS
+    if model.engine == "openvino":
+        try:
+            if keras_weights:
+                xml = cached(model.fingerprint, trust) or converted(
+                    model.keras_model, model.fingerprint, trust)
+            else:
+                xml = converted_file(zoo.weights_for_openvino(package), model.fingerprint)
+            ov_model = OpenVinoModel(xml)
+            model.runner = zoo.PackageRunner(ov_model, package.layout, ov_model.precision)
+            return model
+        except EngineError as exc:
+            if engine != "auto" or not keras_weights:
+                raise
+            _log.warning("engine 'auto': the model runs with Keras, as %s", exc)
+            model.engine = "keras"
+    model.keras_model  # loaded now: a bad file fails here, not mid-run
+    model.runner = zoo.PackageRunner(lambda batch: model.keras_model.predict_on_batch(batch),
+                                     package.layout)
+    return model
+
+
+def _package_keras(package, trust):
+    """A package's Keras weights (``keras_v3`` or ``keras_hdf5``), safe mode unless ``trust``."""
+    if package.weights_format == "keras_v3":
+        return load_keras(package.weights, trust)
+    keras = import_keras()
+    try:
+        return keras.saving.load_model(str(package.weights), compile=False, safe_mode=not trust)
+    except ValueError as exc:
+        if trust or "safe_mode" not in str(exc):
+            raise
+        raise ValueError(f"model {str(package.weights)!r} refused: it carries Python code that "
+                         "would run when it is loaded. Only if you trust where it came from, "
+                         "pass --trust-model.") from None
 
 
 def _keras_for(path, trust, fingerprint):

@@ -9,13 +9,15 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from segmodel.inference.steps import check_steps
+
 #: The instance model's output maps, in channel order.
 OUTPUTS = ("foreground", "boundary", "distance")
 #: Allowed values of the spec's string fields.
 CHOICES = {
     "kind": ("instances", "binary", "semantic"),
     "axes": ("YXC", "CYX"),
-    "normalization": ("percentile", "range", "none"),
+    "normalization": ("percentile", "range", "none", "preprocessing"),
     "split": ("components", "watershed"),
     "invert": ("auto", "never"),
 }
@@ -97,10 +99,12 @@ class ModelSpec:
         How a binary model's foreground becomes objects.
     axes : {'YXC', 'CYX'}
         Axes of the model's input.
-    normalization : {'percentile', 'range', 'none'}
+    normalization : {'percentile', 'range', 'none', 'preprocessing'}
         How images are scaled for the model.
     pixel_size : float
         Micrometres per pixel of the training images; 0: unknown.
+    preprocessing : tuple of dict
+        The steps of ``normalization: preprocessing`` (see :mod:`segmodel.inference.steps`).
     """
 
     name: str = "nuclei-unet"
@@ -135,10 +139,15 @@ class ModelSpec:
     split: str = "components"
     #: Axes of the model's input: "YXC" (channels last) or "CYX" (channels first).
     axes: str = "YXC"
-    #: "percentile" (p_low/p_high/invert), "range" (divide by the dtype's maximum) or "none".
+    #: "percentile" (p_low/p_high/invert), "range" (divide by the dtype's maximum), "none" or
+    #: "preprocessing" (the steps listed in ``preprocessing``).
     normalization: str = "percentile"
     #: Pixel size (micrometres) of the images the model was trained on; 0: unknown.
     pixel_size: float = 0.0
+    #: Steps of ``normalization: preprocessing``, each ``{step: name, setting: value}``
+    #: (BioImage Model Zoo names: scale_range, zero_mean_unit_variance, scale_linear, clip,
+    #: ...; see :mod:`segmodel.inference.steps`), estimated once per image, applied per tile.
+    preprocessing: tuple = ()
 
     @classmethod
     def from_dict(cls, d):
@@ -160,7 +169,7 @@ class ModelSpec:
         """
         d = dict(d)
         d["postprocess"] = PostprocessSettings(**d.get("postprocess", {}))
-        for key in ("classes", "object_diameter_range"):
+        for key in _LISTS:
             if key in d:
                 d[key] = tuple(d[key])
         return cls(**d)
@@ -176,6 +185,8 @@ class ModelSpec:
 
 
 SPEC_SUFFIXES = (".json", ".yaml", ".yml")
+#: Fields held as tuples (lists in spec files).
+_LISTS = ("classes", "object_diameter_range", "preprocessing")
 
 
 class BundleError(ValueError):
@@ -312,7 +323,7 @@ def spec_from_dict(data, source="<spec>"):
         want = _TYPES[key]
         ok = (isinstance(value, want) and not isinstance(value, bool)) or (
             want is float and isinstance(value, int) and not isinstance(value, bool))
-        if key in ("classes", "object_diameter_range") and isinstance(value, tuple):
+        if key in _LISTS and isinstance(value, tuple):
             ok, value = True, list(value)
         if not ok:
             raise BundleError(f"spec {source!r}: field {key!r} must be a {want.__name__}. "
@@ -342,7 +353,7 @@ def spec_from_dict(data, source="<spec>"):
                           f"half the tile ({tile}): each tile keeps its centre. Received: "
                           f"overlap={clean['overlap']}")
     _check_diameters(clean, source)
-    spec = ModelSpec.from_dict(clean)
+    spec = ModelSpec.from_dict(_check_preprocessing(clean, source))
     _check_kind(spec, source)
     return spec
 
@@ -362,6 +373,25 @@ def _check_diameters(clean, source):
             f"0 < low <= object_diameter <= high (object_diameter is {diameter}). Received: "
             f"object_diameter_range={list(span)!r}")
     clean["object_diameter_range"] = [float(v) for v in span]
+
+
+def _check_preprocessing(clean, source):
+    """``clean`` with its ``preprocessing`` steps checked and filled in."""
+    steps = clean.get("preprocessing", [])
+    try:
+        clean["preprocessing"] = list(check_steps(steps))
+    except ValueError as exc:
+        raise BundleError(f"spec {source!r}: field 'preprocessing': {exc}") from None
+    chosen = clean.get("normalization", "percentile")
+    if chosen == "preprocessing" and not steps:
+        raise BundleError(f"spec {source!r}: normalization: preprocessing needs the steps in "
+                          "'preprocessing' (e.g. [{step: scale_range, max_percentile: 99.8}]); "
+                          "or set normalization: none.")
+    if steps and chosen != "preprocessing":
+        raise BundleError(f"spec {source!r}: 'preprocessing' steps are applied only with "
+                          f"normalization: preprocessing; this spec has normalization: {chosen}. "
+                          "Set normalization: preprocessing, or remove the steps.")
+    return clean
 
 
 def _check_kind(spec, source):

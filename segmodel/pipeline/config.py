@@ -31,7 +31,8 @@ class RunConfig:
     input, output : Store
         Where images are read and masks and tables written.
     model_path : str
-        The resolved ``.keras`` file of the model.
+        The resolved ``.keras`` file of the model, a package's local folder, or the URL of a
+        remote package (each process fetches it once into the cache).
     engine : {'keras', 'openvino'}
         What runs the model in every process of the run (``options.engine`` resolved; see
         :mod:`segmodel.model.engines`).
@@ -61,7 +62,9 @@ class RunConfig:
 
     def load_model(self):
         """The run's model on its engine, loaded once per process (cached by ``load_model``)."""
-        return load_model(self.model_path, trust=self.options.trust_model, engine=self.engine)
+        return load_model(self.model_path, trust=self.options.trust_model, engine=self.engine,
+                          kind=self.options.model_kind,
+                          storage_options=_model_storage(self.options))
 
     def choices(self):
         """The input choices a reader needs: ``{'channel', 'plane', 'pyramid_level'}``."""
@@ -108,13 +111,16 @@ def configure(options):
     model = _load(options)
     # the shipped model fits its spec (its tests check): only another model is loaded in Keras
     # for the check, so a run of the shipped model on a cached conversion never loads Keras
-    problems = [] if Path(model.path) == DEFAULT_MODEL else check_model(
+    # a package is checked against its description when read (segmodel.model.zoo)
+    skip = Path(model.path) == DEFAULT_MODEL or model.package is not None
+    problems = [] if skip else check_model(
         model.keras_model, model.spec, str(spec_path(model.path)))
     if problems:  # a bundle whose spec does not fit its model: say so before any work
         raise ValueError("; ".join(problems) + f" (check with: segflow model inspect {model.path})")
     tiling = model_tiling(model, options.tile_size)
     config = RunConfig(
-        options=options, input=source, output=target, model_path=model.path,
+        options=options, input=source, output=target,
+        model_path=options.model if _remote_package(options.model) else model.path,
         engine=model.engine, tile=tiling.tile, overlap=tiling.overlap, large_tile=tiling.large,
         config_key=config_key(options, model, tiling))
     return config, model
@@ -123,9 +129,24 @@ def configure(options):
 def _load(options):
     """The run's model on its engine (``auto`` falls back to Keras where OpenVINO cannot run it)."""
     try:
-        return load_model(options.model, trust=options.trust_model, engine=options.engine)
+        return load_model(options.model, trust=options.trust_model, engine=options.engine,
+                          kind=options.model_kind, storage_options=_model_storage(options))
     except EngineError as exc:  # the engine asked for by name cannot run here
         raise ValueError(f"engine={options.engine!r}: {exc}") from None
+
+
+def _remote_package(model):
+    return model is not None and "://" in model and not model.startswith("file://")
+
+
+def _model_storage(options):
+    """The storage options for a remote model: the run's where it shares a store's scheme."""
+    if not _remote_package(options.model):
+        return None
+    scheme = options.model.split("://", 1)[0]
+    same = any(u.split("://", 1)[0] == scheme for u in (options.input, options.output)
+               if "://" in u)
+    return options.storage_options if same else None
 
 
 def config_key(options, model, tiling):

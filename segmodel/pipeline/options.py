@@ -54,8 +54,13 @@ class RunOptions(BaseModel):
         "auto", description="What runs the model: 'openvino' (OpenVINO's CPU runtime; converted "
         "once and cached), 'keras' (Keras' backend: TensorFlow, or JAX with KERAS_BACKEND=jax) or "
         "'auto' (default: OpenVINO where it is installed and Keras runs on TensorFlow).")
-    model: Optional[str] = Field(None, description="Path of a .keras model, or of a bundle "
-                                 "folder (model + spec; default: bundled).")
+    model: Optional[str] = Field(None, description="Path of a .keras model, of a bundle "
+                                 "folder (model + spec), or of a BioImage Model Zoo package "
+                                 "(.zip or folder with rdf.yaml; a path or fsspec URL). "
+                                 "Default: bundled.")
+    model_kind: Optional[Literal["instances", "binary", "semantic"]] = Field(
+        None, description="Output kind of a BioImage Model Zoo package whose outputs do not "
+        "tell it (default: from the package's channel names and post-processing).")
     max_pixels: int = Field(MAX_PIXELS, ge=1, description="Images larger than this fail.")
     retry_failed: bool = Field(False, description="Try unchanged images that failed before again.")
     follow_external_links: bool = Field(False, description=(
