@@ -96,6 +96,8 @@ def _parser():
                    options=_evaluate_options)
     sub.add_parser("train", help="Train the nuclei model (resumes an interrupted run).",
                    options=_train_options)
+    sub.add_parser("report", help="Write OUTPUT/report.html again from the tables of OUTPUT "
+                                  "(every run's images).", options=_report_options)
     model = sub.add_parser("model", help="Model bundles (a .keras file and its spec).")
     model_sub = model.add_subparsers(dest="model_command", required=True, parser_class=_Parser)
     inspect = model_sub.add_parser("inspect", help="Print a bundle's spec and check it against "
@@ -155,6 +157,13 @@ def _evaluate_options(p):
     add_positional(p, EvaluateParams, "pred")
     add_positional(p, EvaluateParams, "truth")
     add_model_options(p, EvaluateParams, skip={"pred", "truth"})
+
+
+def _report_options(p):
+    from segmodel.pipeline.options import ReportOptions
+
+    add_positional(p, ReportOptions, "output")
+    add_model_options(p, ReportOptions, skip={"output"})
 
 
 def _train_options(p):
@@ -414,10 +423,16 @@ def _run(args, input_url):
     except TooManyFailures as exc:
         _print_summary(params, exc.summary)
         print(f"segflow: run failed: {exc}", file=sys.stderr)
+        args.summary = exc.summary
+        if args.command == "run":
+            _print_report(exc.summary)
         return 1
     finally:
         progress.remove_listener(listener)
     _print_summary(params, summary)
+    args.summary = summary
+    if args.command == "run":  # demo prints its table first
+        _print_report(summary)
     if summary["failed"] and not summary["images"]:  # nothing a script could go on with
         print(f"segflow: every image failed ({summary['failed']}): see "
               f"{params.output.rstrip('/')}/failures", file=sys.stderr)
@@ -436,6 +451,12 @@ def _print_summary(params, summary):
     extra = f", {out}/outlines" if params.outlines != "none" else ""
     print(f"outputs: {out}/labels{extra}, {out}/objects, {out}/intensities, {out}/images, "
           f"{out}/failures, {out}/run.json")
+
+
+def _print_report(summary):
+    """The run's last line: its report, where it wrote one (it segmented an image)."""
+    if summary.get("report"):
+        print(f"report: {summary['report']}")
 
 
 def _demo_table(output):
@@ -560,6 +581,31 @@ def _evaluate(args):
     return 0
 
 
+def _report(args):
+    """``segflow report``: the page from the output's tables, without Prefect or the model."""
+    from segmodel.pipeline.options import ReportOptions
+
+    params = build_params(ReportOptions, args)
+    from segmodel.pipeline.report import write_report
+    from segmodel.storage.io import Store
+
+    try:
+        store = Store(params.output, params.storage_options)
+        if not store.exists():
+            raise FileNotFoundError(f"OUTPUT not found: {params.output!r}. Check the path or URL "
+                                    "(and --storage-options).")
+        if not any(store.exists(p) for p in ("images", "failures", "runs", "run.json")):
+            raise FileNotFoundError(
+                f"OUTPUT holds no segflow tables (images/, failures/, runs/). Received: "
+                f"{params.output!r}. Give the OUTPUT folder or URL of a segflow run.")
+        path, _ = write_report(store, storage_options=params.storage_options,
+                               warn=lambda line: print(f"segflow: {line}", file=sys.stderr))
+    except (ValueError, FileNotFoundError, PermissionError, ConnectionError) as exc:
+        raise SystemExit(f"segflow: {exc}") from None
+    print(f"report: {path}")
+    return 0
+
+
 def _print_pairing(pairing, shown=5):
     """What ``segflow evaluate`` matched: the counts, and the first names found on one side."""
     n = pairing.counts()
@@ -610,6 +656,7 @@ def main(argv=None):
     if args.command == "demo":
         code = _run(args, str(SAMPLES))
         _demo_table(args.output)
+        _print_report(args.summary)
         return code
     if args.command == "serve":
         return _serve(args)
@@ -617,6 +664,8 @@ def main(argv=None):
         return _evaluate(args)
     if args.command == "train":
         return _train(args)
+    if args.command == "report":
+        return _report(args)
     if args.command == "model":
         return _inspect(args)
     return 2
