@@ -30,7 +30,8 @@ def publish(config: RunConfig, shards: list, summary: dict, failures: list) -> d
     ``failures``: the run's first failures rows (the gallery lists up to ``LISTED``).
 
     Returns the QC counts, ``report`` (the page's URL, or None where nothing was segmented),
-    ``report_seconds`` (writing the page) and ``engine_seconds``: the task's own work (QC flags, thumbnails, the page) without API calls.
+    ``report_seconds`` (writing the page) and ``engine_seconds``: the task's own work (QC
+    flags, thumbnails, the page) without the API calls.
     """
     logger = get_run_logger()
     found = flag_outliers(config, shards)
