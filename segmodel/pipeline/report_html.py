@@ -204,15 +204,20 @@ def _parameters(record):
 
 def _prefect(record):
     run = (record or {}).get("prefect_flow_run") or {}
-    which = (f"flow run <b>{text(run.get('name'))}</b> (id {text(run.get('id'))}) of the flow "
-             "<code>segment-images</code>") if run else "the run, under the flow segment-images,"
-    link = f"/runs/flow-run/{text(run['id'])}" if run.get("id") else "/runs"
+    later = ("A run made with segflow's temporary server is kept in the Prefect database under "
+             "<code>PREFECT_HOME</code> (default <code>~/.prefect</code>): run <code>prefect "
+             "server start</code> with the same <code>PREFECT_HOME</code> and open ")
+    if not run.get("id"):
+        return ["<h2>In the Prefect UI</h2>",
+                "<p>The last run has no Prefect flow run (it was made with "
+                "<code>segmodel.api.run</code>, without Prefect). Runs of <code>segflow "
+                f"run</code> are shown in the Prefect UI. {later}"
+                "<code>http://127.0.0.1:4200/runs</code>.</p>"]
     return ["<h2>In the Prefect UI</h2>",
-            f"<p>This output's last run is {which} in the Prefect server it ran on, with its "
-            "progress, logs, summary table and QC gallery. A run made with segflow's temporary "
-            "server is kept in the Prefect database under <code>PREFECT_HOME</code> (default "
-            "<code>~/.prefect</code>): run <code>prefect server start</code> with the same "
-            f"<code>PREFECT_HOME</code> and open <code>http://127.0.0.1:4200{link}</code>.</p>"]
+            f"<p>The last run is flow run <b>{text(run.get('name'))}</b> (id "
+            f"{text(run['id'])}) of the flow <code>segment-images</code>, on the Prefect server "
+            "it ran on, with its progress, logs, summary table and QC gallery. "
+            f"{later}<code>http://127.0.0.1:4200/runs/flow-run/{text(run['id'])}</code>.</p>"]
 
 
 __all__ = ["public_url", "render_html", "text"]
