@@ -15,10 +15,13 @@ font or stylesheet from elsewhere, and its size is bounded whatever the image co
 
 import io
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 
 from segmodel.pipeline import qc
+
+_log = logging.getLogger("segflow")
 
 #: The page's name under OUTPUT.
 REPORT_FILE = "report.html"
@@ -157,7 +160,7 @@ def choose(rows, limit):
 
 
 def thumbnails(rows, output, *, choices, storage_options=None, max_bytes, cache=None,
-               warn=print):
+               warn=_log.warning):
     """Outline thumbnails of ``rows``, their inputs read again through their ``uri``.
 
     Parameters
@@ -176,7 +179,8 @@ def thumbnails(rows, output, *, choices, storage_options=None, max_bytes, cache=
     cache : dict, optional
         Thumbnails already made, by ``(uri, mask_path, shard)``; filled in.
     warn : callable, optional
-        Called with a line for each image whose input cannot be read again.
+        Called with a line for each image whose input cannot be read again (default: a
+        warning of the ``segflow`` logger).
 
     Returns
     -------
@@ -219,7 +223,7 @@ def _text(value):
     return value if isinstance(value, str) else ""
 
 
-def run_report(config, outliers, summary, failures, *, run_name="", cache=None, warn=print):
+def run_report(config, outliers, summary, failures, *, run_name="", cache=None, warn=_log.warning):
     """The report of one run: its summary, its gallery, flagged and failed images.
 
     Parameters
@@ -236,7 +240,8 @@ def run_report(config, outliers, summary, failures, *, run_name="", cache=None, 
     cache : dict, optional
         Thumbnails already made (see :func:`thumbnails`); filled in.
     warn : callable, optional
-        Called with a line for each image whose input cannot be read again.
+        Called with a line for each image whose input cannot be read again (default: a
+        warning of the ``segflow`` logger).
 
     Returns
     -------
@@ -263,7 +268,7 @@ def _flag_columns(rows):
     return rows[["image_id", "n_objects", "qc_flags"]].reset_index(drop=True)
 
 
-def output_report(output, *, storage_options=None, cache=None, warn=print):
+def output_report(output, *, storage_options=None, cache=None, warn=_log.warning):
     """The report of a whole output, read from its tables and run records alone.
 
     Parameters
@@ -275,7 +280,8 @@ def output_report(output, *, storage_options=None, cache=None, warn=print):
     cache : dict, optional
         Thumbnails already made (see :func:`thumbnails`); filled in.
     warn : callable, optional
-        Called with a line for each image whose input cannot be read again.
+        Called with a line for each image whose input cannot be read again (default: a
+        warning of the ``segflow`` logger).
 
     Returns
     -------
@@ -461,7 +467,7 @@ def markdown(report):
     return "\n".join(lines)
 
 
-def write_report(output, *, storage_options=None, cache=None, warn=print):
+def write_report(output, *, storage_options=None, cache=None, warn=_log.warning):
     """Write ``OUTPUT/report.html`` (atomically) from the output's tables.
 
     Parameters
@@ -472,7 +478,8 @@ def write_report(output, *, storage_options=None, cache=None, warn=print):
     cache : dict, optional
         Thumbnails already made (see :func:`thumbnails`); filled in.
     warn : callable, optional
-        Called with a line for each image whose input cannot be read again.
+        Called with a line for each image whose input cannot be read again (default: a
+        warning of the ``segflow`` logger).
 
     Returns
     -------
