@@ -33,6 +33,8 @@ HTML_GALLERY_IMAGES, HTML_GALLERY_BYTES = 24, 1_500_000
 THUMBNAIL_SIZE = 256
 #: Flagged and failed images listed by name: in the artifact, on the page.
 LISTED, HTML_LISTED = 50, 200
+#: Runs listed on the page, newest first.
+RUNS_LISTED = 50
 #: What the page's size stays under, whatever the image count (a test checks it on 1,000).
 REPORT_BYTES = 3_000_000
 
@@ -77,7 +79,7 @@ class Report:
     record : dict or None
         The last run's record (``run.json``): model, version, parameters.
     runs : list of dict
-        Every run's record, newest first (``'output'`` scope only).
+        The newest :data:`RUNS_LISTED` run records, newest first (``'output'`` scope only).
     plots : list of (str, bytes)
         Caption and PNG data (``'output'`` scope only).
     """
@@ -292,11 +294,11 @@ def output_report(output, *, storage_options=None, cache=None, warn=_log.warning
     url, options = output.url, output.storage_options
     images = read_table(url, "images", options)
     failures = read_table(url, "failures", options)
-    runs = _run_records(output)
+    runs, n_runs = _run_records(output, RUNS_LISTED)
     record = runs[0] if runs else None
     flagged = images[images["qc_flags"].fillna("") != ""] if len(images) else images
     chosen = choose(images, HTML_GALLERY_IMAGES)
-    gallery, missing = thumbnails(chosen, output, choices=_choices_by_run(runs),
+    gallery, missing = thumbnails(chosen, output, choices=_choices_by_run(output, runs),
                                   storage_options=storage_options,
                                   max_bytes=HTML_GALLERY_BYTES, cache=cache, warn=warn)
     out = url.rstrip("/")
@@ -308,27 +310,39 @@ def output_report(output, *, storage_options=None, cache=None, warn=_log.warning
         totals=[("images segmented", len(images)),
                 ("objects", int(images["n_objects"].sum()) if len(images) else 0),
                 ("failed images", len(failures)), ("flagged by QC", len(flagged)),
-                ("runs", len(runs))],
+                ("runs", n_runs)],
         plots=plots(images, _areas(url, options)))
 
 
-def _run_records(output):
-    """Every run record under ``runs/``, newest first (``run.json`` where there are none)."""
+def _run_records(output, limit):
+    """The newest ``limit`` run records, newest first, and how many there are.
+
+    Records are ``runs/*.json``, or ``run.json`` where there are none.
+    """
     paths = output.list("runs", ".json")
     if not paths and output.exists("run.json"):
         paths = [output.path("run.json")]
-    return [json.loads(output.read_bytes(p)) for p in reversed(paths)]
+    return [json.loads(output.read_bytes(p)) for p in paths[::-1][:limit]], len(paths)
 
 
-def _choices_by_run(runs):
-    """``choices(shard)``: the input choices of the run whose stamp starts the shard's name."""
-    by_stamp = {}
-    for r in runs:
-        p = r.get("parameters", {})
-        by_stamp[r.get("run_stamp")] = {"channel": p.get("channel"), "plane": p.get("plane"),
-                                        "pyramid_level": p.get("pyramid_level") or 0}
-    default = next(iter(by_stamp.values()), {"channel": None, "plane": None, "pyramid_level": 0})
-    return lambda shard: by_stamp.get(str(shard).split("-")[0], default)
+def _choices_by_run(output, runs):
+    """``choices(shard)``: the input choices of the run whose stamp starts the shard's name.
+
+    A record not among ``runs`` is read when needed; where it is gone, the newest run's.
+    """
+    records = {r.get("run_stamp"): r for r in runs}
+
+    def choices(shard):
+        stamp = str(shard).split("-")[0]
+        if stamp not in records:
+            path = output.path("runs", f"{stamp}.json")
+            records[stamp] = json.loads(output.read_bytes(path)) if output.exists(
+                "runs", f"{stamp}.json") else (runs[0] if runs else {})
+        p = records[stamp].get("parameters", {})
+        return {"channel": p.get("channel"), "plane": p.get("plane"),
+                "pyramid_level": p.get("pyramid_level") or 0}
+
+    return choices
 
 
 def _last_run_summary(record, images, out):

@@ -185,11 +185,12 @@ def _runs(report):
     rows = [(r.get("run_stamp", ""), (r.get("prefect_flow_run") or {}).get("name", ""),
              r["counts"].get("images", ""), r["counts"].get("failed", ""),
              r["counts"].get("skipped", ""), r["counts"].get("objects", ""),
-             r["counts"].get("seconds", "")) for r in report.runs[:50]]
-    return [f"<h2>Runs ({len(report.runs)})</h2>",
+             r["counts"].get("seconds", "")) for r in report.runs]
+    total = dict(report.totals).get("runs", len(rows))
+    return [f"<h2>Runs ({total})</h2>",
             _table(["run stamp", "Prefect flow run", "segmented", "failed", "skipped",
                     "objects", "seconds"], rows),
-            _more(len(rows), len(report.runs), f"{report.out}/runs/")]
+            _more(len(rows), total, f"{report.out}/runs/")]
 
 
 def _parameters(record):

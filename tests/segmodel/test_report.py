@@ -187,3 +187,23 @@ def test_the_gallery_markdown_and_the_page_come_from_the_same_entries(made):
     for entry in made.gallery:
         data = base64.b64encode(entry.png).decode()
         assert data in text and data in page
+
+
+def test_the_page_lists_the_newest_runs_and_counts_them_all(output, tmp_path):
+    base, _ = output
+    out = tmp_path / "out"
+    shutil.copytree(base / "out", out)
+    store = Store(str(out))
+    (stamp,) = [p.stem for p in (out / "runs").glob("*.json")]
+    record = json.loads((out / "runs" / f"{stamp}.json").read_text())
+    for k in range(report.RUNS_LISTED + 9):  # hourly reruns with nothing new, all later
+        store.write_json(f"runs/20991231T000000{k:06d}Z.json",
+                         {**record, "run_stamp": f"later-{k:03d}",
+                          "counts": {**record["counts"], "images": 0}})
+    made = report.output_report(store)
+    assert dict(made.totals)["runs"] == report.RUNS_LISTED + 10
+    assert made.runs[0]["run_stamp"] == f"later-{report.RUNS_LISTED + 8:03d}"
+    assert len(made.runs) == report.RUNS_LISTED
+    assert len(made.gallery) == 4  # the images of a run no longer listed still shown
+    page = render_html(made)
+    assert f"Runs ({report.RUNS_LISTED + 10})" in page and "... and 10 more" in page
