@@ -97,6 +97,8 @@ def _parser():
                    options=_evaluate_options)
     sub.add_parser("train", help="Train the nuclei model (resumes an interrupted run).",
                    options=_train_options)
+    sub.add_parser("report", help="Write OUTPUT/report.html again from the tables of OUTPUT "
+                                  "(every run's images).", options=_report_options)
     model = sub.add_parser("model", help="Model bundles (a .keras file and its spec).")
     model_sub = model.add_subparsers(dest="model_command", required=True, parser_class=_Command)
     inspect = model_sub.add_parser("inspect", help="Print a bundle's spec and check it against "
@@ -168,6 +170,13 @@ def _export_options(p):
     add_positional(p, ExportOptions, "model", default="default")
     add_positional(p, ExportOptions, "out")
     add_model_options(p, ExportOptions, skip={"model", "out"})
+
+
+def _report_options(p):
+    from segmodel.pipeline.options import ReportOptions
+
+    add_positional(p, ReportOptions, "output")
+    add_model_options(p, ReportOptions, skip={"output"})
 
 
 def _train_options(p):
@@ -407,6 +416,7 @@ def _run(args, input_url):
         runner = make_task_runner(args.task_runner, args.dask_address, args.dask_workers)
         # with threads the model warms up in its thread while the server starts
         preflight(params, warm_up=args.task_runner == "threads")
+        _import_soon("matplotlib.figure", "matplotlib.backends.backend_agg")  # the report's
     except (ValueError, FileNotFoundError, PermissionError, TypeError, ConnectionError) as exc:
         raise SystemExit(f"segflow: {exc}") from None
     if args.task_runner != "threads":
@@ -427,15 +437,33 @@ def _run(args, input_url):
     except TooManyFailures as exc:
         _print_summary(params, exc.summary)
         print(f"segflow: run failed: {exc}", file=sys.stderr)
+        args.summary = exc.summary
+        if args.command == "run":
+            _print_report(exc.summary)
         return 1
     finally:
         progress.remove_listener(listener)
     _print_summary(params, summary)
+    args.summary = summary
+    if args.command == "run":  # demo prints its table first
+        _print_report(summary)
     if summary["failed"] and not summary["images"]:  # nothing a script could go on with
         print(f"segflow: every image failed ({summary['failed']}): see "
               f"{params.output.rstrip('/')}/failures", file=sys.stderr)
         return 1
     return 1 if args.fail_on_error and summary["failed"] else 0
+
+
+def _import_soon(*modules):
+    """Import ``modules`` in a thread, while this one waits (the server's start, the run):
+    the report at the end of a run then does not wait for matplotlib's imports (0.4-0.8 s)."""
+    import importlib
+
+    def load():
+        for name in modules:
+            importlib.import_module(name)
+
+    threading.Thread(target=load, name="segflow-imports", daemon=True).start()
 
 
 def _print_summary(params, summary):
@@ -449,6 +477,12 @@ def _print_summary(params, summary):
     extra = f", {out}/outlines" if params.outlines != "none" else ""
     print(f"outputs: {out}/labels{extra}, {out}/objects, {out}/intensities, {out}/images, "
           f"{out}/failures, {out}/run.json")
+
+
+def _print_report(summary):
+    """The run's last line: its report, where it wrote one (it segmented an image)."""
+    if summary.get("report"):
+        print(f"report: {summary['report']}")
 
 
 def _demo_table(output):
@@ -573,6 +607,31 @@ def _evaluate(args):
     return 0
 
 
+def _report(args):
+    """``segflow report``: the page from the output's tables, without Prefect or the model."""
+    from segmodel.pipeline.options import ReportOptions
+
+    params = build_params(ReportOptions, args)
+    from segmodel.pipeline.report import write_report
+    from segmodel.storage.io import Store
+
+    try:
+        store = Store(params.output, params.storage_options)
+        if not store.exists():
+            raise FileNotFoundError(f"OUTPUT not found: {params.output!r}. Check the path or URL "
+                                    "(and --storage-options).")
+        if not any(store.exists(p) for p in ("images", "failures", "runs", "run.json")):
+            raise FileNotFoundError(
+                f"OUTPUT holds no segflow tables (images/, failures/, runs/). Received: "
+                f"{params.output!r}. Give the OUTPUT folder or URL of a segflow run.")
+        path, _ = write_report(store, storage_options=params.storage_options,
+                               warn=lambda line: print(f"segflow: {line}", file=sys.stderr))
+    except (ValueError, FileNotFoundError, PermissionError, ConnectionError) as exc:
+        raise SystemExit(f"segflow: {exc}") from None
+    print(f"report: {path}")
+    return 0
+
+
 def _print_pairing(pairing, shown=5):
     """What ``segflow evaluate`` matched: the counts, and the first names found on one side."""
     n = pairing.counts()
@@ -640,6 +699,7 @@ def main(argv=None):
     if args.command == "demo":
         code = _run(args, str(SAMPLES))
         _demo_table(args.output)
+        _print_report(args.summary)
         return code
     if args.command == "serve":
         return _serve(args)
@@ -647,6 +707,8 @@ def main(argv=None):
         return _evaluate(args)
     if args.command == "train":
         return _train(args)
+    if args.command == "report":
+        return _report(args)
     if args.command == "model":
         return _inspect(args) if args.model_command == "inspect" else _export(args)
     return 2

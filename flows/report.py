@@ -7,9 +7,13 @@ Artifact keys (a reused key adds a version, so each key lists every run's artifa
 
 ``segflow-progress``     progress bar, updated as shards finish;
 ``segflow-run-summary``  table: images, objects, failures, skipped, flagged, seconds, images/s;
-``segflow-qc-gallery``   markdown: up to :data:`GALLERY_IMAGES` thumbnails with label outlines,
-                         flagged images first, embedded as ``data:image/png`` (no extra storage),
-                         plus the flags of every flagged image and the paths of the outputs.
+``segflow-qc-gallery``   markdown: up to :data:`segmodel.pipeline.report.GALLERY_IMAGES`
+                         thumbnails with label outlines, flagged images first, embedded as
+                         ``data:image/png`` (no extra storage), plus the flags of every flagged
+                         image and the paths of the outputs.
+
+The same content, for the whole output, is written as ``OUTPUT/report.html``
+(:mod:`segmodel.pipeline.report`).
 """
 
 import time

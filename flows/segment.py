@@ -8,6 +8,7 @@ from collections import deque
 
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
+from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from flows import progress, report, runners
@@ -72,7 +73,9 @@ def _segment(config, model, stamp, meter):
         _collect(segment_large.submit(config, job), meter, logger, failures)
     progress.remove_listener(artifact)
     summary = meter.summary(plan)
-    finish = finalize(config, manifest(config, model, summary, stamp))
+    record = {**manifest(config, model, summary, stamp),  # where the UI shows it: the report's
+              "prefect_flow_run": {"id": str(flow_run.get_id()), "name": flow_run.get_name()}}
+    finish = finalize(config, record)
     published = publish(config, [j.name for j in plan.jobs], summary, failures)  # UI
     # the engine's seconds after ``seconds``: reconciling tables, QC flags, thumbnails
     summary["finish_seconds"] = round(finish + published.pop("engine_seconds"), 3)

@@ -150,8 +150,9 @@ def run(input, output, **options):
     -------
     dict
         The run's summary: ``found``, ``skipped``, ``images``, ``failed``, ``objects``,
-        ``seconds`` and timings (see :meth:`segmodel.pipeline.clock.RunMeter.summary`), and
-        ``not_listed``: symbolic links and folders the listing skipped, by reason.
+        ``seconds`` and timings (see :meth:`segmodel.pipeline.clock.RunMeter.summary`),
+        ``not_listed``: symbolic links and folders the listing skipped, by reason, and
+        ``report``: the URL of ``OUTPUT/report.html`` (None where no image was segmented).
 
     Raises
     ------

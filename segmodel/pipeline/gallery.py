@@ -36,7 +36,27 @@ def escape(text):
     >>> escape("a|b*.png")
     'a\\|b\\*.png'
     """
-    return _SPECIAL.sub(r"\\\1", "".join(_visible(ch) for ch in str(text)))
+    return _SPECIAL.sub(r"\\\1", visible(text))
+
+
+def visible(text):
+    r"""``text`` on one line: control and line-break characters shown as escapes.
+
+    Parameters
+    ----------
+    text : object
+        Converted with ``str``.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> visible("two\nlines")
+    'two\\nlines'
+    """
+    return "".join(_visible(ch) for ch in str(text))
 
 
 def _visible(ch):

@@ -169,3 +169,19 @@ def redact(value):
     if isinstance(value, (list, tuple)):
         return [redact(v) for v in value]
     return "***"
+
+
+class ReportOptions(BaseModel):
+    """The options of ``segflow report``: the output whose report.html is made again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output: str = Field(description="The OUTPUT folder or fsspec URL of earlier segflow runs; "
+                        "its report.html is written from its tables.")
+    storage_options: dict = Field(
+        default_factory=dict, description=RunOptions.model_fields["storage_options"].description
+        + " Also used to read the inputs again for the thumbnails.")
+
+    _storage_options = field_validator("storage_options", mode="before")(
+        RunOptions._parse_storage_options.__func__)
+    _known_scheme = field_validator("output")(RunOptions._known_scheme.__func__)

@@ -42,6 +42,13 @@ from segmodel.inference.preprocess import channel_mean_percentiles
 FLAG_SEPARATOR = ";"
 RUN_FLAGS = ("few_objects", "many_objects")
 OUTLINE_COLOR = (255, 220, 0)
+#: The flags in one paragraph, as the QC gallery and the report explain them.
+FLAGS_LEGEND = (
+    "QC flags: `no_objects`, `flat`, `saturated`, `sparse_foreground` (nuclei under 1% of the "
+    "image), `objects_small`/`objects_large` (median nucleus under 8 px or over 100 px at the "
+    "working scale), `scale_fallback` (too few nuclei to measure their size: kept at the "
+    "image's own scale), `few_objects`/`many_objects` (robust outliers against the median "
+    "count of all images in the output).")
 
 
 @dataclass(frozen=True)
@@ -373,6 +380,7 @@ def outline_thumbnail(image, labels, *, max_size=256, colors=64):
 
 
 __all__ = [
+    "FLAGS_LEGEND",
     "RUN_FLAGS",
     "QCSettings",
     "flag_run_outliers",

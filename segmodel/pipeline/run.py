@@ -15,6 +15,7 @@ from segmodel.pipeline.clock import RunMeter
 from segmodel.pipeline.config import configure
 from segmodel.pipeline.large import process_large
 from segmodel.pipeline.plan import plan_run, run_stamp
+from segmodel.pipeline.report import write_report
 from segmodel.pipeline.shard import process_shard
 from segmodel.storage.io import describe_skipped
 from segmodel.storage.lease import Lease
@@ -31,8 +32,10 @@ def run(options):
     -------
     dict
         The run's summary (see :meth:`segmodel.pipeline.clock.RunMeter.summary`), plus
-        ``flagged`` and ``qc`` (see :func:`flag_outliers`) and ``not_listed`` (what the
-        listing skipped: :attr:`segmodel.pipeline.plan.Plan.not_listed`).
+        ``flagged`` and ``qc`` (see :func:`flag_outliers`), ``not_listed`` (what the
+        listing skipped: :attr:`segmodel.pipeline.plan.Plan.not_listed`), ``report`` (the URL
+        of ``OUTPUT/report.html``, written where the run segmented an image, else None) and
+        ``report_seconds``.
 
     Raises
     ------
@@ -59,8 +62,12 @@ def run(options):
         summary = meter.summary(plan)
         seconds = finalize(config, manifest(config, model, summary, stamp))
         found = flag_outliers(config, [j.name for j in plan.jobs])
-    return {**summary, "finish_seconds": round(seconds + found.seconds, 3),
-            "flagged": len(found.flagged), "qc": found.counts, "not_listed": plan.not_listed}
+        page, report_seconds = write_report(
+            config.output, storage_options=config.options.storage_options) \
+            if summary["images"] else (None, 0.0)
+    return {**summary, "finish_seconds": round(seconds + found.seconds + report_seconds, 3),
+            "flagged": len(found.flagged), "qc": found.counts, "not_listed": plan.not_listed,
+            "report": page, "report_seconds": report_seconds}
 
 
 def no_images_message(options, not_listed=None):

@@ -1,4 +1,5 @@
-"""Credentials never leak: planted secrets are absent from every output, log and message.
+"""Credentials never leak: planted secrets are absent from every output (report.html included),
+log and message.
 
 Also: a model carrying Python code (a Lambda layer) is refused unless --trust-model.
 """
@@ -92,10 +93,16 @@ def test_planted_credentials_appear_in_no_output_log_or_message(buckets, s3_serv
     assert "output bucket not found: 'no-such-bucket-xyz'" in transcripts[1]
     assert "input not found: 's3://no-such-bucket-xyz/in'" in transcripts[2]
     assert "storage_options must be a JSON object" in transcripts[3]
+    code, printed = _segflow("report", "s3://secret-out/run", "--storage-options", opts, env=env)
+    assert (code, printed.splitlines()[-1]) == (0, "report: s3://secret-out/run/report.html")
+    transcripts.append(printed)
 
     buckets.invalidate_cache()
     files = buckets.find("secret-out")
     assert any(f.endswith("run.json") for f in files) and len(files) >= 5
+    page = buckets.cat_file("secret-out/run/report.html").decode()  # the run's, then report's
+    assert '<img alt="a.png" src="data:image/png;base64,' in page  # a.png read back from S3
+    assert "Failed images (1)" in page and "storage_options" not in page
     contents = [buckets.cat_file(f) for f in files]
     tables = [pd.read_parquet(io.BytesIO(c)).to_csv()
               for f, c in zip(files, contents) if f.endswith(".parquet")]

@@ -37,9 +37,11 @@ def _summary(artifact):
     return {row["metric"]: row["value"] for row in json.loads(artifact.data)}
 
 
-def test_a_run_publishes_progress_summary_and_qc_gallery(folder, tmp_path, flow_run_record):
+def test_a_run_publishes_progress_summary_and_qc_gallery(folder, tmp_path, flow_run_record,
+                                                          capsys):
     out = tmp_path / "out"
     assert main(["run", str(folder), str(out), "--shard-size", "2"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"report: {out}/report.html"
     record = flow_run_record()
     assert record["state"] == "COMPLETED"
     # one task run per shard (read, segment and write in it), not one per stage
@@ -74,6 +76,12 @@ def test_a_run_publishes_progress_summary_and_qc_gallery(folder, tmp_path, flow_
     failed = gallery[gallery.index("## Failed images"):]
     assert "| corrupt.png | decode | ImageDecodeError: corrupt.png" in failed
 
+    page = (out / "report.html").read_text()  # the same thumbnails as the gallery's
+    assert all(f'src="data:image/png;base64,{data}"' in page for _, data in thumbs)
+    run_json = json.loads((out / "run.json").read_text())
+    assert run_json["prefect_flow_run"] == {"id": str(record["run"].id), "name": record["name"]}
+    assert f"/runs/flow-run/{record['run'].id}" in page
+
     logs = [m for _, m in record["logs"]]
     assert sum(m.startswith("shard ") for m in logs) == 3  # one line per shard
     warnings = [m for level, m in record["logs"] if level == 30]
@@ -98,10 +106,15 @@ def test_odd_file_names_keep_the_gallery_tables_whole(samples, tmp_path, flow_ru
     assert f"| {escape('bad|<b>.png')} | decode | " in gallery
 
 
-def test_a_rerun_with_nothing_new_says_so_in_the_gallery(folder, tmp_path, flow_run_record):
+def test_a_rerun_with_nothing_new_says_so_in_the_gallery(folder, tmp_path, flow_run_record,
+                                                         capsys):
     out = tmp_path / "out"
     main(["run", str(folder), str(out)])
+    page = (out / "report.html").read_bytes()
+    capsys.readouterr()
     main(["run", str(folder), str(out)])
+    assert (out / "report.html").read_bytes() == page  # nothing segmented: left as it was
+    assert "report:" not in capsys.readouterr().out
     record = flow_run_record()
     summary = _summary(record["artifacts"][SUMMARY_KEY])
     assert (summary["images segmented"], summary["skipped (already done)"]) == (0, 5)
@@ -119,6 +132,7 @@ def test_too_many_failures_end_the_run_failed(folder, tmp_path, flow_run_record,
     record = flow_run_record()
     assert record["state"] == "FAILED"
     assert SUMMARY_KEY in record["artifacts"]  # still published before failing
+    assert "Failed images (2)" in (out / "report.html").read_text()  # and the page written
 
 
 def test_a_failure_fraction_under_the_limit_completes(folder, tmp_path, flow_run_record):
