@@ -321,3 +321,32 @@ def test_an_ambiguous_package_runs_with_model_kind_and_reruns_by_its_configurati
     assert other["images"] == 3  # another kind is another configuration: redone
     keys = set(api.read_table(str(out), "images")["config_key"])
     assert len(keys) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["keras", "openvino"])
+def test_the_shipped_model_exported_then_run_as_a_package_gives_the_same_masks(tmp_path, engine):
+    """The round trip: ``segflow model export`` of the shipped model, then ``--model
+    package.zip`` over the shipped samples, against the shipped model itself: every mask equal
+    and the objects tables equal, on each engine."""
+    from flows.cli import SAMPLES
+    from segmodel.model.zoo_export import ExportOptions, export_package
+
+    package = tmp_path / "nuclei.zip"
+    export_package(ExportOptions(out=str(package)))
+    runs = {}
+    for name, model in (("package", str(package)), ("shipped", None)):
+        out = tmp_path / name
+        summary = api.run(str(SAMPLES), str(out), model=model, engine=engine)
+        assert summary["failed"] == 0 and summary["images"] == 8
+        runs[name] = (*_masks(out), api.read_table(str(out), "objects"))
+    (images, zoo, objects), (shipped_images, shipped, shipped_objects) = runs.values()
+    assert sorted(zoo) == sorted(shipped)
+    for image_id in zoo:
+        assert np.array_equal(zoo[image_id], shipped[image_id]), image_id
+    assert images["n_objects"].sum() > 100
+    assert images["n_objects"].equals(shipped_images["n_objects"])
+    columns = ["image_id", "label", "area", "centroid_y", "centroid_x"]
+    key = ["image_id", "label"]
+    assert (objects[columns].sort_values(key).reset_index(drop=True)
+            .equals(shipped_objects[columns].sort_values(key).reset_index(drop=True)))
