@@ -153,7 +153,7 @@ def test_segflow_run_in_a_fresh_process_runs_on_its_early_server(samples, tmp_pa
     assert "Finished in state Completed()" in printed
     assert json.loads((out / "run.json").read_text())["counts"]["images"] == 2
     # the quick exit (flows.cli.console) flushed the piped, block-buffered summary first
-    assert "2 images, 0 failed" in proc.stdout and proc.stdout.rstrip().endswith("run.json")
+    assert "2 images, 0 failed" in proc.stdout and proc.stdout.rstrip().endswith("report.html")
 
 
 def test_segflow_exits_with_its_status_and_message(tmp_path):
