@@ -94,16 +94,17 @@ def mosaics(data_dir, count, folder, side=2048, piece=256):
     return made
 
 
-def raw_throughput(paths, batch_size, shard_size, engine="keras", tile_size=None):
+def raw_throughput(paths, batch_size, shard_size, engine="keras", tile_size=None, model=None):
     """Tiles, seconds and CPU seconds (this process) of ``predict`` alone on preloaded batches.
 
     Batches are cut as the pipeline cuts them: the tiles of each shard of ``shard_size``
     images, each image at its tile size (the run's tiling, ``model_tiling``: large images in
     larger tiles unless ``tile_size`` fixes one), in ``batch_size`` tiles each (fewer larger
     ones), a shard's last batch padded, or cut to its tiles where the model takes any batch
-    size. Every batch shape is called once before the timing.
+    size. Every batch shape is called once before the timing. ``model``: a bundle or zoo
+    package (default: the shipped model).
     """
-    model = load_model(engine=engine)
+    model = load_model(model, engine=engine)
     tiling = model_tiling(model, tile_size)
     n, batches = 0, []
     for first in range(0, len(paths), shard_size):
@@ -258,10 +259,12 @@ def measure(args, paths, src, tmp):
     Returns the tile count and, per ``(engine, cpu_workers)``, the rows of
     :func:`repeats_table`: ``(run, raw before, raw after, wall, counts)``.
     """
-    raws = {e: [raw_throughput(paths, args.batch_size, args.shard_size, e, args.tile_size)]
+    raws = {e: [raw_throughput(paths, args.batch_size, args.shard_size, e, args.tile_size,
+                               args.model)]
             for e in args.engines}
     runs = {(e, n): [] for e in args.engines for n in args.cpu_workers}
     tile = ("--tile-size", str(args.tile_size)) if args.tile_size else ()
+    tile += ("--model", args.model) if args.model else ()
     for r in range(1, args.repeat + 1):
         done = {(e, n): end_to_end(src, Path(tmp) / f"out-{e}-{n}-{r}", args.shard_size,
                                    args.batch_size, ("--cpu-workers", str(n), "--engine", e,
@@ -269,7 +272,7 @@ def measure(args, paths, src, tmp):
                 for e in args.engines for n in args.cpu_workers}
         for e in args.engines:
             raws[e].append(raw_throughput(paths, args.batch_size, args.shard_size, e,
-                                          args.tile_size))
+                                          args.tile_size, args.model))
         for (e, n), (wall, counts) in done.items():
             (_, before, cpu0), (_, after, cpu1) = raws[e][-2:]
             runs[(e, n)].append((r, before, after, wall, {**counts, "raw_cpu": (cpu0 + cpu1) / 2}))
@@ -320,6 +323,9 @@ def main(argv=None):
     p.add_argument("--mosaic", type=int, default=0,
                    help="measure N images of 2048x2048 assembled from 64 real 256x256 ones "
                         "each, instead of the set's own images (default 0: off)")
+    p.add_argument("--model", default=None,
+                   help="a bundle or BioImage Model Zoo package to measure (default: the shipped "
+                        "model)")
     p.add_argument("--save", action="store_true", help=f"also write the tables to {RESULTS}")
     args = p.parse_args(argv)
     if args.repeat < 1:
