@@ -37,6 +37,43 @@ def dsb2018():
 
 
 @pytest.fixture(scope="session")
+def own_data(tmp_path_factory, dsb2018):
+    """A user's annotated folder: 8 real fluorescence DSB2018 images of at most 320 px (PNG) and
+    their instance labels (TIFF), under ``images/`` and ``labels/``."""
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    from segmodel.training import datasets
+
+    root = tmp_path_factory.mktemp("own")
+    (root / "images").mkdir()
+    (root / "labels").mkdir()
+    n = 0
+    for s in datasets.list_samples(dsb2018):
+        if s.modality != "fluorescence":
+            continue
+        image, labels = s.load()
+        if max(image.shape[:2]) > 320:
+            continue
+        Image.fromarray(image).save(root / "images" / f"{s.id[:8]}.png")
+        tifffile.imwrite(root / "labels" / f"{s.id[:8]}.tif", labels.astype(np.uint16))
+        n += 1
+        if n == 8:
+            break
+    return root
+
+
+@pytest.fixture(scope="session")
+def own_inputs(own_data, tmp_path_factory):
+    """A folder holding the first 3 images of :func:`own_data`, to segment."""
+    src = tmp_path_factory.mktemp("in")
+    for p in sorted((own_data / "images").iterdir())[:3]:
+        (src / p.name).write_bytes(p.read_bytes())
+    return src
+
+
+@pytest.fixture(scope="session")
 def samples():
     """The sample images shipped in the package: ``[(path, row of index.csv)]``."""
     with open(SAMPLES / "index.csv", newline="") as f:

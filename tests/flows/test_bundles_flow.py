@@ -15,33 +15,11 @@ from scipy import ndimage as ndi
 from flows.cli import main
 from segmodel.inference.heads import CLASS_SCHEMA
 from segmodel.model.loading import load_model
-from segmodel.training import datasets
 from segmodel.training.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 CLASSES = ["background", "interior", "boundary"]
-
-
-@pytest.fixture(scope="module")
-def own_data(tmp_path_factory, dsb2018):
-    """A user's annotated folder: 8 real fluorescence images (PNG) and their labels (TIFF)."""
-    root = tmp_path_factory.mktemp("own")
-    (root / "images").mkdir()
-    (root / "labels").mkdir()
-    n = 0
-    for s in datasets.list_samples(dsb2018):
-        if s.modality != "fluorescence":
-            continue
-        image, labels = s.load()
-        if max(image.shape[:2]) > 320:
-            continue
-        Image.fromarray(image).save(root / "images" / f"{s.id[:8]}.png")
-        tifffile.imwrite(root / "labels" / f"{s.id[:8]}.tif", labels.astype(np.uint16))
-        n += 1
-        if n == 8:
-            break
-    return root
 
 
 def _tiny(kind, own_data, out):
@@ -71,21 +49,13 @@ def semantic_bundle(tmp_path_factory, own_data):
     return out
 
 
-@pytest.fixture(scope="module")
-def inputs(own_data, tmp_path_factory):
-    src = tmp_path_factory.mktemp("in")
-    for p in sorted((own_data / "images").iterdir())[:3]:
-        (src / p.name).write_bytes(p.read_bytes())
-    return src
-
-
-def test_a_semantic_bundle_writes_class_maps_and_a_per_class_table(semantic_bundle, inputs,
+def test_a_semantic_bundle_writes_class_maps_and_a_per_class_table(semantic_bundle, own_inputs,
                                                                    tmp_path):
     lm = load_model(semantic_bundle)
     assert lm.spec.kind == "semantic" and list(lm.spec.classes) == CLASSES
     assert str(lm.path).endswith("model.keras") and lm.spec.object_class == "interior"
     out = tmp_path / "out"
-    assert main(["run", str(inputs), str(out), "--model", str(semantic_bundle)]) == 0
+    assert main(["run", str(own_inputs), str(out), "--model", str(semantic_bundle)]) == 0
     images = pd.read_parquet(out / "images").set_index("image_id")
     classes = pd.read_parquet(out / "classes")
     objects = pd.read_parquet(out / "objects")
@@ -110,7 +80,7 @@ def test_a_semantic_bundle_writes_class_maps_and_a_per_class_table(semantic_bund
         assert sorted(mine["area"].astype(int)) == sorted(kept.tolist())
         assert row["foreground_fraction"] == pytest.approx((mask > 0).mean())
     assert classes["image_id"].nunique() == 3
-    assert main(["run", str(inputs), str(out), "--model", str(semantic_bundle)]) == 0
+    assert main(["run", str(own_inputs), str(out), "--model", str(semantic_bundle)]) == 0
     last = sorted((out / "runs").glob("*.json"))[-1]  # run.json keeps the run that segmented
     counts = json.loads(last.read_text())["counts"]
     assert counts["skipped"] == 3 and counts["images"] == 0
@@ -118,11 +88,11 @@ def test_a_semantic_bundle_writes_class_maps_and_a_per_class_table(semantic_bund
 
 
 def test_a_binary_bundle_labels_components_and_its_tables_match_the_masks(binary_bundle,
-                                                                          inputs, tmp_path):
+                                                                          own_inputs, tmp_path):
     lm = load_model(binary_bundle)
     assert lm.spec.kind == "binary" and lm.spec.divisor == 4
     out = tmp_path / "out"
-    assert main(["run", str(inputs), str(out), "--model", str(binary_bundle / "model.keras"),
+    assert main(["run", str(own_inputs), str(out), "--model", str(binary_bundle / "model.keras"),
                  "--mask-format", "png"]) == 0
     assert not (out / "classes").exists()
     images = pd.read_parquet(out / "images").set_index("image_id")
@@ -140,7 +110,7 @@ def test_a_binary_bundle_labels_components_and_its_tables_match_the_masks(binary
 
 
 def test_bundles_predict_in_fixed_shape_batches_with_the_model_loaded_once(semantic_bundle,
-                                                                           inputs):
+                                                                           own_inputs):
     from segmodel.api import segment_many
 
     lm = load_model(semantic_bundle)
@@ -148,7 +118,7 @@ def test_bundles_predict_in_fixed_shape_batches_with_the_model_loaded_once(seman
     shapes, real = [], lm.keras_model.predict_on_batch
     lm.keras_model.predict_on_batch = lambda batch: shapes.append(batch.shape) or real(batch)
     try:
-        images = [np.asarray(Image.open(p)) for p in sorted(inputs.iterdir())]
+        images = [np.asarray(Image.open(p)) for p in sorted(own_inputs.iterdir())]
         images.append(images[0][:100, :77])
         maps = segment_many(images, lm, batch_size=4)
     finally:
@@ -157,7 +127,7 @@ def test_bundles_predict_in_fixed_shape_batches_with_the_model_loaded_once(seman
     assert [m.shape for m in maps] == [im.shape[:2] for im in images]
 
 
-def test_a_bundle_whose_spec_does_not_fit_fails_before_any_work(binary_bundle, inputs,
+def test_a_bundle_whose_spec_does_not_fit_fails_before_any_work(binary_bundle, own_inputs,
                                                                 tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -165,14 +135,14 @@ def test_a_bundle_whose_spec_does_not_fit_fails_before_any_work(binary_bundle, i
     spec = json.loads((binary_bundle / "model.json").read_text())
     (bad / "model.json").write_text(json.dumps({**spec, "kind": "semantic", "classes": CLASSES}))
     with pytest.raises(SystemExit) as err:
-        main(["run", str(inputs), str(tmp_path / "out"), "--model", str(bad)])
+        main(["run", str(own_inputs), str(tmp_path / "out"), "--model", str(bad)])
     assert "field 'kind' is 'semantic'" in str(err.value) and "outputs 1 channels" in str(err.value)
     assert not (tmp_path / "out" / "images").exists()
 
 
 @pytest.mark.slow
 def test_segflow_train_on_own_folders_gives_a_bundle_that_inspect_passes_and_run_uses(
-        own_data, inputs, tmp_path):
+        own_data, own_inputs, tmp_path):
     out = tmp_path / "bundle"
     assert main(["train", str(out), "--images", str(own_data / "images"), "--labels",
                  str(own_data / "labels"), "--steps", "2", "--steps-per-epoch", "1",
@@ -181,7 +151,7 @@ def test_segflow_train_on_own_folders_gives_a_bundle_that_inspect_passes_and_run
     assert main(["model", "inspect", str(out)]) == 0
     spec = load_model(out).spec
     assert spec.name == "my-nuclei" and spec.kind == "instances" and spec.divisor == 16
-    assert main(["run", str(inputs), str(tmp_path / "seg"), "--model", str(out)]) == 0
+    assert main(["run", str(own_inputs), str(tmp_path / "seg"), "--model", str(out)]) == 0
     images = pd.read_parquet(tmp_path / "seg" / "images")
     assert len(images) == 3 and set(images["model_name"]) == {"my-nuclei"}
 

@@ -21,40 +21,12 @@ from segmodel.inference.steps import apply_steps, check_steps, estimate_steps
 from segmodel.model import zoo
 from segmodel.model.bundle import inspect, save_bundle
 from segmodel.model.loading import load_model
-from segmodel.training import datasets
 from segmodel.training.train import TrainConfig, train
 from tests.zoo_packages import write_package
 
 pytestmark = pytest.mark.slow
 
 CLASSES = ("background", "interior", "boundary")
-
-
-@pytest.fixture(scope="module")
-def own_data(tmp_path_factory, dsb2018):
-    """8 real fluorescence images (PNG) of DSB2018 and their instance labels."""
-    root = tmp_path_factory.mktemp("own")
-    (root / "images").mkdir()
-    (root / "labels").mkdir()
-    n = 0
-    for s in datasets.list_samples(dsb2018):
-        image, labels = s.load() if s.modality == "fluorescence" else (None, None)
-        if image is None or max(image.shape[:2]) > 320:
-            continue
-        Image.fromarray(image).save(root / "images" / f"{s.id[:8]}.png")
-        tifffile.imwrite(root / "labels" / f"{s.id[:8]}.tif", labels.astype(np.uint16))
-        n += 1
-        if n == 8:
-            break
-    return root
-
-
-@pytest.fixture(scope="module")
-def inputs(own_data, tmp_path_factory):
-    src = tmp_path_factory.mktemp("in")
-    for p in sorted((own_data / "images").iterdir())[:3]:
-        (src / p.name).write_bytes(p.read_bytes())
-    return src
 
 
 def _train(kind, own_data, out):
@@ -86,19 +58,19 @@ def _reproduces(package, tolerance=1e-3):
     return diff
 
 
-def _run_both(package, bundle, inputs, tmp_path, **options):
+def _run_both(package, bundle, own_inputs, tmp_path, **options):
     """Masks and image tables of the package and the bundle, run the same way."""
     runs = {}
     for name, model in (("zoo", package), ("bundle", bundle)):
         out = tmp_path / name
-        summary = api.run(str(inputs), str(out), model=str(model), engine="keras", **options)
+        summary = api.run(str(own_inputs), str(out), model=str(model), engine="keras", **options)
         assert summary["failed"] == 0 and summary["images"] == 3
         runs[name] = _masks(out)
     return runs["zoo"], runs["bundle"]
 
 
 def test_an_instances_package_with_keras_v3_weights_and_named_channels_runs_as_its_bundle(
-        own_data, inputs, tmp_path):
+        own_data, own_inputs, tmp_path):
     trained = _train("instances", own_data, tmp_path / "trained")
     model = keras.saving.load_model(trained, compile=False)
     # the package's model gives its maps as distance, foreground, boundary: a 1x1 convolution
@@ -109,7 +81,7 @@ def test_an_instances_package_with_keras_v3_weights_and_named_channels_runs_as_i
     permuted.save(tmp_path / "w.keras")
     steps = [{"step": "scale_range", "min_percentile": 1.0, "max_percentile": 99.8,
               "eps": 1e-6, "per_channel": True}]
-    image = np.asarray(Image.open(sorted(inputs.iterdir())[0]))[..., :3]
+    image = np.asarray(Image.open(sorted(own_inputs.iterdir())[0]))[..., :3]
     package = write_package(
         tmp_path / "instances.zip", {"keras_v3": tmp_path / "w.keras"},
         in_names=("red", "green", "blue"), out_names=("distance", "foreground", "boundary"),
@@ -122,7 +94,7 @@ def test_an_instances_package_with_keras_v3_weights_and_named_channels_runs_as_i
     assert list(lm.spec.preprocessing) == steps
     _reproduces(package, 3e-2)  # OpenVINO, in bfloat16 where the CPU has it
     save_bundle(model, lm.spec, tmp_path / "bundle" / "model.keras")  # same spec, plain model
-    (zoo_images, zoo), (_, plain) = _run_both(package, tmp_path / "bundle", inputs, tmp_path)
+    (zoo_images, zoo), (_, plain) = _run_both(package, tmp_path / "bundle", own_inputs, tmp_path)
     assert zoo.keys() == plain.keys()
     for image_id in zoo:
         assert np.array_equal(zoo[image_id], plain[image_id]), image_id
@@ -132,14 +104,14 @@ def test_an_instances_package_with_keras_v3_weights_and_named_channels_runs_as_i
     assert len(objects) == zoo_images["n_objects"].sum()
 
 
-def test_a_binary_package_with_keras_hdf5_weights_runs_as_its_bundle(own_data, inputs,
+def test_a_binary_package_with_keras_hdf5_weights_runs_as_its_bundle(own_data, own_inputs,
                                                                     tmp_path):
     trained = _train("binary", own_data, tmp_path / "trained")
     model = keras.saving.load_model(trained, compile=False)
     model.save(tmp_path / "w.h5")
     steps = [{"step": "scale_linear", "gain": 1 / 255, "offset": 0.0},
              {"step": "clip", "min": 0.0, "max": 1.0, "per_channel": False}]
-    image = np.asarray(Image.open(sorted(inputs.iterdir())[0]))[..., :3]
+    image = np.asarray(Image.open(sorted(own_inputs.iterdir())[0]))[..., :3]
     package = write_package(
         tmp_path / "binary", {"keras_hdf5": tmp_path / "w.h5"},
         in_names=("red", "green", "blue"), out_names=("nuclei",), out_id="probability",
@@ -152,7 +124,7 @@ def test_a_binary_package_with_keras_hdf5_weights_runs_as_its_bundle(own_data, i
     assert (lm.spec.divisor, lm.spec.tile) == (4, 256)
     _reproduces(package, 3e-2)
     save_bundle(model, lm.spec, tmp_path / "bundle" / "model.keras")
-    (images, zoo), (_, plain) = _run_both(package, tmp_path / "bundle", inputs, tmp_path,
+    (images, zoo), (_, plain) = _run_both(package, tmp_path / "bundle", own_inputs, tmp_path,
                                           mask_format="tif")
     for image_id in zoo:
         assert np.array_equal(zoo[image_id], plain[image_id]), image_id
@@ -209,10 +181,10 @@ def _onnx_of(net, path):
 
 
 def test_a_semantic_package_with_onnx_weights_bcyx_axes_and_zero_mean_unit_variance(
-        own_data, inputs, tmp_path):
+        own_data, own_inputs, tmp_path):
     net = _semantic_net(own_data)
     onnx_path = _onnx_of(net, tmp_path / "w.onnx")
-    gray = np.asarray(Image.open(sorted(inputs.iterdir())[0]).convert("L"), np.float32)
+    gray = np.asarray(Image.open(sorted(own_inputs.iterdir())[0]).convert("L"), np.float32)
     steps = [{"step": "zero_mean_unit_variance", "eps": 1e-6, "per_channel": True}]
     raw, maps = _test_io(net.predict_on_batch, gray[..., None], steps)
     package = write_package(
@@ -243,7 +215,7 @@ def test_a_semantic_package_with_onnx_weights_bcyx_axes_and_zero_mean_unit_varia
     outs = {}
     for name, model, engine in (("zoo", package, "auto"), ("bundle", tmp_path / "bundle",
                                                            "keras")):
-        summary = api.run(str(inputs), str(tmp_path / name), model=str(model), engine=engine)
+        summary = api.run(str(own_inputs), str(tmp_path / name), model=str(model), engine=engine)
         assert summary["failed"] == 0 and summary["images"] == 3
         outs[name] = _masks(tmp_path / name)
     (images, zoo), (_, plain) = outs["zoo"], outs["bundle"]
@@ -257,7 +229,7 @@ def test_a_semantic_package_with_onnx_weights_bcyx_axes_and_zero_mean_unit_varia
 
 
 def test_a_package_carrying_a_segflow_spec_segments_as_the_bundle_it_came_from(
-        own_data, inputs, tmp_path):
+        own_data, own_inputs, tmp_path):
     trained = _train("instances", own_data, tmp_path / "trained")
     spec = json.loads(trained.with_suffix(".json").read_text())
     package = write_package(
@@ -265,18 +237,18 @@ def test_a_package_carrying_a_segflow_spec_segments_as_the_bundle_it_came_from(
         config={"segflow": spec}, step=16)
     lm = load_model(package)
     assert lm.spec == load_model(trained).spec and lm.package.weights_format == "keras_v3"
-    (images, zoo), (_, plain) = _run_both(package, trained.parent, inputs, tmp_path)
+    (images, zoo), (_, plain) = _run_both(package, trained.parent, own_inputs, tmp_path)
     for image_id in zoo:
         assert np.array_equal(zoo[image_id], plain[image_id]), image_id
     assert images["n_objects"].min() > 0
 
 
-def test_a_package_with_tensorflow_saved_model_weights_runs_through_openvino(own_data, inputs,
+def test_a_package_with_tensorflow_saved_model_weights_runs_through_openvino(own_data, own_inputs,
                                                                              tmp_path):
     net = _semantic_net(own_data)
     net.export(str(tmp_path / "saved"), format="tf_saved_model", verbose=False)
     bundle = shutil.make_archive(str(tmp_path / "saved_model"), "zip", tmp_path / "saved")
-    gray = np.asarray(Image.open(sorted(inputs.iterdir())[0]).convert("L"), np.float32)
+    gray = np.asarray(Image.open(sorted(own_inputs.iterdir())[0]).convert("L"), np.float32)
     steps = [{"step": "zero_mean_unit_variance", "eps": 1e-6, "per_channel": True}]
     package = write_package(
         tmp_path / "savedmodel.zip", {"tensorflow_saved_model_bundle": bundle},
@@ -293,7 +265,7 @@ def test_a_package_with_tensorflow_saved_model_weights_runs_through_openvino(own
     # the model's softmax maps pass the package's softmax once more: both sides get it
     assert np.abs(lm.predict_batch(batch) - keras.ops.convert_to_numpy(keras.ops.softmax(
         net.predict_on_batch(batch), axis=-1))).max() < tolerance
-    summary = api.run(str(inputs), str(tmp_path / "out"), model=str(package))
+    summary = api.run(str(own_inputs), str(tmp_path / "out"), model=str(package))
     assert summary["failed"] == 0 and summary["images"] == 3
     images, masks = _masks(tmp_path / "out")
     assert images["n_objects"].min() > 0 and all(mk.max() <= 2 for mk in masks.values())
@@ -302,22 +274,22 @@ def test_a_package_with_tensorflow_saved_model_weights_runs_through_openvino(own
 
 
 def test_an_ambiguous_package_runs_with_model_kind_and_reruns_by_its_configuration(
-        own_data, inputs, tmp_path):
+        own_data, own_inputs, tmp_path):
     net = _semantic_net(own_data)
     package = write_package(  # three channels without names or softmax: instances or classes?
         tmp_path / "ambiguous.zip", {"onnx": _onnx_of(net, tmp_path / "w.onnx")},
         in_axes="bcyx", in_names=("dapi",), out_names=("c0", "c1", "c2"), size=32)
     out = tmp_path / "out"
     with pytest.raises(zoo.ZooError, match="Pass --model-kind"):
-        api.run(str(inputs), str(out), model=str(package))
+        api.run(str(own_inputs), str(out), model=str(package))
     assert not out.exists()  # refused before any work
-    first = api.run(str(inputs), str(out), model=str(package), model_kind="semantic")
+    first = api.run(str(own_inputs), str(out), model=str(package), model_kind="semantic")
     assert first["images"] == 3 and first["failed"] == 0
     classes = api.read_table(str(out), "classes")
     assert sorted(set(classes["class"])) == ["c0", "c1", "c2"]
-    again = api.run(str(inputs), str(out), model=str(package), model_kind="semantic")
+    again = api.run(str(own_inputs), str(out), model=str(package), model_kind="semantic")
     assert again["skipped"] == 3 and again["images"] == 0  # same package, same kind: done
-    other = api.run(str(inputs), str(out), model=str(package), model_kind="instances")
+    other = api.run(str(own_inputs), str(out), model=str(package), model_kind="instances")
     assert other["images"] == 3  # another kind is another configuration: redone
     keys = set(api.read_table(str(out), "images")["config_key"])
     assert len(keys) == 1
